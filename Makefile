@@ -1,0 +1,36 @@
+# One command sets everything up and runs the demo; one more runs the tests.
+#   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run`
+#   make test   the same set-up, then the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup dataset demo test dashboard clean
+
+$(BIN)/fnnp-opt: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(FMNIST):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q dataset-fashion-mnist
+
+setup: $(BIN)/fnnp-opt $(FMNIST)
+
+dataset: $(FMNIST)
+
+demo: setup
+	$(BIN)/fnnp-opt run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+dashboard: setup
+	$(BIN)/fnnp-opt dashboard
+
+clean:
+	rm -rf runs studies/*.db

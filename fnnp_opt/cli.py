@@ -1,0 +1,242 @@
+"""The ``fnnp-opt`` command line: option parsing, progress bars and the summary.
+
+This module stays thin: every command resolves its options and calls one library
+function. Library errors (:class:`fnnp_opt.errors.FnnpError`) become one line on
+stderr and a non-zero exit (2 for usage errors, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fnnp_opt.errors import FnnpError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Search per-layer filter-pruning ratios with adaptive-BN evaluation (EagleEye) on Optuna.",
+)
+console = Console(stderr=True)
+out = Console()
+_state = {"debug": False}
+T = TypeVar("T")
+
+
+class BarProgress:
+    """Rich progress bars implementing :class:`fnnp_opt.progress.Progress`."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._p = progress
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        tid = self._p.add_task(description, total=total)
+        try:
+            yield lambda n=1: self._p.advance(tid, n)
+        finally:
+            self._p.remove_task(tid)
+
+
+@contextmanager
+def bars() -> Iterator[BarProgress]:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as p:
+        yield BarProgress(p)
+
+
+def call(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Run a library call; turn an :class:`FnnpError` into one stderr line and an exit code."""
+    try:
+        return fn(*args, **kwargs)
+    except FnnpError as exc:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command again to resume", highlight=False)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+    logging.getLogger("fnnp_opt").setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+
+
+def _command_line() -> str:
+    return "fnnp-opt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+DataDir = Annotated[
+    Optional[Path], typer.Option(help="Folder with the dataset files (default: the dataset's system location).")
+]
+Device = Annotated[str, typer.Option(help="Torch device: auto, cpu, cuda, cuda:1 ...")]
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Architecture from `fnnp-opt models`.")] = "resnet20",
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "fashion-mnist",
+    data_dir: DataDir = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (cosine schedule).")] = 0.1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
+    output: Annotated[Path, typer.Option(help="Where to write the .safetensors weights (a .json card goes beside).")] = Path(
+        "runs/base.safetensors"
+    ),
+    device: Device = "auto",
+) -> None:
+    """Train a base model from scratch (the search split stays held out)."""
+    from fnnp_opt.config import resolve_device
+    from fnnp_opt.finetune import FitConfig, train_base
+
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = FitConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    with bars() as progress:
+        card = call(
+            train_base,
+            model,
+            dataset,
+            output,
+            cfg,
+            data_dir=data_dir,
+            device=call(resolve_device, device),
+            command=_command_line(),
+            progress=progress,
+        )
+    out.print(f"test accuracy {card['test_accuracy']:.4f}; weights in {output}")
+
+
+Opt = typer.Option
+
+
+@app.command()
+def run(
+    recipe: Annotated[Optional[Path], Opt(help="TOML recipe (see studies/); flags override it.")] = None,
+    model: Annotated[Optional[str], Opt(help="Architecture from `fnnp-opt models`. [default: resnet20]")] = None,
+    dataset: Annotated[Optional[str], Opt(help="Dataset name. [default: fashion-mnist]")] = None,
+    data_dir: DataDir = None,
+    checkpoint: Annotated[Optional[Path], Opt(help="Trained weights (.safetensors or a torch state_dict); default: the shipped one.")] = None,
+    flops: Annotated[Optional[str], Opt(help="FLOPs (MACs) budget: a fraction of the base like 0.5, or a count like 62.23M. [default: 0.5]")] = None,
+    flops_tolerance: Annotated[Optional[float], Opt(help="Half-width of the accepted window, as a fraction of the base FLOPs. [default: 0.02]")] = None,
+    max_rate: Annotated[Optional[float], Opt(help="R: every pruning ratio lies in [0, R]; must be in (0, 1). [default: 0.6]")] = None,
+    sampler: Annotated[Optional[str], Opt(help="random (the paper's), tpe or cmaes. [default: random]")] = None,
+    n_trials: Annotated[Optional[int], Opt(help="Evaluated candidates in the study, in total across resumes. [default: 30]")] = None,
+    seed: Annotated[Optional[int], Opt(help="Base seed of sampling, calibration and fine-tuning. [default: 0]")] = None,
+    abn_batches: Annotated[Optional[int], Opt(help="Adaptive-BN calibration batches. [default: 100]")] = None,
+    abn_batch_size: Annotated[Optional[int], Opt(help="Images per calibration batch. [default: 64]")] = None,
+    search_size: Annotated[Optional[int], Opt(help="Images held out from the training file to score candidates. [default: 5000]")] = None,
+    epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs of the winner (0 skips). [default: 3]")] = None,
+    lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: 0.02]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: 128]")] = None,
+    storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
+    study_name: Annotated[Optional[str], Opt(help="Study name. [default: <model>-<dataset>-flops<budget>]")] = None,
+    output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study name>]")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: auto]")] = None,
+) -> None:
+    """Search pruning ratios, fine-tune the best candidate, test it and export it.
+
+    Running the same command again resumes the study and the fine-tune.
+    """
+    from fnnp_opt.config import resolve
+
+    flags = dict(
+        model=model, dataset=dataset, data_dir=_s(data_dir), checkpoint=_s(checkpoint), flops=flops,
+        flops_tolerance=flops_tolerance, max_rate=max_rate, sampler=sampler, n_trials=n_trials, seed=seed,
+        abn_batches=abn_batches, abn_batch_size=abn_batch_size, search_size=search_size, epochs=epochs, lr=lr,
+        batch_size=batch_size, storage=storage, study_name=study_name, output=_s(output), device=device,
+    )
+    cfg = call(resolve, recipe, **flags)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trial lines come from fnnp-opt's own log
+    from fnnp_opt.pipeline import run as run_pipeline
+
+    with bars() as progress:
+        result = call(run_pipeline, cfg, progress)
+    _print_summary(result)
+
+
+def _s(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)
+
+
+def _print_summary(r) -> None:
+    from rich.table import Table
+
+    from fnnp_opt.flops import human
+
+    rep = r.report
+    out.print(
+        f"study [bold]{r.study_name}[/bold] ({r.storage}): {rep.total_evaluated} candidates evaluated "
+        f"({rep.evaluated} this session, {rep.rejected} draws rejected outside the window, {rep.failed} failed)"
+    )
+    out.print(f"best trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}")
+    table = Table(title="base vs pruned (test set)")
+    for col in ("", "test acc", "FLOPs (MACs)", "params", "CPU latency (batch 1)"):
+        table.add_column(col, justify="right")
+    for label, m in (("base", r.base), ("pruned", r.pruned)):
+        table.add_row(label, f"{m['test_accuracy']:.2%}", human(m["flops"]), human(m["params"]), f"{m['latency_ms']:.2f} ms")
+    b, p = r.base, r.pruned
+    table.add_row(
+        "pruned / base", f"{100 * (p['test_accuracy'] - b['test_accuracy']):+.2f} pt", f"{p['flops'] / b['flops']:.1%}",
+        f"{p['params'] / b['params']:.1%}", f"{p['latency_ms'] / b['latency_ms']:.2f}x",
+    )
+    out.print(table)
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
+    out.print(f"exported to {r.export}/pruned.json + pruned.safetensors (load with fnnp_opt.load_pruned); {stages}")
+
+
+@app.command()
+def models() -> None:
+    """List the architectures in the registry."""
+    from fnnp_opt.models import list_models
+
+    for info in list_models():
+        out.print(f"{info.name:12s} {info.description}")
+
+
+@app.command()
+def dashboard(
+    storage: Annotated[str, Opt(help="Optuna storage URL.")] = "sqlite:///studies/fnnp.db",
+    host: Annotated[str, Opt(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="Port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard for a storage (on 127.0.0.1 unless --host says otherwise)."""
+    from fnnp_opt.search import serve_dashboard
+
+    call(serve_dashboard, storage, host, port, lambda url: out.print(f"optuna-dashboard on {url} (Ctrl-C stops)"))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,138 @@
+"""The resolved configuration of a run: defaults < recipe file < command-line flags.
+
+One dataclass holds every option. It is validated once, saved with the study
+(as user attributes) and with the exported model, so each result can be reproduced.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+from pathlib import Path
+
+from fnnp_opt.errors import UsageError
+
+
+class Sampler(str, Enum):
+    """Optuna samplers for the strategy vector."""
+
+    random = "random"  # uniform random search: the paper's choice
+    tpe = "tpe"  # tree-structured Parzen estimator
+    cmaes = "cmaes"  # CMA evolution strategy
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of `fnnp-opt run`, resolved."""
+
+    # model and data
+    model: str = "resnet20"  # registry name
+    dataset: str = "fashion-mnist"  # dataset name
+    data_dir: str | None = None  # dataset folder; None = the dataset's system location
+    checkpoint: str | None = None  # trained weights; None = the checkpoint shipped for (model, dataset)
+    # search space and budget
+    flops: str = "0.5"  # budget: fraction of the base (0.5) or a count (62.23M)
+    flops_tolerance: float = 0.02  # half-width of the window, as a fraction of the base FLOPs
+    max_rate: float = 0.6  # R: each pruning ratio lies in [0, R]
+    # adaptive-BN evaluation
+    abn_batches: int = 100  # calibration batches (the paper's 100)
+    abn_batch_size: int = 64  # images per calibration batch
+    search_size: int = 5000  # images held out from the training file to score candidates
+    eval_batch_size: int = 500  # batch size when scoring (no effect on results)
+    # the study
+    sampler: Sampler = Sampler.random
+    n_trials: int = 30  # evaluated (feasible) candidates in the study, in total across resumes
+    max_draws: int = 5000  # stop drawing after this many rejected candidates in one session
+    seed: int = 0  # base seed of sampling, fine-tuning and calibration
+    storage: str | None = None  # Optuna storage URL; None = sqlite:///studies/fnnp.db
+    study_name: str | None = None  # None = <model>-<dataset>-flops<budget>
+    # fine-tuning of the winner
+    epochs: int = 3  # fine-tune epochs
+    lr: float = 0.02  # fine-tune peak learning rate
+    batch_size: int = 128  # fine-tune batch size
+    # outputs
+    output: str | None = None  # export folder; None = runs/<study name>
+    device: str = "auto"  # torch device
+
+    def resolved_storage(self) -> str:
+        return self.storage or "sqlite:///studies/fnnp.db"
+
+    def resolved_study_name(self) -> str:
+        return self.study_name or f"{self.model}-{self.dataset}-flops{self.flops}"
+
+    def resolved_output(self) -> Path:
+        return Path(self.output) if self.output else Path("runs") / self.resolved_study_name()
+
+    def validate(self) -> "RunConfig":
+        """Check every value that can be checked without loading anything."""
+        from fnnp_opt.data import get_dataset_info
+        from fnnp_opt.models import get_model_info
+        from fnnp_opt.space import check_max_rate
+
+        get_model_info(self.model)
+        get_dataset_info(self.dataset)
+        check_max_rate(self.max_rate)
+        for name in ("abn_batches", "abn_batch_size", "search_size", "eval_batch_size", "n_trials", "max_draws",
+                     "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+                opt = "--" + name.replace("_", "-")
+                raise UsageError(f"{opt} must be a whole number >= {0 if name == 'epochs' else 1}, got {value!r}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sampler"] = self.sampler.value
+        return d
+
+
+def load_recipe(path: Path) -> dict:
+    """Read a TOML recipe: a flat table of RunConfig fields (extra tables such as [paper] are kept aside)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe {path} does not exist; see `ls studies/` for the shipped recipes")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"recipe {path} is not valid TOML: {exc}") from None
+    return data
+
+
+def resolve(recipe: Path | None = None, **flags) -> RunConfig:
+    """Defaults, overridden by the recipe, overridden by flags that are not None."""
+    known = {f.name for f in fields(RunConfig)}
+    values: dict = {}
+    if recipe is not None:
+        data = {k: v for k, v in load_recipe(recipe).items() if not isinstance(v, dict)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"recipe {recipe} sets unknown options {unknown}; known: {sorted(known)}")
+        values.update(data)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "flops" in values:
+        values["flops"] = str(values["flops"])
+    if "sampler" in values:
+        try:
+            values["sampler"] = Sampler(values["sampler"])
+        except ValueError:
+            choices = ", ".join(s.value for s in Sampler)
+            raise UsageError(f"unknown sampler {values['sampler']!r}; choose one of: {choices}") from None
+    return replace(RunConfig(), **values).validate()
+
+
+def resolve_device(name: str) -> str:
+    """Map ``auto`` to cuda when available, else cpu; validate explicit names."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asks for CUDA, but none is available; use --device cpu")
+    return name

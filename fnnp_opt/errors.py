@@ -1,0 +1,44 @@
+"""Exceptions raised by fnnp-opt.
+
+Every error derives from :class:`FnnpError`, so a caller (the CLI) can turn any of
+them into one line on stderr. Messages state the rule, the value received and the
+remedy.
+"""
+
+from __future__ import annotations
+
+
+class FnnpError(Exception):
+    """Raised for any failure that fnnp-opt reports to the user as one line."""
+
+    exit_code = 1
+
+
+class UsageError(FnnpError):
+    """Raised when an option or recipe value is invalid."""
+
+    exit_code = 2
+
+
+class DataError(FnnpError):
+    """Raised when a dataset is missing or its files are malformed."""
+
+
+class CheckpointError(FnnpError):
+    """Raised when a checkpoint is missing, corrupt or does not fit the model."""
+
+
+class BudgetError(UsageError):
+    """Raised when a FLOPs budget is unparsable or unreachable by the search space."""
+
+
+class StorageError(FnnpError):
+    """Raised when an Optuna storage is unreachable or holds an incompatible study."""
+
+
+class OutputError(FnnpError):
+    """Raised when an output path cannot be written."""
+
+
+class ModelError(UsageError):
+    """Raised when a model name is unknown or an architecture cannot be pruned."""

@@ -1,0 +1,144 @@
+"""The one batch loop, plain accuracy, adaptive-BN calibration and latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from fnnp_opt.data import Batch
+from fnnp_opt.errors import FnnpError
+from fnnp_opt.progress import NULL, Progress
+
+
+class NonFiniteError(FnnpError):
+    """Raised when a network produces NaN or inf (statistics or logits)."""
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    x, y = batch
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def count_correct(logits: torch.Tensor, y: torch.Tensor) -> int:
+    """Number of top-1 hits in a batch; raises :class:`NonFiniteError` on NaN/inf logits."""
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError("the network produced NaN or inf logits")
+    return int((logits.argmax(1) == y).sum())
+
+
+def run_batches(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device,
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+    progress: Progress = NULL,
+    description: str = "",
+    total: int | None = None,
+) -> None:
+    """Move each batch to ``device``, call ``step(x, y)``, and report progress."""
+    with progress.task(description, total) as advance:
+        for batch in batches:
+            x, y = to_device(batch, device)
+            step(x, y)
+            advance(1)
+
+
+def _restoring_mode(fn):
+    def wrapped(model: nn.Module, *args, **kwargs):
+        was_training = model.training
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
+    return wrapped
+
+
+@_restoring_mode
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    batches: list[Batch],
+    device: torch.device | str = "cpu",
+    progress: Progress = NULL,
+    description: str = "evaluate",
+) -> float:
+    """Top-1 accuracy of ``model`` in eval mode over ``batches``."""
+    model.eval()
+    hits = seen = 0
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        nonlocal hits, seen
+        hits += count_correct(model(x), y)
+        seen += len(y)
+
+    run_batches(model, batches, torch.device(device), step, progress, description, len(batches))
+    return hits / max(seen, 1)
+
+
+def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@_restoring_mode
+@torch.no_grad()
+def calibrate_bn(
+    model: nn.Module,
+    batches: list[Batch],
+    device: torch.device | str = "cpu",
+    momentum: float | None = None,
+    progress: Progress = NULL,
+) -> None:
+    """Adaptive BN: reset every BatchNorm's running statistics and recompute them.
+
+    The network runs in train mode without gradients over ``batches``; only BN buffers
+    change. ``momentum=None`` gives the exact cumulative average over the batches; a
+    float gives the usual exponential moving average.
+    """
+    layers = bn_layers(model)
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = momentum
+    model.train()
+    try:
+        run_batches(model, batches, torch.device(device), lambda x, y: model(x), progress, "ABN", len(batches))
+    finally:
+        for m, mom in zip(layers, saved):
+            m.momentum = mom
+    for m in layers:
+        if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):
+            raise NonFiniteError("adaptive BN produced NaN or inf running statistics")
+
+
+def abn_accuracy(
+    model: nn.Module,
+    calibration: list[Batch],
+    search: list[Batch],
+    device: torch.device | str = "cpu",
+    progress: Progress = NULL,
+) -> float:
+    """Calibrate BN on ``calibration`` batches, then score on ``search`` batches."""
+    calibrate_bn(model, calibration, device, progress=progress)
+    return accuracy(model, search, device, progress, "score")
+
+
+@_restoring_mode
+@torch.no_grad()
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...], runs: int = 50, warmup: int = 10) -> float:
+    """Median CPU wall time of one forward pass, in milliseconds."""
+    model.eval()
+    x = torch.randn(*input_shape)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

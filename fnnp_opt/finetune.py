@@ -1,0 +1,184 @@
+"""Training and fine-tuning: SGD with momentum and a cosine schedule, resumable per epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fnnp_opt.data import Augment, TensorSet
+from fnnp_opt.evaluate import NonFiniteError, run_batches
+from fnnp_opt.progress import NULL, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Hyper-parameters of one training run."""
+
+    epochs: int = 3  # passes over the train part
+    lr: float = 0.02  # peak learning rate; cosine-annealed to 0 over all steps
+    batch_size: int = 128  # images per step
+    momentum: float = 0.9  # SGD momentum (Nesterov)
+    weight_decay: float = 5e-4  # L2 penalty on every parameter
+    seed: int = 0  # shuffling and augmentation seed
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    model: nn.Module,
+    train: TensorSet,
+    cfg: FitConfig,
+    *,
+    augment: Augment | None = None,
+    device: torch.device | str = "cpu",
+    checkpoint: Path | None = None,
+    tag: str = "",
+    progress: Progress = NULL,
+) -> list[float]:
+    """Train ``model`` in place and return the mean training loss of each epoch.
+
+    When ``checkpoint`` is given, the state is saved there after every epoch and a
+    later call with the same ``tag`` resumes after the last finished epoch.
+    """
+    device = torch.device(device)
+    model.to(device=device, memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+    )
+    steps_per_epoch = len(train) // cfg.batch_size
+    total = max(1, cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start, history = 0, []
+    tag = f"{tag}|{sorted(asdict(cfg).items())}"
+
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("tag") == tag:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            start, history = int(state["epoch"]), list(state["history"])
+            log.info("resuming training after epoch %d from %s", start, checkpoint)
+        else:
+            log.warning("ignoring %s: it belongs to a different run", checkpoint)
+
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        loss_sum, steps = 0.0, 0
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            nonlocal loss_sum, steps
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"training loss became {loss.item()} in epoch {epoch + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item()
+            steps += 1
+
+        batches = train.shuffled(cfg.batch_size, gen, augment)
+        run_batches(model, batches, device, step, progress, f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
+        history.append(loss_sum / max(steps, 1))
+        log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, history[-1])
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomic(
+                {
+                    "tag": tag,
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(),
+                },
+                checkpoint,
+            )
+    model.to(memory_format=torch.contiguous_format)
+    model.eval()
+    return history
+
+
+def train_base(
+    model_name: str,
+    dataset: str,
+    output: Path,
+    cfg: FitConfig,
+    *,
+    data_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    command: str = "",
+    progress: Progress = NULL,
+) -> dict:
+    """Train a base model from scratch on the train part and save it as safetensors plus a JSON card.
+
+    The search split is held out exactly as a study holds it out, so a shipped base
+    model has never seen the images that score candidates. Returns the card.
+    """
+    import json
+    import time
+
+    from safetensors.torch import save_file
+
+    from fnnp_opt.data import load_splits
+    from fnnp_opt.evaluate import accuracy
+    from fnnp_opt.export import check_writable
+    from fnnp_opt.models import create_model
+
+    output = Path(output)
+    check_writable(output)
+    splits = load_splits(dataset, data_dir)
+    model = create_model(model_name, splits.info.in_channels, splits.info.num_classes)
+    t0 = time.perf_counter()
+    history = fit(
+        model,
+        splits.train,
+        cfg,
+        augment=splits.augment,
+        device=device,
+        checkpoint=output.with_suffix(".resume.pt"),
+        tag=f"train|{model_name}|{dataset}|{splits.fingerprint}",
+        progress=progress,
+    )
+    minutes = (time.perf_counter() - t0) / 60
+    test_acc = accuracy(model, splits.test_batches(500), device, progress, "test")
+    model.cpu()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(output))
+    card = {
+        "model": model_name,
+        "dataset": dataset,
+        "command": command,
+        "fit": asdict(cfg),
+        "train_images": len(splits.train),
+        "held_out_search_images": len(splits.search),
+        "test_accuracy": round(test_acc, 4),
+        "final_train_loss": round(history[-1], 4) if history else None,
+        "train_minutes_this_session": round(minutes, 1),
+        "torch": torch.__version__,
+    }
+    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    output.with_suffix(".resume.pt").unlink(missing_ok=True)
+    return card

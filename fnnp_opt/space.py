@@ -1,0 +1,95 @@
+"""The search space: which channel groups are searchable, their names and bounds.
+
+Computed once from the model. Each group gets one ratio in [0, R] under a stable,
+readable Optuna parameter name: ``ratio.<root conv>`` for the internal conv of a
+block, ``ratio.<stage>.residual`` for channels coupled by residual additions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from fnnp_opt.errors import UsageError
+from fnnp_opt.prune import GroupInfo
+
+PREFIX = "ratio."
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searchable group: one ratio of the strategy vector."""
+
+    name: str  # readable name; the Optuna parameter is ``ratio.<name>``
+    root: str  # root conv of the Torch-Pruning group
+    channels: int  # channels of the group in the base model
+    coupled: bool  # True when several convs share these channels (residual sums)
+    producers: tuple[str, ...]  # convs whose filters are removed together
+
+    @property
+    def param(self) -> str:
+        return PREFIX + self.name
+
+
+def _common_prefix(names: tuple[str, ...]) -> str:
+    parts = [n.split(".") for n in names]
+    prefix = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        prefix.append(level[0])
+    return ".".join(prefix)
+
+
+def _dimension(group: GroupInfo) -> Dimension:
+    coupled = len(group.producers) > 1
+    if coupled:
+        stem = _common_prefix(group.producers) or "+".join(dict.fromkeys(p.split(".")[0] for p in group.producers))
+        name = f"{stem}.residual"
+    else:
+        name = group.root
+    return Dimension(name, group.root, group.channels, coupled, group.producers)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The strategy vector's dimensions and their common upper bound R."""
+
+    dims: tuple[Dimension, ...]
+    max_rate: float  # R: each ratio lies in [0, R]
+
+    @classmethod
+    def from_groups(cls, groups: list[GroupInfo], max_rate: float) -> "SearchSpace":
+        check_max_rate(max_rate)
+        return cls(tuple(_dimension(g) for g in groups), max_rate)
+
+    def __len__(self) -> int:
+        return len(self.dims)
+
+    def suggest(self, trial) -> dict[str, float]:
+        """Ask an Optuna trial for one ratio per dimension; returns {root: ratio}."""
+        return {d.root: trial.suggest_float(d.param, 0.0, self.max_rate) for d in self.dims}
+
+    def from_params(self, params: dict[str, float]) -> dict[str, float]:
+        """Map Optuna parameters (``ratio.<name>``) back to {root: ratio}."""
+        return {d.root: float(params[d.param]) for d in self.dims}
+
+    def uniform(self, ratio: float) -> dict[str, float]:
+        """The same ratio for every dimension, as {root: ratio}."""
+        return {d.root: ratio for d in self.dims}
+
+    def describe(self) -> list[dict]:
+        return [
+            {"param": d.param, "root": d.root, "channels": d.channels, "coupled": d.coupled, "convs": list(d.producers)}
+            for d in self.dims
+        ]
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"R": self.max_rate, "dims": self.describe()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_max_rate(max_rate: float) -> None:
+    if not 0.0 < max_rate < 1.0:
+        raise UsageError(f"--max-rate must be in (0, 1), got {max_rate}; e.g. --max-rate 0.7")

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryFailedTrialCallback
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import fnnp_opt
+import fnnp_opt.search as S
+from fnnp_opt.cli import app
+from fnnp_opt.data import load_splits
+from fnnp_opt.evaluate import accuracy
+from fnnp_opt.models import create_model
+
+from conftest import SMALL_RUN
+
+runner = CliRunner()
+
+
+def _run(args, tmp_path, *extra):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    return runner.invoke(app, ["run", *SMALL_RUN, "--storage", storage, "--output", str(tmp_path / "out"), *args, *extra])
+
+
+def test_run_end_to_end_and_the_export_reproduces_the_accuracy(small_fmnist, tmp_path):
+    res = _run(["--data-dir", str(small_fmnist)], tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "base vs pruned" in res.output and "2 candidates evaluated" in res.output
+    doc = json.loads((tmp_path / "out" / "pruned.json").read_text())
+    printed = doc["metrics"]["pruned"]["test_accuracy"]
+    assert f"{printed:.2%}" in res.output
+    model = fnnp_opt.load_pruned(tmp_path / "out")
+    test = load_splits("fashion-mnist", small_fmnist, search_size=300, abn_batches=4, abn_batch_size=32).test
+    assert accuracy(model, test.batches(500)) == printed
+    assert 0.45 <= doc["metrics"]["pruned"]["flops"] / doc["metrics"]["base"]["flops"] <= 0.55
+    study = optuna.load_study(study_name="resnet20-fashion-mnist-flops0.5", storage=f"sqlite:///{tmp_path}/study.db")
+    assert study.user_attrs["config"]["n_trials"] == 2 and study.user_attrs["result"]["trial"] == doc["study"]["trial"]
+
+
+def test_stock_optuna_cli_lists_trials_with_attributes(small_fmnist, tmp_path):
+    assert _run(["--data-dir", str(small_fmnist), "--epochs", "0"], tmp_path).exit_code == 0
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    proc = subprocess.run(
+        [str(optuna_cli), "trials", "--storage", f"sqlite:///{tmp_path}/study.db",
+         "--study-name", "resnet20-fashion-mnist-flops0.5", "-f", "json"],
+        capture_output=True, text=True, check=True,
+    )
+    trials = json.loads(proc.stdout)
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    assert len(done) == 2
+    attrs = done[0]["user_attrs"]
+    assert attrs["feasible"] is True and "pbn_accuracy" in attrs and "flops" in attrs and "channels" in attrs
+
+
+def _bad_checkpoints(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00garbage")
+    save_file(create_model("resnet20", 3, 10).state_dict(), str(tmp_path / "rgb.safetensors"))
+    return {"missing": tmp_path / "none.safetensors", "corrupt": tmp_path / "corrupt.safetensors",
+            "mismatch": tmp_path / "rgb.safetensors"}
+
+
+BAD = [
+    (["--model", "nope"], 2, "unknown model 'nope'"),
+    (["--sampler", "grid"], 2, "unknown sampler 'grid'"),
+    (["--dataset", "mnist3d"], 2, "unknown dataset 'mnist3d'"),
+    (["--max-rate", "1.2"], 2, r"--max-rate must be in (0, 1), got 1.2"),
+    (["--max-rate", "0"], 2, "--max-rate must be in (0, 1)"),
+    (["--flops", "0"], 2, "--flops must be positive"),
+    (["--flops", "-3"], 2, "--flops must be a fraction"),
+    (["--flops", "40M"], 2, "above the base model's"),
+    (["--flops", "half"], 2, "--flops must be a fraction"),
+    (["--flops", "0.05", "--max-rate", "0.3"], 2, "cannot be reached with ratios in [0, 0.3]"),
+    (["--checkpoint", "missing"], 1, "does not exist"),
+    (["--checkpoint", "corrupt"], 1, "could not be read"),
+    (["--checkpoint", "mismatch"], 1, "does not fit the model"),
+    (["--data-dir", "/nonexistent/fmnist"], 1, "apt-get install dataset-fashion-mnist"),
+    (["--storage", "nosuchdb://localhost/x"], 1, "could not be opened"),
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], 1, "could not be opened"),
+    (["--output", "/proc/version/out"], 1, "choose another path"),
+]
+
+
+@pytest.mark.parametrize("args, code, message", BAD, ids=[" ".join(a) for a, _, _ in BAD])
+def test_bad_input_is_one_line_and_touches_nothing(args, code, message, small_fmnist, tmp_path):
+    ckpts = _bad_checkpoints(tmp_path)
+    args = [str(ckpts.get(a, a)) for a in args]
+    if "--data-dir" not in args:
+        args += ["--data-dir", str(small_fmnist)]
+    res = _run(args, tmp_path)
+    assert res.exit_code == code, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_existing_study_with_other_data_is_refused_and_kept(small_fmnist, tmp_path, fmnist_arrays):
+    assert _run(["--data-dir", str(small_fmnist), "--epochs", "0"], tmp_path).exit_code == 0
+    db = tmp_path / "study.db"
+    before = db.read_bytes()
+    from fnnp_opt.data import write_idx
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for part, key, n in (("train", "train", 2500), ("t10k", "test", 1000)):
+        write_idx(other / f"{part}-images-idx3-ubyte.gz", fmnist_arrays[f"{key}_x"][-n:])
+        write_idx(other / f"{part}-labels-idx1-ubyte.gz", fmnist_arrays[f"{key}_y"][-n:])
+    res = _run(["--data-dir", str(other), "--epochs", "0"], tmp_path)
+    assert res.exit_code == 1 and "created with different settings (data: stored" in res.output
+    assert db.read_bytes() == before
+
+
+def test_debug_shows_the_traceback(small_fmnist, tmp_path):
+    res = runner.invoke(app, ["--debug", "run", "--model", "nope"])
+    assert res.exit_code != 0 and res.exception is not None
+
+
+def test_models_lists_the_registry():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "resnet20" in res.output
+
+
+def _count_complete(url: str, name: str) -> int:
+    study = optuna.load_study(study_name=name, storage=url)
+    return sum(t.state.name == "COMPLETE" for t in study.trials)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path):
+    url, name = f"sqlite:///{tmp_path}/study.db", "resnet20-fashion-mnist-flops0.5"
+    cmd = [sys.executable, str(Path(__file__).parents[1] / "cli.py"), "run", *SMALL_RUN, "--n-trials", "12",
+           "--epochs", "0", "--storage", url, "--output", str(tmp_path / "out"), "--data-dir", str(small_fmnist)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the study is under way
+        time.sleep(0.5)
+        if (tmp_path / "study.db").exists():
+            try:
+                if _count_complete(url, name) >= 2:
+                    break
+            except Exception:  # the study is still being created
+                pass
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    interrupted_at = _count_complete(url, name)
+    assert 2 <= interrupted_at < 12
+    if sig == signal.SIGKILL:
+        time.sleep(S.GRACE_S + 1)  # the dead run's heartbeat goes stale
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _count_complete(url, name) == 12
+    study = optuna.load_study(study_name=name, storage=url)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    if sig == signal.SIGKILL:
+        for failed in [t for t in study.trials if t.state.name == "FAIL"]:
+            retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == failed.number]
+            assert retries, f"trial {failed.number} was failed but not retried"

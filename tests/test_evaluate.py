@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fnnp_opt.data import load_splits
+from fnnp_opt.evaluate import NonFiniteError, abn_accuracy, accuracy, bn_layers, calibrate_bn
+
+
+@pytest.fixture(scope="module")
+def splits(small_fmnist):
+    return load_splits("fashion-mnist", small_fmnist, search_size=500, abn_batches=8, abn_batch_size=32)
+
+
+def test_abn_changes_only_bn_running_stats(base_model, splits):
+    before = {k: v.clone() for k, v in base_model.state_dict().items()}
+    momenta = [m.momentum for m in bn_layers(base_model)]
+    base_model.eval()
+    calibrate_bn(base_model, splits.calibration)
+    after = base_model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "ABN must recompute the statistics"
+    assert all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert any(k.endswith("running_mean") for k in changed)
+    assert [m.momentum for m in bn_layers(base_model)] == momenta
+    assert not base_model.training  # mode given back
+
+
+def test_abn_is_the_cumulative_average_of_the_batches(base_model, splits):
+    calibrate_bn(base_model, splits.calibration)
+    bn = base_model.bn1
+    means = torch.stack([base_model.conv1(x).detach().mean((0, 2, 3)) for x, _ in splits.calibration])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
+
+
+def test_abn_recovers_a_pruned_net(base_model, splits):
+    from fnnp_opt.prune import Pruner
+
+    pruner = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
+    pruned = pruner.prune({g.root: 0.5 for g in pruner.groups})
+    search = splits.search_batches(250)
+    pbn = accuracy(pruned, search)
+    abn = abn_accuracy(pruned, splits.calibration, search)
+    assert abn > pbn + 0.1  # stale statistics mislead; recomputed ones do not
+
+
+def test_accuracy_matches_a_manual_count(base_model, splits):
+    batches = splits.search_batches(100)
+    with torch.no_grad():
+        hits = sum(int((base_model(x).argmax(1) == y).sum()) for x, y in batches)
+    base_model.train()
+    assert accuracy(base_model, batches) == hits / 500
+    assert base_model.training
+
+
+def test_non_finite_statistics_are_reported(base_model, splits):
+    with torch.no_grad():
+        base_model.conv1.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError):
+        calibrate_bn(base_model, splits.calibration)

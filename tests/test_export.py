@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fnnp_opt
+from fnnp_opt.errors import CheckpointError
+from fnnp_opt.export import save_pruned
+from fnnp_opt.prune import Pruner
+
+
+def _card():
+    return {"model": "resnet20", "in_channels": 1, "num_classes": 10, "input_shape": [1, 1, 28, 28]}
+
+
+def test_export_reloads_bit_identically(base_model, tmp_path):
+    pruner = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
+    pruned = pruner.prune({g.root: 0.1 * (i % 6) for i, g in enumerate(pruner.groups)})
+    recipe = save_pruned(pruned, tmp_path / "out", _card())
+    doc = json.loads(recipe.read_text())
+    assert doc["format"] == "fnnp-opt/pruned-v1" and doc["layers"]["layer2.1.conv1"]["out"] < 32
+    loaded = fnnp_opt.load_pruned(tmp_path / "out")
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), pruned(x))
+    for k, v in pruned.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    assert fnnp_opt.load_pruned(recipe) is not None  # the JSON path works too
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_bad_exports_are_reported(base_model, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        fnnp_opt.load_pruned(tmp_path / "nothing")
+    (tmp_path / "pruned.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        fnnp_opt.load_pruned(tmp_path)
+    save_pruned(base_model, tmp_path / "e", _card())
+    (tmp_path / "e" / "pruned.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        fnnp_opt.load_pruned(tmp_path / "e")

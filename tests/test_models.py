@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fnnp_opt.errors import CheckpointError, ModelError
+from fnnp_opt.models import create_model, list_models, load_model, read_state_dict
+
+
+def test_registry_lists_and_rejects_unknown():
+    assert "resnet20" in [m.name for m in list_models()]
+    with pytest.raises(ModelError, match="unknown model 'nope'.*resnet20"):
+        create_model("nope", 1, 10)
+
+
+@pytest.mark.parametrize("name", [m.name for m in list_models()])
+def test_every_model_adapts_to_the_input(name):
+    model = create_model(name, 1, 7).eval()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+
+def test_shipped_checkpoint_card(shipped_checkpoint):
+    import json
+
+    card = json.loads(shipped_checkpoint.with_suffix(".json").read_text())
+    assert card["test_accuracy"] >= 0.925
+    assert card["command"].startswith("fnnp-opt train")
+
+
+def test_state_dict_inside_training_checkpoint_is_accepted(tmp_path):
+    model = create_model("resnet20", 1, 10)
+    torch.save({"epoch": 3, "state_dict": model.state_dict()}, tmp_path / "ckpt.pt")
+    loaded, digest = load_model("resnet20", 1, 10, tmp_path / "ckpt.pt")
+    assert len(digest) == 64
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "absent.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        read_state_dict(tmp_path / "bad.safetensors")
+    save_file(create_model("resnet20", 3, 10).state_dict(), str(tmp_path / "rgb.safetensors"))
+    with pytest.raises(CheckpointError, match=r"shape mismatch conv1.weight \(16, 3, 3, 3\)"):
+        load_model("resnet20", 1, 10, tmp_path / "rgb.safetensors")
+    save_file(create_model("resnet56", 1, 10).state_dict(), str(tmp_path / "r56.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected layer1.3"):
+        load_model("resnet20", 1, 10, tmp_path / "r56.safetensors")
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"model": create_model("resnet20", 1, 10)}, tmp_path / "module.pt")  # a pickled module
+    with pytest.raises(CheckpointError):
+        read_state_dict(tmp_path / "module.pt")

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fnnp_opt.flops import count
+from fnnp_opt.models import create_model
+from fnnp_opt.prune import Pruner, apply_shapes, layer_shapes
+
+SHAPE = (1, 1, 28, 28)
+
+
+@pytest.fixture()
+def pruner(base_model):
+    return Pruner(base_model, torch.zeros(SHAPE), "fc")
+
+
+def test_resnet20_groups(pruner):
+    # 9 internal convs (one per block) plus one residual group per stage
+    assert len(pruner.groups) == 12
+    coupled = [g for g in pruner.groups if len(g.producers) > 1]
+    assert len(coupled) == 3
+    assert all("fc" not in g.producers for g in pruner.groups)
+    stage3 = [g for g in coupled if "layer3.0.shortcut.0" in g.producers][0]
+    assert "fc" in stage3.consumers  # the classifier only loses inputs
+
+
+def test_ratio_zero_leaves_outputs_unchanged(pruner, base_model):
+    x = torch.randn(8, *SHAPE[1:])
+    pruned = pruner.prune({g.root: 0.0 for g in pruner.groups})
+    assert layer_shapes(pruned) == layer_shapes(base_model)
+    assert torch.equal(pruned(x), base_model(x))
+
+
+def test_pruning_shrinks_flops_and_keeps_output_shape(pruner, base_model):
+    x = torch.randn(4, *SHAPE[1:])
+    base_macs, base_params = count(base_model, SHAPE)
+    previous = base_macs
+    for r in (0.2, 0.4, 0.6, 0.8):
+        pruned = pruner.prune({g.root: r for g in pruner.groups})
+        assert pruned(x).shape == (4, 10)
+        macs, params = count(pruned, SHAPE)
+        assert macs < previous and params < base_params
+        previous = macs
+
+
+def test_channel_plan_follows_ratios(pruner):
+    ratios = {g.root: 0.25 * (i % 4) for i, g in enumerate(pruner.groups)}
+    shapes = layer_shapes(pruner.prune(ratios))
+    for g in pruner.groups:
+        kept = g.channels - Pruner.removed_count(ratios[g.root], g.channels)
+        for conv in g.producers:
+            assert shapes[conv]["out"] == kept
+    assert Pruner.removed_count(0.99, 16) == 15  # always keeps a channel
+    assert Pruner.removed_count(0.0, 16) == 0
+
+
+def test_removes_the_smallest_l1_filters(pruner, base_model):
+    root = "layer2.1.conv1"
+    w = base_model.get_submodule(root).weight.detach()
+    l1 = w.abs().flatten(1).sum(1)
+    pruned = pruner.prune({root: 0.5})
+    kept_w = pruned.get_submodule(root).weight.detach()
+    keep = torch.sort(torch.argsort(l1, descending=True)[:16]).values
+    assert torch.equal(kept_w, w[keep])  # the 16 largest-L1 filters survive, in order
+    # and the consumer lost the matching input channels
+    w2 = base_model.get_submodule("layer2.1.conv2").weight.detach()
+    assert torch.equal(pruned.get_submodule("layer2.1.conv2").weight.detach(), w2[:, keep])
+
+
+def test_residual_group_scores_sum_over_coupled_convs(pruner, base_model):
+    g = [g for g in pruner.groups if "layer2.0.shortcut.0" in g.producers][0]
+    score = sum(base_model.get_submodule(n).weight.detach().abs().flatten(1).sum(1) for n in g.producers)
+    pruned = pruner.prune({g.root: 0.25})
+    keep = torch.sort(torch.argsort(score, descending=True)[:24]).values
+    for n in g.producers:
+        assert torch.equal(pruned.get_submodule(n).weight.detach(), base_model.get_submodule(n).weight.detach()[keep])
+
+
+def test_base_model_is_never_modified(pruner, base_model):
+    before = {k: v.clone() for k, v in base_model.state_dict().items()}
+    pruner.prune({g.root: 0.5 for g in pruner.groups})
+    after = base_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_apply_shapes_rebuilds_the_architecture(pruner):
+    pruned = pruner.prune({g.root: 0.3 for g in pruner.groups})
+    fresh = apply_shapes(create_model("resnet20", 1, 10), layer_shapes(pruned))
+    fresh.load_state_dict(pruned.state_dict())
+    x = torch.randn(2, *SHAPE[1:])
+    assert torch.equal(fresh.eval()(x), pruned(x))

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+import fnnp_opt.search as S
+from fnnp_opt.config import Sampler, resolve
+from fnnp_opt.errors import StorageError
+from fnnp_opt.evaluate import NonFiniteError
+from fnnp_opt.pipeline import prepare, run, uniform_macs
+
+SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(small_fmnist):
+    return prepare(resolve(data_dir=str(small_fmnist), **SMALL))
+
+
+def _evaluator(p):
+    return S.Evaluator(p.pruner, p.space, p.budget, p.splits.calibration, p.splits.search_batches(300), p.input_shape)
+
+
+def _uniform_in_window(p) -> float:
+    lo, hi = 0.0, p.space.max_rate  # FLOPs fall as the ratio rises: bisect to the target
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if uniform_macs(p.pruner, p.space, mid, p.input_shape) > p.budget.target else (lo, mid)
+    return hi
+
+
+def test_outside_the_window_is_rejected_before_evaluation(prepared, monkeypatch):
+    calls = []
+    monkeypatch.setattr(S, "calibrate_bn", lambda *a, **k: calls.append(1))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({d.param: 0.0 for d in prepared.space.dims})
+    study.optimize(_evaluator(prepared), n_trials=1)
+    t = study.trials[0]
+    assert t.state is TrialState.PRUNED and t.value is None and not calls
+    assert t.user_attrs["feasible"] is False and t.user_attrs["flops"] == prepared.budget.base
+    assert "outside" in t.user_attrs["reject_reason"]
+
+
+def test_inside_the_window_records_scores_and_attributes(prepared):
+    r = _uniform_in_window(prepared)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({d.param: r for d in prepared.space.dims})
+    study.optimize(_evaluator(prepared), n_trials=1)
+    t = study.trials[0]
+    assert t.state is TrialState.COMPLETE and 0.0 <= t.value <= 1.0
+    a = t.user_attrs
+    assert a["feasible"] is True and prepared.budget.contains(a["flops"])
+    assert 0.0 <= a["pbn_accuracy"] <= 1.0
+    assert set(a["timings"]) >= {"strategy", "prune", "flops", "pbn_score", "abn_calibrate", "abn_score", "storage"}
+    assert set(a["channels"]) == {d.name for d in prepared.space.dims}
+
+
+def test_optimize_counts_only_evaluated_candidates(prepared):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    report = S.optimize(study, _evaluator(prepared), n_trials=2, max_draws=1000)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 2 == report.total_evaluated
+    assert report.rejected == states.count(TrialState.PRUNED)
+    assert S.optimize(study, _evaluator(prepared), n_trials=2, max_draws=1000).evaluated == 0
+
+
+def test_nan_candidate_fails_and_the_study_goes_on(prepared, monkeypatch):
+    real = S.calibrate_bn
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise NonFiniteError("adaptive BN produced NaN or inf running statistics")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "calibrate_bn", flaky)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    report = S.optimize(study, _evaluator(prepared), n_trials=1, max_draws=1000)
+    failed = [t for t in study.trials if t.state is TrialState.FAIL]
+    assert report.failed == 1 and len(failed) == 1
+    assert "NaN" in failed[0].user_attrs["fail_reason"]
+    assert report.total_evaluated == 1
+
+
+def test_session_seeds_differ_as_the_study_grows():
+    assert S.session_seed(0, 0) != S.session_seed(0, 5) != S.session_seed(1, 5)
+    assert S.session_seed(0, 5) == S.session_seed(0, 5)
+
+
+@pytest.mark.parametrize("kind", list(Sampler))
+def test_every_sampler_is_seeded(kind, prepared):
+    def draws():
+        study = optuna.create_study(direction="maximize", sampler=S.make_sampler(kind, 7))
+        study.optimize(lambda t: sum(prepared.space.suggest(t).values()), n_trials=3)
+        return [t.params for t in study.trials]
+
+    assert draws() == draws()
+
+
+def test_resume_continues_to_the_total_without_replaying(small_fmnist, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    common = dict(data_dir=str(small_fmnist), storage=url, study_name="s", output=str(tmp_path / "out"), **SMALL)
+    run(resolve(n_trials=2, **common))
+    result = run(resolve(n_trials=4, **common))
+    study = optuna.load_study(study_name="s", storage=url)
+    done = [t for t in study.trials if t.state is TrialState.COMPLETE]
+    assert len(done) == 4 and result.report.evaluated == 2
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params)  # no strategy drawn twice
+    assert study.user_attrs["config"]["model"] == "resnet20"
+    assert set(study.user_attrs["fingerprint"]) == {"model", "weights", "dataset", "data", "space", "budget"}
+
+
+def test_a_study_made_with_other_settings_is_refused(small_fmnist, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    common = dict(data_dir=str(small_fmnist), storage=url, study_name="s", output=str(tmp_path / "o"), **SMALL)
+    run(resolve(n_trials=1, **common))
+    before = len(optuna.load_study(study_name="s", storage=url).trials)
+    with pytest.raises(StorageError, match="budget: stored .* pass a new --study-name"):
+        run(resolve(n_trials=3, **{**common, "flops": "0.4"}))
+    with pytest.raises(StorageError, match="space: stored"):
+        run(resolve(n_trials=3, **{**common, "max_rate": 0.7}))
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == before
+
+
+def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(S, "GRACE_S", 2)
+    storage = S.open_storage(f"sqlite:///{tmp_path}/h.db")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    r = _uniform_in_window(prepared)
+    study.enqueue_trial({d.param: r for d in prepared.space.dims})
+    dead = study.ask()  # a worker takes the trial ...
+    prepared.space.suggest(dead)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(3)  # ... and dies: no heartbeat for longer than the grace period
+    S.optimize(study, _evaluator(prepared), n_trials=1, max_draws=1000)
+    trials = study.get_trials()
+    assert trials[0].state is TrialState.FAIL
+    retry = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == dead.number]
+    assert len(retry) == 1 and retry[0].state is TrialState.COMPLETE and retry[0].params == trials[0].params
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [("nosuchdb://x", "could not be opened"), ("sqlite:////proc/no/such/dir/x.db", "could not be opened"),
+     ("sqlite:////dev/null/x.db", "not a folder"),
+     ("not a url", "could not be opened")],
+)
+def test_bad_storage_urls(url, message):
+    with pytest.raises(StorageError, match=message):
+        S.open_storage(url)
