@@ -39,7 +39,7 @@ class RunConfig:
     abn_batches: int = 100  # calibration batches (the paper's 100)
     abn_batch_size: int = 64  # images per calibration batch
     search_size: int = 5000  # images held out from the training file to score candidates
-    eval_batch_size: int = 500  # batch size when scoring (no effect on results)
+    eval_batch_size: int = 128  # batch size when scoring (no effect on results; 128 is fastest on CPUs)
     # the study
     sampler: Sampler = Sampler.random
     n_trials: int = 30  # evaluated (feasible) candidates in the study, in total across resumes

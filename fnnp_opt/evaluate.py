@@ -18,9 +18,10 @@ class NonFiniteError(FnnpError):
     """Raised when a network produces NaN or inf (statistics or logits)."""
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Batch, device: torch.device, memory_format=torch.contiguous_format) -> Batch:
     x, y = batch
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    return x, y.to(device, non_blocking=True)
 
 
 def count_correct(logits: torch.Tensor, y: torch.Tensor) -> int:
@@ -38,11 +39,17 @@ def run_batches(
     progress: Progress = NULL,
     description: str = "",
     total: int | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> None:
-    """Move each batch to ``device``, call ``step(x, y)``, and report progress."""
+    """Move each batch to ``device`` in ``memory_format``, call ``step(x, y)``, and report progress.
+
+    The model's parameters are put in the same memory format, so the convolutions
+    need no layout conversions.
+    """
+    model.to(memory_format=memory_format)
     with progress.task(description, total) as advance:
         for batch in batches:
-            x, y = to_device(batch, device)
+            x, y = to_device(batch, device, memory_format)
             step(x, y)
             advance(1)
 
@@ -60,7 +67,7 @@ def _restoring_mode(fn):
 
 
 @_restoring_mode
-@torch.no_grad()
+@torch.inference_mode()
 def accuracy(
     model: nn.Module,
     batches: list[Batch],
@@ -77,7 +84,8 @@ def accuracy(
         hits += count_correct(model(x), y)
         seen += len(y)
 
-    run_batches(model, batches, torch.device(device), step, progress, description, len(batches))
+    # inference is up to 2x faster in channels-last layout on CPUs (benchmarks/trial_cost.py)
+    run_batches(model, batches, torch.device(device), step, progress, description, len(batches), torch.channels_last)
     return hits / max(seen, 1)
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from fnnp_opt.config import Sampler
@@ -127,7 +127,7 @@ def open_storage(url: str) -> RDBStorage:
                 url,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRY),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
         except Exception as exc:  # SQLAlchemy raises many types for bad URLs and dead servers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -164,5 +164,5 @@ def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     if sig == signal.SIGKILL:
         for failed in [t for t in study.trials if t.state.name == "FAIL"]:
-            retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == failed.number]
+            retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed.number]
             assert retries, f"trial {failed.number} was failed but not retried"

@@ -37,7 +37,7 @@ def test_abn_recovers_a_pruned_net(base_model, splits):
     from fnnp_opt.prune import Pruner
 
     pruner = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
-    pruned = pruner.prune({g.root: 0.5 for g in pruner.groups})
+    pruned = pruner.prune({g.root: 0.1 for g in pruner.groups})
     search = splits.search_batches(250)
     pbn = accuracy(pruned, search)
     abn = abn_accuracy(pruned, splits.calibration, search)

@@ -4,7 +4,7 @@ import time
 
 import optuna
 import pytest
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import fnnp_opt.search as S
@@ -142,7 +142,7 @@ def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypa
     S.optimize(study, _evaluator(prepared), n_trials=1, max_draws=1000)
     trials = study.get_trials()
     assert trials[0].state is TrialState.FAIL
-    retry = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == dead.number]
+    retry = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == dead.number]
     assert len(retry) == 1 and retry[0].state is TrialState.COMPLETE and retry[0].params == trials[0].params
 
 
