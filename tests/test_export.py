@@ -20,7 +20,7 @@ def test_export_reloads_bit_identically(base_model, tmp_path):
     pruned = pruner.prune({g.root: 0.1 * (i % 6) for i, g in enumerate(pruner.groups)})
     recipe = save_pruned(pruned, tmp_path / "out", _card())
     doc = json.loads(recipe.read_text())
-    assert doc["format"] == "fnnp-opt/pruned-v1" and doc["layers"]["layer2.1.conv1"]["out"] < 32
+    assert doc["format"] == "fnnp-opt/pruned-v1" and doc["layers"]["layer2.0.conv1"]["out"] < 32
     loaded = fnnp_opt.load_pruned(tmp_path / "out")
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(loaded(x), pruned(x))

@@ -25,7 +25,8 @@ def test_shipped_checkpoint_card(shipped_checkpoint):
 
     card = json.loads(shipped_checkpoint.with_suffix(".json").read_text())
     assert card["test_accuracy"] >= 0.925
-    assert card["command"].startswith("fnnp-opt train")
+    assert card["command"].startswith("fnnp-opt ") and " train " in card["command"]
+    assert card["held_out_search_images"] == 5000  # trained without the search split
 
 
 def test_state_dict_inside_training_checkpoint_is_accepted(tmp_path):

@@ -128,6 +128,7 @@ def test_a_study_made_with_other_settings_is_refused(small_fmnist, tmp_path):
     assert len(optuna.load_study(study_name="s", storage=url).trials) == before
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypatch):
     monkeypatch.setattr(S, "HEARTBEAT_S", 1)
     monkeypatch.setattr(S, "GRACE_S", 2)
