@@ -179,7 +179,7 @@ def run(
     cfg = call(resolve, recipe, **flags)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trial lines come from fnnp-opt's own log
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures come from fnnp-opt's own log
     from fnnp_opt.pipeline import run as run_pipeline
 
     with bars() as progress:
@@ -202,19 +202,38 @@ def _print_summary(r) -> None:
         f"({rep.evaluated} this session, {rep.rejected} draws rejected outside the window, {rep.failed} failed)"
     )
     out.print(f"best trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}")
-    table = Table(title="base vs pruned (test set)")
-    for col in ("", "test acc", "FLOPs (MACs)", "params", "CPU latency (batch 1)"):
+    table = Table(title="base vs pruned (test set; CPU times are medians)")
+    for col in ("", "test acc", "FLOPs (MACs)", "params", "CPU, 1 image", f"CPU, {r.base['batch_images']} images"):
         table.add_column(col, justify="right")
     for label, m in (("base", r.base), ("pruned", r.pruned)):
-        table.add_row(label, f"{m['test_accuracy']:.2%}", human(m["flops"]), human(m["params"]), f"{m['latency_ms']:.2f} ms")
+        table.add_row(label, f"{m['test_accuracy']:.2%}", human(m["flops"]), human(m["params"]),
+                      f"{m['latency_ms']:.2f} ms", f"{m['batch_ms']:.1f} ms")
     b, p = r.base, r.pruned
     table.add_row(
         "pruned / base", f"{100 * (p['test_accuracy'] - b['test_accuracy']):+.2f} pt", f"{p['flops'] / b['flops']:.1%}",
         f"{p['params'] / b['params']:.1%}", f"{p['latency_ms'] / b['latency_ms']:.2f}x",
+        f"{p['batch_ms'] / b['batch_ms']:.2f}x",
     )
     out.print(table)
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
     out.print(f"exported to {r.export}/pruned.json + pruned.safetensors (load with fnnp_opt.load_pruned); {stages}")
+
+
+@app.command()
+def evaluate(
+    export: Annotated[Path, typer.Argument(help="Export folder (or its pruned.json) written by `fnnp-opt run`.")],
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """Reload an exported pruned network and measure it on the test set."""
+    from fnnp_opt.flops import human
+    from fnnp_opt.pipeline import evaluate_export
+
+    with bars() as progress:
+        r = call(evaluate_export, export, data_dir, device, progress)
+    reported = r["reported_test_accuracy"]
+    note = "" if reported is None else f" (reported at export: {reported:.2%})"
+    out.print(f"test accuracy {r['test_accuracy']:.2%}{note}; FLOPs {human(r['flops'])}; params {human(r['params'])}")
 
 
 @app.command()

@@ -179,10 +179,11 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     pruned.cpu()
     p.model.cpu()
     macs, params = count(pruned, p.input_shape)
+    batch = (cfg.eval_batch_size, *p.input_shape[1:])
     base = {"test_accuracy": base_acc, "flops": p.budget.base, "params": p.base_params,
-            "latency_ms": latency_ms(p.model, p.input_shape)}
+            "latency_ms": latency_ms(p.model, p.input_shape), "batch_ms": latency_ms(p.model, batch, runs=20), "batch_images": batch[0]}
     result_pruned = {"test_accuracy": pruned_acc, "flops": macs, "params": params,
-                     "latency_ms": latency_ms(pruned, p.input_shape)}
+                     "latency_ms": latency_ms(pruned, p.input_shape), "batch_ms": latency_ms(pruned, batch, runs=20), "batch_images": batch[0]}
     seconds["report"] = time.perf_counter() - t
     info = p.splits.info
     card = {
@@ -203,3 +204,19 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     study.set_user_attr("result", {"trial": best.number, "export": str(output), "base": base, "pruned": result_pruned})
     return RunResult(name, url, output, report, best.number, best.value, p.budget, base, result_pruned, losses,
                      seconds)
+
+
+def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "auto", progress: Progress = NULL) -> dict:
+    """Reload an export and measure it on its dataset's test set, as `run` reported it."""
+    from fnnp_opt.export import load_pruned, read_recipe
+
+    doc, _ = read_recipe(path)
+    model = load_pruned(path)
+    dev = resolve_device(device)
+    cfg = doc.get("config", {})
+    splits = load_splits(doc["dataset"], data_dir or cfg.get("data_dir"), search_size=cfg.get("search_size", 5000),
+                         abn_batches=1, abn_batch_size=1)
+    acc = accuracy(model.to(dev), splits.test_batches(cfg.get("eval_batch_size", 128)), dev, progress, "test")
+    macs, params = count(model.cpu(), tuple(doc["input_shape"]))
+    return {"test_accuracy": acc, "flops": macs, "params": params,
+            "reported_test_accuracy": doc.get("metrics", {}).get("pruned", {}).get("test_accuracy")}

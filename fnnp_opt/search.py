@@ -13,6 +13,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -194,6 +195,43 @@ def make_sampler(kind: Sampler, seed: int) -> optuna.samplers.BaseSampler:
     raise ValueError(kind)
 
 
+def recover_dead_trials(study: optuna.Study) -> int:
+    """Fail the RUNNING trials of dead workers and queue them again; return how many.
+
+    Optuna's heartbeat check finds a trial whose heartbeat went stale. A worker killed
+    between creating a trial and its first heartbeat leaves a trial with no heartbeat
+    at all, which that check never sees; such a trial older than the grace period is
+    dead too (a live one records its first heartbeat at once).
+    """
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    if not isinstance(storage, RDBStorage):
+        return 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        old = [t for t in running if t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > GRACE_S]
+        if old:
+            from optuna.storages._rdb.models import TrialHeartbeatModel
+            from sqlalchemy import select
+
+            with storage.engine.connect() as conn:
+                beating = set(conn.execute(select(TrialHeartbeatModel.trial_id)).scalars())
+            retry = storage.get_heartbeat_stale_trial_callback()
+            for t in old:
+                if t._trial_id in beating:
+                    continue
+                try:
+                    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue  # it finished after all
+                log.warning("trial %d never sent a heartbeat; marked failed", t.number)
+                if retry is not None:
+                    retry(study, study._storage.get_trial(t._trial_id))
+        return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+
+
 def completed(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
@@ -219,8 +257,7 @@ def optimize(
 ) -> SearchReport:
     """Run trials until the study holds ``n_trials`` evaluated candidates."""
     report = SearchReport()
-    if isinstance(study._storage, RDBStorage):
-        optuna.storages.fail_stale_trials(study)  # a killed worker's trial: FAIL, and queued again
+    recover_dead_trials(study)
     done = len(completed(study))
     if done >= n_trials:
         report.total_evaluated = done
@@ -242,6 +279,7 @@ def optimize(
             elif trial.state is TrialState.FAIL:
                 report.failed += 1
                 log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see --debug"))
+            recover_dead_trials(study)
             if done >= n_trials:
                 study.stop()
             elif report.rejected >= max_draws:

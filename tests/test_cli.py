@@ -40,6 +40,8 @@ def test_run_end_to_end_and_the_export_reproduces_the_accuracy(small_fmnist, tmp
     model = fnnp_opt.load_pruned(tmp_path / "out")
     test = load_splits("fashion-mnist", small_fmnist, search_size=300, abn_batches=4, abn_batch_size=32).test
     assert accuracy(model, test.batches(500)) == printed
+    again = runner.invoke(app, ["evaluate", str(tmp_path / "out"), "--data-dir", str(small_fmnist)])
+    assert again.exit_code == 0 and f"test accuracy {printed:.2%} (reported at export: {printed:.2%})" in again.output
     assert 0.45 <= doc["metrics"]["pruned"]["flops"] / doc["metrics"]["base"]["flops"] <= 0.55
     study = optuna.load_study(study_name="resnet20-fashion-mnist-flops0.5", storage=f"sqlite:///{tmp_path}/study.db")
     assert study.user_attrs["config"]["n_trials"] == 2 and study.user_attrs["result"]["trial"] == doc["study"]["trial"]

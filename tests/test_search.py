@@ -147,6 +147,21 @@ def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypa
     assert len(retry) == 1 and retry[0].state is TrialState.COMPLETE and retry[0].params == trials[0].params
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_killed_before_its_first_heartbeat_is_recovered(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "GRACE_S", 1)
+    storage = S.open_storage(f"sqlite:///{tmp_path}/h.db")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    orphan = study.ask()  # RUNNING, with params but no heartbeat: its worker died at once
+    prepared.space.suggest(orphan)
+    assert S.recover_dead_trials(study) == 0  # too young to call dead
+    time.sleep(1.5)
+    assert S.recover_dead_trials(study) == 1
+    trials = study.get_trials()
+    assert trials[0].state is TrialState.FAIL
+    assert trials[1].state is TrialState.WAITING and trials[1].params == trials[0].params
+
+
 @pytest.mark.parametrize(
     "url, message",
     [("nosuchdb://x", "could not be opened"), ("sqlite:////proc/no/such/dir/x.db", "could not be opened"),

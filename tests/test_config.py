@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fnnp_opt.config import RunConfig, Sampler, resolve
+from fnnp_opt.errors import UsageError
+
+RECIPE = Path(__file__).parents[1] / "studies" / "fashion-mnist-resnet20.toml"
+
+
+def test_the_default_recipe_is_the_default_config():
+    assert resolve(RECIPE) == resolve() == RunConfig()
+
+
+def test_flags_override_the_recipe(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('n_trials = 5\nsampler = "tpe"\nflops = 0.4\n[paper]\ntop1 = 0.9\n')
+    cfg = resolve(recipe, n_trials=7, seed=None)
+    assert cfg.n_trials == 7 and cfg.sampler is Sampler.tpe and cfg.flops == "0.4" and cfg.seed == 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("n_trails = 3", "unknown options \\['n_trails'\\]"), ("n_trials = ", "not valid TOML"),
+     ("n_trials = 0", "--n-trials must be a whole number >= 1"), ('sampler = "grid"', "unknown sampler"),
+     ("lr = -1.0", "--lr must be positive")],
+)
+def test_bad_recipes(tmp_path, text, message):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text + "\n")
+    with pytest.raises(UsageError, match=message):
+        resolve(recipe)
+
+
+def test_missing_recipe():
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve(Path("no/such.toml"))
+
+
+def test_defaults_derive_names():
+    cfg = RunConfig()
+    assert cfg.resolved_study_name() == "resnet20-fashion-mnist-flops0.5"
+    assert cfg.resolved_storage() == "sqlite:///studies/fnnp.db"
+    assert cfg.resolved_output() == Path("runs/resnet20-fashion-mnist-flops0.5")
