@@ -202,15 +202,15 @@ def _print_summary(r) -> None:
         f"({rep.evaluated} this session, {rep.rejected} draws rejected outside the window, {rep.failed} failed)"
     )
     out.print(f"best trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}")
-    table = Table(title="base vs pruned (test set; CPU times are medians)")
-    for col in ("", "test acc", "FLOPs (MACs)", "params", "CPU, 1 image", f"CPU, {r.base['batch_images']} images"):
+    table = Table(title="base vs pruned: test set, FLOPs as MACs, median CPU times")
+    for col in ("", "test acc", "FLOPs", "params", "CPU 1 image", f"CPU {r.base['batch_images']} images"):
         table.add_column(col, justify="right")
     for label, m in (("base", r.base), ("pruned", r.pruned)):
         table.add_row(label, f"{m['test_accuracy']:.2%}", human(m["flops"]), human(m["params"]),
                       f"{m['latency_ms']:.2f} ms", f"{m['batch_ms']:.1f} ms")
     b, p = r.base, r.pruned
     table.add_row(
-        "pruned / base", f"{100 * (p['test_accuracy'] - b['test_accuracy']):+.2f} pt", f"{p['flops'] / b['flops']:.1%}",
+        "ratio", f"{100 * (p['test_accuracy'] - b['test_accuracy']):+.2f} pt", f"{p['flops'] / b['flops']:.1%}",
         f"{p['params'] / b['params']:.1%}", f"{p['latency_ms'] / b['latency_ms']:.2f}x",
         f"{p['batch_ms'] / b['batch_ms']:.2f}x",
     )

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import optuna
-import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -52,59 +52,59 @@ class Evaluator:
     device: str = "cpu"
     progress: Progress = NULL
 
-    def measure(self, ratios: dict[str, float]) -> tuple[torch.nn.Module, int, int, float]:
-        """Prune by ``ratios`` and count; returns (model, MACs, params, seconds spent pruning)."""
-        t0 = time.perf_counter()
-        model = self.pruner.prune(ratios)
-        t1 = time.perf_counter()
-        macs, params = count(model, self.input_shape)
-        return model, macs, params, t1 - t0
-
     def __call__(self, trial: optuna.Trial) -> float:
-        timings: dict[str, float] = {}
-        t = time.perf_counter()
-        ratios = self.space.suggest(trial)
-        timings["strategy"] = time.perf_counter() - t
-
-        model, macs, params, timings["prune"] = self.measure(ratios)
-        timings["flops"] = time.perf_counter() - t - timings["strategy"] - timings["prune"]
-        kept = {d.name: d.channels - Pruner.removed_count(ratios[d.root], d.channels) for d in self.space.dims}
-        t = time.perf_counter()
-        trial.set_user_attr("flops", macs)
-        trial.set_user_attr("flops_ratio", round(macs / self.budget.base, 5))
-        trial.set_user_attr("params", params)
-        trial.set_user_attr("channels", kept)
-        if not self.budget.contains(macs):
-            reason = f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside [{human(self.budget.low)}, {human(self.budget.high)}]"
-            trial.set_user_attr("feasible", False)
-            trial.set_user_attr("reject_reason", reason)
-            raise optuna.TrialPruned(reason)
-        trial.set_user_attr("feasible", True)
-        timings["storage"] = time.perf_counter() - t
+        clock = _Stopwatch()
+        with clock("strategy"):
+            ratios = self.space.suggest(trial)
+        with clock("prune"):
+            model = self.pruner.prune(ratios)
+        with clock("flops"):
+            macs, params = count(model, self.input_shape)
+        with clock("storage"):
+            trial.set_user_attr("flops", macs)
+            feasible = self.budget.contains(macs)
+            trial.set_user_attr("feasible", feasible)
+            if not feasible:
+                trial.set_user_attr("reject_reason", f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside "
+                                    f"[{human(self.budget.low)}, {human(self.budget.high)}]")
+                raise optuna.TrialPruned(trial.user_attrs["reject_reason"])
 
         model.to(self.device)
-        t = time.perf_counter()
-        pbn = accuracy(model, self.search, self.device)
-        timings["pbn_score"] = time.perf_counter() - t
-        t = time.perf_counter()
         try:
-            calibrate_bn(model, self.calibration, self.device, progress=self.progress)
-            timings["abn_calibrate"] = time.perf_counter() - t
-            t = time.perf_counter()
-            abn = accuracy(model, self.search, self.device)
+            with clock("pbn_score"):
+                pbn = accuracy(model, self.search, self.device)
+            with clock("abn_calibrate"):
+                calibrate_bn(model, self.calibration, self.device, progress=self.progress)
+            with clock("abn_score"):
+                abn = accuracy(model, self.search, self.device)
         except NonFiniteError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
-        timings["abn_score"] = time.perf_counter() - t
-        t = time.perf_counter()
-        trial.set_user_attr("pbn_accuracy", pbn)
-        timings["storage"] += time.perf_counter() - t
-        trial.set_user_attr("timings", {k: round(v, 4) for k, v in timings.items()})
+        with clock("storage"):
+            trial.set_user_attr("flops_ratio", round(macs / self.budget.base, 5))
+            trial.set_user_attr("params", params)
+            trial.set_user_attr("channels", {
+                d.name: d.channels - Pruner.removed_count(ratios[d.root], d.channels) for d in self.space.dims
+            })
+            trial.set_user_attr("pbn_accuracy", pbn)
+        trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})
         log.info(
             "trial %d: ABN %.4f  PBN %.4f  FLOPs %s (%.1f%%)",
             trial.number, abn, pbn, human(macs), 100 * macs / self.budget.base,
         )
         return abn
+
+
+class _Stopwatch(dict):
+    """Seconds per stage, summed over ``with stopwatch(stage):`` blocks."""
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t
 
 
 # --------------------------------------------------------------------------- storage

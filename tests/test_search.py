@@ -42,6 +42,7 @@ def test_outside_the_window_is_rejected_before_evaluation(prepared, monkeypatch)
     t = study.trials[0]
     assert t.state is TrialState.PRUNED and t.value is None and not calls
     assert t.user_attrs["feasible"] is False and t.user_attrs["flops"] == prepared.budget.base
+    assert "channels" not in t.user_attrs  # rejected draws write as little as possible
     assert "outside" in t.user_attrs["reject_reason"]
 
 
