@@ -41,8 +41,9 @@ def main() -> None:
     storage = S.open_storage(args.storage or f"sqlite:///{tmp}/bench.db")
     study = S.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
     study.sampler = S.make_sampler(cfg.sampler, cfg.seed)
-    evaluator = S.Evaluator(p.pruner, p.space, p.budget, p.splits.calibration,
-                            p.splits.search_batches(cfg.eval_batch_size), p.input_shape)
+    evaluator = S.Evaluator(
+        p.pruner, p.space, p.budget, p.splits.calibration, p.splits.search_batches(cfg.eval_batch_size), p.input_shape
+    )
 
     inside: dict[int, float] = {}  # seconds spent inside the objective, per trial
 
@@ -88,19 +89,27 @@ def main() -> None:
 
     print(f"default setup: {len(p.space)} dimensions, budget {p.budget.describe()}")
     print(f"prepare (data, model, space, budget) once per study: {prepare_s:.2f} s")
-    print(f"{len(done)} evaluated, {len(rejected)} rejected draws ({len(rejected) / len(trials):.0%}), "
-          f"search wall {search_s:.1f} s")
-    print(f"\nmedian seconds per evaluated trial")
+    print(
+        f"{len(done)} evaluated, {len(rejected)} rejected draws ({len(rejected) / len(trials):.0%}), "
+        f"search wall {search_s:.1f} s"
+    )
+    print("\nmedian seconds per evaluated trial")
     for k in parts:
         print(f"  {k:14s} {med[k]:8.4f}  {med[k] / total:6.1%}")
     print(f"  {'total':14s} {total:8.4f}")
-    print(f"\noverhead beyond the forward passes (strategy+prune+flops+storage): {overhead:.4f} s "
-          f"= {overhead / total:.1%} of an evaluated trial")
-    print(f"rejected draw: median {reject_wall:.4f} s each, {per_eval_rejects:.2f} per evaluated trial "
-          f"-> {reject_wall * per_eval_rejects:.4f} s")
+    print(
+        f"\noverhead beyond the forward passes (strategy+prune+flops+storage): {overhead:.4f} s "
+        f"= {overhead / total:.1%} of an evaluated trial"
+    )
+    print(
+        f"rejected draw: median {reject_wall:.4f} s each, {per_eval_rejects:.2f} per evaluated trial "
+        f"-> {reject_wall * per_eval_rejects:.4f} s"
+    )
     amortised = overhead + reject_wall * per_eval_rejects
-    print(f"overhead with rejected draws amortised: {amortised:.4f} s "
-          f"= {amortised / (total + reject_wall * per_eval_rejects):.1%} of the search time per candidate")
+    print(
+        f"overhead with rejected draws amortised: {amortised:.4f} s "
+        f"= {amortised / (total + reject_wall * per_eval_rejects):.1%} of the search time per candidate"
+    )
 
 
 if __name__ == "__main__":

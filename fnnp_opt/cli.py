@@ -11,7 +11,6 @@ import logging
 import shlex
 import sys
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional, TypeVar
 
@@ -109,18 +108,18 @@ def train(
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (cosine schedule).")] = 0.1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
-    output: Annotated[Path, typer.Option(help="Where to write the .safetensors weights (a .json card goes beside).")] = Path(
-        "runs/base.safetensors"
-    ),
+    search_size: Annotated[
+        int, typer.Option(min=1, help="Images held out for `run` to score candidates; never trained on.")
+    ] = 5000,
+    output: Annotated[
+        Path, typer.Option(help="Where to write the .safetensors weights (a .json card goes beside).")
+    ] = Path("runs/base.safetensors"),
     device: Device = "auto",
 ) -> None:
     """Train a base model from scratch (the search split stays held out)."""
     from fnnp_opt.config import resolve_device
     from fnnp_opt.finetune import FitConfig, train_base
 
-    import torch
-
-    torch.manual_seed(seed)
     cfg = FitConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     with bars() as progress:
         card = call(
@@ -130,6 +129,7 @@ def train(
             output,
             cfg,
             data_dir=data_dir,
+            search_size=search_size,
             device=call(resolve_device, device),
             command=_command_line(),
             progress=progress,
@@ -146,16 +146,29 @@ def run(
     model: Annotated[Optional[str], Opt(help="Architecture from `fnnp-opt models`. [default: resnet20]")] = None,
     dataset: Annotated[Optional[str], Opt(help="Dataset name. [default: fashion-mnist]")] = None,
     data_dir: DataDir = None,
-    checkpoint: Annotated[Optional[Path], Opt(help="Trained weights (.safetensors or a torch state_dict); default: the shipped one.")] = None,
-    flops: Annotated[Optional[str], Opt(help="FLOPs (MACs) budget: a fraction of the base like 0.5, or a count like 62.23M. [default: 0.5]")] = None,
-    flops_tolerance: Annotated[Optional[float], Opt(help="Half-width of the accepted window, as a fraction of the base FLOPs. [default: 0.02]")] = None,
-    max_rate: Annotated[Optional[float], Opt(help="R: every pruning ratio lies in [0, R]; must be in (0, 1). [default: 0.6]")] = None,
+    checkpoint: Annotated[
+        Optional[Path], Opt(help="Trained weights (.safetensors or a torch state_dict); default: the shipped one.")
+    ] = None,
+    flops: Annotated[
+        Optional[str],
+        Opt(help="FLOPs (MACs) budget: a fraction of the base like 0.5, or a count like 62.23M. [default: 0.5]"),
+    ] = None,
+    flops_tolerance: Annotated[
+        Optional[float], Opt(help="Half-width of the accepted window, as a fraction of the base FLOPs. [default: 0.02]")
+    ] = None,
+    max_rate: Annotated[
+        Optional[float], Opt(help="R: every pruning ratio lies in [0, R]; must be in (0, 1). [default: 0.6]")
+    ] = None,
     sampler: Annotated[Optional[str], Opt(help="random (the paper's), tpe or cmaes. [default: random]")] = None,
-    n_trials: Annotated[Optional[int], Opt(help="Evaluated candidates in the study, in total across resumes. [default: 30]")] = None,
+    n_trials: Annotated[
+        Optional[int], Opt(help="Evaluated candidates in the study, in total across resumes. [default: 30]")
+    ] = None,
     seed: Annotated[Optional[int], Opt(help="Base seed of sampling, calibration and fine-tuning. [default: 0]")] = None,
     abn_batches: Annotated[Optional[int], Opt(help="Adaptive-BN calibration batches. [default: 100]")] = None,
     abn_batch_size: Annotated[Optional[int], Opt(help="Images per calibration batch. [default: 64]")] = None,
-    search_size: Annotated[Optional[int], Opt(help="Images held out from the training file to score candidates. [default: 5000]")] = None,
+    search_size: Annotated[
+        Optional[int], Opt(help="Images held out from the training file to score candidates. [default: 5000]")
+    ] = None,
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs of the winner (0 skips). [default: 3]")] = None,
     lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: 0.02]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: 128]")] = None,
@@ -171,10 +184,26 @@ def run(
     from fnnp_opt.config import resolve
 
     flags = dict(
-        model=model, dataset=dataset, data_dir=_s(data_dir), checkpoint=_s(checkpoint), flops=flops,
-        flops_tolerance=flops_tolerance, max_rate=max_rate, sampler=sampler, n_trials=n_trials, seed=seed,
-        abn_batches=abn_batches, abn_batch_size=abn_batch_size, search_size=search_size, epochs=epochs, lr=lr,
-        batch_size=batch_size, storage=storage, study_name=study_name, output=_s(output), device=device,
+        model=model,
+        dataset=dataset,
+        data_dir=_s(data_dir),
+        checkpoint=_s(checkpoint),
+        flops=flops,
+        flops_tolerance=flops_tolerance,
+        max_rate=max_rate,
+        sampler=sampler,
+        n_trials=n_trials,
+        seed=seed,
+        abn_batches=abn_batches,
+        abn_batch_size=abn_batch_size,
+        search_size=search_size,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        storage=storage,
+        study_name=study_name,
+        output=_s(output),
+        device=device,
     )
     cfg = call(resolve, recipe, **flags)
     import optuna
@@ -201,17 +230,28 @@ def _print_summary(r) -> None:
         f"study [bold]{r.study_name}[/bold] ({r.storage}): {rep.total_evaluated} candidates evaluated "
         f"({rep.evaluated} this session, {rep.rejected} draws rejected outside the window, {rep.failed} failed)"
     )
-    out.print(f"best trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}")
+    out.print(
+        f"best trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}"
+    )
     table = Table(title="base vs pruned: test set, FLOPs as MACs, median CPU times")
     for col in ("", "test acc", "FLOPs", "params", "CPU 1 image", f"CPU {r.base['batch_images']} images"):
         table.add_column(col, justify="right")
     for label, m in (("base", r.base), ("pruned", r.pruned)):
-        table.add_row(label, f"{m['test_accuracy']:.2%}", human(m["flops"]), human(m["params"]),
-                      f"{m['latency_ms']:.2f} ms", f"{m['batch_ms']:.1f} ms")
+        table.add_row(
+            label,
+            f"{m['test_accuracy']:.2%}",
+            human(m["flops"]),
+            human(m["params"]),
+            f"{m['latency_ms']:.2f} ms",
+            f"{m['batch_ms']:.1f} ms",
+        )
     b, p = r.base, r.pruned
     table.add_row(
-        "ratio", f"{100 * (p['test_accuracy'] - b['test_accuracy']):+.2f} pt", f"{p['flops'] / b['flops']:.1%}",
-        f"{p['params'] / b['params']:.1%}", f"{p['latency_ms'] / b['latency_ms']:.2f}x",
+        "ratio",
+        f"{100 * (p['test_accuracy'] - b['test_accuracy']):+.2f} pt",
+        f"{p['flops'] / b['flops']:.1%}",
+        f"{p['params'] / b['params']:.1%}",
+        f"{p['latency_ms'] / b['latency_ms']:.2f}x",
         f"{p['batch_ms'] / b['batch_ms']:.2f}x",
     )
     out.print(table)

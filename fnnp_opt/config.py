@@ -73,8 +73,16 @@ class RunConfig:
         get_model_info(self.model)
         get_dataset_info(self.dataset)
         check_max_rate(self.max_rate)
-        for name in ("abn_batches", "abn_batch_size", "search_size", "eval_batch_size", "n_trials", "max_draws",
-                     "epochs", "batch_size"):
+        for name in (
+            "abn_batches",
+            "abn_batch_size",
+            "search_size",
+            "eval_batch_size",
+            "n_trials",
+            "max_draws",
+            "epochs",
+            "batch_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
                 opt = "--" + name.replace("_", "-")

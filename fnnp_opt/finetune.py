@@ -100,8 +100,16 @@ def fit(
             steps += 1
 
         batches = train.shuffled(cfg.batch_size, gen, augment)
-        run_batches(model, batches, device, step, progress, f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch,
-                    torch.channels_last)  # about 20% faster training on CPUs
+        run_batches(
+            model,
+            batches,
+            device,
+            step,
+            progress,
+            f"epoch {epoch + 1}/{cfg.epochs}",
+            steps_per_epoch,
+            torch.channels_last,
+        )  # about 20% faster training on CPUs
         history.append(loss_sum / max(steps, 1))
         log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, history[-1])
         if checkpoint is not None:
@@ -130,6 +138,7 @@ def train_base(
     cfg: FitConfig,
     *,
     data_dir: Path | None = None,
+    search_size: int = 5000,
     device: torch.device | str = "cpu",
     command: str = "",
     progress: Progress = NULL,
@@ -151,7 +160,8 @@ def train_base(
 
     output = Path(output)
     check_writable(output)
-    splits = load_splits(dataset, data_dir)
+    splits = load_splits(dataset, data_dir, search_size=search_size, abn_batches=1, abn_batch_size=1)
+    torch.manual_seed(cfg.seed)  # the initial weights
     model = create_model(model_name, splits.info.in_channels, splits.info.num_classes)
     t0 = time.perf_counter()
     history = fit(

@@ -69,9 +69,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -204,9 +202,7 @@ def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + more
 
 
-def load_model(
-    name: str, in_channels: int, num_classes: int, checkpoint: Path | None
-) -> tuple[nn.Module, str]:
+def load_model(name: str, in_channels: int, num_classes: int, checkpoint: Path | None) -> tuple[nn.Module, str]:
     """Build ``name`` and load its trained weights; return the model and the weights' digest."""
     model = create_model(name, in_channels, num_classes)
     if checkpoint is None:

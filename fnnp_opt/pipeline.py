@@ -145,8 +145,14 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
 
     t = time.perf_counter()
     evaluator = S.Evaluator(
-        p.pruner, p.space, p.budget, p.splits.calibration, p.splits.search_batches(cfg.eval_batch_size),
-        p.input_shape, p.device, progress,
+        p.pruner,
+        p.space,
+        p.budget,
+        p.splits.calibration,
+        p.splits.search_batches(cfg.eval_batch_size),
+        p.input_shape,
+        p.device,
+        progress,
     )
     report = S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
     seconds["search"] = time.perf_counter() - t
@@ -156,8 +162,12 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
             "widen --flops-tolerance or change --flops / --max-rate"
         )
     if report.stopped_early:
-        log.warning("stopped after %d rejected draws with %d of %d candidates evaluated", report.rejected,
-                    report.total_evaluated, cfg.n_trials)
+        log.warning(
+            "stopped after %d rejected draws with %d of %d candidates evaluated",
+            report.rejected,
+            report.total_evaluated,
+            cfg.n_trials,
+        )
     best = study.best_trial
     ratios = p.space.from_params(best.params)
 
@@ -166,8 +176,13 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
     losses = fit(
-        pruned, p.splits.train, fit_cfg, augment=p.splits.augment, device=p.device,
-        checkpoint=output / "finetune.pt", tag=f"{name}|{best.number}|{sorted(best.params.items())}",
+        pruned,
+        p.splits.train,
+        fit_cfg,
+        augment=p.splits.augment,
+        device=p.device,
+        checkpoint=output / "finetune.pt",
+        tag=f"{name}|{best.number}|{sorted(best.params.items())}",
         progress=progress,
     )
     seconds["finetune"] = time.perf_counter() - t
@@ -180,10 +195,22 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     p.model.cpu()
     macs, params = count(pruned, p.input_shape)
     batch = (cfg.eval_batch_size, *p.input_shape[1:])
-    base = {"test_accuracy": base_acc, "flops": p.budget.base, "params": p.base_params,
-            "latency_ms": latency_ms(p.model, p.input_shape), "batch_ms": latency_ms(p.model, batch, runs=20), "batch_images": batch[0]}
-    result_pruned = {"test_accuracy": pruned_acc, "flops": macs, "params": params,
-                     "latency_ms": latency_ms(pruned, p.input_shape), "batch_ms": latency_ms(pruned, batch, runs=20), "batch_images": batch[0]}
+    base = {
+        "test_accuracy": base_acc,
+        "flops": p.budget.base,
+        "params": p.base_params,
+        "latency_ms": latency_ms(p.model, p.input_shape),
+        "batch_ms": latency_ms(p.model, batch, runs=20),
+        "batch_images": batch[0],
+    }
+    result_pruned = {
+        "test_accuracy": pruned_acc,
+        "flops": macs,
+        "params": params,
+        "latency_ms": latency_ms(pruned, p.input_shape),
+        "batch_ms": latency_ms(pruned, batch, runs=20),
+        "batch_images": batch[0],
+    }
     seconds["report"] = time.perf_counter() - t
     info = p.splits.info
     card = {
@@ -202,8 +229,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     }
     save_pruned(pruned, output, card)
     study.set_user_attr("result", {"trial": best.number, "export": str(output), "base": base, "pruned": result_pruned})
-    return RunResult(name, url, output, report, best.number, best.value, p.budget, base, result_pruned, losses,
-                     seconds)
+    return RunResult(name, url, output, report, best.number, best.value, p.budget, base, result_pruned, losses, seconds)
 
 
 def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "auto", progress: Progress = NULL) -> dict:
@@ -214,9 +240,18 @@ def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "aut
     model = load_pruned(path)
     dev = resolve_device(device)
     cfg = doc.get("config", {})
-    splits = load_splits(doc["dataset"], data_dir or cfg.get("data_dir"), search_size=cfg.get("search_size", 5000),
-                         abn_batches=1, abn_batch_size=1)
+    splits = load_splits(
+        doc["dataset"],
+        data_dir or cfg.get("data_dir"),
+        search_size=cfg.get("search_size", 5000),
+        abn_batches=1,
+        abn_batch_size=1,
+    )
     acc = accuracy(model.to(dev), splits.test_batches(cfg.get("eval_batch_size", 128)), dev, progress, "test")
     macs, params = count(model.cpu(), tuple(doc["input_shape"]))
-    return {"test_accuracy": acc, "flops": macs, "params": params,
-            "reported_test_accuracy": doc.get("metrics", {}).get("pruned", {}).get("test_accuracy")}
+    return {
+        "test_accuracy": acc,
+        "flops": macs,
+        "params": params,
+        "reported_test_accuracy": doc.get("metrics", {}).get("pruned", {}).get("test_accuracy"),
+    }

@@ -106,7 +106,9 @@ class Pruner:
                 continue
             idxs = self._order[group.root][:n].tolist()
             root = self.base.get_submodule(group.root)
-            plan = self.graph.get_pruning_group(root, tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels, idxs)
+            plan = self.graph.get_pruning_group(
+                root, tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels, idxs
+            )
             for item in plan:
                 name = self._names.get(item.dep.target.module)
                 if name is not None:
@@ -139,8 +141,15 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Modu
             raise ModelError(f"the channel plan names layer {name!r}, which the model does not have") from None
         if isinstance(old, nn.Conv2d):
             new = nn.Conv2d(
-                s["in"], s["out"], old.kernel_size, old.stride, old.padding, old.dilation,
-                s["groups"], old.bias is not None, old.padding_mode,
+                s["in"],
+                s["out"],
+                old.kernel_size,
+                old.stride,
+                old.padding,
+                old.dilation,
+                s["groups"],
+                old.bias is not None,
+                old.padding_mode,
             )
         elif isinstance(old, nn.Linear):
             new = nn.Linear(s["in"], s["out"], old.bias is not None)

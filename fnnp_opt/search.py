@@ -65,8 +65,11 @@ class Evaluator:
             feasible = self.budget.contains(macs)
             trial.set_user_attr("feasible", feasible)
             if not feasible:
-                trial.set_user_attr("reject_reason", f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside "
-                                    f"[{human(self.budget.low)}, {human(self.budget.high)}]")
+                trial.set_user_attr(
+                    "reject_reason",
+                    f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside "
+                    f"[{human(self.budget.low)}, {human(self.budget.high)}]",
+                )
                 raise optuna.TrialPruned(trial.user_attrs["reject_reason"])
 
         model.to(self.device)
@@ -83,14 +86,19 @@ class Evaluator:
         with clock("storage"):
             trial.set_user_attr("flops_ratio", round(macs / self.budget.base, 5))
             trial.set_user_attr("params", params)
-            trial.set_user_attr("channels", {
-                d.name: d.channels - Pruner.removed_count(ratios[d.root], d.channels) for d in self.space.dims
-            })
+            trial.set_user_attr(
+                "channels",
+                {d.name: d.channels - Pruner.removed_count(ratios[d.root], d.channels) for d in self.space.dims},
+            )
             trial.set_user_attr("pbn_accuracy", pbn)
         trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})
         log.info(
             "trial %d: ABN %.4f  PBN %.4f  FLOPs %s (%.1f%%)",
-            trial.number, abn, pbn, human(macs), 100 * macs / self.budget.base,
+            trial.number,
+            abn,
+            pbn,
+            human(macs),
+            100 * macs / self.budget.base,
         )
         return abn
 
@@ -113,7 +121,7 @@ class _Stopwatch(dict):
 def open_storage(url: str) -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         if str(path) not in ("", ":memory:"):
             if path.parent.exists() and not path.parent.is_dir():
                 raise StorageError(f"storage {url}: {path.parent} is not a folder; pass another --storage")
@@ -164,14 +172,18 @@ def check_fingerprint(study: optuna.Study, fingerprint: dict[str, str], storage_
         )
 
 
-def create_study(storage: RDBStorage, name: str, fingerprint: dict, config: dict, space: SearchSpace, budget: Budget) -> optuna.Study:
+def create_study(
+    storage: RDBStorage, name: str, fingerprint: dict, config: dict, space: SearchSpace, budget: Budget
+) -> optuna.Study:
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler()
     )
     study.set_user_attr("fingerprint", fingerprint)
     study.set_user_attr("config", config)
     study.set_user_attr("space", space.describe())
-    study.set_user_attr("budget", {"base": budget.base, "target": budget.target, "low": budget.low, "high": budget.high})
+    study.set_user_attr(
+        "budget", {"base": budget.base, "target": budget.target, "low": budget.low, "high": budget.high}
+    )
     return study
 
 
@@ -295,7 +307,7 @@ def serve_dashboard(url: str, host: str, port: int, announce: Callable[[str], No
     """Serve optuna-dashboard for an existing storage; blocks until interrupted."""
     import optuna_dashboard
 
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
     storage = open_storage(url)
     announce(f"http://{host}:{port}/")

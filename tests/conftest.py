@@ -47,6 +47,20 @@ def base_model(shipped_checkpoint) -> torch.nn.Module:
 
 # Options that make `fnnp-opt run` take seconds on the small copy.
 SMALL_RUN = [
-    "--n-trials", "2", "--abn-batches", "4", "--abn-batch-size", "32", "--search-size", "300",
-    "--epochs", "1", "--batch-size", "128", "--flops-tolerance", "0.05", "--device", "cpu",
+    "--n-trials",
+    "2",
+    "--abn-batches",
+    "4",
+    "--abn-batch-size",
+    "32",
+    "--search-size",
+    "300",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "128",
+    "--flops-tolerance",
+    "0.05",
+    "--device",
+    "cpu",
 ]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from safetensors.torch import save_file
@@ -27,7 +28,9 @@ runner = CliRunner()
 
 def _run(args, tmp_path, *extra):
     storage = f"sqlite:///{tmp_path}/study.db"
-    return runner.invoke(app, ["run", *SMALL_RUN, "--storage", storage, "--output", str(tmp_path / "out"), *args, *extra])
+    return runner.invoke(
+        app, ["run", *SMALL_RUN, "--storage", storage, "--output", str(tmp_path / "out"), *args, *extra]
+    )
 
 
 def test_run_end_to_end_and_the_export_reproduces_the_accuracy(small_fmnist, tmp_path):
@@ -51,9 +54,19 @@ def test_stock_optuna_cli_lists_trials_with_attributes(small_fmnist, tmp_path):
     assert _run(["--data-dir", str(small_fmnist), "--epochs", "0"], tmp_path).exit_code == 0
     optuna_cli = Path(sys.executable).with_name("optuna")
     proc = subprocess.run(
-        [str(optuna_cli), "trials", "--storage", f"sqlite:///{tmp_path}/study.db",
-         "--study-name", "resnet20-fashion-mnist-flops0.5", "-f", "json"],
-        capture_output=True, text=True, check=True,
+        [
+            str(optuna_cli),
+            "trials",
+            "--storage",
+            f"sqlite:///{tmp_path}/study.db",
+            "--study-name",
+            "resnet20-fashion-mnist-flops0.5",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     trials = json.loads(proc.stdout)
     done = [t for t in trials if t["state"] == "COMPLETE"]
@@ -65,8 +78,11 @@ def test_stock_optuna_cli_lists_trials_with_attributes(small_fmnist, tmp_path):
 def _bad_checkpoints(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x00garbage")
     save_file(create_model("resnet20", 3, 10).state_dict(), str(tmp_path / "rgb.safetensors"))
-    return {"missing": tmp_path / "none.safetensors", "corrupt": tmp_path / "corrupt.safetensors",
-            "mismatch": tmp_path / "rgb.safetensors"}
+    return {
+        "missing": tmp_path / "none.safetensors",
+        "corrupt": tmp_path / "corrupt.safetensors",
+        "mismatch": tmp_path / "rgb.safetensors",
+    }
 
 
 BAD = [
@@ -140,8 +156,22 @@ def _count_complete(url: str, name: str) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path):
     url, name = f"sqlite:///{tmp_path}/study.db", "resnet20-fashion-mnist-flops0.5"
-    cmd = [sys.executable, str(Path(__file__).parents[1] / "cli.py"), "run", *SMALL_RUN, "--n-trials", "12",
-           "--epochs", "0", "--storage", url, "--output", str(tmp_path / "out"), "--data-dir", str(small_fmnist)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).parents[1] / "cli.py"),
+        "run",
+        *SMALL_RUN,
+        "--n-trials",
+        "12",
+        "--epochs",
+        "0",
+        "--storage",
+        url,
+        "--output",
+        str(tmp_path / "out"),
+        "--data-dir",
+        str(small_fmnist),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the study is under way
@@ -166,5 +196,29 @@ def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     if sig == signal.SIGKILL:
         for failed in [t for t in study.trials if t.state.name == "FAIL"]:
-            retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed.number]
+            retries = [
+                t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed.number
+            ]
             assert retries, f"trial {failed.number} was failed but not retried"
+
+
+def test_train_writes_weights_and_a_card_that_run_accepts(small_fmnist, tmp_path):
+    from safetensors.torch import load_file
+
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.safetensors"
+        res = runner.invoke(
+            app,
+            ["train", "--data-dir", str(small_fmnist), "--search-size", "300", "--epochs", "1", "--output", str(out)],
+        )
+        assert res.exit_code == 0, res.output
+        outs.append(load_file(str(out)))
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])  # seeded: the same weights twice
+    card = json.loads((tmp_path / "a.json").read_text())
+    assert card["fit"]["epochs"] == 1 and 0.0 < card["test_accuracy"] <= 1.0
+    assert card["train_images"] == 2700 and card["held_out_search_images"] == 300
+    res = _run(
+        ["--data-dir", str(small_fmnist), "--checkpoint", str(tmp_path / "a.safetensors"), "--epochs", "0"], tmp_path
+    )
+    assert res.exit_code == 0, res.output

@@ -23,9 +23,13 @@ def test_flags_override_the_recipe(tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("n_trails = 3", "unknown options \\['n_trails'\\]"), ("n_trials = ", "not valid TOML"),
-     ("n_trials = 0", "--n-trials must be a whole number >= 1"), ('sampler = "grid"', "unknown sampler"),
-     ("lr = -1.0", "--lr must be positive")],
+    [
+        ("n_trails = 3", "unknown options \\['n_trails'\\]"),
+        ("n_trials = ", "not valid TOML"),
+        ("n_trials = 0", "--n-trials must be a whole number >= 1"),
+        ('sampler = "grid"', "unknown sampler"),
+        ("lr = -1.0", "--lr must be positive"),
+    ],
 )
 def test_bad_recipes(tmp_path, text, message):
     recipe = tmp_path / "r.toml"

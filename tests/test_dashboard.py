@@ -23,8 +23,12 @@ def test_dashboard_serves_the_study_on_loopback(tmp_path):
     optuna.create_study(study_name="shown", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     port = _free_port()
     cli = Path(__file__).parents[1] / "cli.py"
-    proc = subprocess.Popen([sys.executable, str(cli), "dashboard", "--storage", url, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(cli), "dashboard", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         body = None
         for _ in range(60):

@@ -18,8 +18,14 @@ def test_parse_flops(text, expected):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("0", "positive"), ("-0.5", "must be a fraction"), ("abc", "must be a fraction"), ("2G", "above the base"),
-     ("1.5", "neither a fraction"), ("", "must be a fraction")],
+    [
+        ("0", "positive"),
+        ("-0.5", "must be a fraction"),
+        ("abc", "must be a fraction"),
+        ("2G", "above the base"),
+        ("1.5", "neither a fraction"),
+        ("", "must be a fraction"),
+    ],
 )
 def test_bad_flops(text, message):
     with pytest.raises(BudgetError, match=message):

@@ -165,9 +165,12 @@ def test_a_trial_killed_before_its_first_heartbeat_is_recovered(prepared, tmp_pa
 
 @pytest.mark.parametrize(
     "url, message",
-    [("nosuchdb://x", "could not be opened"), ("sqlite:////proc/no/such/dir/x.db", "could not be opened"),
-     ("sqlite:////dev/null/x.db", "not a folder"),
-     ("not a url", "could not be opened")],
+    [
+        ("nosuchdb://x", "could not be opened"),
+        ("sqlite:////proc/no/such/dir/x.db", "could not be opened"),
+        ("sqlite:////dev/null/x.db", "not a folder"),
+        ("not a url", "could not be opened"),
+    ],
 )
 def test_bad_storage_urls(url, message):
     with pytest.raises(StorageError, match=message):
