@@ -56,7 +56,7 @@ def bars() -> Iterator[BarProgress]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as p:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as p:
         yield BarProgress(p)
 
 

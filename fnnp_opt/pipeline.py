@@ -118,10 +118,22 @@ class RunResult:
     best_trial: int
     best_abn: float
     budget: Budget
-    base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms
+    base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms
     pruned: dict = field(default_factory=dict)
     finetune_losses: list[float] = field(default_factory=list)
     stage_seconds: dict = field(default_factory=dict)
+
+
+def _measure(model, acc: float, macs: int, params: int, input_shape: tuple[int, ...], batch: int) -> dict:
+    """The summary row of one network: test accuracy, FLOPs, params and median CPU times."""
+    return {
+        "test_accuracy": acc,
+        "flops": macs,
+        "params": params,
+        "latency_ms": latency_ms(model, input_shape),
+        "batch_ms": latency_ms(model, (batch, *input_shape[1:]), runs=20),
+        "batch_images": batch,
+    }
 
 
 def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
@@ -193,24 +205,8 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     pruned_acc = accuracy(pruned, test, p.device, progress, "test (pruned)")
     pruned.cpu()
     p.model.cpu()
-    macs, params = count(pruned, p.input_shape)
-    batch = (cfg.eval_batch_size, *p.input_shape[1:])
-    base = {
-        "test_accuracy": base_acc,
-        "flops": p.budget.base,
-        "params": p.base_params,
-        "latency_ms": latency_ms(p.model, p.input_shape),
-        "batch_ms": latency_ms(p.model, batch, runs=20),
-        "batch_images": batch[0],
-    }
-    result_pruned = {
-        "test_accuracy": pruned_acc,
-        "flops": macs,
-        "params": params,
-        "latency_ms": latency_ms(pruned, p.input_shape),
-        "batch_ms": latency_ms(pruned, batch, runs=20),
-        "batch_images": batch[0],
-    }
+    base = _measure(p.model, base_acc, p.budget.base, p.base_params, p.input_shape, cfg.eval_batch_size)
+    result_pruned = _measure(pruned, pruned_acc, *count(pruned, p.input_shape), p.input_shape, cfg.eval_batch_size)
     seconds["report"] = time.perf_counter() - t
     info = p.splits.info
     card = {
