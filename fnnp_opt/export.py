@@ -8,9 +8,12 @@ from pathlib import Path
 from fnnp_opt.errors import OutputError
 
 
-def check_writable(path: Path) -> None:
-    """Raise :class:`OutputError` unless ``path`` (a file or folder to create) can be written."""
+def check_writable(path: Path, folder: bool = False) -> None:
+    """Raise :class:`OutputError` unless ``path`` (a file, or a folder when ``folder``) can be written."""
     path = Path(path).absolute()
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise OutputError(f"output path {path} is {kind}; pass a path to a {'folder' if folder else 'file'}")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"output path {path} is not writable; choose another path")
     parent = path.parent
@@ -39,7 +42,7 @@ def save_pruned(model, folder: Path, card: dict) -> Path:
     from fnnp_opt.prune import layer_shapes
 
     folder = Path(folder)
-    check_writable(folder)
+    check_writable(folder, folder=True)
     folder.mkdir(parents=True, exist_ok=True)
     weights, recipe = folder / "pruned.safetensors", folder / "pruned.json"
     doc = {"format": FORMAT, **card, "layers": layer_shapes(model)}

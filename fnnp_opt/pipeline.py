@@ -141,7 +141,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     output = cfg.resolved_output()
-    check_writable(output)
+    check_writable(output, folder=True)
     p = prepare(cfg)
     url, name = cfg.resolved_storage(), cfg.resolved_study_name()
     storage = S.open_storage(url)

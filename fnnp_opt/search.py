@@ -310,5 +310,13 @@ def serve_dashboard(url: str, host: str, port: int, announce: Callable[[str], No
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
     storage = open_storage(url)
+    try:
+        server = optuna_dashboard.wsgi(storage)
+        from wsgiref.simple_server import make_server
+
+        httpd = make_server(host, port, server)
+    except OSError as exc:
+        raise StorageError(f"cannot serve on {host}:{port} ({exc.strerror}); pass another --port or --host") from None
     announce(f"http://{host}:{port}/")
-    optuna_dashboard.run_server(storage, host=host, port=port)
+    with httpd:
+        httpd.serve_forever()

@@ -103,6 +103,7 @@ BAD = [
     (["--storage", "nosuchdb://localhost/x"], 1, "could not be opened"),
     (["--storage", "postgresql://nobody@127.0.0.1:1/none"], 1, "could not be opened"),
     (["--output", "/proc/version/out"], 1, "choose another path"),
+    (["--output", "/etc/hostname"], 1, "is a file; pass a path to a folder"),
 ]
 
 

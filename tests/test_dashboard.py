@@ -57,3 +57,18 @@ def test_dashboard_refuses_a_missing_storage(tmp_path):
     res = CliRunner().invoke(app, ["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db"])
     assert res.exit_code == 1 and "does not exist yet" in res.output
     assert not (tmp_path / "none.db").exists()
+
+
+def test_dashboard_on_a_busy_port_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    url = f"sqlite:///{tmp_path}/d.db"
+    optuna.create_study(study_name="s", storage=url)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(app, ["dashboard", "--storage", url, "--port", str(port)])
+    assert res.exit_code == 1 and "pass another --port" in res.output
