@@ -27,7 +27,7 @@ class FitConfig:
     lr: float = 0.02  # peak learning rate; cosine-annealed to 0 over all steps
     batch_size: int = 128  # images per step
     momentum: float = 0.9  # SGD momentum (Nesterov)
-    weight_decay: float = 5e-4  # L2 penalty on every parameter
+    weight_decay: float = 5e-4  # L2 penalty on conv and linear weights (not on BN or biases)
     seed: int = 0  # shuffling and augmentation seed
 
 
