@@ -173,7 +173,13 @@ def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path
         "--data-dir",
         str(small_fmnist),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a shell that starts jobs in the background (as CI may) hands them SIGINT ignored: undo that
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the study is under way
         time.sleep(0.5)
@@ -185,7 +191,12 @@ def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path
                 pass
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130  # "interrupted; run the same command again to resume"
     interrupted_at = _count_complete(url, name)
     assert 2 <= interrupted_at < 12
     if sig == signal.SIGKILL:
