@@ -255,6 +255,11 @@ def _print_summary(r) -> None:
         f"{p['batch_ms'] / b['batch_ms']:.2f}x",
     )
     out.print(table)
+    if r.finetune_losses:
+        out.print(
+            f"fine-tune: {len(r.finetune_losses)} epochs, training loss "
+            + " -> ".join(f"{x:.3f}" for x in r.finetune_losses)
+        )
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
     out.print(f"exported to {r.export}/pruned.json + pruned.safetensors (load with fnnp_opt.load_pruned); {stages}")
 

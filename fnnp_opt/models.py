@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -212,9 +211,3 @@ def load_model(name: str, in_channels: int, num_classes: int, checkpoint: Path |
         )
     load_weights(model, read_state_dict(checkpoint), str(checkpoint))
     return model.eval(), file_digest(Path(checkpoint))
-
-
-def checkpoint_card(checkpoint: Path) -> dict:
-    """Return the JSON card stored beside a checkpoint (empty when absent)."""
-    card = Path(checkpoint).with_suffix(".json")
-    return json.loads(card.read_text()) if card.is_file() else {}

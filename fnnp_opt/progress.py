@@ -6,7 +6,7 @@ the returned handle; the CLI passes an implementation that draws progress bars.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Callable, Iterator, Protocol
 
 Advance = Callable[[int], None]
@@ -15,7 +15,9 @@ Advance = Callable[[int], None]
 class Progress(Protocol):
     """Receives progress reports from long-running library calls."""
 
-    def task(self, description: str, total: int | None) -> "contextmanager[Advance]": ...
+    def task(self, description: str, total: int | None) -> AbstractContextManager[Advance]:
+        """Open a task of ``total`` steps (None: unknown); the handle advances it by n."""
+        ...
 
 
 class NullProgress:

@@ -13,7 +13,7 @@ import logging
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
@@ -257,7 +257,6 @@ class SearchReport:
     failed: int = 0  # trials that failed (NaN/inf) in this session
     total_evaluated: int = 0  # COMPLETE trials in the study after this session
     stopped_early: bool = False  # max_draws was hit before n_trials
-    trial_seconds: list[float] = field(default_factory=list)
 
 
 def optimize(
@@ -284,8 +283,6 @@ def optimize(
                 report.evaluated += 1
                 done += 1
                 advance(1)
-                if trial.datetime_complete and trial.datetime_start:
-                    report.trial_seconds.append((trial.datetime_complete - trial.datetime_start).total_seconds())
             elif trial.state is TrialState.PRUNED:
                 report.rejected += 1
             elif trial.state is TrialState.FAIL:
