@@ -159,7 +159,13 @@ def run(
     max_rate: Annotated[
         Optional[float], Opt(help="R: every pruning ratio lies in [0, R]; must be in (0, 1). [default: 0.6]")
     ] = None,
-    sampler: Annotated[Optional[str], Opt(help="random (the paper's), tpe or cmaes. [default: random]")] = None,
+    sampler: Annotated[
+        Optional[str],
+        Opt(
+            help="random (the paper's), tpe (multivariate TPE), cmaes (CMA-ES), qmc (scrambled Sobol: evenly "
+            "spread random points) or gp (Gaussian process; slow past ~200 trials). [default: random]"
+        ),
+    ] = None,
     n_trials: Annotated[
         Optional[int], Opt(help="Evaluated candidates in the study, in total across resumes. [default: 30]")
     ] = None,
@@ -262,6 +268,55 @@ def _print_summary(r) -> None:
         )
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
     out.print(f"exported to {r.export}/pruned.json + pruned.safetensors (load with fnnp_opt.load_pruned); {stages}")
+
+
+@app.command()
+def space(
+    recipe: Annotated[Optional[Path], Opt(help="TOML recipe (see studies/); flags override it.")] = None,
+    model: Annotated[Optional[str], Opt(help="Architecture. [default: resnet20]")] = None,
+    dataset: Annotated[Optional[str], Opt(help="Dataset name. [default: fashion-mnist]")] = None,
+    data_dir: DataDir = None,
+    checkpoint: Annotated[Optional[Path], Opt(help="Trained weights; default: the shipped ones.")] = None,
+    flops: Annotated[Optional[str], Opt(help="FLOPs budget, as for `run`. [default: 0.5]")] = None,
+    flops_tolerance: Annotated[Optional[float], Opt(help="Window half-width. [default: 0.02]")] = None,
+    max_rate: Annotated[Optional[float], Opt(help="R. [default: 0.6]")] = None,
+    seed: Annotated[Optional[int], Opt(help="Seed of the random draws. [default: 0]")] = None,
+    draws: Annotated[int, Opt(min=1, help="Random strategies drawn to estimate the acceptance rate.")] = 300,
+) -> None:
+    """Print the search space: its groups, their FLOPs shares, the budget's reach and random sampling's hit rate."""
+    from rich.table import Table
+
+    from fnnp_opt.config import resolve
+    from fnnp_opt.flops import human
+    from fnnp_opt.pipeline import describe_space
+
+    flags = dict(
+        model=model,
+        dataset=dataset,
+        data_dir=_s(data_dir),
+        checkpoint=_s(checkpoint),
+        flops=flops,
+        flops_tolerance=flops_tolerance,
+        max_rate=max_rate,
+        seed=seed,
+    )
+    cfg = call(resolve, recipe, **flags)
+    with bars() as progress:
+        r = call(describe_space, cfg, draws, progress)
+    table = Table(title=f"search space: {len(r.dims)} ratios in [0, {r.max_rate}]")
+    for col in ("parameter", "channels", "convs", "FLOPs cut by R alone"):
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    for d in r.dims:
+        table.add_row(d["param"], str(d["channels"]), str(len(d["convs"])), f"{d['flops_share']:.1%}")
+    out.print(table)
+    b = r.budget
+    out.print(
+        f"base {human(b.base)} FLOPs (MACs); reachable [{human(r.lowest)}, {human(b.base)}] "
+        f"= [{r.lowest / b.base:.1%}, 100%] of the base"
+    )
+    out.print(f"budget {b.describe()}")
+    rate = r.accepted / r.draws
+    out.print(f"random sampling: {r.accepted} of {r.draws} draws land in the window ({rate:.1%})")
 
 
 @app.command()

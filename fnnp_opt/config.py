@@ -18,8 +18,10 @@ class Sampler(str, Enum):
     """Optuna samplers for the strategy vector."""
 
     random = "random"  # uniform random search: the paper's choice
-    tpe = "tpe"  # tree-structured Parzen estimator
+    tpe = "tpe"  # tree-structured Parzen estimator (multivariate)
     cmaes = "cmaes"  # CMA evolution strategy
+    qmc = "qmc"  # scrambled Sobol points: random search that fills the space evenly
+    gp = "gp"  # Gaussian-process Bayesian optimisation (its ask() slows down past ~200 trials)
 
 
 @dataclass(frozen=True)

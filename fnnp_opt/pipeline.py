@@ -15,7 +15,7 @@ import torch
 
 from fnnp_opt import search as S
 from fnnp_opt.config import RunConfig, resolve_device
-from fnnp_opt.data import DataSplits, load_splits
+from fnnp_opt.data import DataSplits, get_dataset_info, load_splits
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError
 from fnnp_opt.evaluate import accuracy, calibrate_bn, latency_ms
 from fnnp_opt.export import check_writable, save_pruned
@@ -35,7 +35,7 @@ class Prepared:
 
     cfg: RunConfig
     device: str
-    splits: DataSplits
+    splits: DataSplits | None  # None when prepared without data
     model: torch.nn.Module
     digest: str  # sha256 of the base weights
     pruner: Pruner
@@ -56,18 +56,24 @@ class Prepared:
         }
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Load data and model, derive the search space and the budget, and check reachability."""
+def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
+    """Load data and model, derive the search space and the budget, and check reachability.
+
+    ``with_data=False`` skips the dataset files (``splits`` is then None): the space and
+    the budget depend on the model alone.
+    """
     device = resolve_device(cfg.device)
-    splits = load_splits(
-        cfg.dataset,
-        Path(cfg.data_dir) if cfg.data_dir else None,
-        search_size=cfg.search_size,
-        abn_batches=cfg.abn_batches,
-        abn_batch_size=cfg.abn_batch_size,
-        calib_seed=cfg.seed,
-    )
-    info = splits.info
+    splits = None
+    if with_data:
+        splits = load_splits(
+            cfg.dataset,
+            Path(cfg.data_dir) if cfg.data_dir else None,
+            search_size=cfg.search_size,
+            abn_batches=cfg.abn_batches,
+            abn_batch_size=cfg.abn_batch_size,
+            calib_seed=cfg.seed,
+        )
+    info = get_dataset_info(cfg.dataset)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(cfg.model, cfg.dataset)
     if ckpt is None:
         raise CheckpointError(
@@ -251,3 +257,35 @@ def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "aut
         "params": params,
         "reported_test_accuracy": doc.get("metrics", {}).get("pruned", {}).get("test_accuracy"),
     }
+
+
+@dataclass
+class SpaceReport:
+    """What `fnnp-opt space` prints: the dimensions, their weight in FLOPs, and the budget's reach."""
+
+    dims: list[dict]  # param, channels, coupled, convs, flops_share (removed by this ratio alone at R)
+    budget: Budget
+    max_rate: float
+    lowest: int  # FLOPs with every ratio at R
+    draws: int  # random strategies drawn to estimate the acceptance rate
+    accepted: int  # of which landed in the window
+
+
+def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) -> SpaceReport:
+    """Derive the search space of ``cfg`` and measure how random sampling meets its budget."""
+    import numpy as np
+
+    p = prepare(cfg, with_data=False)
+    rows = []
+    for d, row in zip(p.space.dims, p.space.describe()):
+        macs = count(p.pruner.prune({d.root: p.space.max_rate}), p.input_shape)[0]
+        rows.append({**row, "flops_share": (p.budget.base - macs) / p.budget.base})
+    rng = np.random.default_rng(cfg.seed)
+    accepted = 0
+    with progress.task("random draws", draws) as advance:
+        for _ in range(draws):
+            ratios = {d.root: float(r) for d, r in zip(p.space.dims, rng.uniform(0, p.space.max_rate, len(p.space)))}
+            accepted += p.budget.contains(count(p.pruner.prune(ratios), p.input_shape)[0])
+            advance(1)
+    lowest = uniform_macs(p.pruner, p.space, p.space.max_rate, p.input_shape)
+    return SpaceReport(rows, p.budget, p.space.max_rate, lowest, draws, accepted)

@@ -204,6 +204,12 @@ def make_sampler(kind: Sampler, seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.TPESampler(seed=seed, multivariate=True)
         if kind is Sampler.cmaes:
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if kind is Sampler.qmc:
+            return optuna.samplers.QMCSampler(
+                qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False
+            )
+        if kind is Sampler.gp:
+            return optuna.samplers.GPSampler(seed=seed)
     raise ValueError(kind)
 
 

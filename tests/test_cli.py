@@ -234,3 +234,12 @@ def test_train_writes_weights_and_a_card_that_run_accepts(small_fmnist, tmp_path
         ["--data-dir", str(small_fmnist), "--checkpoint", str(tmp_path / "a.safetensors"), "--epochs", "0"], tmp_path
     )
     assert res.exit_code == 0, res.output
+
+
+def test_space_prints_the_dimensions_and_the_hit_rate():  # needs the model only, no data files
+    res = runner.invoke(app, ["space", "--data-dir", "/nonexistent", "--draws", "40", "--flops-tolerance", "0.99"])
+    assert res.exit_code == 0, res.output
+    assert "12 ratios in [0, 0.6]" in res.output and "ratio.layer2.residual" in res.output
+    assert "40 of 40 draws land in the window (100.0%)" in res.output  # the window covers every reachable count
+    res = runner.invoke(app, ["space", "--flops", "0.05", "--max-rate", "0.3"])
+    assert res.exit_code == 2 and "cannot be reached" in res.output

@@ -175,3 +175,18 @@ def test_a_trial_killed_before_its_first_heartbeat_is_recovered(prepared, tmp_pa
 def test_bad_storage_urls(url, message):
     with pytest.raises(StorageError, match=message):
         S.open_storage(url)
+
+
+def test_describe_space_is_consistent_with_the_pruner(small_fmnist):
+    from fnnp_opt.pipeline import describe_space
+
+    cfg = resolve(data_dir=str(small_fmnist), **{**SMALL, "flops_tolerance": 0.02})
+    r = describe_space(cfg, draws=30)
+    p = prepare(cfg)
+    assert r.lowest == uniform_macs(p.pruner, p.space, p.space.max_rate, p.input_shape)
+    assert [d["param"] for d in r.dims] == [d.param for d in p.space.dims]
+    assert all(0.0 < d["flops_share"] < 1.0 for d in r.dims)
+    coupled = [d["flops_share"] for d in r.dims if d["coupled"]]
+    single = [d["flops_share"] for d in r.dims if not d["coupled"]]
+    assert min(coupled) > max(single)  # a residual ratio shrinks several convs at once
+    assert 0 < r.accepted < r.draws == 30
