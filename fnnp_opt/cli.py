@@ -189,29 +189,7 @@ def run(
     """
     from fnnp_opt.config import resolve
 
-    flags = dict(
-        model=model,
-        dataset=dataset,
-        data_dir=_s(data_dir),
-        checkpoint=_s(checkpoint),
-        flops=flops,
-        flops_tolerance=flops_tolerance,
-        max_rate=max_rate,
-        sampler=sampler,
-        n_trials=n_trials,
-        seed=seed,
-        abn_batches=abn_batches,
-        abn_batch_size=abn_batch_size,
-        search_size=search_size,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        storage=storage,
-        study_name=study_name,
-        output=_s(output),
-        device=device,
-    )
-    cfg = call(resolve, recipe, **flags)
+    cfg = call(resolve, recipe, **_flags(locals()))
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures come from fnnp-opt's own log
@@ -222,8 +200,14 @@ def run(
     _print_summary(result)
 
 
-def _s(path: Optional[Path]) -> Optional[str]:
-    return None if path is None else str(path)
+def _flags(options: dict) -> dict:
+    """A command's options that are RunConfig fields, with paths as strings (None: not given)."""
+    from dataclasses import fields
+
+    from fnnp_opt.config import RunConfig
+
+    names = {f.name for f in fields(RunConfig)}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
 
 
 def _print_summary(r) -> None:
@@ -290,17 +274,7 @@ def space(
     from fnnp_opt.flops import human
     from fnnp_opt.pipeline import describe_space
 
-    flags = dict(
-        model=model,
-        dataset=dataset,
-        data_dir=_s(data_dir),
-        checkpoint=_s(checkpoint),
-        flops=flops,
-        flops_tolerance=flops_tolerance,
-        max_rate=max_rate,
-        seed=seed,
-    )
-    cfg = call(resolve, recipe, **flags)
+    cfg = call(resolve, recipe, **_flags(locals()))
     with bars() as progress:
         r = call(describe_space, cfg, draws, progress)
     table = Table(title=f"search space: {len(r.dims)} ratios in [0, {r.max_rate}]")

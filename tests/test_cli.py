@@ -243,3 +243,26 @@ def test_space_prints_the_dimensions_and_the_hit_rate():  # needs the model only
     assert "40 of 40 draws land in the window (100.0%)" in res.output  # the window covers every reachable count
     res = runner.invoke(app, ["space", "--flops", "0.05", "--max-rate", "0.3"])
     assert res.exit_code == 2 and "cannot be reached" in res.output
+
+
+def test_run_passes_flags_over_the_recipe_to_the_library(monkeypatch, tmp_path):
+    import fnnp_opt.pipeline as pipeline
+    from fnnp_opt.config import RunConfig, Sampler
+
+    seen = {}
+
+    def fake_run(cfg, progress):
+        seen["cfg"] = cfg
+        raise fnnp_opt.FnnpError("stop here")
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('n_trials = 5\nsampler = "cmaes"\nepochs = 9\n')
+    res = runner.invoke(
+        app, ["run", "--recipe", str(recipe), "--n-trials", "7", "--data-dir", str(tmp_path), "--flops", "62.23M"]
+    )
+    assert res.exit_code == 1 and "stop here" in res.output
+    cfg = seen["cfg"]
+    assert (cfg.n_trials, cfg.sampler, cfg.epochs) == (7, Sampler.cmaes, 9)  # flag beats recipe beats default
+    assert cfg.data_dir == str(tmp_path) and cfg.flops == "62.23M"
+    assert cfg.max_rate == RunConfig().max_rate and cfg.storage is None
