@@ -214,40 +214,49 @@ def make_sampler(kind: Sampler, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def recover_dead_trials(study: optuna.Study) -> int:
-    """Fail the RUNNING trials of dead workers and queue them again; return how many.
+    """Fail the RUNNING trials that never sent a heartbeat, and queue them again; return how many.
 
-    Optuna's heartbeat check finds a trial whose heartbeat went stale. A worker killed
-    between creating a trial and its first heartbeat leaves a trial with no heartbeat
-    at all, which that check never sees; such a trial older than the grace period is
-    dead too (a live one records its first heartbeat at once).
+    Optuna's own check (run before every trial) finds a trial whose heartbeat went
+    stale. A worker killed between creating a trial and its first heartbeat leaves a
+    trial with no heartbeat at all, which that check never sees; such a trial older
+    than the grace period is dead too (a live one records its first heartbeat at once).
     """
     storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
     if not isinstance(storage, RDBStorage):
         return 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        optuna.storages.fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        old = [t for t in running if t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > GRACE_S]
-        if old:
-            from optuna.storages._rdb.models import TrialHeartbeatModel
-            from sqlalchemy import select
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    old = [t for t in running if t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > GRACE_S]
+    if not old:
+        return 0
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+    from sqlalchemy import select
 
-            with storage.engine.connect() as conn:
-                beating = set(conn.execute(select(TrialHeartbeatModel.trial_id)).scalars())
-            retry = storage.get_heartbeat_stale_trial_callback()
-            for t in old:
-                if t._trial_id in beating:
-                    continue
-                try:
-                    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    continue  # it finished after all
-                log.warning("trial %d never sent a heartbeat; marked failed", t.number)
-                if retry is not None:
-                    retry(study, study._storage.get_trial(t._trial_id))
-        return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+    with storage.engine.connect() as conn:
+        beating = set(conn.execute(select(TrialHeartbeatModel.trial_id)).scalars())
+    retry = storage.get_heartbeat_stale_trial_callback()
+    failed = 0
+    for t in old:
+        if t._trial_id in beating:
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished after all
+        failed += 1
+        log.warning("trial %d never sent a heartbeat; marked failed", t.number)
+        if retry is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry(study, study._storage.get_trial(t._trial_id))
+    return failed
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's check for trials whose heartbeat went stale (it also runs before each trial)."""
+    if isinstance(getattr(study._storage, "_backend", study._storage), RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -274,7 +283,9 @@ def optimize(
 ) -> SearchReport:
     """Run trials until the study holds ``n_trials`` evaluated candidates."""
     report = SearchReport()
+    _fail_stale_trials(study)  # also when no trial runs in this session
     recover_dead_trials(study)
+    last_check = time.monotonic()
     done = len(completed(study))
     if done >= n_trials:
         report.total_evaluated = done
@@ -284,7 +295,7 @@ def optimize(
         advance(done)
 
         def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-            nonlocal done
+            nonlocal done, last_check
             if trial.state is TrialState.COMPLETE:
                 report.evaluated += 1
                 done += 1
@@ -294,7 +305,9 @@ def optimize(
             elif trial.state is TrialState.FAIL:
                 report.failed += 1
                 log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see --debug"))
-            recover_dead_trials(study)
+            if time.monotonic() - last_check > GRACE_S:  # a heartbeat-less trial can only age into death
+                recover_dead_trials(study)
+                last_check = time.monotonic()
             if done >= n_trials:
                 study.stop()
             elif report.rejected >= max_draws:
