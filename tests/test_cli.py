@@ -153,6 +153,18 @@ def _count_complete(url: str, name: str) -> int:
     return sum(t.state.name == "COMPLETE" for t in study.trials)
 
 
+def _peek_complete(db: Path) -> int:
+    """COMPLETE trials in a SQLite study another process is writing, read-only: an Optuna
+    storage opened here could race the writer's schema creation."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path):
@@ -174,22 +186,19 @@ def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path
         str(small_fmnist),
     ]
     # a shell that starts jobs in the background (as CI may) hands them SIGINT ignored: undo that
+    log = tmp_path / "first.log"
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the study is under way
+    while time.time() < deadline and proc.poll() is None:  # wait until the study is under way
         time.sleep(0.5)
-        if (tmp_path / "study.db").exists():
-            try:
-                if _count_complete(url, name) >= 2:
-                    break
-            except Exception:  # the study is still being created
-                pass
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+        if _peek_complete(tmp_path / "study.db") >= 2:
+            break
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {log.read_text()}"
     proc.send_signal(sig)
     try:
         proc.wait(timeout=60)
