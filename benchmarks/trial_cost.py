@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fnnp_opt import search as S
+from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
 from fnnp_opt.pipeline import prepare
 
@@ -38,11 +39,17 @@ def main() -> None:
     p = prepare(cfg)
     prepare_s = time.perf_counter() - t
     tmp = tempfile.mkdtemp()
-    storage = S.open_storage(args.storage or f"sqlite:///{tmp}/bench.db")
-    study = S.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
+    storage = St.open_storage(args.storage or f"sqlite:///{tmp}/bench.db")
+    study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
     study.sampler = S.make_sampler(cfg.sampler, cfg.seed)
     evaluator = S.Evaluator(
-        p.pruner, p.space, p.budget, p.splits.calibration, p.splits.search_batches(cfg.eval_batch_size), p.input_shape
+        p.pruner,
+        p.space,
+        p.budget,
+        p.flops,
+        p.splits.calibration,
+        p.splits.search_batches(cfg.eval_batch_size),
+        slots=St.Slots(study, args.trials),
     )
 
     inside: dict[int, float] = {}  # seconds spent inside the objective, per trial
@@ -63,7 +70,7 @@ def main() -> None:
         last[0] = now
 
     def stop(study, trial):
-        if len(S.completed(study)) >= args.trials:
+        if len(S.evaluated(study)) >= args.trials:
             study.stop()
 
     t = time.perf_counter()

@@ -151,7 +151,10 @@ def run(
     ] = None,
     flops: Annotated[
         Optional[str],
-        Opt(help="FLOPs (MACs) budget: a fraction of the base like 0.5, or a count like 62.23M. [default: 0.5]"),
+        Opt(
+            help="FLOPs (MACs) budget: a fraction of the base like 0.5, or a count like 62.23M; a range LOW:HIGH "
+            "for --objective pareto. [default: 0.5; 0.2:0.8 for pareto]"
+        ),
     ] = None,
     flops_tolerance: Annotated[
         Optional[float], Opt(help="Half-width of the accepted window, as a fraction of the base FLOPs. [default: 0.02]")
@@ -162,12 +165,45 @@ def run(
     sampler: Annotated[
         Optional[str],
         Opt(
-            help="random (the paper's), tpe (multivariate TPE), cmaes (CMA-ES), qmc (scrambled Sobol: evenly "
-            "spread random points) or gp (Gaussian process; slow past ~200 trials). [default: random]"
+            help="random: uniform draws, the paper's choice (default) | tpe: multivariate TPE, learns from "
+            "rejected draws | cmaes: CMA-ES, needs penalize or --fit-budget | qmc: scrambled Sobol, evenly "
+            "spread random draws | gp: Gaussian process, fewest evaluations, ask() slows past ~200 trials | "
+            "nsga2: NSGA-II, the sampler of --objective pareto."
+        ),
+    ] = None,
+    constraint: Annotated[
+        Optional[str],
+        Opt(
+            help="What a sampler is told of a draw outside the FLOPs window (never ABN-evaluated): reject (pruned "
+            "trial), penalize (value -violation), constrain (Optuna constraint). [default: per sampler: reject for "
+            "random/qmc/tpe, penalize for cmaes, constrain for gp/nsga2]"
+        ),
+    ] = None,
+    fit_budget: Annotated[
+        Optional[bool],
+        Opt(
+            "--fit-budget/--no-fit-budget",
+            help="Move every draw into the FLOPs window (scaling its ratios toward 0 or R) so none is rejected; "
+            "the trial keeps both the suggested and the applied ratios. [default: off]",
+        ),
+    ] = None,
+    objective: Annotated[
+        Optional[str],
+        Opt(
+            help="accuracy: best ABN accuracy in one window | pareto: the front of ABN accuracy vs FLOPs over "
+            "a range (--flops 0.2:0.8); fine-tune any point with `fnnp-opt finetune --trial N`. [default: accuracy]"
         ),
     ] = None,
     n_trials: Annotated[
         Optional[int], Opt(help="Evaluated candidates in the study, in total across resumes. [default: 30]")
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        Opt(
+            help="Search processes on this machine sharing the study (one storage; exactly --n-trials "
+            "evaluations in all). Across machines, run the same command on each with a PostgreSQL --storage. "
+            "[default: 1]"
+        ),
     ] = None,
     seed: Annotated[Optional[int], Opt(help="Base seed of sampling, calibration and fine-tuning. [default: 0]")] = None,
     abn_batches: Annotated[Optional[int], Opt(help="Adaptive-BN calibration batches. [default: 100]")] = None,
@@ -200,6 +236,27 @@ def run(
     _print_summary(result)
 
 
+@app.command()
+def finetune(
+    trial: Annotated[int, Opt(help="Number of the evaluated trial to fine-tune (e.g. a point of the Pareto front).")],
+    storage: Annotated[str, Opt(help="Optuna storage URL.")] = "sqlite:///studies/fnnp.db",
+    study_name: Annotated[Optional[str], Opt(help="Study name. [default: the storage's only study]")] = None,
+    data_dir: DataDir = None,
+    epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs. [default: the study's]")] = None,
+    lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: the study's]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: the study's]")] = None,
+    output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study>/trial-<N>]")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: the study's]")] = None,
+) -> None:
+    """Fine-tune, test and export any evaluated trial of a stored study."""
+    from fnnp_opt.pipeline import finetune_trial
+
+    overrides = {k: v for k, v in _flags(locals()).items() if k not in ("storage", "study_name")}
+    with bars() as progress:
+        result = call(finetune_trial, storage, study_name, trial, overrides, progress)
+    _print_summary(result)
+
+
 def _flags(options: dict) -> dict:
     """A command's options that are RunConfig fields, with paths as strings (None: not given)."""
     from dataclasses import fields
@@ -218,11 +275,15 @@ def _print_summary(r) -> None:
     rep = r.report
     out.print(
         f"study [bold]{r.study_name}[/bold] ({r.storage}): {rep.total_evaluated} candidates evaluated "
-        f"({rep.evaluated} this session, {rep.rejected} draws rejected outside the window, {rep.failed} failed)"
+        f"({rep.evaluated} this session, {rep.rejected} draws outside the window, {rep.failed} failed)"
     )
-    out.print(
-        f"best trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}"
-    )
+    if r.front:
+        _print_front(r)
+        return
+    out.print(f"trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}")
+    if r.delivered_by:
+        out.print(f"trial {r.best_trial} is being fine-tuned by worker {r.delivered_by}; nothing left to do here")
+        return
     table = Table(title="base vs pruned: test set, FLOPs as MACs, median CPU times")
     for col in ("", "test acc", "FLOPs", "params", "CPU 1 image", f"CPU {r.base['batch_images']} images"):
         table.add_column(col, justify="right")
@@ -252,6 +313,32 @@ def _print_summary(r) -> None:
         )
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
     out.print(f"exported to {r.export}/pruned.json + pruned.safetensors (load with fnnp_opt.load_pruned); {stages}")
+
+
+def _print_front(r) -> None:
+    from rich.table import Table
+
+    from fnnp_opt.flops import human
+
+    table = Table(title=f"Pareto front: ABN accuracy vs FLOPs, {r.budget.describe()}")
+    for col in ("trial", "FLOPs", "kept", "ABN acc", "PBN acc", "params", ""):
+        table.add_column(col, justify="right")
+    for row in r.front:
+        pbn = row["pbn_accuracy"]
+        table.add_row(
+            str(row["trial"]),
+            human(row["flops"]),
+            f"{row['flops_ratio']:.1%}",
+            f"{row['abn_accuracy']:.4f}",
+            "" if pbn is None else f"{pbn:.4f}",
+            human(row["params"] or 0),
+            "uniform" if row["uniform"] else "",
+        )
+    out.print(table)
+    files = " + ".join(str(f) for f in r.front_files)
+    out.print(
+        f"front written to {files}; fine-tune a point with `fnnp-opt finetune --study-name {r.study_name} --trial N`"
+    )
 
 
 @app.command()
@@ -326,7 +413,7 @@ def dashboard(
     port: Annotated[int, Opt(help="Port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard for a storage (on 127.0.0.1 unless --host says otherwise)."""
-    from fnnp_opt.search import serve_dashboard
+    from fnnp_opt.storage import serve_dashboard
 
     call(serve_dashboard, storage, host, port, lambda url: out.print(f"optuna-dashboard on {url} (Ctrl-C stops)"))
 

@@ -22,6 +22,25 @@ class Sampler(str, Enum):
     cmaes = "cmaes"  # CMA evolution strategy
     qmc = "qmc"  # scrambled Sobol points: random search that fills the space evenly
     gp = "gp"  # Gaussian-process Bayesian optimisation (its ask() slows down past ~200 trials)
+    nsga2 = "nsga2"  # NSGA-II genetic search; the sampler of --objective pareto
+
+
+class Constraint(str, Enum):
+    """How a candidate outside the FLOPs window is reported to the sampler (it is never ABN-evaluated)."""
+
+    reject = "reject"  # TrialPruned: no value; samplers that learn from pruned trials (TPE) still see it
+    penalize = "penalize"  # a COMPLETE trial valued -penalty x violation, below every feasible score
+    constrain = "constrain"  # a COMPLETE trial with Optuna's constraint = violation (TPE, GP, NSGA-II use it)
+
+
+class Objective(str, Enum):
+    """What the study optimises."""
+
+    accuracy = "accuracy"  # ABN accuracy inside one FLOPs window (the paper)
+    pareto = "pareto"  # (ABN accuracy up, FLOPs down) over a FLOPs range: one study serves every budget
+
+
+DEFAULT_FLOPS = {Objective.accuracy: "0.5", Objective.pareto: "0.2:0.8"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +53,7 @@ class RunConfig:
     data_dir: str | None = None  # dataset folder; None = the dataset's system location
     checkpoint: str | None = None  # trained weights; None = the checkpoint shipped for (model, dataset)
     # search space and budget
-    flops: str = "0.5"  # budget: fraction of the base (0.5) or a count (62.23M)
+    flops: str | None = None  # budget: 0.5 of the base or a count (62.23M); a range 0.2:0.8 for pareto
     flops_tolerance: float = 0.02  # half-width of the window, as a fraction of the base FLOPs
     max_rate: float = 0.6  # R: each pruning ratio lies in [0, R]
     # adaptive-BN evaluation
@@ -44,7 +63,11 @@ class RunConfig:
     eval_batch_size: int = 128  # batch size when scoring (no effect on results; 128 is fastest on CPUs)
     # the study
     sampler: Sampler = Sampler.random
+    constraint: Constraint | None = None  # None = the sampler's default (see fnnp_opt.constraints)
+    fit_budget: bool = False  # project every draw into the window before it is evaluated
+    objective: Objective = Objective.accuracy
     n_trials: int = 30  # evaluated (feasible) candidates in the study, in total across resumes
+    workers: int = 1  # search processes on this machine sharing the study
     max_draws: int = 5000  # stop drawing after this many rejected candidates in one session
     seed: int = 0  # base seed of sampling, fine-tuning and calibration
     storage: str | None = None  # Optuna storage URL; None = sqlite:///studies/fnnp.db
@@ -60,8 +83,19 @@ class RunConfig:
     def resolved_storage(self) -> str:
         return self.storage or "sqlite:///studies/fnnp.db"
 
+    def resolved_flops(self) -> str:
+        return self.flops if self.flops is not None else DEFAULT_FLOPS[self.objective]
+
+    def resolved_constraint(self) -> Constraint:
+        from fnnp_opt.constraints import default_constraint
+
+        return self.constraint or default_constraint(self.sampler, self.objective)
+
     def resolved_study_name(self) -> str:
-        return self.study_name or f"{self.model}-{self.dataset}-flops{self.flops}"
+        if self.study_name:
+            return self.study_name
+        suffix = "-pareto" if self.objective is Objective.pareto else ""
+        return f"{self.model}-{self.dataset}-flops{self.resolved_flops().replace(':', '-')}{suffix}"
 
     def resolved_output(self) -> Path:
         return Path(self.output) if self.output else Path("runs") / self.resolved_study_name()
@@ -82,6 +116,7 @@ class RunConfig:
             "eval_batch_size",
             "n_trials",
             "max_draws",
+            "workers",
             "epochs",
             "batch_size",
         ):
@@ -91,11 +126,25 @@ class RunConfig:
                 raise UsageError(f"{opt} must be a whole number >= {0 if name == 'epochs' else 1}, got {value!r}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        from fnnp_opt.constraints import check_combination
+
+        check_combination(self.sampler, self.resolved_constraint(), self.objective, self.fit_budget)
+        ranged = ":" in self.resolved_flops()
+        if self.objective is Objective.pareto and not ranged:
+            raise UsageError(
+                f"--objective pareto searches a FLOPs range, got --flops {self.flops}; pass a range like --flops 0.2:0.8"
+            )
+        if self.objective is Objective.accuracy and ranged:
+            raise UsageError(
+                f"--flops {self.flops} is a range, which only --objective pareto searches; pass one budget like 0.5"
+            )
         return self
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["sampler"] = self.sampler.value
+        for key, value in d.items():
+            if isinstance(value, Enum):
+                d[key] = value.value
         return d
 
 
@@ -124,13 +173,15 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
     values.update({k: v for k, v in flags.items() if v is not None})
     if "flops" in values:
         values["flops"] = str(values["flops"])
-    if "sampler" in values:
-        try:
-            values["sampler"] = Sampler(values["sampler"])
-        except ValueError:
-            choices = ", ".join(s.value for s in Sampler)
-            raise UsageError(f"unknown sampler {values['sampler']!r}; choose one of: {choices}") from None
-    return replace(RunConfig(), **values).validate()
+    for key, enum in (("sampler", Sampler), ("constraint", Constraint), ("objective", Objective)):
+        if key in values:
+            try:
+                values[key] = enum(values[key])
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise UsageError(f"unknown {key} {values[key]!r}; choose one of: {choices}") from None
+    cfg = replace(RunConfig(), **values)
+    return replace(cfg, flops=cfg.resolved_flops()).validate()
 
 
 def resolve_device(name: str) -> str:

@@ -11,6 +11,7 @@ import io
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,10 +51,17 @@ class Budget:
     low: int  # smallest accepted MACs
     high: int  # largest accepted MACs
 
+    ranged: bool = False  # a range searched by --objective pareto, not target +- tolerance
+
     def contains(self, macs: int) -> bool:
         return self.low <= macs <= self.high
 
     def describe(self) -> str:
+        if self.ranged:
+            return (
+                f"range [{human(self.low)}, {human(self.high)}] = "
+                f"[{self.low / self.base:.1%}, {self.high / self.base:.1%}] of {human(self.base)}"
+            )
         return (
             f"{human(self.target)} ({self.target / self.base:.1%} of {human(self.base)}), "
             f"window [{human(self.low)}, {human(self.high)}]"
@@ -84,9 +92,130 @@ def parse_flops(text: str, base: int) -> int:
 
 
 def make_budget(text: str, tolerance: float, base: int) -> Budget:
-    """The window target ± tolerance x base, clipped to [0, base]."""
+    """The window target ± tolerance x base, clipped to [0, base]; ``LOW:HIGH`` gives that range as is."""
+    if ":" in str(text):
+        low_text, _, high_text = str(text).partition(":")
+        low, high = parse_flops(low_text, base), parse_flops(high_text, base)
+        if low >= high:
+            raise BudgetError(f"--flops {text}: a range LOW:HIGH needs LOW < HIGH, like 0.2:0.8")
+        return Budget(base, high, low, high, ranged=True)
     if not 0.0 < tolerance < 1.0:
         raise BudgetError(f"--flops-tolerance must be in (0, 1) (a fraction of the base FLOPs), got {tolerance}")
     target = parse_flops(text, base)
     slack = tolerance * base
     return Budget(base, target, int(max(0, target - slack)), int(min(base, target + slack)))
+
+
+# --------------------------------------------------------------------------- analytic count
+
+
+def _rule(module: nn.Module):
+    """thop's counting rule for a module type (its MRO walked like thop does), or None."""
+    from thop.profile import register_hooks
+    from thop.vision.basic_hooks import zero_ops
+
+    for cls in type(module).__mro__:
+        if cls in register_hooks:
+            rule = register_hooks[cls]
+            return None if rule is zero_ops else rule
+    return None
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, list[tuple[tuple, tuple]]]:
+    """(input shape, output shape) of every call of every module that thop counts."""
+    calls: dict[str, list[tuple[tuple, tuple]]] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if _rule(m) is None:
+            continue
+
+        def hook(mod, args, out, name=name):
+            calls.setdefault(name, []).append((tuple(args[0].shape), tuple(out.shape)))
+
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(*input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+class _Stand:
+    """The attributes a thop rule reads from a conv or linear layer, at pruned sizes."""
+
+    def __init__(self, **attrs) -> None:
+        self.__dict__.update(attrs, total_ops=0)
+
+
+class FlopsModel:
+    """thop's MAC count of a pruned network, computed from its channel plan without a forward pass.
+
+    One traced forward of the base model gives every counted layer's input and output
+    shapes; pruning one channel of each group shows how much each group removes from
+    each of those shapes. A plan (channels removed per group) then gives every layer's
+    shapes, and thop's own rules, applied to those shapes, give the count. Removing
+    ``n`` channels is assumed to remove ``n`` times the one-channel change (true for
+    convs, BN, pools and flatten-then-linear); the constructor checks the whole model
+    against thop, and the tests check random plans.
+    """
+
+    def __init__(self, base: nn.Module, input_shape: tuple[int, ...], probe, roots: list[str]) -> None:
+        """``probe(counts)`` must return the base model pruned by ``{root: channels removed}``."""
+        self.input_shape = tuple(input_shape)
+        self._probe = probe
+        self._modules = dict(base.named_modules())
+        self._base = _trace(base, input_shape)
+        self._delta: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
+        for root in roots:
+            shapes = _trace(probe({root: 1}), input_shape)
+            self._delta[root] = {}
+            for name, calls in self._base.items():
+                moved = [
+                    (np.subtract(x, x1), np.subtract(y, y1)) for (x, y), (x1, y1) in zip(calls, shapes.get(name, []))
+                ]
+                if any(dx.any() or dy.any() for dx, dy in moved):
+                    self._delta[root][name] = moved
+        self.exact = self.analytic({}) == count(base, input_shape)[0]
+
+    def macs(self, removed: dict[str, int]) -> int:
+        """thop's MACs of the base model with ``removed[root]`` channels pruned from each group.
+
+        Analytic when the model passed the constructor's check, else pruned and counted by thop.
+        """
+        if self.exact:
+            return self.analytic(removed)
+        return count(self._probe(removed), self.input_shape)[0]
+
+    def analytic(self, removed: dict[str, int]) -> int:
+        """The analytic count (see the class docstring)."""
+        total = 0
+        for name, calls in self._base.items():
+            module = self._modules[name]
+            for i, (x, y) in enumerate(calls):
+                dx, dy = np.zeros(len(x), dtype=np.int64), np.zeros(len(y), dtype=np.int64)
+                for root, n in removed.items():
+                    moved = self._delta[root].get(name) if n else None
+                    if moved:
+                        dx += n * moved[i][0]
+                        dy += n * moved[i][1]
+                total += self._ops(module, tuple(np.subtract(x, dx)), tuple(np.subtract(y, dy)), x)
+        return total
+
+    @staticmethod
+    def _ops(module: nn.Module, x: tuple, y: tuple, x_base: tuple) -> int:
+        rule = _rule(module)
+        xm, ym = torch.empty(x, device="meta"), torch.empty(y, device="meta")
+        if isinstance(module, nn.modules.conv._ConvNd):
+            groups = module.groups
+            if groups > 1:  # depthwise: the groups shrink with the channels
+                groups = groups * x[1] // x_base[1]
+            weight = torch.empty((y[1], x[1] // groups, *module.kernel_size), device="meta")
+            module = _Stand(weight=weight, groups=groups, bias=module.bias, transposed=module.transposed)
+        elif isinstance(module, nn.Linear):
+            module = _Stand(in_features=x[-1], out_features=y[-1], bias=module.bias)
+        else:
+            module = _Stand(**{k: v for k, v in vars(module).items() if not k.startswith("_")})
+        rule(module, (xm,), ym)
+        return int(module.total_ops)

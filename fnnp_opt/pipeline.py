@@ -11,17 +11,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
 import torch
+from optuna.trial import TrialState
 
 from fnnp_opt import search as S
-from fnnp_opt.config import RunConfig, resolve_device
+from fnnp_opt import storage as St
+from fnnp_opt.config import Objective, RunConfig, resolve_device
+from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, get_dataset_info, load_splits
-from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError
+from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, StorageError, UsageError
 from fnnp_opt.evaluate import accuracy, calibrate_bn, latency_ms
 from fnnp_opt.export import check_writable, save_pruned
 from fnnp_opt.finetune import FitConfig, fit
-from fnnp_opt.flops import Budget, count, human, make_budget
+from fnnp_opt.flops import Budget, FlopsModel, count, human, make_budget
 from fnnp_opt.models import default_checkpoint, get_model_info, load_model
+from fnnp_opt.pareto import front_rows, write_front
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.space import SearchSpace
@@ -43,10 +48,12 @@ class Prepared:
     budget: Budget
     base_params: int
     input_shape: tuple[int, ...]
+    flops: FlopsModel
 
     def fingerprint(self) -> dict[str, str]:
         """What must match for a stored study to be resumed."""
-        return {
+        extra = {"objective": self.cfg.objective.value} if self.cfg.objective is Objective.pareto else {}
+        return extra | {
             "model": self.cfg.model,
             "weights": self.digest[:16],
             "dataset": self.cfg.dataset,
@@ -85,27 +92,40 @@ def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
     pruner = Pruner(model, torch.zeros(input_shape), get_model_info(cfg.model).classifier)
     space = SearchSpace.from_groups(pruner.groups, cfg.max_rate)
     base_macs, base_params = count(model, input_shape)
-    budget = make_budget(cfg.flops, cfg.flops_tolerance, base_macs)
-    check_reachable(pruner, space, budget, input_shape)
-    return Prepared(cfg, device, splits, model, digest, pruner, space, budget, base_params, input_shape)
+    budget = make_budget(cfg.resolved_flops(), cfg.flops_tolerance, base_macs)
+    flops = FlopsModel(model, input_shape, pruner.prune_counts, [g.root for g in pruner.groups])
+    if not flops.exact:
+        log.warning("the analytic FLOPs count of %s differs from thop's; every draw is counted by thop", cfg.model)
+    p = Prepared(cfg, device, splits, model, digest, pruner, space, budget, base_params, input_shape, flops)
+    check_reachable(p)
+    return p
 
 
-def uniform_macs(pruner: Pruner, space: SearchSpace, ratio: float, input_shape: tuple[int, ...]) -> int:
-    return count(pruner.prune(space.uniform(ratio)), input_shape)[0]
+def uniform_macs(p: Prepared, ratio: float) -> int:
+    """FLOPs with ``ratio`` in every group."""
+    return p.flops.macs(p.pruner.counts(p.space.uniform(ratio)))
 
 
-def check_reachable(pruner: Pruner, space: SearchSpace, budget: Budget, input_shape: tuple[int, ...]) -> None:
+def uniform_ratios(p: Prepared) -> list[float]:
+    """The uniform strategies queued first: one at the budget's target, or five spread over a range."""
+    b = p.budget
+    targets = [b.low + (b.high - b.low) * (k + 0.5) / 5 for k in range(5)] if b.ranged else [b.target]
+    return [round(uniform_ratio(lambda r: uniform_macs(p, r), t, p.space.max_rate), 6) for t in targets]
+
+
+def check_reachable(p: Prepared) -> None:
     """Raise :class:`BudgetError` when no ratio vector in [0, R] lands in the window."""
-    lowest = uniform_macs(pruner, space, space.max_rate, input_shape)  # FLOPs fall in every ratio
+    budget, space = p.budget, p.space
+    lowest = uniform_macs(p, space.max_rate)  # FLOPs fall in every ratio
     if lowest <= budget.high:
         return
     lo, hi = space.max_rate, 0.99
-    if uniform_macs(pruner, space, hi, input_shape) > budget.high:
+    if uniform_macs(p, hi) > budget.high:
         hint = "no --max-rate below 1 reaches it; raise --flops"
     else:
         for _ in range(20):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if uniform_macs(pruner, space, mid, input_shape) <= budget.high else (mid, hi)
+            lo, hi = (lo, mid) if uniform_macs(p, mid) <= budget.high else (mid, hi)
         hint = f"raise --max-rate to at least {hi:.3f}, or raise --flops"
     raise BudgetError(
         f"the budget window [{human(budget.low)}, {human(budget.high)}] cannot be reached with ratios in "
@@ -115,15 +135,18 @@ def check_reachable(pruner: Pruner, space: SearchSpace, budget: Budget, input_sh
 
 @dataclass
 class RunResult:
-    """The outcome of `fnnp-opt run`."""
+    """The outcome of `fnnp-opt run` (or `fnnp-opt finetune`)."""
 
     study_name: str
     storage: str
-    export: Path
     report: S.SearchReport
-    best_trial: int
-    best_abn: float
     budget: Budget
+    best_trial: int | None = None  # the delivered trial (None for a Pareto search)
+    best_abn: float | None = None
+    export: Path | None = None  # None when nothing was delivered by this process
+    delivered_by: str | None = None  # another worker fine-tuning the winner (host:pid)
+    front: list[dict] = field(default_factory=list)  # the Pareto front (--objective pareto)
+    front_files: list[Path] = field(default_factory=list)  # its CSV and plot
     base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms
     pruned: dict = field(default_factory=dict)
     finetune_losses: list[float] = field(default_factory=list)
@@ -142,54 +165,105 @@ def _measure(model, acc: float, macs: int, params: int, input_shape: tuple[int, 
     }
 
 
-def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
-    """The whole pipeline; resumes the study and the fine-tune when run again."""
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    output = cfg.resolved_output()
-    check_writable(output, folder=True)
-    p = prepare(cfg)
+def open_study(cfg: RunConfig, p: Prepared) -> optuna.Study:
+    """Resume the study of ``cfg`` (its fingerprint must match) or create it with the uniform baselines queued."""
     url, name = cfg.resolved_storage(), cfg.resolved_study_name()
-    storage = S.open_storage(url)
-    study = S.existing_study(storage, name)
-    fingerprint = p.fingerprint()
-    if study is not None:
-        S.check_fingerprint(study, fingerprint, url)
-        log.info("resuming study %r: %d evaluated so far", name, len(S.completed(study)))
-    else:
-        study = S.create_study(storage, name, fingerprint, cfg.to_dict(), p.space, p.budget)
-    study.sampler = S.make_sampler(cfg.sampler, S.session_seed(cfg.seed, len(study.trials)))
-    seconds["prepare"] = time.perf_counter() - t0
+    storage = St.open_storage(url)
+    with St.name_lock(storage, name):  # several workers may start at once
+        study = St.existing_study(storage, name)
+        if study is not None:
+            St.check_fingerprint(study, p.fingerprint(), url)
+            log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
+            return study
+        directions = ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
+        study = St.create_study(storage, name, p.fingerprint(), cfg.to_dict(), p.space, p.budget, directions)
+        S.enqueue_uniform(study, p.space, uniform_ratios(p))
+    return study
 
-    t = time.perf_counter()
+
+def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL):
+    """Run this process's share of the search; returns its :class:`SearchReport`."""
+    study.sampler = S.make_sampler(cfg.sampler, S.session_seed(cfg.seed, St.next_session(study)), cfg.objective)
     evaluator = S.Evaluator(
         p.pruner,
         p.space,
         p.budget,
+        p.flops,
         p.splits.calibration,
         p.splits.search_batches(cfg.eval_batch_size),
-        p.input_shape,
         p.device,
-        progress,
+        mode=cfg.resolved_constraint(),
+        fit_budget=cfg.fit_budget,
+        objective=cfg.objective,
+        slots=St.Slots(study, cfg.n_trials),
+        progress=progress,
     )
-    report = S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
-    seconds["search"] = time.perf_counter() - t
-    if report.total_evaluated == 0:
-        raise FnnpError(
-            f"no candidate landed in the window {p.budget.describe()} after {report.rejected} draws; "
-            "widen --flops-tolerance or change --flops / --max-rate"
-        )
-    if report.stopped_early:
-        log.warning(
-            "stopped after %d rejected draws with %d of %d candidates evaluated",
-            report.rejected,
-            report.total_evaluated,
-            cfg.n_trials,
-        )
-    best = study.best_trial
-    ratios = p.space.from_params(best.params)
+    return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
+
+def _worker(cfg: RunConfig, threads: int) -> None:
+    """One of ``--workers`` search processes (started by :func:`search_parallel`)."""
+    import optuna
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    p = prepare(cfg)
+    study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
+    search(cfg, p, study)
+
+
+def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress = NULL) -> S.SearchReport:
+    """Run ``cfg.workers`` search processes on this machine against the study's storage, and wait for them."""
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    before = {t.number for t in study.trials}
+    procs = [ctx.Process(target=_worker, args=(cfg, threads), daemon=True) for _ in range(cfg.workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        with progress.task(f"search ({cfg.workers} workers)", cfg.n_trials) as advance:
+            shown = 0
+            while any(proc.is_alive() for proc in procs):
+                now = len(S.evaluated(study))
+                advance(now - shown)
+                shown = now
+                time.sleep(1.0)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    dead = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
+    if dead:
+        log.warning("search workers %s exited with codes %s", dead, [procs[i].exitcode for i in dead])
+    report = S.SearchReport(total_evaluated=len(S.evaluated(study)))
+    for t in study.get_trials(deepcopy=False):
+        if t.number in before or t.state is TrialState.RUNNING:
+            continue
+        if St.is_evaluated(t):
+            report.evaluated += 1
+        elif t.state is TrialState.FAIL:
+            report.failed += 1
+        elif not t.user_attrs.get(S.SURPLUS):
+            report.rejected += 1
+    return report
+
+
+def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:
+    """The ratios a trial applied (after --fit-budget), as {root: ratio}."""
+    if "ratios" in trial.user_attrs:
+        return space.from_named(trial.user_attrs["ratios"])
+    return space.from_params(trial.params)
+
+
+def deliver(cfg: RunConfig, p: Prepared, study: optuna.Study, trial, output: Path, progress: Progress = NULL) -> dict:
+    """Fine-tune ``trial``'s candidate, measure it and the base on the test set, and export it."""
+    seconds: dict[str, float] = {}
     t = time.perf_counter()
+    ratios = trial_ratios(p.space, trial)
     pruned = p.pruner.prune(ratios)
     calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -200,7 +274,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         augment=p.splits.augment,
         device=p.device,
         checkpoint=output / "finetune.pt",
-        tag=f"{name}|{best.number}|{sorted(best.params.items())}",
+        tag=f"{study.study_name}|{trial.number}|{sorted(trial.params.items())}",
         progress=progress,
     )
     seconds["finetune"] = time.perf_counter() - t
@@ -223,15 +297,119 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         "dataset": cfg.dataset,
         "mean": list(info.mean),
         "std": list(info.std),
-        "study": {"name": name, "storage": url, "trial": best.number, "abn_accuracy": best.value},
+        "study": {
+            "name": study.study_name,
+            "storage": cfg.resolved_storage(),
+            "trial": trial.number,
+            "abn_accuracy": trial.values[0],
+        },
         "ratios": {d.name: ratios[d.root] for d in p.space.dims},
-        "channels": best.user_attrs.get("channels", {}),
+        "channels": trial.user_attrs.get("channels", {}),
         "metrics": {"base": base, "pruned": result_pruned},
         "config": cfg.to_dict(),
     }
     save_pruned(pruned, output, card)
-    study.set_user_attr("result", {"trial": best.number, "export": str(output), "base": base, "pruned": result_pruned})
-    return RunResult(name, url, output, report, best.number, best.value, p.budget, base, result_pruned, losses, seconds)
+    study.set_user_attr("result", {"trial": trial.number, "export": str(output), "base": base, "pruned": result_pruned})
+    return {"base": base, "pruned": result_pruned, "losses": losses, "seconds": seconds}
+
+
+def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
+    """The whole pipeline; resumes the study and the fine-tune when run again."""
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    output = cfg.resolved_output()
+    check_writable(output, folder=True)
+    p = prepare(cfg)
+    study = open_study(cfg, p)
+    result = RunResult(cfg.resolved_study_name(), cfg.resolved_storage(), S.SearchReport(), p.budget)
+    seconds["prepare"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if cfg.workers > 1:
+        result.report = search_parallel(cfg, study, progress)
+    else:
+        result.report = search(cfg, p, study, progress)
+    seconds["search"] = time.perf_counter() - t
+    report = result.report
+    result.stage_seconds = seconds
+    if report.total_evaluated == 0:
+        raise FnnpError(
+            f"no candidate landed in the window {p.budget.describe()} after {report.rejected} draws; "
+            "widen --flops-tolerance or change --flops / --max-rate, or pass --fit-budget"
+        )
+    if report.stopped_early:
+        log.warning(
+            "stopped after %d rejected draws with %d of %d candidates evaluated",
+            report.rejected,
+            report.total_evaluated,
+            cfg.n_trials,
+        )
+    if cfg.objective is Objective.pareto:
+        result.front = front_rows(study)
+        result.front_files = write_front(study, p.budget, output)
+        return result
+
+    best = S.best_trial(study)
+    result.best_trial, result.best_abn = best.number, best.values[0]
+    result.delivered_by = St.claim_delivery(study, best.number)
+    if result.delivered_by is not None:
+        return result
+    d = deliver(cfg, p, study, best, output, progress)
+    result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
+    seconds.update(d["seconds"])
+    return result
+
+
+def finetune_trial(
+    storage: str, study_name: str | None, trial_number: int, overrides: dict, progress: Progress = NULL
+) -> RunResult:
+    """`fnnp-opt finetune`: fine-tune, test and export any evaluated trial of a stored study (a Pareto point)."""
+    from dataclasses import fields, replace
+
+    from fnnp_opt.config import resolve
+
+    path = St._sqlite_path(storage)
+    if path is not None and not path.is_file():
+        raise StorageError(f"storage {storage} does not exist; pass the --storage of a `fnnp-opt run`")
+    store = St.open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if study_name is None and len(names) == 1:
+        study_name = names[0]
+    study = St.existing_study(store, study_name) if study_name else None
+    if study is None:
+        listed = ", ".join(names) or "none"
+        raise UsageError(f"no study {study_name!r} in {storage} (it holds: {listed}); pass --study-name")
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        raise StorageError(f"study {study_name!r} in {storage} was not created by fnnp-opt; pass another --study-name")
+    known = {f.name for f in fields(RunConfig)}
+    cfg = resolve(**{k: v for k, v in stored.items() if k in known})
+    cfg = replace(cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None})
+    by_number = {t.number: t for t in S.evaluated(study)}
+    if trial_number not in by_number:
+        raise UsageError(
+            f"trial {trial_number} of study {study_name!r} was not evaluated (only evaluated trials can be "
+            f"fine-tuned); pick one of the front printed by `fnnp-opt run`, e.g. {sorted(by_number)[:5]}"
+        )
+    output = Path(cfg.output) if cfg.output else Path("runs") / study_name / f"trial-{trial_number}"
+    check_writable(output, folder=True)
+    p = prepare(cfg)
+    St.check_fingerprint(study, p.fingerprint(), storage)
+    trial = by_number[trial_number]
+    d = deliver(cfg, p, study, trial, output, progress)
+    return RunResult(
+        study_name,
+        storage,
+        S.SearchReport(total_evaluated=len(by_number)),
+        p.budget,
+        trial_number,
+        trial.values[0],
+        output,
+        base=d["base"],
+        pruned=d["pruned"],
+        finetune_losses=d["losses"],
+        stage_seconds=d["seconds"],
+    )
 
 
 def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "auto", progress: Progress = NULL) -> dict:
@@ -278,14 +456,14 @@ def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) 
     p = prepare(cfg, with_data=False)
     rows = []
     for d, row in zip(p.space.dims, p.space.describe()):
-        macs = count(p.pruner.prune({d.root: p.space.max_rate}), p.input_shape)[0]
+        macs = p.flops.macs(p.pruner.counts({d.root: p.space.max_rate}))
         rows.append({**row, "flops_share": (p.budget.base - macs) / p.budget.base})
     rng = np.random.default_rng(cfg.seed)
     accepted = 0
     with progress.task("random draws", draws) as advance:
         for _ in range(draws):
             ratios = {d.root: float(r) for d, r in zip(p.space.dims, rng.uniform(0, p.space.max_rate, len(p.space)))}
-            accepted += p.budget.contains(count(p.pruner.prune(ratios), p.input_shape)[0])
+            accepted += p.budget.contains(p.flops.macs(p.pruner.counts(ratios)))
             advance(1)
-    lowest = uniform_macs(p.pruner, p.space, p.space.max_rate, p.input_shape)
+    lowest = uniform_macs(p, p.space.max_rate)
     return SpaceReport(rows, p.budget, p.space.max_rate, lowest, draws, accepted)

@@ -94,14 +94,22 @@ class Pruner:
         """Channels removed at ``ratio``: the nearest whole count, always keeping one."""
         return min(int(round(ratio * channels)), channels - 1)
 
-    def prune(self, ratios: dict[str, float]) -> nn.Module:
-        """Return a pruned deep copy of the base model; ``ratios`` maps group roots to [0, 1)."""
+    def counts(self, ratios: dict[str, float]) -> dict[str, int]:
+        """Channels removed from each group at ``ratios`` ({group root: ratio})."""
         unknown = set(ratios) - {g.root for g in self.groups}
         if unknown:
             raise ModelError(f"ratios name groups that do not exist: {sorted(unknown)}")
+        return {g.root: self.removed_count(ratios.get(g.root, 0.0), g.channels) for g in self.groups}
+
+    def prune(self, ratios: dict[str, float]) -> nn.Module:
+        """Return a pruned deep copy of the base model; ``ratios`` maps group roots to [0, 1)."""
+        return self.prune_counts(self.counts(ratios))
+
+    def prune_counts(self, removed: dict[str, int]) -> nn.Module:
+        """Return a deep copy of the base model with ``removed[root]`` lowest-L1 channels cut from each group."""
         model = copy.deepcopy(self.base)
         for group in self.groups:
-            n = self.removed_count(ratios.get(group.root, 0.0), group.channels)
+            n = removed.get(group.root, 0)
             if n == 0:
                 continue
             idxs = self._order[group.root][:n].tolist()

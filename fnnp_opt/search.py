@@ -1,10 +1,12 @@
-"""The Optuna study: storage, samplers, the per-trial objective, resume and fault tolerance.
+"""The search: samplers, the per-trial objective, and the optimisation loop.
 
-A trial suggests one ratio per searchable group, prunes a copy of the base model,
-counts its FLOPs with thop and, when the count lies in the budget window, scores it
-with adaptive-BN evaluation on the held-out search split. Candidates outside the
-window are rejected before any evaluation (``TrialPruned``, no value, so a rejected
-trial can never look like the best one). ``n_trials`` counts evaluated candidates.
+A trial suggests one ratio per searchable group (optionally projected into the FLOPs
+window, ``--fit-budget``), and the candidate's FLOPs are counted analytically from its
+channel plan. A candidate outside the window is never ABN-evaluated; the constraint
+mode (:mod:`fnnp_opt.constraints`) decides what the sampler is told. A candidate inside
+claims one of the study's evaluation slots, is pruned, counted by thop, and scored
+with adaptive-BN evaluation on the held-out search split. ``n_trials`` counts scored
+candidates.
 """
 
 from __future__ import annotations
@@ -14,29 +16,25 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from fnnp_opt.config import Sampler
+from fnnp_opt import storage as St
+from fnnp_opt.config import Constraint, Objective, Sampler
+from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import Batch
-from fnnp_opt.errors import StorageError
 from fnnp_opt.evaluate import NonFiniteError, accuracy, calibrate_bn
-from fnnp_opt.flops import Budget, count, human
+from fnnp_opt.flops import Budget, FlopsModel, count, human
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2  # how often a running trial proves it is alive
-GRACE_S = 8  # a RUNNING trial silent for longer is failed and retried
-MAX_RETRY = 3  # retries of a trial whose worker died
+SURPLUS = "surplus"  # user attribute of a draw left unevaluated because the study was already full
 
 
 @dataclass
@@ -46,32 +44,47 @@ class Evaluator:
     pruner: Pruner
     space: SearchSpace
     budget: Budget
+    flops: FlopsModel  # analytic FLOPs of a channel plan (thop's count, without a forward pass)
     calibration: list[Batch]  # ABN batches from the train part
     search: list[Batch]  # batches of the held-out search split
-    input_shape: tuple[int, ...]  # (1, C, H, W) for FLOPs counting
     device: str = "cpu"
+    mode: Constraint = Constraint.reject
+    fit_budget: bool = False
+    objective: Objective = Objective.accuracy
+    slots: St.Slots | None = None  # None: no slot accounting (a study nobody else shares)
     progress: Progress = NULL
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def macs_of(self, ratios: dict[str, float]) -> int:
+        return self.flops.macs(self.pruner.counts(ratios))
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         clock = _Stopwatch()
         with clock("strategy"):
             ratios = self.space.suggest(trial)
+        with clock("flops"):
+            if self.fit_budget:
+                ratios, step = fit_to_budget(ratios, self.macs_of, self.budget, self.space.max_rate)
+                trial.set_user_attr("fit_step", round(step, 6))
+            macs = self.macs_of(ratios)
+        with clock("storage"):
+            trial.set_user_attr("ratios", self.space.named(ratios))  # the applied ratios; params hold the suggested
+            trial.set_user_attr("flops", macs)
+            v = violation(self.budget, macs)
+            trial.set_user_attr("feasible", v == 0)
+            if self.mode is Constraint.constrain:
+                trial.set_constraint("flops", v)
+            if v > 0:
+                return self._infeasible(trial, macs, v)
+        if self.slots is not None and not self.slots.claim(trial):
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned("not evaluated: the study's slots are taken or go to queued trials first")
+
         with clock("prune"):
             model = self.pruner.prune(ratios)
         with clock("flops"):
-            macs, params = count(model, self.input_shape)
-        with clock("storage"):
-            trial.set_user_attr("flops", macs)
-            feasible = self.budget.contains(macs)
-            trial.set_user_attr("feasible", feasible)
-            if not feasible:
-                trial.set_user_attr(
-                    "reject_reason",
-                    f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside "
-                    f"[{human(self.budget.low)}, {human(self.budget.high)}]",
-                )
-                raise optuna.TrialPruned(trial.user_attrs["reject_reason"])
-
+            thop_macs, params = count(model, self.flops.input_shape)
+        if thop_macs != macs:
+            log.warning("trial %d: analytic FLOPs %d differ from thop's %d", trial.number, macs, thop_macs)
         model.to(self.device)
         try:
             with clock("pbn_score"):
@@ -83,8 +96,10 @@ class Evaluator:
         except NonFiniteError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
+        ratio = thop_macs / self.budget.base
         with clock("storage"):
-            trial.set_user_attr("flops_ratio", round(macs / self.budget.base, 5))
+            trial.set_user_attr("flops", thop_macs)
+            trial.set_user_attr("flops_ratio", round(ratio, 5))
             trial.set_user_attr("params", params)
             trial.set_user_attr(
                 "channels",
@@ -92,15 +107,20 @@ class Evaluator:
             )
             trial.set_user_attr("pbn_accuracy", pbn)
         trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})
-        log.info(
-            "trial %d: ABN %.4f  PBN %.4f  FLOPs %s (%.1f%%)",
-            trial.number,
-            abn,
-            pbn,
-            human(macs),
-            100 * macs / self.budget.base,
+        log.info("trial %d: ABN %.4f  PBN %.4f  FLOPs %s (%.1f%%)", trial.number, abn, pbn, human(macs), 100 * ratio)
+        return (abn, ratio) if self.objective is Objective.pareto else abn
+
+    def _infeasible(self, trial: optuna.Trial, macs: int, v: float) -> float | tuple[float, float]:
+        reason = (
+            f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside "
+            f"[{human(self.budget.low)}, {human(self.budget.high)}]"
         )
-        return abn
+        trial.set_user_attr("reject_reason", reason)
+        trial.set_user_attr("violation", round(v, 6))
+        if self.mode is Constraint.reject:
+            raise optuna.TrialPruned(reason)
+        value = penalized(v)
+        return (value, macs / self.budget.base) if self.objective is Objective.pareto else value
 
 
 class _Stopwatch(dict):
@@ -115,87 +135,16 @@ class _Stopwatch(dict):
             self[stage] = self.get(stage, 0.0) + time.perf_counter() - t
 
 
-# --------------------------------------------------------------------------- storage
+# --------------------------------------------------------------------------- samplers
 
 
-def open_storage(url: str) -> RDBStorage:
-    """Open an Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if str(path) not in ("", ":memory:"):
-            if path.parent.exists() and not path.parent.is_dir():
-                raise StorageError(f"storage {url}: {path.parent} is not a folder; pass another --storage")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageError(f"storage {url} could not be opened: {exc}; pass another --storage") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-            )
-        except Exception as exc:  # SQLAlchemy raises many types for bad URLs and dead servers
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StorageError(
-                f"storage {url!r} could not be opened ({type(exc).__name__}: {msg}); "
-                "pass a reachable URL such as sqlite:///studies/fnnp.db or postgresql://user@127.0.0.1/db"
-            ) from None
+def session_seed(seed: int, session: int) -> int:
+    """The sampler seed of a study's ``session``-th process: a resumed study, or a second worker, draws afresh."""
+    return int(np.random.SeedSequence([seed, session]).generate_state(1)[0])
 
 
-def existing_study(storage: RDBStorage, name: str) -> optuna.Study | None:
-    """Load study ``name`` when it exists in ``storage``, else None (creates nothing)."""
-    try:
-        storage.get_study_id_from_name(name)
-    except KeyError:
-        return None
-    return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
-
-
-def check_fingerprint(study: optuna.Study, fingerprint: dict[str, str], storage_url: str) -> None:
-    """Raise :class:`StorageError` when a stored study was made with another model, data or space."""
-    stored = study.user_attrs.get("fingerprint")
-    if stored is None:
-        raise StorageError(
-            f"study {study.study_name!r} in {storage_url} was not created by fnnp-opt; pass another --study-name"
-        )
-    diff = [f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if stored.get(k) != v]
-    if diff:
-        raise StorageError(
-            f"study {study.study_name!r} in {storage_url} was created with different settings ("
-            + "; ".join(diff)
-            + "); pass a new --study-name, or the original options to resume it"
-        )
-
-
-def create_study(
-    storage: RDBStorage, name: str, fingerprint: dict, config: dict, space: SearchSpace, budget: Budget
-) -> optuna.Study:
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler()
-    )
-    study.set_user_attr("fingerprint", fingerprint)
-    study.set_user_attr("config", config)
-    study.set_user_attr("space", space.describe())
-    study.set_user_attr(
-        "budget", {"base": budget.base, "target": budget.target, "low": budget.low, "high": budget.high}
-    )
-    return study
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def session_seed(seed: int, trials_so_far: int) -> int:
-    """A sampler seed for this session: a resumed study continues with fresh draws."""
-    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
-
-
-def make_sampler(kind: Sampler, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: Sampler, seed: int, objective: Objective = Objective.accuracy) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler behind ``--sampler``, seeded."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind is Sampler.random:
@@ -210,57 +159,28 @@ def make_sampler(kind: Sampler, seed: int) -> optuna.samplers.BaseSampler:
             )
         if kind is Sampler.gp:
             return optuna.samplers.GPSampler(seed=seed)
+        if kind is Sampler.nsga2:
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     raise ValueError(kind)
 
 
-def recover_dead_trials(study: optuna.Study) -> int:
-    """Fail the RUNNING trials that never sent a heartbeat, and queue them again; return how many.
-
-    Optuna's own check (run before every trial) finds a trial whose heartbeat went
-    stale. A worker killed between creating a trial and its first heartbeat leaves a
-    trial with no heartbeat at all, which that check never sees; such a trial older
-    than the grace period is dead too (a live one records its first heartbeat at once).
-    """
-    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
-    if not isinstance(storage, RDBStorage):
-        return 0
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    old = [t for t in running if t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > GRACE_S]
-    if not old:
-        return 0
-    from optuna.storages._rdb.models import TrialHeartbeatModel
-    from sqlalchemy import select
-
-    with storage.engine.connect() as conn:
-        beating = set(conn.execute(select(TrialHeartbeatModel.trial_id)).scalars())
-    retry = storage.get_heartbeat_stale_trial_callback()
-    failed = 0
-    for t in old:
-        if t._trial_id in beating:
-            continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # it finished after all
-        failed += 1
-        log.warning("trial %d never sent a heartbeat; marked failed", t.number)
-        if retry is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry(study, study._storage.get_trial(t._trial_id))
-    return failed
+def enqueue_uniform(study: optuna.Study, space: SearchSpace, ratios: list[float]) -> None:
+    """Queue the uniform strategies (one ratio everywhere): the classic L1 baseline, evaluated first."""
+    for r in ratios:
+        study.enqueue_trial({d.param: r for d in space.dims}, user_attrs={"strategy": "uniform"}, skip_if_exists=True)
 
 
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Optuna's check for trials whose heartbeat went stale (it also runs before each trial)."""
-    if isinstance(getattr(study._storage, "_backend", study._storage), RDBStorage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+# --------------------------------------------------------------------------- results
 
 
-def completed(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+def evaluated(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials whose candidate met the budget and was scored."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if St.is_evaluated(t)]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The evaluated trial with the highest ABN accuracy (the first objective)."""
+    return max(evaluated(study), key=lambda t: (t.values[0], -t.number))
 
 
 @dataclass
@@ -270,7 +190,7 @@ class SearchReport:
     evaluated: int = 0  # candidates scored in this session
     rejected: int = 0  # candidates outside the window in this session
     failed: int = 0  # trials that failed (NaN/inf) in this session
-    total_evaluated: int = 0  # COMPLETE trials in the study after this session
+    total_evaluated: int = 0  # evaluated trials in the study after this session
     stopped_early: bool = False  # max_draws was hit before n_trials
 
 
@@ -283,10 +203,10 @@ def optimize(
 ) -> SearchReport:
     """Run trials until the study holds ``n_trials`` evaluated candidates."""
     report = SearchReport()
-    _fail_stale_trials(study)  # also when no trial runs in this session
-    recover_dead_trials(study)
+    St.fail_stale_trials(study)  # also when no trial runs in this session
+    St.recover_dead_trials(study)
     last_check = time.monotonic()
-    done = len(completed(study))
+    done = len(evaluated(study))
     if done >= n_trials:
         report.total_evaluated = done
         return report
@@ -296,17 +216,18 @@ def optimize(
 
         def callback(study: optuna.Study, trial: FrozenTrial) -> None:
             nonlocal done, last_check
-            if trial.state is TrialState.COMPLETE:
+            if St.is_evaluated(trial):
                 report.evaluated += 1
-                done += 1
-                advance(1)
-            elif trial.state is TrialState.PRUNED:
-                report.rejected += 1
             elif trial.state is TrialState.FAIL:
                 report.failed += 1
                 log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see --debug"))
-            if time.monotonic() - last_check > GRACE_S:  # a heartbeat-less trial can only age into death
-                recover_dead_trials(study)
+            elif not trial.user_attrs.get(SURPLUS):
+                report.rejected += 1
+            now = len(evaluated(study))  # other workers add to it too
+            advance(now - done)
+            done = now
+            if time.monotonic() - last_check > St.GRACE_S:  # a heartbeat-less trial can only age into death
+                St.recover_dead_trials(study)
                 last_check = time.monotonic()
             if done >= n_trials:
                 study.stop()
@@ -315,24 +236,5 @@ def optimize(
                 study.stop()
 
         study.optimize(objective, callbacks=[callback], catch=(NonFiniteError,), gc_after_trial=False)
-    report.total_evaluated = len(completed(study))
+    report.total_evaluated = len(evaluated(study))
     return report
-
-
-def serve_dashboard(url: str, host: str, port: int, announce: Callable[[str], None] = lambda u: None) -> None:
-    """Serve optuna-dashboard for an existing storage; blocks until interrupted."""
-    import optuna_dashboard
-
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
-    storage = open_storage(url)
-    try:
-        server = optuna_dashboard.wsgi(storage)
-        from wsgiref.simple_server import make_server
-
-        httpd = make_server(host, port, server)
-    except OSError as exc:
-        raise StorageError(f"cannot serve on {host}:{port} ({exc.strerror}); pass another --port or --host") from None
-    announce(f"http://{host}:{port}/")
-    with httpd:
-        httpd.serve_forever()

@@ -75,6 +75,14 @@ class SearchSpace:
         """Map Optuna parameters (``ratio.<name>``) back to {root: ratio}."""
         return {d.root: float(params[d.param]) for d in self.dims}
 
+    def named(self, ratios: dict[str, float]) -> dict[str, float]:
+        """{root: ratio} as {dimension name: ratio}."""
+        return {d.name: float(ratios[d.root]) for d in self.dims}
+
+    def from_named(self, named: dict[str, float]) -> dict[str, float]:
+        """The inverse of :meth:`named`."""
+        return {d.root: float(named[d.name]) for d in self.dims}
+
     def uniform(self, ratio: float) -> dict[str, float]:
         """The same ratio for every dimension, as {root: ratio}."""
         return {d.root: ratio for d in self.dims}

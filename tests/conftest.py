@@ -64,3 +64,46 @@ SMALL_RUN = [
     "--device",
     "cpu",
 ]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's `postgresql`, which `.ci/run` installs)."""
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        initdb = []
+    if not initdb:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the PostgreSQL test: install postgresql and psycopg2-binary (see .ci/run)")
+        pytest.skip("PostgreSQL server or psycopg2 not installed (apt-get install postgresql)")
+    bindir = Path(initdb[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="fnnp-pg-"))
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    if as_root:
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*args):
+        subprocess.run([*prefix, *map(str, args)], check=True, capture_output=True)
+
+    pg(bindir / "initdb", "-D", root / "data", "-A", "trust", "-U", "fnnp", "--no-sync")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    pg(bindir / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "-o", options, "start")
+    try:
+        pg(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "fnnp", "fnnp")
+        yield f"postgresql+psycopg2://fnnp@127.0.0.1:{port}/fnnp"
+    finally:
+        pg(bindir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import fnnp_opt
-import fnnp_opt.search as S
+import fnnp_opt.storage as St
 from fnnp_opt.cli import app
 from fnnp_opt.data import load_splits
 from fnnp_opt.evaluate import accuracy
@@ -209,7 +209,7 @@ def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path
     interrupted_at = _count_complete(url, name)
     assert 2 <= interrupted_at < 12
     if sig == signal.SIGKILL:
-        time.sleep(S.GRACE_S + 1)  # the dead run's heartbeat goes stale
+        time.sleep(St.GRACE_S + 1)  # the dead run's heartbeat goes stale
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert _count_complete(url, name) == 12

@@ -11,7 +11,7 @@ RECIPE = Path(__file__).parents[1] / "studies" / "fashion-mnist-resnet20.toml"
 
 
 def test_the_default_recipe_is_the_default_config():
-    assert resolve(RECIPE) == resolve() == RunConfig()
+    assert resolve(RECIPE) == resolve() == RunConfig(flops="0.5")
 
 
 def test_flags_override_the_recipe(tmp_path):

@@ -46,3 +46,41 @@ def test_thop_counts_macs_of_resnet20(base_model):
     conv1 = 16 * 1 * 9 * 28 * 28  # the stem's MACs alone
     assert 30e6 < macs < 33e6 and macs > conv1
     assert not [b for b, _ in base_model.named_buffers() if "total_" in b]  # thop leaves no buffers behind
+
+
+def test_ranges_for_the_pareto_objective():
+    b = make_budget("0.2:0.8", 0.02, BASE)
+    assert b.ranged and (b.low, b.high) == (25_000_000, 100_000_000)
+    assert "range" in b.describe()
+    with pytest.raises(BudgetError, match="LOW < HIGH"):
+        make_budget("0.8:0.2", 0.02, BASE)
+
+
+@pytest.mark.parametrize("name, in_channels, size", [("resnet20", 1, 28), ("resnet56", 1, 28), ("resnet20", 3, 32)])
+def test_the_analytic_count_equals_thop_on_100_random_strategies(name, in_channels, size):
+    """Every registered model: the channel-plan count is thop's count of the pruned network, exactly."""
+    import numpy as np
+    import torch
+
+    from fnnp_opt.flops import FlopsModel
+    from fnnp_opt.models import create_model, get_model_info
+    from fnnp_opt.prune import Pruner
+
+    torch.manual_seed(0)
+    shape = (1, in_channels, size, size)
+    model = create_model(name, in_channels, 10)
+    pruner = Pruner(model, torch.zeros(shape), get_model_info(name).classifier)
+    flops = FlopsModel(model, shape, pruner.prune_counts, [g.root for g in pruner.groups])
+    assert flops.exact
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        top = 0.95 if i % 2 else 0.5  # mild and extreme plans, down to a single channel per group
+        ratios = {g.root: float(rng.uniform(0, top)) for g in pruner.groups}
+        removed = pruner.counts(ratios)
+        assert flops.analytic(removed) == count(pruner.prune(ratios), shape)[0], ratios
+
+
+def test_every_registered_model_is_covered_by_the_analytic_test():
+    from fnnp_opt.models import list_models
+
+    assert {m.name for m in list_models()} <= {"resnet20", "resnet56"}, "add new models to the test above"

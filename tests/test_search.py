@@ -8,6 +8,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import fnnp_opt.search as S
+import fnnp_opt.storage as St
 from fnnp_opt.config import Sampler, resolve
 from fnnp_opt.errors import StorageError
 from fnnp_opt.evaluate import NonFiniteError
@@ -21,15 +22,17 @@ def prepared(small_fmnist):
     return prepare(resolve(data_dir=str(small_fmnist), **SMALL))
 
 
-def _evaluator(p):
-    return S.Evaluator(p.pruner, p.space, p.budget, p.splits.calibration, p.splits.search_batches(300), p.input_shape)
+def _evaluator(p, **options):
+    return S.Evaluator(
+        p.pruner, p.space, p.budget, p.flops, p.splits.calibration, p.splits.search_batches(300), **options
+    )
 
 
 def _uniform_in_window(p) -> float:
     lo, hi = 0.0, p.space.max_rate  # FLOPs fall as the ratio rises: bisect to the target
     for _ in range(12):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if uniform_macs(p.pruner, p.space, mid, p.input_shape) > p.budget.target else (lo, mid)
+        lo, hi = (mid, hi) if uniform_macs(p, mid) > p.budget.target else (lo, mid)
     return hi
 
 
@@ -131,9 +134,9 @@ def test_a_study_made_with_other_settings_is_refused(small_fmnist, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(S, "GRACE_S", 2)
-    storage = S.open_storage(f"sqlite:///{tmp_path}/h.db")
+    monkeypatch.setattr(St, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(St, "GRACE_S", 2)
+    storage = St.open_storage(f"sqlite:///{tmp_path}/h.db")
     study = optuna.create_study(storage=storage, direction="maximize")
     r = _uniform_in_window(prepared)
     study.enqueue_trial({d.param: r for d in prepared.space.dims})
@@ -150,14 +153,14 @@ def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypa
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_trial_killed_before_its_first_heartbeat_is_recovered(prepared, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "GRACE_S", 1)
-    storage = S.open_storage(f"sqlite:///{tmp_path}/h.db")
+    monkeypatch.setattr(St, "GRACE_S", 1)
+    storage = St.open_storage(f"sqlite:///{tmp_path}/h.db")
     study = optuna.create_study(storage=storage, direction="maximize")
     orphan = study.ask()  # RUNNING, with params but no heartbeat: its worker died at once
     prepared.space.suggest(orphan)
-    assert S.recover_dead_trials(study) == 0  # too young to call dead
+    assert St.recover_dead_trials(study) == 0  # too young to call dead
     time.sleep(1.5)
-    assert S.recover_dead_trials(study) == 1
+    assert St.recover_dead_trials(study) == 1
     trials = study.get_trials()
     assert trials[0].state is TrialState.FAIL
     assert trials[1].state is TrialState.WAITING and trials[1].params == trials[0].params
@@ -174,7 +177,7 @@ def test_a_trial_killed_before_its_first_heartbeat_is_recovered(prepared, tmp_pa
 )
 def test_bad_storage_urls(url, message):
     with pytest.raises(StorageError, match=message):
-        S.open_storage(url)
+        St.open_storage(url)
 
 
 def test_describe_space_is_consistent_with_the_pruner(small_fmnist):
@@ -183,10 +186,91 @@ def test_describe_space_is_consistent_with_the_pruner(small_fmnist):
     cfg = resolve(data_dir=str(small_fmnist), **{**SMALL, "flops_tolerance": 0.02})
     r = describe_space(cfg, draws=30)
     p = prepare(cfg)
-    assert r.lowest == uniform_macs(p.pruner, p.space, p.space.max_rate, p.input_shape)
+    assert r.lowest == uniform_macs(p, p.space.max_rate)
     assert [d["param"] for d in r.dims] == [d.param for d in p.space.dims]
     assert all(0.0 < d["flops_share"] < 1.0 for d in r.dims)
     coupled = [d["flops_share"] for d in r.dims if d["coupled"]]
     single = [d["flops_share"] for d in r.dims if not d["coupled"]]
     assert min(coupled) > max(single)  # a residual ratio shrinks several convs at once
     assert 0 < r.accepted < r.draws == 30
+
+
+def _combinations():
+    from fnnp_opt.config import Constraint, Objective
+    from fnnp_opt.constraints import check_combination
+    from fnnp_opt.errors import UsageError
+
+    for objective in Objective:
+        for sampler in Sampler:
+            for mode in Constraint:
+                for fit in (False, True):
+                    try:
+                        check_combination(sampler, mode, objective, fit)
+                    except UsageError:
+                        continue
+                    yield pytest.param(
+                        sampler,
+                        mode,
+                        objective,
+                        fit,
+                        id=f"{objective.value}-{sampler.value}-{mode.value}-{'fit' if fit else 'raw'}",
+                    )
+
+
+COMBINATIONS = list(_combinations())
+
+
+def test_the_combination_matrix_is_what_the_docs_say():
+    ids = {p.id for p in COMBINATIONS}
+    assert len(ids) == 33
+    assert "accuracy-cmaes-penalize-raw" in ids and "accuracy-cmaes-reject-raw" not in ids
+    assert "accuracy-cmaes-reject-fit" in ids and "pareto-cmaes-penalize-raw" not in ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler, mode, objective, fit", COMBINATIONS)
+def test_every_allowed_combination_runs_a_5_trial_study(small_fmnist, tmp_path, sampler, mode, objective, fit):
+    from fnnp_opt.config import Constraint, Objective
+    from fnnp_opt.pipeline import open_study, search
+
+    flops = {"flops": "0.3:0.7"} if objective is Objective.pareto else {}
+    cfg = resolve(
+        data_dir=str(small_fmnist),
+        storage=f"sqlite:///{tmp_path}/s.db",
+        n_trials=5,
+        sampler=sampler.value,
+        constraint=mode.value,
+        objective=objective.value,
+        fit_budget=fit,
+        **{**SMALL, "flops_tolerance": 0.03},
+        **flops,
+    )
+    p = prepare(cfg)
+    study = open_study(cfg, p)
+    report = search(cfg, p, study)
+    trials = study.get_trials()
+    evaluated = S.evaluated(study)
+    assert report.total_evaluated == len(evaluated) == 5
+    assert trials[0].user_attrs["strategy"] == "uniform" and St.is_evaluated(trials[0])
+    assert all(p.budget.contains(t.user_attrs["flops"]) for t in evaluated)
+    infeasible = [t for t in trials if t.user_attrs.get("feasible") is False]
+    if fit:
+        assert not infeasible and report.rejected == 0
+        assert all("fit_step" in t.user_attrs for t in trials)
+    for t in infeasible:
+        if mode is Constraint.reject:
+            assert t.state is TrialState.PRUNED and t.values is None
+        else:
+            assert t.state is TrialState.COMPLETE and t.values[0] < 0  # below every real score
+        if mode is Constraint.constrain:
+            assert t.constraints["flops"] == pytest.approx(t.user_attrs["violation"], abs=1e-6)
+            assert t.constraints["flops"] > 0
+    if objective is Objective.pareto:
+        from fnnp_opt.pareto import pareto_front
+
+        front = pareto_front(study)
+        assert front and all(t in evaluated for t in front)
+        assert [t.values[1] for t in front] == sorted(t.values[1] for t in front)
+        assert [t.values[0] for t in front] == sorted(t.values[0] for t in front)  # more FLOPs, more accuracy
+    else:
+        assert St.is_evaluated(S.best_trial(study))

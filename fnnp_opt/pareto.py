@@ -1,0 +1,89 @@
+"""The Pareto front of ``--objective pareto``: ABN accuracy against FLOPs, as a table, a CSV and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+
+from fnnp_opt.flops import Budget, human
+from fnnp_opt.search import evaluated
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Evaluated trials no other beats on both ABN accuracy and FLOPs, by rising FLOPs."""
+    trials = sorted(evaluated(study), key=lambda t: (t.values[1], -t.values[0]))
+    front, best = [], -np.inf
+    for t in trials:
+        if t.values[0] > best:
+            front.append(t)
+            best = t.values[0]
+    return front
+
+
+def front_rows(study: optuna.Study) -> list[dict]:
+    """The Pareto front as table rows, by rising FLOPs."""
+    return [
+        {
+            "trial": t.number,
+            "flops": t.user_attrs["flops"],
+            "flops_ratio": t.values[1],
+            "abn_accuracy": t.values[0],
+            "pbn_accuracy": t.user_attrs.get("pbn_accuracy"),
+            "params": t.user_attrs.get("params"),
+            "uniform": t.user_attrs.get("strategy") == "uniform",
+        }
+        for t in pareto_front(study)
+    ]
+
+
+def write_front(study: optuna.Study, budget: Budget, output: Path) -> list[Path]:
+    """Write the front as ``pareto.csv`` and ``pareto.png`` (every evaluated candidate, the front, the uniform baselines)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output.mkdir(parents=True, exist_ok=True)
+    rows = front_rows(study)
+    csv_path = output / "pareto.csv"
+    with open(csv_path.with_suffix(".csv.tmp"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    csv_path.with_suffix(".csv.tmp").replace(csv_path)
+
+    trials = evaluated(study)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.scatter([t.values[1] for t in trials], [t.values[0] for t in trials], s=12, c="0.7", label="evaluated")
+    uniform = [t for t in trials if t.user_attrs.get("strategy") == "uniform"]
+    ax.scatter(
+        [t.values[1] for t in uniform],
+        [t.values[0] for t in uniform],
+        s=30,
+        marker="s",
+        c="tab:orange",
+        label="uniform L1 (same ratio everywhere)",
+    )
+    ax.plot(
+        [r["flops_ratio"] for r in rows],
+        [r["abn_accuracy"] for r in rows],
+        "o-",
+        c="tab:blue",
+        ms=4,
+        label="Pareto front",
+    )
+    ax.set_xlabel(f"FLOPs kept (fraction of {human(budget.base)} MACs)")
+    ax.set_ylabel("ABN accuracy on the search split")
+    ax.set_title(f"{study.study_name}: {len(trials)} candidates")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    png = output / "pareto.png"
+    fig.savefig(png)
+    plt.close(fig)
+    return [csv_path, png]

@@ -1,0 +1,341 @@
+"""Study storage: opening it, resuming safely, surviving dead workers, and sharing one study among many.
+
+Any number of processes, on one machine or several, may run the same study: they
+share an Optuna RDB storage (SQLite on one machine, PostgreSQL across machines).
+
+* Heartbeats: a running trial proves every ``HEARTBEAT_S`` that its worker lives; one
+  silent for ``GRACE_S`` is failed and queued again (``RetryHeartbeatStaleTrialCallback``).
+* Exactly ``n_trials``: before a candidate is evaluated, its worker claims one of the
+  study's ``n_trials`` evaluation slots under a study-wide lock (an advisory lock on
+  PostgreSQL, a file lock beside a SQLite file). A worker finding every slot taken by
+  a running trial waits, since that trial may yet die and free its slot.
+* One delivery: the process that fine-tunes the winner claims it first, so no two
+  workers fine-tune it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from fnnp_opt.errors import StorageError
+from fnnp_opt.flops import Budget
+from fnnp_opt.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2  # how often a running trial proves it is alive
+GRACE_S = 8  # a RUNNING trial silent for longer is failed and retried
+MAX_RETRY = 3  # retries of a trial whose worker died
+POLL_S = 1.0  # how often a worker waiting for a free slot looks again
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if path not in ("", ":memory:"):
+            return Path(path)
+    return None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_storage(url: str) -> RDBStorage:
+    """Open an Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
+    path = _sqlite_path(url)
+    if path is not None:
+        if path.parent.exists() and not path.parent.is_dir():
+            raise StorageError(f"storage {url}: {path.parent} is not a folder; pass another --storage")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage {url} could not be opened: {exc}; pass another --storage") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            )
+        except Exception as exc:  # SQLAlchemy raises many types for bad URLs and dead servers
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StorageError(
+                f"storage {url!r} could not be opened ({type(exc).__name__}: {msg}); "
+                "pass a reachable URL such as sqlite:///studies/fnnp.db or postgresql://user@127.0.0.1/db"
+            ) from None
+
+
+def existing_study(storage: RDBStorage, name: str) -> optuna.Study | None:
+    """Load study ``name`` when it exists in ``storage``, else None (creates nothing)."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+
+
+def check_fingerprint(study: optuna.Study, fingerprint: dict[str, str], storage_url: str) -> None:
+    """Raise :class:`StorageError` when a stored study was made with another model, data or space."""
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        raise StorageError(
+            f"study {study.study_name!r} in {storage_url} was not created by fnnp-opt; pass another --study-name"
+        )
+    diff = [f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if stored.get(k) != v]
+    if diff:
+        raise StorageError(
+            f"study {study.study_name!r} in {storage_url} was created with different settings ("
+            + "; ".join(diff)
+            + "); pass a new --study-name, or the original options to resume it"
+        )
+
+
+def create_study(
+    storage: RDBStorage,
+    name: str,
+    fingerprint: dict,
+    config: dict,
+    space: SearchSpace,
+    budget: Budget,
+    directions: tuple[str, ...] = ("maximize",),
+) -> optuna.Study:
+    """Create a study and store what it was made from (fingerprint, config, space, budget)."""
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=list(directions), sampler=optuna.samplers.RandomSampler()
+    )
+    study.set_user_attr("fingerprint", fingerprint)
+    study.set_user_attr("config", config)
+    study.set_user_attr("space", space.describe())
+    study.set_user_attr(
+        "budget", {"base": budget.base, "target": budget.target, "low": budget.low, "high": budget.high}
+    )
+    return study
+
+
+# --------------------------------------------------------------------------- dead workers
+
+
+def _backend(study: optuna.Study):
+    return getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's check for trials whose heartbeat went stale (it also runs before each trial)."""
+    if isinstance(_backend(study), RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def recover_dead_trials(study: optuna.Study) -> int:
+    """Fail the RUNNING trials that never sent a heartbeat, and queue them again; return how many.
+
+    Optuna's own check (run before every trial) finds a trial whose heartbeat went
+    stale. A worker killed between creating a trial and its first heartbeat leaves a
+    trial with no heartbeat at all, which that check never sees; such a trial older
+    than the grace period is dead too (a live one records its first heartbeat at once).
+    """
+    storage = _backend(study)
+    if not isinstance(storage, RDBStorage):
+        return 0
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    old = [t for t in running if t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > GRACE_S]
+    if not old:
+        return 0
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+    from sqlalchemy import select
+
+    with storage.engine.connect() as conn:
+        beating = set(conn.execute(select(TrialHeartbeatModel.trial_id)).scalars())
+    retry = storage.get_heartbeat_stale_trial_callback()
+    failed = 0
+    for t in old:
+        if t._trial_id in beating:
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished after all
+        failed += 1
+        log.warning("trial %d never sent a heartbeat; marked failed", t.number)
+        if retry is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry(study, study._storage.get_trial(t._trial_id))
+    return failed
+
+
+# --------------------------------------------------------------------------- sharing
+
+
+def study_lock(study: optuna.Study) -> ContextManager[None]:
+    """A lock held by one process at a time, across every process and machine sharing ``study``."""
+    return name_lock(_backend(study), study.study_name)
+
+
+def name_lock(storage, name: str) -> ContextManager[None]:
+    """The lock of study ``name`` in ``storage`` (the study need not exist yet)."""
+    if not isinstance(storage, RDBStorage):
+        return nullcontext()
+    url = str(storage.engine.url)
+    path = _sqlite_path(url)
+    if path is not None:
+        return _file_lock(path.with_name(path.name + ".lock"))
+    if storage.engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"fnnp-opt:{name}".encode()).digest()[:8], "big", signed=True)
+        return _advisory_lock(storage, key)
+    log.warning("no study-wide lock for %s storage; workers may overshoot --n-trials", storage.engine.dialect.name)
+    return nullcontext()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _advisory_lock(storage: RDBStorage, key: int) -> Iterator[None]:
+    from sqlalchemy import text
+
+    with storage.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+def is_evaluated(trial) -> bool:
+    """A COMPLETE trial whose candidate met the budget and was scored (penalized ones are not)."""
+    return trial.state is TrialState.COMPLETE and trial.user_attrs.get("feasible", True)
+
+
+class Slots:
+    """The study's ``n_trials`` evaluation slots, claimed under the study lock."""
+
+    KEY = "slot"  # user attribute: the trial id of the trial that claimed the slot
+
+    def __init__(self, study: optuna.Study, n_trials: int) -> None:
+        self.study = study
+        self.n_trials = n_trials
+
+    def count(self, exclude: int | None = None) -> tuple[int, int, int]:
+        """(evaluated trials, running trials holding a slot but ``exclude``, queued trials)."""
+        trials = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        )
+        done = sum(map(is_evaluated, trials))
+        held = sum(
+            1 for t in trials if t.state is TrialState.RUNNING and t.user_attrs.get(self.KEY) == t._trial_id != exclude
+        )
+        queued = sum(1 for t in trials if t.state is TrialState.WAITING)
+        return done, held, queued
+
+    def claim(self, trial: optuna.Trial) -> bool:
+        """Take a slot for ``trial``; False when no slot is left for it.
+
+        Queued trials (the uniform baselines, and the retries of trials whose worker died)
+        come before fresh draws: a fresh draw gives way when the free slots are no more than
+        the queue, and the worker's next trial takes from the queue. While every free slot
+        is held by a running trial, wait: that trial's worker may die, and its slot then
+        returns to the study.
+        """
+        fresh = "fixed_params" not in self.study._storage.get_trial(trial._trial_id).system_attrs
+        last_check = time.monotonic()
+        while True:
+            with study_lock(self.study):
+                done, held, queued = self.count(exclude=trial._trial_id)
+                free = self.n_trials - done - held
+                if done >= self.n_trials or (fresh and queued and free <= queued):
+                    return False
+                if free > 0:
+                    trial.set_user_attr(self.KEY, trial._trial_id)
+                    trial.set_user_attr("worker", worker_id())
+                    return True
+            time.sleep(POLL_S)
+            if time.monotonic() - last_check > GRACE_S:
+                fail_stale_trials(self.study)
+                recover_dead_trials(self.study)
+                last_check = time.monotonic()
+
+
+def next_session(study: optuna.Study) -> int:
+    """Number this process's session of ``study`` (0, 1, ...): each seeds its sampler apart from the others."""
+    with study_lock(study):
+        n = study._storage.get_study_user_attrs(study._study_id).get("sessions", 0)
+        study.set_user_attr("sessions", n + 1)
+    return n
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's process: assume it lives
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_delivery(study: optuna.Study, trial_number: int) -> str | None:
+    """Claim the fine-tune of ``trial_number``; return the live owner that holds it instead, or None."""
+    me = worker_id()
+    with study_lock(study):
+        current = study._storage.get_study_user_attrs(study._study_id).get("delivery")
+        if current and current["owner"] != me and current["trial"] == trial_number and _alive(current["owner"]):
+            return current["owner"]
+        study.set_user_attr("delivery", {"owner": me, "trial": trial_number, "since": datetime.now().isoformat()})
+    return None
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def serve_dashboard(url: str, host: str, port: int, announce: Callable[[str], None] = lambda u: None) -> None:
+    """Serve optuna-dashboard for an existing storage; blocks until interrupted."""
+    import optuna_dashboard
+
+    path = _sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
+    storage = open_storage(url)
+    try:
+        server = optuna_dashboard.wsgi(storage)
+        from wsgiref.simple_server import make_server
+
+        httpd = make_server(host, port, server)
+    except OSError as exc:
+        raise StorageError(f"cannot serve on {host}:{port} ({exc.strerror}); pass another --port or --host") from None
+    announce(f"http://{host}:{port}/")
+    with httpd:
+        httpd.serve_forever()

@@ -1,0 +1,219 @@
+"""Sharing one study: the study lock, exactly --n-trials evaluations, one delivery, and dead workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+import fnnp_opt.storage as St
+
+CLI = Path(__file__).parents[1] / "cli.py"
+
+
+def _study(tmp_path, name="s"):
+    storage = St.open_storage(f"sqlite:///{tmp_path}/s.db")
+    return optuna.create_study(study_name=name, storage=storage, direction="maximize")
+
+
+def _finish(study, trial, feasible=True):
+    trial.set_user_attr("feasible", feasible)
+    study.tell(trial, 0.5)
+
+
+def test_slots_stop_at_n_and_a_waiting_claim_follows_the_running_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(St, "POLL_S", 0.05)
+    study = _study(tmp_path)
+    slots = St.Slots(study, n_trials=2)
+    a, b = study.ask(), study.ask()
+    assert slots.claim(a) and slots.claim(b)
+    assert a.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
+    _finish(study, a)
+    c = study.ask()
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(slots.claim(c)))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not outcome  # b holds the last slot: c waits, since b may yet die
+    _finish(study, b)
+    waiter.join(5)
+    assert outcome == [False]  # b completed: the study is full, c is not evaluated
+
+
+def test_a_failed_slot_holder_frees_its_slot(tmp_path, monkeypatch):
+    monkeypatch.setattr(St, "POLL_S", 0.05)
+    study = _study(tmp_path)
+    slots = St.Slots(study, n_trials=1)
+    a = study.ask()
+    assert slots.claim(a)
+    b = study.ask()
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(slots.claim(b)))
+    waiter.start()
+    time.sleep(0.3)
+    study.tell(a, state=TrialState.FAIL)
+    waiter.join(5)
+    assert outcome == [True]
+
+
+def test_penalized_trials_do_not_fill_slots(tmp_path):
+    study = _study(tmp_path)
+    slots = St.Slots(study, n_trials=1)
+    a = study.ask()
+    _finish(study, a, feasible=False)
+    assert slots.claim(study.ask())
+
+
+def test_queued_trials_come_before_fresh_draws(tmp_path):
+    study = _study(tmp_path)
+    study.enqueue_trial({"x": 0.5})
+    slots = St.Slots(study, n_trials=1)
+    fresh = study._storage.create_new_trial(study._study_id)  # a draw that bypasses the queue
+    assert not slots.claim(optuna.Trial(study, fresh))
+    queued = study.ask()  # pops the queue
+    assert slots.claim(queued)
+
+
+def test_one_delivery_per_winner(tmp_path):
+    study = _study(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        other = f"{socket.gethostname()}:{sleeper.pid}"
+        study.set_user_attr("delivery", {"owner": other, "trial": 3, "since": "now"})
+        assert St.claim_delivery(study, 3) == other  # a live worker fine-tunes it: hands off
+        assert St.claim_delivery(study, 4) is None  # another trial: ours
+        study.set_user_attr("delivery", {"owner": other, "trial": 3, "since": "now"})
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert St.claim_delivery(study, 3) is None  # its owner died: take it over
+    assert study.user_attrs["delivery"]["owner"] == St.worker_id()
+
+
+# --------------------------------------------------------------------------- many processes
+
+
+def _run_args(data_dir, storage, n, *extra):
+    return [
+        sys.executable,
+        str(CLI),
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--storage",
+        storage,
+        "--study-name",
+        "shared",
+        "--n-trials",
+        str(n),
+        "--abn-batches",
+        "60",
+        "--abn-batch-size",
+        "32",
+        "--search-size",
+        "300",
+        "--epochs",
+        "1",
+        "--flops-tolerance",
+        "0.05",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def _kill_mid_trial(storage, pids, deadline_s=240):
+    """SIGKILL the first process of ``pids()`` seen evaluating a trial; return that trial's number."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        time.sleep(0.3)
+        owners = {f"{socket.gethostname()}:{pid}": pid for pid in pids()}
+        try:
+            study = optuna.load_study(study_name="shared", storage=storage)
+        except KeyError:
+            continue
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid = owners.get(t.user_attrs.get("worker"))
+            if pid and t.user_attrs.get("slot") == t._trial_id and t.number > 0:
+                os.kill(pid, signal.SIGKILL)
+                return t.number
+    raise AssertionError("no worker was seen evaluating a trial")
+
+
+def _check_shared_study(storage, n, killed):
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials()
+    evaluated = [t for t in trials if St.is_evaluated(t)]
+    assert len(evaluated) == n  # exactly n: none lost, none extra
+    assert len({tuple(sorted(t.params.items())) for t in evaluated}) == n  # none evaluated twice
+    dead = trials[killed]
+    assert dead.state is TrialState.FAIL
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert len(retries) == 1 and St.is_evaluated(retries[0]) and retries[0].params == dead.params
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    return study
+
+
+@pytest.mark.slow
+def test_two_machines_share_a_postgres_study_and_survive_a_kill(postgres_url, small_fmnist, tmp_path):
+    """Two `fnnp-opt run` processes (as on two machines) on one PostgreSQL study; one is killed mid-trial."""
+    n = 8
+    procs = [
+        subprocess.Popen(
+            _run_args(small_fmnist, postgres_url, n, "--output", str(tmp_path / name)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        killed = _kill_mid_trial(postgres_url, lambda: [procs[0].pid])
+        out, _ = procs[1].communicate(timeout=400)
+        assert procs[1].returncode == 0, out
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    study = _check_shared_study(postgres_url, n, killed)
+    assert (tmp_path / "b" / "pruned.json").is_file() and not (tmp_path / "a" / "pruned.json").exists()
+    assert study.user_attrs["delivery"]["owner"] == f"{socket.gethostname()}:{procs[1].pid}"
+
+
+@pytest.mark.slow
+def test_workers_flag_survives_a_killed_worker(small_fmnist, tmp_path):
+    """`--workers 2` on SQLite: one worker process is killed mid-trial; the run still ends with exactly n."""
+    n = 8
+    storage = f"sqlite:///{tmp_path}/w.db"
+    proc = subprocess.Popen(
+        _run_args(small_fmnist, storage, n, "--workers", "2", "--output", str(tmp_path / "out")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def children():
+            found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            return [int(c) for c in found]
+
+        killed = _kill_mid_trial(storage, children)
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out
+    finally:
+        proc.kill()
+        proc.wait()
+    study = _check_shared_study(storage, n, killed)
+    assert (tmp_path / "out" / "pruned.json").is_file()
+    best = max((t for t in study.trials if St.is_evaluated(t)), key=lambda t: (t.value, -t.number))
+    assert study.user_attrs["result"]["trial"] == best.number  # the parent delivered the winner, once
