@@ -378,6 +378,7 @@ def space(
     out.print(f"budget {b.describe()}")
     rate = r.accepted / r.draws
     out.print(f"random sampling: {r.accepted} of {r.draws} draws land in the window ({rate:.1%})")
+    out.print(f"uniform L1 baseline, queued first in every study: ratio {', '.join(f'{u:.4f}' for u in r.uniform)}")
 
 
 @app.command()

@@ -447,6 +447,7 @@ class SpaceReport:
     lowest: int  # FLOPs with every ratio at R
     draws: int  # random strategies drawn to estimate the acceptance rate
     accepted: int  # of which landed in the window
+    uniform: list[float]  # the uniform strategies queued first in a study (one ratio everywhere)
 
 
 def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) -> SpaceReport:
@@ -466,4 +467,4 @@ def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) 
             accepted += p.budget.contains(p.flops.macs(p.pruner.counts(ratios)))
             advance(1)
     lowest = uniform_macs(p, p.space.max_rate)
-    return SpaceReport(rows, p.budget, p.space.max_rate, lowest, draws, accepted)
+    return SpaceReport(rows, p.budget, p.space.max_rate, lowest, draws, accepted, uniform_ratios(p))

@@ -275,3 +275,70 @@ def test_run_passes_flags_over_the_recipe_to_the_library(monkeypatch, tmp_path):
     assert (cfg.n_trials, cfg.sampler, cfg.epochs) == (7, Sampler.cmaes, 9)  # flag beats recipe beats default
     assert cfg.data_dir == str(tmp_path) and cfg.flops == "62.23M"
     assert cfg.max_rate == RunConfig().max_rate and cfg.storage is None
+
+
+def test_search_engine_flags_reach_the_library(monkeypatch, tmp_path):
+    import fnnp_opt.pipeline as pipeline
+    from fnnp_opt.config import Constraint, Objective, Sampler
+
+    seen = {}
+
+    def fake_run(cfg, progress):
+        seen["cfg"] = cfg
+        raise fnnp_opt.FnnpError("stop here")
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    args = ["run", "--sampler", "tpe", "--constraint", "constrain", "--fit-budget", "--workers", "3"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "stop here" in res.output
+    cfg = seen["cfg"]
+    assert (cfg.sampler, cfg.constraint, cfg.fit_budget, cfg.workers) == (Sampler.tpe, Constraint.constrain, True, 3)
+    res = runner.invoke(app, ["run", "--objective", "pareto", "--sampler", "nsga2"])
+    cfg = seen["cfg"]
+    assert (cfg.objective, cfg.flops, cfg.resolved_constraint()) == (Objective.pareto, "0.2:0.8", Constraint.constrain)
+    assert cfg.resolved_study_name() == "resnet20-fashion-mnist-flops0.2-0.8-pareto"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sampler", "cmaes", "--constraint", "reject"], "CMA-ES learns nothing from rejected draws"),
+        (["--sampler", "random", "--constraint", "constrain"], "random sampling ignores constraints"),
+        (["--constraint", "soft"], "unknown constraint 'soft'"),
+        (["--objective", "pareto", "--flops", "0.5"], "pass a range like --flops 0.2:0.8"),
+        (["--objective", "pareto", "--sampler", "cmaes"], "multi-objective sampler"),
+        (["--flops", "0.2:0.6"], "only --objective pareto searches"),
+        (["--workers", "0"], "--workers must be a whole number >= 1"),
+    ],
+)
+def test_unsupported_search_settings_fail_in_one_line(args, message, tmp_path):
+    res = runner.invoke(app, ["run", "--storage", f"sqlite:///{tmp_path}/x.db", *args])
+    assert res.exit_code == 2 and message in res.output
+    assert len(res.output.strip().splitlines()) <= 2 and not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.slow
+def test_pareto_run_reports_a_front_and_finetune_delivers_any_point(small_fmnist, tmp_path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    common = ["--data-dir", str(small_fmnist), "--storage", url]
+    res = runner.invoke(
+        app,
+        ["run", "--objective", "pareto", "--sampler", "nsga2", "--flops", "0.3:0.8", "--output", str(tmp_path / "p")]
+        + [a for a in SMALL_RUN if a not in ("--n-trials", "2", "--flops-tolerance", "0.05")]
+        + ["--n-trials", "8", *common],
+    )
+    assert res.exit_code == 0, res.output
+    assert "Pareto front" in res.output and "uniform" in res.output
+    rows = (tmp_path / "p" / "pareto.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,flops,flops_ratio,abn_accuracy") and len(rows) >= 2
+    assert (tmp_path / "p" / "pareto.png").stat().st_size > 10_000
+    point = int(rows[-1].split(",")[0])
+    out = tmp_path / "point"
+    res = runner.invoke(
+        app, ["finetune", "--storage", url, "--trial", str(point), "--epochs", "1", "--output", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    card = json.loads((out / "pruned.json").read_text())
+    assert card["study"]["trial"] == point and card["metrics"]["pruned"]["flops"] < card["metrics"]["base"]["flops"]
+    res = runner.invoke(app, ["finetune", "--storage", url, "--trial", "9999"])
+    assert res.exit_code == 2 and "was not evaluated" in res.output
