@@ -9,7 +9,7 @@ window, and the sampler's own time per trial (ask + tell, in memory). The winner
 each study, and the uniform baseline, then get the same short fine-tune (1 epoch on
 the first 16,384 training images) and are measured on the test set.
 
-    python benchmarks/samplers.py run --evals 60 --seeds 0 1 2 --jobs 2   # resumable
+    python benchmarks/samplers.py run --evals 40 --seeds 0 1 2 --jobs 2   # resumable
     python benchmarks/samplers.py report                                 # docs/samplers.md + .png
 """
 
@@ -221,7 +221,7 @@ def cmd_report(args) -> None:
         "# Samplers on the default setup",
         "",
         f"ResNet-20 on Fashion-MNIST, FLOPs window 50% +- 2%, {evals} ABN evaluations per study, seeds {seeds}.",
-        "Made by `python benchmarks/samplers.py run --evals 60 --seeds 0 1 2 --jobs 2` then "
+        "Made by `python benchmarks/samplers.py run --evals 40 --seeds 0 1 2 --jobs 2` then "
         "`python benchmarks/samplers.py report` (see the docstring of benchmarks/samplers.py for the protocol).",
         "",
         "| configuration | best ABN acc (mean ± sd) | evaluations to its best | evaluations to random's mean best "
@@ -273,7 +273,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the studies (skips those already in results.jsonl)")
-    r.add_argument("--evals", type=int, default=60)
+    r.add_argument("--evals", type=int, default=40)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--jobs", type=int, default=2, help="studies at a time (each gets 2 // jobs threads)")
     r.add_argument("--out", default=str(OUT))

@@ -207,9 +207,12 @@ def _worker(cfg: RunConfig, threads: int) -> None:
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    p = prepare(cfg)
-    study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
-    search(cfg, p, study)
+    try:
+        p = prepare(cfg)
+        study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
+        search(cfg, p, study)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker; the parent reports it
+        raise SystemExit(130) from None
 
 
 def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress = NULL) -> S.SearchReport:
