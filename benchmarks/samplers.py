@@ -9,7 +9,8 @@ window, and the sampler's own time per trial (ask + tell, in memory). The winner
 each study, and the uniform baseline, then get the same short fine-tune (1 epoch on
 the first 16,384 training images) and are measured on the test set.
 
-    python benchmarks/samplers.py run --evals 40 --seeds 0 1 2 --jobs 2   # resumable
+    python benchmarks/samplers.py run --threads 1 --shard 0/2 &  # resumable; two shards at once
+    python benchmarks/samplers.py run --threads 1 --shard 1/2
     python benchmarks/samplers.py report                                 # docs/samplers.md + .png
 """
 
@@ -77,6 +78,23 @@ def _short_finetune(p, ratios: dict, seed: int) -> float:
     return accuracy(model, p.splits.test_batches(256), "cpu")
 
 
+class _TimedSpace:
+    """The search space, timing each suggest (where Optuna's samplers do their work)."""
+
+    def __init__(self, space) -> None:
+        self.space, self.seconds = space, []
+
+    def suggest(self, trial):
+        t0 = time.perf_counter()
+        try:
+            return self.space.suggest(trial)
+        finally:
+            self.seconds.append(time.perf_counter() - t0)
+
+    def __getattr__(self, name):
+        return getattr(self.space, name)
+
+
 def run_one(task: tuple) -> dict:
     """One study: (sampler, mode, fit, seed, evals) -> its row."""
     import optuna
@@ -94,9 +112,10 @@ def run_one(task: tuple) -> dict:
     study = optuna.create_study(direction="maximize")  # in memory: ask + tell time is the sampler's own
     S.enqueue_uniform(study, p.space, uniform_ratios(p))
     study.sampler = S.make_sampler(Sampler(sampler), S.session_seed(seed, 0))
+    space = _TimedSpace(p.space)
     evaluator = S.Evaluator(
         p.pruner,
-        p.space,
+        space,
         p.budget,
         p.flops,
         p.splits.calibration,
@@ -140,7 +159,8 @@ def run_one(task: tuple) -> dict:
         "flops": [t.user_attrs["flops"] for t in scored],
         "draws": len(trials),
         "infeasible": sum(1 for t in trials if t.user_attrs.get("feasible") is False),
-        "overhead_ms": 1000 * statistics.median(overhead),
+        "overhead_ms": 1000 * statistics.median(overhead),  # ask + tell, outside the objective
+        "sampler_ms": 1000 * statistics.median(a + b for a, b in zip(space.seconds, overhead)),
         "search_s": search_s,
         "best_trial": best.number,
         "best_abn": best.value,
@@ -169,27 +189,26 @@ def _task(args):
 
 
 def cmd_run(args) -> None:
-    import multiprocessing as mp
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = {(r.get("sampler"), r.get("mode"), r.get("fit_budget"), r["seed"]) for r in _rows(results)}
     done_uniform = {r["seed"] for r in _rows(results) if r.get("uniform")}
-    threads = max(1, 2 // args.jobs)
-    tasks = [("uniform", s, threads) for s in args.seeds if s not in done_uniform]
+    tasks = [("uniform", s, args.threads) for s in args.seeds if s not in done_uniform]
     tasks += [
-        (s_, m, f, seed, args.evals, threads)
+        (s_, m, f, seed, args.evals, args.threads)
         for seed in args.seeds  # seed by seed, so a partial run is balanced across configurations
         for s_, m, f in CONFIGS
         if (s_, m, f, seed) not in done and (not args.only or args.only in label(s_, m, f))
     ]
-    print(f"{len(tasks)} tasks, {args.jobs} at a time, {threads} thread(s) each")
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=None) as pool:
-        for row in pool.imap_unordered(_task, tasks):
-            _append(results, row)
-            what = "uniform" if row.get("uniform") else label(row["sampler"], row["mode"], row["fit_budget"])
-            print(f"{what} seed {row['seed']}: " + json.dumps({k: row[k] for k in row if k.endswith("test")}), flush=True)
+    k, n = map(int, args.shard.split("/"))
+    tasks = tasks[k::n]
+    print(f"{len(tasks)} tasks in shard {args.shard}, {args.threads} thread(s)", flush=True)
+    for task in tasks:
+        row = _task(task)
+        _append(results, row)
+        what = "uniform" if row.get("uniform") else label(row["sampler"], row["mode"], row["fit_budget"])
+        print(f"{what} seed {row['seed']}: " + json.dumps({k: row[k] for k in row if k.endswith("test")}), flush=True)
 
 
 def _reach(abn: list[float], target: float) -> int | None:
@@ -200,6 +219,12 @@ def _reach(abn: list[float], target: float) -> int | None:
         if best >= target - 1e-12:
             return i
     return None
+
+
+def _sampler_ms(rows: list[dict]) -> str:
+    """Median time per draw in ask + suggest + tell (rows from before it was recorded are left out)."""
+    timed = [r["sampler_ms"] for r in rows if "sampler_ms" in r]
+    return f"{statistics.median(timed):.1f}" if timed else "n/a"
 
 
 def cmd_report(args) -> None:
@@ -221,11 +246,11 @@ def cmd_report(args) -> None:
         "# Samplers on the default setup",
         "",
         f"ResNet-20 on Fashion-MNIST, FLOPs window 50% +- 2%, {evals} ABN evaluations per study, seeds {seeds}.",
-        "Made by `python benchmarks/samplers.py run --evals 40 --seeds 0 1 2 --jobs 2` then "
+        "Made by `python benchmarks/samplers.py run --threads 1 --shard K/2` for K = 0, 1 at once, then "
         "`python benchmarks/samplers.py report` (see the docstring of benchmarks/samplers.py for the protocol).",
         "",
         "| configuration | best ABN acc (mean ± sd) | evaluations to its best | evaluations to random's mean best "
-        f"({target:.4f}) | draws outside window | sampler ms / trial | winner test acc (short FT) |",
+        f"({target:.4f}) | draws outside window | sampler ms per draw | winner test acc (short FT) |",
         "|---|---|---|---|---|---|---|",
     ]
     curves = {}
@@ -243,7 +268,7 @@ def cmd_report(args) -> None:
         tsd = statistics.stdev(test) if len(test) > 1 else 0.0
         lines.append(
             f"| {label(s_, m, f)} | {statistics.mean(best):.4f} ± {sd:.4f} | {statistics.mean(at):.0f} | "
-            f"{reach_txt} | {outside:.0%} | {statistics.median(r['overhead_ms'] for r in rs):.0f} | "
+            f"{reach_txt} | {outside:.0%} | {_sampler_ms(rs)} | "
             f"{statistics.mean(test):.4f} ± {tsd:.4f} |"
         )
         curves[label(s_, m, f)] = np.mean([np.maximum.accumulate(r["abn"][:evals]) for r in rs], axis=0)
@@ -275,7 +300,8 @@ def main() -> None:
     r = sub.add_parser("run", help="run the studies (skips those already in results.jsonl)")
     r.add_argument("--evals", type=int, default=40)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--jobs", type=int, default=2, help="studies at a time (each gets 2 // jobs threads)")
+    r.add_argument("--threads", type=int, default=2, help="torch threads")
+    r.add_argument("--shard", default="0/1", help="K/N: run every N-th task from the K-th (run N at once)")
     r.add_argument("--out", default=str(OUT))
     r.add_argument("--only", default=None, help="run only the configurations whose label contains this")
     rep = sub.add_parser("report", help="write docs/samplers.md and docs/samplers.png from the results")
