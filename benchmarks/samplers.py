@@ -272,6 +272,13 @@ def cmd_report(args) -> None:
             f"{statistics.mean(test):.4f} ± {tsd:.4f} |"
         )
         curves[label(s_, m, f)] = np.mean([np.maximum.accumulate(r["abn"][:evals]) for r in rs], axis=0)
+    lines += [
+        "",
+        "Sampler ms per draw: the median, over every draw, of ask + suggest + tell in memory (the sampler's own "
+        "work); the studies run before this was recorded (6 of seed 0) are left out of that median. Evaluations "
+        "to a value: the count of ABN evaluations, the uniform baseline (the first) included; `never` means not "
+        "within the study.",
+    ]
     if uniform:
         u = list(uniform.values())
         lines += [
