@@ -100,6 +100,8 @@ def run_one(task: tuple) -> dict:
     import optuna
     import torch
 
+    from _clock import TrialClock
+
     from fnnp_opt import search as S
     from fnnp_opt import storage as St
     from fnnp_opt.config import Constraint, Sampler
@@ -124,30 +126,14 @@ def run_one(task: tuple) -> dict:
         fit_budget=fit_budget,
         slots=St.Slots(study, evals),
     )
-    inside: dict[int, float] = {}
-
-    def timed(trial):
-        t0 = time.perf_counter()
-        try:
-            return evaluator(trial)
-        finally:
-            inside[trial.number] = time.perf_counter() - t0
-
-    walls: dict[int, float] = {}
-    last = [time.perf_counter()]
-
-    def clock(study, trial):
-        now = time.perf_counter()
-        walls[trial.number] = now - last[0]
-        last[0] = now
-
+    clock = TrialClock(evaluator)
     t0 = time.perf_counter()
-    study.optimize(timed, callbacks=[clock, lambda s, t: len(S.evaluated(s)) >= evals and s.stop()])
+    study.optimize(clock, callbacks=[clock.tick, lambda s, t: len(S.evaluated(s)) >= evals and s.stop()])
     search_s = time.perf_counter() - t0
     trials = study.get_trials(deepcopy=False)
     scored = S.evaluated(study)
     best = S.best_trial(study)
-    overhead = [walls[t.number] - inside[t.number] for t in trials if t.number in walls]
+    overhead = [clock.outside(t.number) for t in trials if t.number in clock.walls]
     uniform = trials[0]
     row = {
         "sampler": sampler,
@@ -164,7 +150,7 @@ def run_one(task: tuple) -> dict:
         "search_s": search_s,
         "best_trial": best.number,
         "best_abn": best.value,
-        "best_ratios": best.user_attrs["ratios"],
+        "best_ratios": p.space.named(trial_ratios(p.space, best)),
         "uniform_abn": uniform.value,
     }
     row["best_test"] = _short_finetune(p, trial_ratios(p.space, best), seed)

@@ -21,6 +21,8 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from _clock import TrialClock
+
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
@@ -52,29 +54,14 @@ def main() -> None:
         slots=St.Slots(study, args.trials),
     )
 
-    inside: dict[int, float] = {}  # seconds spent inside the objective, per trial
-
-    def timed(trial):
-        t0 = time.perf_counter()
-        try:
-            return evaluator(trial)
-        finally:
-            inside[trial.number] = time.perf_counter() - t0
-
-    walls: dict[int, float] = {}
-    last = [time.perf_counter()]
-
-    def clock(study, trial):
-        now = time.perf_counter()
-        walls[trial.number] = now - last[0]  # create + objective + tell + callbacks
-        last[0] = now
+    clock = TrialClock(evaluator)
 
     def stop(study, trial):
         if len(S.evaluated(study)) >= args.trials:
             study.stop()
 
     t = time.perf_counter()
-    study.optimize(timed, callbacks=[clock, stop])
+    study.optimize(clock, callbacks=[clock.tick, stop])
     search_s = time.perf_counter() - t
 
     trials = study.get_trials(deepcopy=False)
@@ -84,11 +71,11 @@ def main() -> None:
     rows = {k: [] for k in parts}
     for t in done:
         tm = dict(t.user_attrs["timings"])
-        tm["storage"] += walls[t.number] - inside[t.number]  # trial creation and completion
+        tm["storage"] += clock.outside(t.number)  # trial creation and completion
         for k in parts:
             rows[k].append(tm[k])
     med = {k: statistics.median(v) for k, v in rows.items()}
-    reject_wall = statistics.median(walls[t.number] for t in rejected) if rejected else 0.0
+    reject_wall = statistics.median(clock.walls[t.number] for t in rejected) if rejected else 0.0
     per_eval_rejects = len(rejected) / len(done)
     overhead = med["strategy"] + med["prune"] + med["flops"] + med["storage"]
     forward = med["pbn_score"] + med["abn_calibrate"] + med["abn_score"]

@@ -89,7 +89,7 @@ class RunConfig:
     def resolved_constraint(self) -> Constraint:
         from fnnp_opt.constraints import default_constraint
 
-        return self.constraint or default_constraint(self.sampler, self.objective)
+        return self.constraint or default_constraint(self.sampler)
 
     def resolved_study_name(self) -> str:
         if self.study_name:

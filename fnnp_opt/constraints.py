@@ -47,7 +47,7 @@ _UNSUPPORTED = {
 }
 
 
-def default_constraint(sampler: Sampler, objective: Objective = Objective.accuracy) -> Constraint:
+def default_constraint(sampler: Sampler) -> Constraint:
     """The mode each sampler works best with."""
     return _DEFAULT[sampler]
 

@@ -39,8 +39,9 @@ def front_rows(study: optuna.Study) -> list[dict]:
     ]
 
 
-def write_front(study: optuna.Study, budget: Budget, output: Path) -> list[Path]:
-    """Write the front as ``pareto.csv`` and ``pareto.png`` (every evaluated candidate, the front, the uniform baselines)."""
+def write_front(study: optuna.Study, rows: list[dict], budget: Budget, output: Path) -> list[Path]:
+    """Write the front (``rows`` from :func:`front_rows`) as ``pareto.csv``, and ``pareto.png`` with every
+    evaluated candidate and the uniform baselines beside it."""
     import csv
 
     import matplotlib
@@ -49,7 +50,6 @@ def write_front(study: optuna.Study, budget: Budget, output: Path) -> list[Path]
     import matplotlib.pyplot as plt
 
     output.mkdir(parents=True, exist_ok=True)
-    rows = front_rows(study)
     csv_path = output / "pareto.csv"
     with open(csv_path.with_suffix(".csv.tmp"), "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -349,7 +349,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         )
     if cfg.objective is Objective.pareto:
         result.front = front_rows(study)
-        result.front_files = write_front(study, p.budget, output)
+        result.front_files = write_front(study, result.front, p.budget, output)
         return result
 
     best = S.best_trial(study)
@@ -371,9 +371,7 @@ def finetune_trial(
 
     from fnnp_opt.config import resolve
 
-    path = St._sqlite_path(storage)
-    if path is not None and not path.is_file():
-        raise StorageError(f"storage {storage} does not exist; pass the --storage of a `fnnp-opt run`")
+    St.check_exists(storage)
     store = St.open_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study_name is None and len(names) == 1:

@@ -64,11 +64,11 @@ class Evaluator:
         with clock("flops"):
             if self.fit_budget:
                 ratios, step = fit_to_budget(ratios, self.macs_of, self.budget, self.space.max_rate)
-                trial.set_user_attr("fit_step", round(step, 6))
             macs = self.macs_of(ratios)
         with clock("storage"):
-            trial.set_user_attr("ratios", self.space.named(ratios))  # the applied ratios; params hold the suggested
-            trial.set_user_attr("flops", macs)
+            if self.fit_budget:  # the applied ratios; params hold the suggested ones
+                trial.set_user_attr("ratios", self.space.named(ratios))
+                trial.set_user_attr("fit_step", round(step, 6))
             v = violation(self.budget, macs)
             trial.set_user_attr("feasible", v == 0)
             if self.mode is Constraint.constrain:
@@ -115,6 +115,7 @@ class Evaluator:
             f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside "
             f"[{human(self.budget.low)}, {human(self.budget.high)}]"
         )
+        trial.set_user_attr("flops", macs)
         trial.set_user_attr("reject_reason", reason)
         trial.set_user_attr("violation", round(v, 6))
         if self.mode is Constraint.reject:
@@ -223,9 +224,10 @@ def optimize(
                 log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see --debug"))
             elif not trial.user_attrs.get(SURPLUS):
                 report.rejected += 1
-            now = len(evaluated(study))  # other workers add to it too
-            advance(now - done)
-            done = now
+            if St.is_evaluated(trial) or trial.user_attrs.get(SURPLUS):  # only then can the count have moved
+                now = len(evaluated(study))  # other workers add to it too
+                advance(now - done)
+                done = now
             if time.monotonic() - last_check > St.GRACE_S:  # a heartbeat-less trial can only age into death
                 St.recover_dead_trials(study)
                 last_check = time.monotonic()

@@ -51,6 +51,13 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
+def check_exists(url: str) -> None:
+    """Raise :class:`StorageError` when ``url`` is a SQLite file that does not exist (opening it would create it)."""
+    path = _sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
+
+
 # --------------------------------------------------------------------------- opening
 
 
@@ -325,9 +332,7 @@ def serve_dashboard(url: str, host: str, port: int, announce: Callable[[str], No
     """Serve optuna-dashboard for an existing storage; blocks until interrupted."""
     import optuna_dashboard
 
-    path = _sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
+    check_exists(url)
     storage = open_storage(url)
     try:
         server = optuna_dashboard.wsgi(storage)

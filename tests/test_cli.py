@@ -254,9 +254,10 @@ def test_space_prints_the_dimensions_and_the_hit_rate():  # needs the model only
     assert res.exit_code == 2 and "cannot be reached" in res.output
 
 
-def test_run_passes_flags_over_the_recipe_to_the_library(monkeypatch, tmp_path):
+@pytest.fixture()
+def received(monkeypatch) -> dict:
+    """The RunConfig that `fnnp-opt run` hands to the library (the library itself is not run)."""
     import fnnp_opt.pipeline as pipeline
-    from fnnp_opt.config import RunConfig, Sampler
 
     seen = {}
 
@@ -265,36 +266,34 @@ def test_run_passes_flags_over_the_recipe_to_the_library(monkeypatch, tmp_path):
         raise fnnp_opt.FnnpError("stop here")
 
     monkeypatch.setattr(pipeline, "run", fake_run)
+    return seen
+
+
+def test_run_passes_flags_over_the_recipe_to_the_library(received, tmp_path):
+    from fnnp_opt.config import RunConfig, Sampler
+
     recipe = tmp_path / "r.toml"
     recipe.write_text('n_trials = 5\nsampler = "cmaes"\nepochs = 9\n')
     res = runner.invoke(
         app, ["run", "--recipe", str(recipe), "--n-trials", "7", "--data-dir", str(tmp_path), "--flops", "62.23M"]
     )
     assert res.exit_code == 1 and "stop here" in res.output
-    cfg = seen["cfg"]
+    cfg = received["cfg"]
     assert (cfg.n_trials, cfg.sampler, cfg.epochs) == (7, Sampler.cmaes, 9)  # flag beats recipe beats default
     assert cfg.data_dir == str(tmp_path) and cfg.flops == "62.23M"
     assert cfg.max_rate == RunConfig().max_rate and cfg.storage is None
 
 
-def test_search_engine_flags_reach_the_library(monkeypatch, tmp_path):
-    import fnnp_opt.pipeline as pipeline
+def test_search_engine_flags_reach_the_library(received):
     from fnnp_opt.config import Constraint, Objective, Sampler
 
-    seen = {}
-
-    def fake_run(cfg, progress):
-        seen["cfg"] = cfg
-        raise fnnp_opt.FnnpError("stop here")
-
-    monkeypatch.setattr(pipeline, "run", fake_run)
     args = ["run", "--sampler", "tpe", "--constraint", "constrain", "--fit-budget", "--workers", "3"]
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "stop here" in res.output
-    cfg = seen["cfg"]
+    cfg = received["cfg"]
     assert (cfg.sampler, cfg.constraint, cfg.fit_budget, cfg.workers) == (Sampler.tpe, Constraint.constrain, True, 3)
     res = runner.invoke(app, ["run", "--objective", "pareto", "--sampler", "nsga2"])
-    cfg = seen["cfg"]
+    cfg = received["cfg"]
     assert (cfg.objective, cfg.flops, cfg.resolved_constraint()) == (Objective.pareto, "0.2:0.8", Constraint.constrain)
     assert cfg.resolved_study_name() == "resnet20-fashion-mnist-flops0.2-0.8-pareto"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import SMALL_RUN
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -104,30 +105,22 @@ def test_one_delivery_per_winner(tmp_path):
 
 
 def _run_args(data_dir, storage, n, *extra):
+    """`fnnp-opt run` on the small data, with evaluations long enough (60 ABN batches) to kill one midway."""
     return [
         sys.executable,
         str(CLI),
         "run",
+        *SMALL_RUN,  # later options override earlier ones
+        "--n-trials",
+        str(n),
+        "--abn-batches",
+        "60",
         "--data-dir",
         str(data_dir),
         "--storage",
         storage,
         "--study-name",
         "shared",
-        "--n-trials",
-        str(n),
-        "--abn-batches",
-        "60",
-        "--abn-batch-size",
-        "32",
-        "--search-size",
-        "300",
-        "--epochs",
-        "1",
-        "--flops-tolerance",
-        "0.05",
-        "--device",
-        "cpu",
         *extra,
     ]
 
