@@ -97,20 +97,52 @@ DataDir = Annotated[
     Optional[Path], typer.Option(help="Folder with the dataset files (default: the dataset's system location).")
 ]
 Device = Annotated[str, typer.Option(help="Torch device: auto, cpu, cuda, cuda:1 ...")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        help="A model from `fnnp-opt models`, any torchvision classification builder (resnet50, mobilenet_v2, "
+        "vgg16_bn ...), or your own as package.module:callable. [default: resnet20]",
+    ),
+]
+DatasetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dataset",
+        help="fashion-mnist, cifar10, cifar100, imagenet, or folder (any ImageFolder tree). [default: fashion-mnist]",
+    ),
+]
+ImageSize = Annotated[
+    Optional[int], typer.Option(help="Network input side for image folders (imagenet, folder). [default: 224]")
+]
+SearchSize = Annotated[
+    Optional[int],
+    typer.Option(help="Images held out from the training file to score candidates. [default: 5000; folders: none]"),
+]
+SearchPerClass = Annotated[
+    Optional[int],
+    typer.Option(help="... or this many per class (stratified). [default: 10 for imagenet and folder]"),
+]
+RoundTo = Annotated[Optional[int], typer.Option(help="Keep channel counts multiples of N (e.g. 8). [default: 1]")]
+MinChannels = Annotated[Optional[int], typer.Option(help="No layer group keeps fewer channels. [default: 1]")]
+Exclude = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Never prune the groups of layers matching this glob (repeatable), e.g. 'features.0*'."),
+]
 
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Architecture from `fnnp-opt models`.")] = "resnet20",
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "fashion-mnist",
+    model: ModelOpt = "resnet20",
+    dataset: DatasetOpt = "fashion-mnist",
     data_dir: DataDir = None,
+    image_size: ImageSize = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (cosine schedule).")] = 0.1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
-    search_size: Annotated[
-        int, typer.Option(min=1, help="Images held out for `run` to score candidates; never trained on.")
-    ] = 5000,
+    search_size: SearchSize = None,
+    search_per_class: SearchPerClass = None,
     output: Annotated[
         Path, typer.Option(help="Where to write the .safetensors weights (a .json card goes beside).")
     ] = Path("runs/base.safetensors"),
@@ -130,6 +162,8 @@ def train(
             cfg,
             data_dir=data_dir,
             search_size=search_size,
+            search_per_class=search_per_class,
+            image_size=image_size,
             device=call(resolve_device, device),
             command=_command_line(),
             progress=progress,
@@ -142,12 +176,19 @@ Opt = typer.Option
 
 @app.command()
 def run(
-    recipe: Annotated[Optional[Path], Opt(help="TOML recipe (see studies/); flags override it.")] = None,
-    model: Annotated[Optional[str], Opt(help="Architecture from `fnnp-opt models`. [default: resnet20]")] = None,
-    dataset: Annotated[Optional[str], Opt(help="Dataset name. [default: fashion-mnist]")] = None,
+    recipe: Annotated[
+        Optional[Path], Opt(help="TOML recipe: a file or a name from `fnnp-opt recipes`; flags override it.")
+    ] = None,
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
     data_dir: DataDir = None,
+    image_size: ImageSize = None,
     checkpoint: Annotated[
-        Optional[Path], Opt(help="Trained weights (.safetensors or a torch state_dict); default: the shipped one.")
+        Optional[Path],
+        Opt(
+            help="Trained weights: .safetensors, or a state_dict saved by torch.save (also inside a training "
+            "checkpoint's 'state_dict' / 'model'); default: the shipped one."
+        ),
     ] = None,
     flops: Annotated[
         Optional[str],
@@ -162,6 +203,9 @@ def run(
     max_rate: Annotated[
         Optional[float], Opt(help="R: every pruning ratio lies in [0, R]; must be in (0, 1). [default: 0.6]")
     ] = None,
+    round_to: RoundTo = None,
+    min_channels: MinChannels = None,
+    exclude: Exclude = None,
     sampler: Annotated[
         Optional[str],
         Opt(
@@ -208,11 +252,17 @@ def run(
     seed: Annotated[Optional[int], Opt(help="Base seed of sampling, calibration and fine-tuning. [default: 0]")] = None,
     abn_batches: Annotated[Optional[int], Opt(help="Adaptive-BN calibration batches. [default: 100]")] = None,
     abn_batch_size: Annotated[Optional[int], Opt(help="Images per calibration batch. [default: 64]")] = None,
-    search_size: Annotated[
-        Optional[int], Opt(help="Images held out from the training file to score candidates. [default: 5000]")
+    search_size: SearchSize = None,
+    search_per_class: SearchPerClass = None,
+    eval_batch_size: Annotated[
+        Optional[int],
+        Opt(
+            help="Images per batch when scoring and testing (no effect on results), and of the batch timing. [default: 128]"
+        ),
     ] = None,
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs of the winner (0 skips). [default: 3]")] = None,
     lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: 0.02]")] = None,
+    weight_decay: Annotated[Optional[float], Opt(help="Fine-tune weight decay. [default: 5e-4]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: 128]")] = None,
     storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
     study_name: Annotated[Optional[str], Opt(help="Study name. [default: <model>-<dataset>-flops<budget>]")] = None,
@@ -234,6 +284,8 @@ def run(
     with bars() as progress:
         result = call(run_pipeline, cfg, progress)
     _print_summary(result)
+    if recipe is not None:
+        _print_paper(call(_paper, recipe), result)
 
 
 @app.command()
@@ -343,14 +395,18 @@ def _print_front(r) -> None:
 
 @app.command()
 def space(
-    recipe: Annotated[Optional[Path], Opt(help="TOML recipe (see studies/); flags override it.")] = None,
-    model: Annotated[Optional[str], Opt(help="Architecture. [default: resnet20]")] = None,
-    dataset: Annotated[Optional[str], Opt(help="Dataset name. [default: fashion-mnist]")] = None,
+    recipe: Annotated[Optional[Path], Opt(help="TOML recipe (file or name); flags override it.")] = None,
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
     data_dir: DataDir = None,
+    image_size: ImageSize = None,
     checkpoint: Annotated[Optional[Path], Opt(help="Trained weights; default: the shipped ones.")] = None,
     flops: Annotated[Optional[str], Opt(help="FLOPs budget, as for `run`. [default: 0.5]")] = None,
     flops_tolerance: Annotated[Optional[float], Opt(help="Window half-width. [default: 0.02]")] = None,
     max_rate: Annotated[Optional[float], Opt(help="R. [default: 0.6]")] = None,
+    round_to: RoundTo = None,
+    min_channels: MinChannels = None,
+    exclude: Exclude = None,
     seed: Annotated[Optional[int], Opt(help="Seed of the random draws. [default: 0]")] = None,
     draws: Annotated[int, Opt(min=1, help="Random strategies drawn to estimate the acceptance rate.")] = 300,
 ) -> None:
@@ -400,11 +456,55 @@ def evaluate(
 
 @app.command()
 def models() -> None:
-    """List the architectures in the registry."""
-    from fnnp_opt.models import list_models
+    """List the built-in architectures, torchvision's builders and how to bring your own."""
+    from fnnp_opt.models import UNSUPPORTED, list_models, torchvision_builders
 
     for info in list_models():
-        out.print(f"{info.name:12s} {info.description}")
+        out.print(f"{info.name:20s} {info.description}")
+    names = [n for n in torchvision_builders() if n not in UNSUPPORTED]
+    out.print(f"\ntorchvision builders ({len(names)}, random weights; pass --checkpoint with yours):")
+    out.print("  " + ", ".join(names), soft_wrap=False)
+    out.print(f"not prunable here: {', '.join(sorted(UNSUPPORTED))} (reasons in docs/models.md)")
+    out.print(
+        "your own model: --model package.module:callable (called with in_channels= and num_classes= if it takes them)"
+    )
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes: the paper's experiments and the default, with the paper's figures."""
+    from fnnp_opt.recipes import list_recipes
+
+    out.print("fnnp-opt run --recipe NAME runs one; flags override its values", highlight=False)
+    for r in call(list_recipes):
+        c = r.config
+        out.print(
+            f"{r.name:26s} {c['model']} on {c['dataset']} at --flops {c['flops']}; paper: {r.paper_result()}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _paper(recipe: Path):
+    from fnnp_opt.recipes import read_recipe
+
+    return read_recipe(recipe)
+
+
+def _print_paper(recipe, result) -> None:
+    """The paper's figures beside this run's, for a recipe of a paper experiment."""
+    from fnnp_opt.flops import human
+
+    if not result.pruned or not recipe.paper:
+        return
+    got = result.pruned
+    out.print(
+        f"paper, {recipe.paper.get('source', recipe.name)}: {recipe.paper_result()} | this run: "
+        f"{human(got['flops'])} FLOPs, {got['test_accuracy']:.2%} top-1 after {len(result.finetune_losses)} "
+        f"fine-tune epochs (recipe: {recipe.config.get('epochs', '?')})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from fnnp_opt.errors import UsageError
 
+RECIPES = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes, in a checkout
+
 
 class Sampler(str, Enum):
     """Optuna samplers for the strategy vector."""
@@ -48,18 +50,23 @@ class RunConfig:
     """Every option of `fnnp-opt run`, resolved."""
 
     # model and data
-    model: str = "resnet20"  # registry name
+    model: str = "resnet20"  # registry name, torchvision builder, or package.module:callable
     dataset: str = "fashion-mnist"  # dataset name
     data_dir: str | None = None  # dataset folder; None = the dataset's system location
+    image_size: int | None = None  # network input side for image folders; None = the dataset's (224)
     checkpoint: str | None = None  # trained weights; None = the checkpoint shipped for (model, dataset)
     # search space and budget
     flops: str | None = None  # budget: 0.5 of the base or a count (62.23M); a range 0.2:0.8 for pareto
     flops_tolerance: float = 0.02  # half-width of the window, as a fraction of the base FLOPs
     max_rate: float = 0.6  # R: each pruning ratio lies in [0, R]
+    round_to: int = 1  # kept channel counts are multiples of this
+    min_channels: int = 1  # no group keeps fewer channels
+    exclude: tuple[str, ...] = ()  # glob patterns of layer names never pruned (e.g. "features.0.*")
     # adaptive-BN evaluation
     abn_batches: int = 100  # calibration batches (the paper's 100)
     abn_batch_size: int = 64  # images per calibration batch
-    search_size: int = 5000  # images held out from the training file to score candidates
+    search_size: int | None = None  # images held out from the training file to score candidates (None: dataset's)
+    search_per_class: int | None = None  # ... or this many per class (None: the dataset's; ImageNet: 10)
     eval_batch_size: int = 128  # batch size when scoring (no effect on results; 128 is fastest on CPUs)
     # the study
     sampler: Sampler = Sampler.random
@@ -75,6 +82,7 @@ class RunConfig:
     # fine-tuning of the winner
     epochs: int = 3  # fine-tune epochs
     lr: float = 0.02  # fine-tune peak learning rate
+    weight_decay: float = 5e-4  # fine-tune L2 penalty on conv and linear weights
     batch_size: int = 128  # fine-tune batch size
     # outputs
     output: str | None = None  # export folder; None = runs/<study name>
@@ -106,13 +114,21 @@ class RunConfig:
         from fnnp_opt.models import get_model_info
         from fnnp_opt.space import check_max_rate
 
+        from fnnp_opt.prune import Shaping
+
         get_model_info(self.model)
         get_dataset_info(self.dataset)
         check_max_rate(self.max_rate)
+        Shaping(self.round_to, self.min_channels, self.exclude)
+        for name in ("search_size", "search_per_class", "image_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        if self.search_size is not None and self.search_per_class is not None:
+            raise UsageError("--search-size and --search-per-class both size the search split; pass one of them")
         for name in (
             "abn_batches",
             "abn_batch_size",
-            "search_size",
             "eval_batch_size",
             "n_trials",
             "max_draws",
@@ -126,6 +142,8 @@ class RunConfig:
                 raise UsageError(f"{opt} must be a whole number >= {0 if name == 'epochs' else 1}, got {value!r}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         from fnnp_opt.constraints import check_combination
 
         check_combination(self.sampler, self.resolved_constraint(), self.objective, self.fit_budget)
@@ -151,8 +169,12 @@ class RunConfig:
 def load_recipe(path: Path) -> dict:
     """Read a TOML recipe: a flat table of RunConfig fields (extra tables such as [paper] are kept aside)."""
     path = Path(path)
+    if not path.is_file() and path.suffix != ".toml" and "/" not in str(path):
+        shipped = RECIPES / f"{path}.toml"  # `--recipe resnet56-cifar10` names a shipped recipe
+        if shipped.is_file():
+            path = shipped
     if not path.is_file():
-        raise UsageError(f"recipe {path} does not exist; see `ls studies/` for the shipped recipes")
+        raise UsageError(f"recipe {path} does not exist; `fnnp-opt recipes` lists the shipped ones")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -170,7 +192,15 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
         if unknown:
             raise UsageError(f"recipe {recipe} sets unknown options {unknown}; known: {sorted(known)}")
         values.update(data)
-    values.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None and v != []}
+    if {"search_size", "search_per_class"} & set(given):  # a flag sizing the split replaces the recipe's way
+        values.pop("search_size", None)
+        values.pop("search_per_class", None)
+    values.update(given)
+    if isinstance(values.get("exclude"), (list, tuple)):
+        values["exclude"] = tuple(str(v) for v in values["exclude"])
+    elif "exclude" in values:
+        raise UsageError(f"exclude must be a list of layer-name patterns, got {values['exclude']!r}")
     if "flops" in values:
         values["flops"] = str(values["flops"])
     for key, enum in (("sampler", Sampler), ("constraint", Constraint), ("objective", Objective)):

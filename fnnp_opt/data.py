@@ -10,117 +10,31 @@ The test file is loaded separately and is used only for the final report.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import struct
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fnnp_opt.errors import DataError, UsageError
+from fnnp_opt.datasets import (  # noqa: F401  (re-exported: the formats live in fnnp_opt.datasets)
+    DATASETS,
+    ArraySource,
+    DatasetInfo,
+    FolderSource,
+    Source,
+    fingerprint,
+    get_dataset_info,
+    load_fashion_mnist,
+    read_idx,
+    resolve_dataset,
+    write_idx,
+)
+from fnnp_opt.errors import UsageError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What fnnp-opt knows about a dataset."""
-
-    name: str  # registry key, e.g. "fashion-mnist"
-    in_channels: int  # image channels
-    num_classes: int  # label count
-    image_size: int  # side of the square input
-    mean: tuple[float, ...]  # per-channel normalisation mean
-    std: tuple[float, ...]  # per-channel normalisation std
-    default_dir: str  # where the files are looked for by default
-    crop_padding: int  # padding for the random-crop training augmentation
-    hflip: bool  # whether random horizontal flips are a valid augmentation
-    how_to_get: str  # remedy printed when the files are missing
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion-mnist": DatasetInfo(
-        name="fashion-mnist",
-        in_channels=1,
-        num_classes=10,
-        image_size=28,
-        mean=(0.2860,),
-        std=(0.3530,),
-        default_dir="/usr/share/datasets/fashion-mnist",
-        crop_padding=2,
-        hflip=True,
-        how_to_get="install it with `apt-get install dataset-fashion-mnist` "
-        "or pass --data-dir pointing at a folder with the four IDX files",
-    ),
-}
-
-_FMNIST_FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
-
-
-def get_dataset_info(name: str) -> DatasetInfo:
-    """Return the registry entry for ``name`` or raise :class:`UsageError`."""
-    if name not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
-
-
-# --------------------------------------------------------------------------- IDX files
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a uint8 array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path} could not be read ({exc}); replace it with an intact IDX file") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} holds {data.size} bytes but its header promises shape {dims}; it is truncated")
-    return data.reshape(dims)
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file; gzip-compressed when ``path`` ends in .gz."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
-def _find(data_dir: Path, stem: str, info: DatasetInfo) -> Path:
-    for candidate in (data_dir / f"{stem}.gz", data_dir / stem):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{info.name} file {stem}[.gz] is missing from {data_dir}; {info.how_to_get}")
-
-
-def load_fashion_mnist(data_dir: Path) -> dict[str, np.ndarray]:
-    """Load the four Fashion-MNIST arrays from ``data_dir``."""
-    info = DATASETS["fashion-mnist"]
-    if not data_dir.is_dir():
-        raise DataError(f"{info.name} folder {data_dir} does not exist; {info.how_to_get}")
-    arrays = {k: read_idx(_find(data_dir, stem, info)) for k, stem in _FMNIST_FILES.items()}
-    for part in ("train", "test"):
-        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{info.name} {part} images {x.shape} and labels {y.shape} do not match in {data_dir}")
-    return arrays
 
 
 # --------------------------------------------------------------------------- tensors and splits
@@ -179,15 +93,15 @@ class DataSplits:
     """Everything a study needs from a dataset, prepared once."""
 
     info: DatasetInfo
-    train: TensorSet  # the train part: fine-tuning data, source of calibration batches
-    search: TensorSet  # held out from the training file; scores candidates
-    test: TensorSet  # the test file; final report only
-    calibration: list[Batch]  # ABN batches drawn from the train part
+    train: TensorSet | FolderSet  # the train part: fine-tuning data, source of calibration batches
+    search: TensorSet | FolderSet  # held out from the training file; scores candidates
+    test: TensorSet | FolderSet  # the test file; final report only
+    calibration: Iterable[Batch]  # ABN batches drawn from the train part (re-iterable, fixed)
     train_idx: torch.Tensor  # indices of the train part in the training file
     search_idx: torch.Tensor  # indices of the search split in the training file
     calib_idx: torch.Tensor  # indices of the calibration images in the training file
     fingerprint: str  # digest of the data and of the split parameters
-    augment: Augment = field(default=Augment(0, False))
+    augment: Augment | None = field(default=None)  # batch augmentation of in-memory sets
 
     def search_batches(self, batch_size: int) -> list[Batch]:
         return self.search.batches(batch_size)
@@ -198,68 +112,226 @@ class DataSplits:
 
 def _normalise(images: np.ndarray, info: DatasetInfo) -> torch.Tensor:
     x = torch.from_numpy(images.copy()).float().div_(255.0)
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
     return (x - mean) / std
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def loader_workers() -> int:
+    """Decoding processes for image folders: one per core, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes and transforms the images of a :class:`FolderSource` at given indices."""
+
+    def __init__(self, source: FolderSource, idx: np.ndarray, transform) -> None:
+        self.source, self.idx, self.transform = source, idx, transform
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        k = int(self.idx[i])
+        path = self.source.root / self.source.paths[k]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except OSError as exc:
+            raise UsageError(f"image {path} could not be decoded ({exc}); remove or replace it") from None
+        return self.transform(img), int(self.source.labels[k])
+
+
+class FolderSet:
+    """Part of an image folder, decoded on the fly by worker processes.
+
+    The same interface as :class:`TensorSet`: ordered batches with the evaluation
+    transform (resize, centre crop), shuffled batches with the training one
+    (random-resized crop, flip), both normalised.
+    """
+
+    def __init__(self, source: FolderSource, idx: np.ndarray, info: DatasetInfo, workers: int | None = None) -> None:
+        self.source, self.idx, self.info = source, np.asarray(idx), info
+        self.workers = loader_workers() if workers is None else workers
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def _transform(self, train: bool):
+        from torchvision import transforms as T
+
+        size = self.info.image_size
+        if train:
+            return T.Compose(
+                [
+                    T.RandomResizedCrop(size),
+                    T.RandomHorizontalFlip(),
+                    T.ToTensor(),
+                    T.Normalize(self.info.mean, self.info.std),
+                ]
+            )
+        # evaluation: resize to 256/224 of the side and centre-crop (the standard ratio), kept as uint8
+        return T.Compose([T.Resize(round(size / 0.875)), T.CenterCrop(size), T.PILToTensor()])
+
+    def _loader(self, batch_size: int, train: bool, generator: torch.Generator | None = None):
+        return torch.utils.data.DataLoader(
+            _Images(self.source, self.idx, self._transform(train)),
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            generator=generator,
+            num_workers=self.workers,
+        )
+
+    def batches(self, batch_size: int) -> Iterable[Batch]:
+        """Consecutive batches in order, evaluation transform; iterable any number of times.
+
+        The images are decoded once, on the first pass, and kept as uint8 tensors when they fit
+        in ``CACHE_BYTES``, so scoring and calibrating many candidates decodes nothing more.
+        """
+        return _DecodedBatches(self, batch_size)
+
+    def shuffled(
+        self, batch_size: int, generator: torch.Generator, augment: "Augment | None" = None
+    ) -> Iterator[Batch]:
+        """One epoch of shuffled, augmented batches (the ragged last batch dropped)."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        yield from self._loader(batch_size, train=True, generator=torch.Generator().manual_seed(seed))
+
+
+CACHE_BYTES = 4 << 30  # decoded evaluation images kept in memory per split (uint8), at most
+
+
+class _DecodedBatches:
+    """Evaluation batches of a :class:`FolderSet`, normalised on the fly, decoded only once if they fit."""
+
+    def __init__(self, folder: FolderSet, batch_size: int) -> None:
+        self.folder, self.batch_size = folder, batch_size
+        size = folder.info.image_size
+        self.cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.cacheable = len(folder) * 3 * size * size <= CACHE_BYTES
+        self.mean = torch.tensor(folder.info.mean).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(folder.info.std).view(1, -1, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return -(-len(self.folder) // self.batch_size)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.cache is not None:
+            for x, y in self.cache:
+                yield self._normalise(x), y
+            return
+        kept = []
+        for x, y in self.folder._loader(self.batch_size, train=False):
+            if self.cacheable:
+                kept.append((x, y))
+            yield self._normalise(x), y
+        if self.cacheable and len(kept) == len(self):
+            self.cache = kept
+
+
+def split_indices(labels: np.ndarray, search_size: int | None, search_per_class: int | None, seed: int) -> np.ndarray:
+    """Indices of the search split: ``search_per_class`` images of every class, or ``search_size`` at random."""
+    n = len(labels)
+    if search_per_class is not None:
+        rng = np.random.default_rng(seed)
+        picked = []
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            if search_per_class >= len(members):
+                raise UsageError(
+                    f"--search-per-class {search_per_class} leaves nothing to train on in class {c} "
+                    f"({len(members)} images); lower it"
+                )
+            picked.append(rng.permutation(members)[:search_per_class])
+        return np.sort(np.concatenate(picked))
+    if not search_size or not 0 < search_size < n:
+        raise UsageError(f"--search-size must be in (0, {n}) for this training file, got {search_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:search_size].sort().values.numpy()
 
 
 def load_splits(
     dataset: str,
     data_dir: Path | None = None,
     *,
-    search_size: int = 5000,
+    search_size: int | None = None,
+    search_per_class: int | None = None,
     split_seed: int = 0,
     abn_batches: int = 100,
     abn_batch_size: int = 64,
     calib_seed: int = 0,
+    image_size: int | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    workers: int | None = None,
 ) -> DataSplits:
     """Load ``dataset`` and build its disjoint search / train / calibration splits and the test set.
 
-    ``limit_train`` and ``limit_test`` keep only the first images of each file (for tests).
+    The search split is ``search_per_class`` images per class, or else ``search_size`` images
+    (both ``None``: the dataset's default). ``limit_train`` and ``limit_test`` keep only the
+    first images of each file (for tests). ``workers`` decoding processes serve image folders.
     """
-    info = get_dataset_info(dataset)
+    info = resolve_dataset(dataset, data_dir, image_size)
     data_dir = Path(data_dir or info.default_dir)
-    arrays = load_fashion_mnist(data_dir)
-    train_x, train_y = arrays["train_x"][:limit_train], arrays["train_y"][:limit_train]
-    test_x, test_y = arrays["test_x"][:limit_test], arrays["test_y"][:limit_test]
-    n = len(train_y)
-    if not 0 < search_size < n:
-        raise UsageError(f"--search-size must be in (0, {n}) for {dataset}, got {search_size}")
+    train_src, test_src = info.load(data_dir, info)
+    if limit_train is not None or limit_test is not None:
+        train_src, test_src = _limit(train_src, limit_train), _limit(test_src, limit_test)
+    if search_size is None and search_per_class is None:
+        search_size, search_per_class = info.search_size, info.search_per_class
+    search_idx = split_indices(train_src.labels, search_size, search_per_class, split_seed)
+    n = len(train_src.labels)
+    train_idx = np.setdiff1d(np.arange(n), search_idx)
     need = abn_batches * abn_batch_size
-    if abn_batches < 1 or abn_batch_size < 1 or need > n - search_size:
+    if abn_batches < 1 or abn_batch_size < 1 or need > len(train_idx):
         raise UsageError(
-            f"--abn-batches x --abn-batch-size must be in [1, {n - search_size}] (the train part), "
+            f"--abn-batches x --abn-batch-size must be in [1, {len(train_idx)}] (the train part), "
             f"got {abn_batches} x {abn_batch_size} = {need}"
         )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    search_idx, train_idx = perm[:search_size].sort().values, perm[search_size:].sort().values
-    pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(calib_seed))[:need]
+    pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(calib_seed))[:need].numpy()
     calib_idx = train_idx[pick]
 
-    x_all = _normalise(train_x, info)
-    y_all = torch.from_numpy(train_y.astype(np.int64))
-    train = TensorSet(x_all[train_idx], y_all[train_idx])
-    search = TensorSet(x_all[search_idx], y_all[search_idx])
-    test = TensorSet(_normalise(test_x, info), torch.from_numpy(test_y.astype(np.int64)))
-    calib = TensorSet(x_all[calib_idx], y_all[calib_idx]).batches(abn_batch_size)
-
-    h = hashlib.sha256()
-    for arr in (train_x, train_y, test_x, test_y):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    h.update(f"{dataset}|{search_size}|{split_seed}|{abn_batches}|{abn_batch_size}|{calib_seed}".encode())
+    if info.folder:
+        train, search, calib = (FolderSet(train_src, i, info, workers) for i in (train_idx, search_idx, calib_idx))
+        test = FolderSet(test_src, np.arange(len(test_src.labels)), info, workers)
+        calibration = calib.batches(abn_batch_size)
+        augment = None
+    else:
+        x_all = _normalise(train_src.images, info)
+        y_all = torch.from_numpy(train_src.labels.astype(np.int64))
+        train = TensorSet(x_all[train_idx], y_all[train_idx])
+        search = TensorSet(x_all[search_idx], y_all[search_idx])
+        test = TensorSet(_normalise(test_src.images, info), torch.from_numpy(test_src.labels.astype(np.int64)))
+        calibration = TensorSet(x_all[calib_idx], y_all[calib_idx]).batches(abn_batch_size)
+        augment = Augment(info.crop_padding, info.hflip)
+    split = f"{dataset}|{search_size}|{split_seed}|{abn_batches}|{abn_batch_size}|{calib_seed}"
+    if search_per_class is not None or info.folder:
+        split += f"|{search_per_class}|{info.image_size}"
     return DataSplits(
         info=info,
         train=train,
         search=search,
         test=test,
-        calibration=calib,
-        train_idx=train_idx,
-        search_idx=search_idx,
-        calib_idx=calib_idx,
-        fingerprint=h.hexdigest()[:16],
-        augment=Augment(info.crop_padding, info.hflip),
+        calibration=calibration,
+        train_idx=torch.from_numpy(train_idx),
+        search_idx=torch.from_numpy(search_idx),
+        calib_idx=torch.from_numpy(calib_idx),
+        fingerprint=fingerprint([train_src, test_src], split),
+        augment=augment,
     )
+
+
+def _limit(source: Source, n: int | None) -> Source:
+    if n is None:
+        return source
+    if isinstance(source, ArraySource):
+        return ArraySource(source.images[:n], source.labels[:n])
+    return FolderSource(source.root, source.paths[:n], source.labels[:n], source.classes)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fnnp_opt.data import Augment, TensorSet
+from fnnp_opt.data import Augment, FolderSet, TensorSet
 from fnnp_opt.evaluate import NonFiniteError, run_batches
 from fnnp_opt.progress import NULL, Progress
 
@@ -39,7 +39,7 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def fit(
     model: nn.Module,
-    train: TensorSet,
+    train: TensorSet | FolderSet,
     cfg: FitConfig,
     *,
     augment: Augment | None = None,
@@ -138,7 +138,9 @@ def train_base(
     cfg: FitConfig,
     *,
     data_dir: Path | None = None,
-    search_size: int = 5000,
+    search_size: int | None = None,
+    search_per_class: int | None = None,
+    image_size: int | None = None,
     device: torch.device | str = "cpu",
     command: str = "",
     progress: Progress = NULL,
@@ -160,7 +162,15 @@ def train_base(
 
     output = Path(output)
     check_writable(output)
-    splits = load_splits(dataset, data_dir, search_size=search_size, abn_batches=1, abn_batch_size=1)
+    splits = load_splits(
+        dataset,
+        data_dir,
+        search_size=search_size,
+        search_per_class=search_per_class,
+        image_size=image_size,
+        abn_batches=1,
+        abn_batch_size=1,
+    )
     torch.manual_seed(cfg.seed)  # the initial weights
     model = create_model(model_name, splits.info.in_channels, splits.info.num_classes)
     t0 = time.perf_counter()

@@ -161,19 +161,25 @@ class FlopsModel:
     against thop, and the tests check random plans.
     """
 
-    def __init__(self, base: nn.Module, input_shape: tuple[int, ...], probe, roots: list[str]) -> None:
-        """``probe(counts)`` must return the base model pruned by ``{root: channels removed}``."""
+    def __init__(self, base: nn.Module, input_shape: tuple[int, ...], probe, roots) -> None:
+        """``probe(counts)`` must return the base model pruned by ``{root: channels removed}``.
+
+        ``roots`` lists the groups, or maps each to the channels its probe removes (a group
+        feeding a grouped conv is cut in multiples of the conv's group count).
+        """
+        units = dict(roots) if isinstance(roots, dict) else {root: 1 for root in roots}
         self.input_shape = tuple(input_shape)
         self._probe = probe
         self._modules = dict(base.named_modules())
         self._base = _trace(base, input_shape)
         self._delta: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
-        for root in roots:
-            shapes = _trace(probe({root: 1}), input_shape)
+        for root, unit in units.items():
+            shapes = _trace(probe({root: unit}), input_shape)
             self._delta[root] = {}
             for name, calls in self._base.items():
                 moved = [
-                    (np.subtract(x, x1), np.subtract(y, y1)) for (x, y), (x1, y1) in zip(calls, shapes.get(name, []))
+                    (np.subtract(x, x1) // unit, np.subtract(y, y1) // unit)
+                    for (x, y), (x1, y1) in zip(calls, shapes.get(name, []))
                 ]
                 if any(dx.any() or dy.any() for dx, dy in moved):
                     self._delta[root][name] = moved
@@ -209,8 +215,8 @@ class FlopsModel:
         xm, ym = torch.empty(x, device="meta"), torch.empty(y, device="meta")
         if isinstance(module, nn.modules.conv._ConvNd):
             groups = module.groups
-            if groups > 1:  # depthwise: the groups shrink with the channels
-                groups = groups * x[1] // x_base[1]
+            if groups > 1 and groups == x_base[1]:  # depthwise: the groups shrink with the channels
+                groups = x[1]
             weight = torch.empty((y[1], x[1] // groups, *module.kernel_size), device="meta")
             module = _Stand(weight=weight, groups=groups, bias=module.bias, transposed=module.transposed)
         elif isinstance(module, nn.Linear):

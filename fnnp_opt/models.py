@@ -1,8 +1,23 @@
-"""Model registry, the CIFAR-style ResNets, and safe checkpoint loading."""
+"""Architectures: the registry, torchvision's zoo, user models, and safe checkpoint loading.
+
+A model name is one of
+
+* a registry entry (`fnnp-opt models`): the CIFAR ResNets and MobileNetV1, built here;
+* a torchvision classification builder (``resnet50``, ``mobilenet_v2``, ``vgg16_bn`` ...),
+  built with random weights (nothing is downloaded);
+* ``package.module:callable``, a user's own builder.
+
+Every model is adapted to the dataset: the classifier gets ``num_classes`` outputs and the
+stem conv takes ``in_channels`` channels. The classifier (never pruned) is found by
+tracing: the last conv or linear layer that runs.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,22 +32,22 @@ ASSETS = Path(__file__).parent / "assets"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the registry knows about an architecture."""
+    """What fnnp-opt knows about an architecture."""
 
-    name: str  # registry key, e.g. "resnet20"
+    name: str  # registry key, torchvision builder name, or module:callable
     builder: Callable[..., nn.Module]  # builder(in_channels=, num_classes=) -> module
-    classifier: str  # dotted name of the final classifier, never pruned
     description: str  # one line for `fnnp-opt models`
+    source: str = "fnnp-opt"  # fnnp-opt, torchvision or user
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, classifier: str, description: str):
+def register_model(name: str, description: str):
     """Decorator adding a builder to the registry under ``name``."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelInfo(name, fn, classifier, description)
+        _REGISTRY[name] = ModelInfo(name, fn, description)
         return fn
 
     return wrap
@@ -43,17 +58,188 @@ def list_models() -> list[ModelInfo]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+# --------------------------------------------------------------------------- torchvision
+
+# Builders that cannot be searched, with the reason measured here (Torch-Pruning 1.6.1, torchvision 0.29).
+# They are refused before anything is built; `docs/models.md` lists them. Builders that fail for a
+# reason found at run time (an untraceable graph, a forward that breaks once pruned) are refused by
+# the pruner's own checks, naming the module at fault.
+UNSUPPORTED: dict[str, str] = {
+    "maxvit_t": "Torch-Pruning's group building runs for minutes without finishing (window attention)",
+    "swin_t": "Torch-Pruning's group building runs for minutes without finishing (shifted-window attention)",
+    "swin_s": "Torch-Pruning cannot build its dependency graph (shifted-window attention)",
+    "swin_b": "Torch-Pruning cannot build its dependency graph (shifted-window attention)",
+    "swin_v2_t": "Torch-Pruning's group building runs for minutes without finishing (shifted-window attention)",
+    "swin_v2_s": "Torch-Pruning's group building runs for minutes without finishing (shifted-window attention)",
+    "swin_v2_b": "Torch-Pruning's group building runs for minutes without finishing (shifted-window attention)",
+    **{
+        f"vit_{v}": "prunes, but the pruned model's forward fails: torchvision's VisionTransformer reshapes "
+        "with its stored hidden_dim"
+        for v in ("b_16", "b_32", "l_16", "l_32", "h_14")
+    },
+}
+# torchvision builder options fnnp-opt sets: no auxiliary heads (they only serve training from
+# scratch, and a graph traced in eval mode misses them), and no ImageNet-specific input transform.
+_TV_OPTIONS = {
+    "googlenet": {"aux_logits": False, "init_weights": True, "transform_input": False},
+    "inception_v3": {"aux_logits": False, "init_weights": True, "transform_input": False},
+}
+
+
+def torchvision_builders() -> list[str]:
+    """Names of torchvision's classification builders."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_info(name: str) -> ModelInfo:
+    import torchvision
+
+    if name in UNSUPPORTED:
+        raise ModelError(f"torchvision model {name!r} cannot be pruned here: {UNSUPPORTED[name]}; see docs/models.md")
+
+    def build(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **_TV_OPTIONS.get(name, {}))
+        return adapt_input(model, in_channels)
+
+    return ModelInfo(name, build, "torchvision, random weights", "torchvision")
+
+
+# --------------------------------------------------------------------------- user models
+
+
+def _user_info(spec: str) -> ModelInfo:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model {spec!r}: a user model is given as package.module:callable, like mynets:build")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # let `module:callable` find modules in the working directory
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(
+            f"model {spec!r}: module {module_name!r} cannot be imported ({exc}); "
+            "run from the folder that holds it or add that folder to PYTHONPATH"
+        ) from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+    if not callable(fn):
+        raise ModelError(f"model {spec!r}: {module_name} has no callable {attr!r}")
+
+    def build(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        wanted = {"in_channels": in_channels, "num_classes": num_classes}
+        model = fn(**{k: v for k, v in wanted.items() if k in params})
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        return adapt_input(model, in_channels)
+
+    return ModelInfo(spec, build, "user model", "user")
+
+
 def get_model_info(name: str) -> ModelInfo:
-    """Return the registry entry for ``name`` or raise :class:`ModelError`."""
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ModelError(f"unknown model {name!r}; choose one of: {known}")
-    return _REGISTRY[name]
+    """Resolve ``name`` (registry, torchvision builder or module:callable), or raise :class:`ModelError`."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        return _user_info(name)
+    if name in UNSUPPORTED or name in torchvision_builders():
+        return _torchvision_info(name)
+    known = ", ".join(sorted(_REGISTRY))
+    raise ModelError(
+        f"unknown model {name!r}; choose one of: {known}, a torchvision classification builder "
+        "(resnet50, mobilenet_v2, ...), or your own as package.module:callable"
+    )
 
 
 def create_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    """Build a registered architecture with random weights."""
+    """Build ``name`` with random weights for ``in_channels`` input channels and ``num_classes`` classes."""
     return get_model_info(name).builder(in_channels=in_channels, num_classes=num_classes)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _out_size(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    return None
+
+
+def adapt_input(model: nn.Module, in_channels: int) -> nn.Module:
+    """Give the first conv (in definition order) ``in_channels`` input channels, freshly initialised."""
+    found = _first_conv(model)
+    if found is None or found[1].in_channels == in_channels:
+        return model
+    name, old = found
+    if old.groups != 1:
+        raise ModelError(f"the stem conv {name!r} is grouped; it cannot be adapted to {in_channels} input channels")
+    new = nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, 1, old.bias is not None
+    )
+    model.set_submodule(name, new)
+    return model
+
+
+def execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the conv and linear layers in the order one forward pass runs them."""
+    names = {m: n for n, m in model.named_modules()}
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: order.append(names[mod]))
+        for m in model.modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(order))
+
+
+def find_classifier(model: nn.Module, example: torch.Tensor, num_classes: int) -> str:
+    """The layer whose outputs are the logits: the last conv or linear layer a forward pass runs.
+
+    Raises :class:`ModelError` when it does not have ``num_classes`` outputs.
+    """
+    order = execution_order(model, example)
+    if not order:
+        raise ModelError("the model has no conv or linear layer to prune")
+    last = model.get_submodule(order[-1])
+    if _out_size(last) != num_classes:
+        raise ModelError(
+            f"the model's last layer {order[-1]!r} has {_out_size(last)} outputs, but the dataset has "
+            f"{num_classes} classes; build the model with num_classes={num_classes}"
+        )
+    return order[-1]
+
+
+def check_input(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
+    """Raise :class:`ModelError` unless ``model`` runs on one input of ``input_shape``."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(input_shape))
+    except Exception as exc:
+        side = input_shape[-1]
+        raise ModelError(
+            f"model {name!r} does not run on {input_shape[1]}x{side}x{side} inputs ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); pick a model for small images or a dataset with larger ones "
+            "(--image-size for image folders)"
+        ) from None
 
 
 class BasicBlock(nn.Module):
@@ -112,14 +298,67 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@register_model("resnet20", "fc", "CIFAR-style ResNet-20 (0.27M params); the default")
-def resnet20(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    return CifarResNet(20, in_channels, num_classes)
+def _cifar_resnet(depth: int, description: str) -> None:
+    def build(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+        return CifarResNet(depth, in_channels, num_classes)
+
+    register_model(f"resnet{depth}", description)(build)
 
 
-@register_model("resnet56", "fc", "CIFAR-style ResNet-56 (0.85M params), the paper's CIFAR model")
-def resnet56(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    return CifarResNet(56, in_channels, num_classes)
+_cifar_resnet(20, "CIFAR ResNet-20 (0.27M params, 41.6M FLOPs at 32px); the default")
+_cifar_resnet(32, "CIFAR ResNet-32 (0.47M params, 70.4M FLOPs at 32px)")
+_cifar_resnet(56, "CIFAR ResNet-56 (0.86M params, 127.9M FLOPs at 32px), the paper's CIFAR model")
+_cifar_resnet(110, "CIFAR ResNet-110 (1.73M params, 257.4M FLOPs at 32px)")
+
+
+class MobileNetV1(nn.Module):
+    """MobileNetV1 (Howard et al., 2017): a 3x3 stem, then 13 depthwise-separable blocks.
+
+    ``cifar=True`` is the variant for 32x32 inputs: a stride-1 stem, so the five
+    downsamplings of the blocks take 32px to 2px (the ImageNet model's stride-2 stem takes
+    224px to 7px).
+    """
+
+    # (output channels, stride) of the 13 depthwise-separable blocks
+    BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 + ((1024, 2), (1024, 1))
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, width: float = 1.0, cifar: bool = False):
+        super().__init__()
+
+        def ch(c: int) -> int:
+            return max(8, int(c * width))
+
+        layers = [self._conv_bn(in_channels, ch(32), 3, 1 if cifar else 2, 1)]
+        planes = ch(32)
+        for out, stride in self.BLOCKS:
+            layers.append(self._conv_bn(planes, planes, 3, stride, planes))  # depthwise
+            layers.append(self._conv_bn(planes, ch(out), 1, 1, 1))  # pointwise
+            planes = ch(out)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_model("mobilenet_v1", "MobileNetV1 1.0 for ImageNet-size inputs (4.2M params, 589M FLOPs at 224px)")
+def mobilenet_v1(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return MobileNetV1(in_channels, num_classes)
+
+
+@register_model("mobilenet_v1_cifar", "MobileNetV1 1.0 for 32px inputs, stride-1 stem (3.2M params, 48.0M FLOPs)")
+def mobilenet_v1_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return MobileNetV1(in_channels, num_classes, cifar=True)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -193,7 +432,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
             f"checkpoint {source} does not fit the model: {'; '.join(parts)}; "
             "pass the checkpoint trained for this --model and --dataset"
         )
-    model.load_state_dict(state)
+    state = dict(state)
+    ordered = type(own)(state)
+    ordered._metadata = getattr(own, "_metadata", {})  # module versions, which some modules' loaders require
+    model.load_state_dict(ordered)
 
 
 def _few(items: list[str], n: int = 3) -> str:

@@ -19,16 +19,16 @@ from fnnp_opt import search as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import Objective, RunConfig, resolve_device
 from fnnp_opt.constraints import uniform_ratio
-from fnnp_opt.data import DataSplits, get_dataset_info, load_splits
+from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, StorageError, UsageError
 from fnnp_opt.evaluate import accuracy, calibrate_bn, latency_ms
 from fnnp_opt.export import check_writable, save_pruned
 from fnnp_opt.finetune import FitConfig, fit
 from fnnp_opt.flops import Budget, FlopsModel, count, human, make_budget
-from fnnp_opt.models import default_checkpoint, get_model_info, load_model
+from fnnp_opt.models import check_input, create_model, default_checkpoint, find_classifier, load_model
 from fnnp_opt.pareto import front_rows, write_front
 from fnnp_opt.progress import NULL, Progress
-from fnnp_opt.prune import Pruner
+from fnnp_opt.prune import Pruner, Shaping
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,13 @@ class Prepared:
             "weights": self.digest[:16],
             "dataset": self.cfg.dataset,
             "data": self.splits.fingerprint,
-            "space": self.space.fingerprint(),
+            "space": self.space.fingerprint() + self._shaping(),
             "budget": f"{self.budget.low}-{self.budget.high}",
         }
+
+    def _shaping(self) -> str:
+        s = self.pruner.shaping
+        return "" if (s.round_to, s.min_channels) == (1, 1) else f"|round{s.round_to}|min{s.min_channels}"
 
 
 def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
@@ -76,24 +80,36 @@ def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
             cfg.dataset,
             Path(cfg.data_dir) if cfg.data_dir else None,
             search_size=cfg.search_size,
+            search_per_class=cfg.search_per_class,
             abn_batches=cfg.abn_batches,
             abn_batch_size=cfg.abn_batch_size,
             calib_seed=cfg.seed,
+            image_size=cfg.image_size,
         )
-    info = get_dataset_info(cfg.dataset)
+        info = splits.info
+    else:
+        info = resolve_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.image_size)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(cfg.model, cfg.dataset)
-    if ckpt is None:
+    if ckpt is None and not with_data:  # the space and the budget do not depend on the weights
+        log.warning("no checkpoint for %s on %s: using random weights to derive the space", cfg.model, cfg.dataset)
+        torch.manual_seed(cfg.seed)
+        model, digest = create_model(cfg.model, info.in_channels, info.num_classes).eval(), "random"
+    elif ckpt is None:
         raise CheckpointError(
             f"no checkpoint ships for {cfg.model} on {cfg.dataset}; train one with "
             f"`fnnp-opt train --model {cfg.model} --dataset {cfg.dataset}` and pass it with --checkpoint"
         )
-    model, digest = load_model(cfg.model, info.in_channels, info.num_classes, ckpt)
+    else:
+        model, digest = load_model(cfg.model, info.in_channels, info.num_classes, ckpt)
     input_shape = (1, info.in_channels, info.image_size, info.image_size)
-    pruner = Pruner(model, torch.zeros(input_shape), get_model_info(cfg.model).classifier)
+    example = torch.zeros(input_shape)
+    check_input(model, cfg.model, input_shape)
+    shaping = Shaping(cfg.round_to, cfg.min_channels, cfg.exclude)
+    pruner = Pruner(model, example, find_classifier(model, example, info.num_classes), shaping)
     space = SearchSpace.from_groups(pruner.groups, cfg.max_rate)
     base_macs, base_params = count(model, input_shape)
     budget = make_budget(cfg.resolved_flops(), cfg.flops_tolerance, base_macs)
-    flops = FlopsModel(model, input_shape, pruner.prune_counts, [g.root for g in pruner.groups])
+    flops = FlopsModel(model, input_shape, pruner.prune_counts, {g.root: g.block for g in pruner.groups})
     if not flops.exact:
         log.warning("the analytic FLOPs count of %s differs from thop's; every draw is counted by thop", cfg.model)
     p = Prepared(cfg, device, splits, model, digest, pruner, space, budget, base_params, input_shape, flops)
@@ -269,7 +285,7 @@ def deliver(cfg: RunConfig, p: Prepared, study: optuna.Study, trial, output: Pat
     ratios = trial_ratios(p.space, trial)
     pruned = p.pruner.prune(ratios)
     calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
-    fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
+    fit_cfg = FitConfig(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed)
     losses = fit(
         pruned,
         p.splits.train,
@@ -425,8 +441,10 @@ def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "aut
         doc["dataset"],
         data_dir or cfg.get("data_dir"),
         search_size=cfg.get("search_size", 5000),
+        search_per_class=cfg.get("search_per_class"),
         abn_batches=1,
         abn_batch_size=1,
+        image_size=cfg.get("image_size"),
     )
     acc = accuracy(model.to(dev), splits.test_batches(cfg.get("eval_batch_size", 128)), dev, progress, "test")
     macs, params = count(model.cpu(), tuple(doc["input_shape"]))

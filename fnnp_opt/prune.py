@@ -13,13 +13,18 @@ channel's score is the sum of the L1 norms of its filters in all of them.
 from __future__ import annotations
 
 import copy
+import fnmatch
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from fnnp_opt.errors import ModelError
+from fnnp_opt.errors import ModelError, UsageError
 
 
 @dataclass(frozen=True)
@@ -30,106 +35,329 @@ class GroupInfo:
     channels: int  # channel count of the group in the base model
     producers: tuple[str, ...]  # convs/linears whose out-channels the group removes
     consumers: tuple[str, ...]  # layers whose in-channels (or features) shrink with it
+    depthwise: tuple[str, ...] = ()  # the producers that are depthwise convs (they follow their input)
+    block: int = 1  # channels go in multiples of this: the group count of a grouped conv it feeds or is
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One pruning operation of a group's plan: a handler applied to a module or parameter."""
+
+    name: str  # dotted name of the module (or parameter) in the model
+    is_param: bool  # an unwrapped nn.Parameter, replaced rather than edited in place
+    handler: object  # Torch-Pruning's pruning function
+    pruning_dim: int  # the dimension the handler cuts
+    idxs: np.ndarray  # indices in the target, for every channel of the group
+    root_idxs: np.ndarray  # the group channel each index belongs to
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """Channel-count rules applied to every group: rounding, a floor, and excluded layers."""
+
+    round_to: int = 1  # kept channels are a multiple of this (unless a group has fewer)
+    min_channels: int = 1  # never keep fewer channels than this (nor more than the group has)
+    exclude: tuple[str, ...] = ()  # glob patterns of layer names whose groups are never pruned
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise UsageError(f"--round-to must be a whole number >= 1, got {self.round_to!r}; e.g. --round-to 8")
+        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise UsageError(f"--min-channels must be a whole number >= 1, got {self.min_channels!r}")
+
+    def kept(self, ratio: float, channels: int, block: int = 1) -> int:
+        """Channels a group of ``channels`` keeps at ``ratio``; a multiple of ``block`` (grouped convs)."""
+        keep = channels - int(round(ratio * channels))
+        step = math.lcm(self.round_to, block)
+        if step > 1:
+            keep = max(int(round(keep / step)) * step, step)
+        keep = max(keep, self.min_channels, 1)
+        if block > 1:
+            keep = -(-keep // block) * block
+        return int(min(channels, keep))
+
+    def excludes(self, group: GroupInfo) -> bool:
+        return any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude for n in (group.root, *group.producers))
 
 
 def _conv_like(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv2d, nn.Linear))
+    return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.out_channels
+
+
+class _Tracker:
+    """Which module a forward pass is inside, to name the one that raised."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stack: list[str] = []
+        self._handles = []
+        for name, m in model.named_modules():
+            self._handles.append(m.register_forward_pre_hook(self._enter(name)))
+            self._handles.append(m.register_forward_hook(self._leave))
+
+    def _enter(self, name: str):
+        def hook(module, args) -> None:
+            self.stack.append(name)
+
+        return hook
+
+    def _leave(self, module, args, out) -> None:
+        self.stack.pop()
+
+    def where(self) -> str:
+        if not self.stack:
+            return ""
+        m = self.stack[-1]
+        return f" in module {m!r}" if m else f" in the forward() of {type(self.model).__name__} itself"
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@contextmanager
+def _tracked(model: nn.Module) -> Iterator[_Tracker]:
+    tracker = _Tracker(model)
+    try:
+        yield tracker
+    finally:
+        tracker.remove()
+
+
+def _brief(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
 class Pruner:
-    """Prunes copies of one base model by per-group ratios, ranking filters by L1 norm."""
+    """Prunes copies of one base model by per-group ratios, ranking filters by L1 norm.
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, classifier: str) -> None:
+    Every group's pruning plan (which indices of which layers go with each of its channels)
+    is built once, at construction; pruning a copy then only slices tensors.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        classifier: str,
+        shaping: Shaping = Shaping(),
+        check: bool = True,
+    ) -> None:
         self.base = model.eval()
+        self.shaping = shaping
         self._names = {m: n for n, m in model.named_modules()}
+        self._params = {p: n for n, p in model.named_parameters()}
         try:
             clf = model.get_submodule(classifier)
         except AttributeError:
             raise ModelError(f"classifier {classifier!r} is not a submodule of the model") from None
-        try:
-            self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-        except Exception as exc:
-            raise ModelError(f"Torch-Pruning could not trace the model ({type(exc).__name__}: {exc})") from None
+        with _tracked(model) as tracker:
+            try:
+                self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+                groups = list(self.graph.get_all_groups(ignored_layers=[clf], root_module_types=[nn.Conv2d, nn.Linear]))
+            except Exception as exc:
+                where = self._graph_node(exc) or tracker.where()
+                raise ModelError(
+                    f"Torch-Pruning could not trace the model{where} ({_brief(exc)}); "
+                    "see docs/models.md for the architectures that cannot be pruned"
+                ) from None
         model.eval()  # tracing may leave the model in another mode
         order = {n: i for i, n in enumerate(self._names.values())}
-        groups = self.graph.get_all_groups(ignored_layers=[clf], root_module_types=[nn.Conv2d, nn.Linear])
-        infos = [self._describe(g) for g in groups]
-        self.groups: list[GroupInfo] = sorted(infos, key=lambda g: order[g.root])
-        self._order = {g.root: self._l1_order(g) for g in self.groups}
+        described = [self._describe(g) for g in groups]
+        described = [(info, plan) for info, plan in described if info is not None]
+        described.sort(key=lambda d: order[d[0].root])
+        self.all_groups: list[GroupInfo] = [info for info, _ in described]
+        self.groups: list[GroupInfo] = [g for g in self.all_groups if not shaping.excludes(g)]
+        self._plans = {info.root: plan for info, plan in described}
+        self._order = {info.root: self._l1_order(info) for info in self.groups}
+        if not self.groups:
+            raise ModelError(
+                "the model has no prunable channel group"
+                + (f" outside --exclude {list(shaping.exclude)}" if shaping.exclude else "")
+            )
+        if check:
+            self._check(example_input)
+
+    def _graph_node(self, exc: Exception) -> str:
+        """Name the graph node (and the nearest module feeding it) at which Torch-Pruning's analysis raised."""
+        from torch_pruning.dependency.node import Node
+
+        tb, node = exc.__traceback__, None
+        while tb is not None:  # the innermost frame's operation node (an add, a reshape ...) is the culprit
+            for value in tb.tb_frame.f_locals.values():
+                if isinstance(value, Node) and value.module not in self._names:
+                    node = value
+            tb = tb.tb_next
+        if node is None:
+            return ""
+        seen, queue = set(), [node]
+        while queue:  # breadth-first back through the inputs to the nearest named module
+            n = queue.pop(0)
+            if n.module in self._names and self._names[n.module]:
+                if n is node:
+                    return f" in module {self._names[n.module]!r}"
+                return f" at {getattr(node, 'name', 'an operation')}, after module {self._names[n.module]!r}"
+            seen.add(id(n))
+            queue += [i for i in n.inputs if id(i) not in seen]
+        return f" at operation {getattr(node, 'name', '?')}"
 
     # ----------------------------------------------------------------- structure
 
-    def _describe(self, group) -> GroupInfo:
+    def _describe(self, group) -> tuple[GroupInfo | None, list[_Step]]:
         root = group[0].dep.target.module
-        producers, consumers = [], []
+        if root not in self._names:
+            return None, []
+        producers, consumers, depthwise, plan = [], [], [], []
         for item in group:
-            module = item.dep.target.module
-            name = self._names.get(module)
-            if name is None:  # a functional node (add, relu, ...)
+            dep = item.dep
+            target = dep.target.module
+            if isinstance(target, nn.Parameter):
+                name, is_param = self._params.get(target), True
+            else:
+                name, is_param = self._names.get(target), False
+            if name is None:  # a functional node (add, cat, flatten ...): nothing to cut
                 continue
-            if _conv_like(module):
-                out = self.graph.is_out_channel_pruning_fn(item.dep.handler)
-                (producers if out else consumers).append(name)
+            plan.append(
+                _Step(
+                    name,
+                    is_param,
+                    dep.handler,
+                    dep.target.pruning_dim,
+                    np.asarray(item.idxs, dtype=np.int64),
+                    np.asarray(item.root_idxs, dtype=np.int64),
+                )
+            )
+            if is_param:
+                consumers.append(name)
+            elif _conv_like(target) and self.graph.is_out_channel_pruning_fn(dep.handler):
+                producers.append(name)
+                if _is_depthwise(target):
+                    depthwise.append(name)
             else:
                 consumers.append(name)
-        return GroupInfo(
-            root=self._names[root],
+        block = 1
+        for step in plan:
+            module = None if step.is_param else self.base.get_submodule(step.name)
+            if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not _is_depthwise(module):
+                block = math.lcm(block, module.groups)
+        root_name = self._names[root]
+        plain = [p for p in producers if p not in depthwise]
+        if root_name in depthwise and plain:  # name the group after the conv that makes its channels
+            root_name = plain[0]
+        info = GroupInfo(
+            root=root_name,
             channels=self.graph.get_out_channels(root),
             producers=tuple(dict.fromkeys(producers)),
             consumers=tuple(dict.fromkeys(consumers)),
+            depthwise=tuple(dict.fromkeys(depthwise)),
+            block=block,
         )
+        return info, plan
 
     def _l1_order(self, group: GroupInfo) -> torch.Tensor:
-        """Channel indices of ``group`` from the least to the most important."""
-        score = torch.zeros(group.channels)
-        for name in group.producers:
-            w = self.base.get_submodule(name).weight.detach()
-            score += w.abs().flatten(1).sum(1)
-        return torch.argsort(score, stable=True)
+        """Channel indices of ``group`` from the least to the most important.
+
+        A channel's score is the L1 norm of its filters, summed over every producer that loses it.
+        """
+        score = np.zeros(group.channels)
+        producers = set(group.producers)
+        for step in self._plans[group.root]:
+            if step.name not in producers or step.is_param:
+                continue
+            w = self.base.get_submodule(step.name).weight.detach()
+            l1 = w.abs().flatten(1).sum(1).double().numpy()
+            np.add.at(score, step.root_idxs, l1[step.idxs])
+        if group.block == 1:
+            return torch.argsort(torch.from_numpy(score), stable=True)
+        # a grouped conv needs the same positions cut in each of its groups: rank positions by their
+        # summed score, and list each position in every group together
+        width = group.channels // group.block
+        columns = np.argsort(score.reshape(group.block, width).sum(0), kind="stable")
+        order = (np.arange(group.block)[None, :] * width + columns[:, None]).reshape(-1)
+        return torch.from_numpy(order)
+
+    def _check(self, example: torch.Tensor) -> None:
+        """Prune one channel from every group and run the copy in eval and train mode."""
+        removed = {g.root: g.block for g in self.groups if g.channels > g.block}
+        with torch.no_grad():
+            want = self.base(example).shape
+        model = self.prune_counts(removed)
+        x = example.expand(2, *example.shape[1:]).clone()  # train-mode BN needs two samples
+        with _tracked(model) as tracker, torch.no_grad():
+            try:
+                got = model.eval()(example).shape
+                model.train()(x)
+            except Exception as exc:
+                raise ModelError(
+                    f"the pruned model's forward pass fails{tracker.where()} ({_brief(exc)}); this architecture "
+                    "cannot be pruned by fnnp-opt (see docs/models.md), or exclude that layer with --exclude"
+                ) from None
+        if got != want:
+            raise ModelError(f"pruning changed the model's output shape from {tuple(want)} to {tuple(got)}")
 
     # ----------------------------------------------------------------- pruning
 
-    @staticmethod
-    def removed_count(ratio: float, channels: int) -> int:
-        """Channels removed at ``ratio``: the nearest whole count, always keeping one."""
-        return min(int(round(ratio * channels)), channels - 1)
+    def removed_count(self, ratio: float, channels: int, block: int = 1) -> int:
+        """Channels removed at ``ratio``: the nearest whole count, after --round-to and --min-channels."""
+        return channels - self.shaping.kept(ratio, channels, block)
 
     def counts(self, ratios: dict[str, float]) -> dict[str, int]:
         """Channels removed from each group at ``ratios`` ({group root: ratio})."""
         unknown = set(ratios) - {g.root for g in self.groups}
         if unknown:
             raise ModelError(f"ratios name groups that do not exist: {sorted(unknown)}")
-        return {g.root: self.removed_count(ratios.get(g.root, 0.0), g.channels) for g in self.groups}
+        return {g.root: self.removed_count(ratios.get(g.root, 0.0), g.channels, g.block) for g in self.groups}
 
     def prune(self, ratios: dict[str, float]) -> nn.Module:
         """Return a pruned deep copy of the base model; ``ratios`` maps group roots to [0, 1)."""
         return self.prune_counts(self.counts(ratios))
 
     def prune_counts(self, removed: dict[str, int]) -> nn.Module:
-        """Return a deep copy of the base model with ``removed[root]`` lowest-L1 channels cut from each group."""
-        model = copy.deepcopy(self.base)
-        for group in self.groups:
-            n = removed.get(group.root, 0)
-            if n == 0:
+        """Return a deep copy of the base model with ``removed[root]`` lowest-L1 channels cut from each group.
+
+        The plans index the base model. Where groups share a tensor (the inputs of a layer
+        after a concatenation), their indices are merged and cut in one operation, so no
+        group's cut shifts another's indices.
+        """
+        cuts: dict[tuple, list[int]] = {}
+        for root, n in removed.items():
+            if not n:
                 continue
-            idxs = self._order[group.root][:n].tolist()
-            root = self.base.get_submodule(group.root)
-            plan = self.graph.get_pruning_group(
-                root, tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels, idxs
-            )
-            for item in plan:
-                name = self._names.get(item.dep.target.module)
-                if name is not None:
-                    item.dep.handler(model.get_submodule(name), item.idxs)
+            gone = np.zeros(len(self._order[root]), dtype=bool)
+            gone[self._order[root][:n].numpy()] = True
+            for step in self._plans[root]:
+                key = (step.name, step.is_param, step.handler, step.pruning_dim)
+                cuts.setdefault(key, []).extend(step.idxs[gone[step.root_idxs]].tolist())
+        model = copy.deepcopy(self.base)
+        for (name, is_param, handler, dim), idxs in cuts.items():
+            idxs = sorted(set(idxs))
+            if not idxs:
+                continue
+            handler.__self__.pruning_dim = dim
+            if is_param:
+                owner, _, attr = name.rpartition(".")
+                parent = model.get_submodule(owner) if owner else model
+                setattr(parent, attr, handler(getattr(parent, attr), idxs))
+            else:
+                handler(model.get_submodule(name), idxs)
         return model.eval()
 
 
 # --------------------------------------------------------------------------- shapes
 
 
-def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Channel counts of every conv, linear and BN layer: the architecture of a pruned net."""
-    shapes: dict[str, dict[str, int]] = {}
+_RESIZED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def layer_shapes(model: nn.Module) -> dict[str, dict]:
+    """The architecture of a pruned net: the sizes of every conv, linear and norm layer, and the
+    shape of every other parameter (a layer scale, a class token ...)."""
+    shapes: dict[str, dict] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             shapes[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
@@ -137,33 +365,60 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
             shapes[name] = {"in": m.in_features, "out": m.out_features}
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             shapes[name] = {"features": m.num_features}
+        elif isinstance(m, nn.LayerNorm):
+            shapes[name] = {"normalized_shape": list(m.normalized_shape)}
+        elif isinstance(m, nn.GroupNorm):
+            shapes[name] = {"groups": m.num_groups, "channels": m.num_channels}
+        else:
+            for pname, param in m.named_parameters(recurse=False):
+                shapes[f"{name}.{pname}" if name else pname] = {"param": list(param.shape)}
     return shapes
 
 
-def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Module:
+def _resized(old: nn.Module, s: dict, name: str) -> nn.Module:
+    if isinstance(old, nn.Conv2d) and {"in", "out", "groups"} <= set(s):
+        return nn.Conv2d(
+            s["in"],
+            s["out"],
+            old.kernel_size,
+            old.stride,
+            old.padding,
+            old.dilation,
+            s["groups"],
+            old.bias is not None,
+            old.padding_mode,
+        )
+    if isinstance(old, nn.Linear) and {"in", "out"} <= set(s):
+        return nn.Linear(s["in"], s["out"], old.bias is not None)
+    if isinstance(old, nn.modules.batchnorm._BatchNorm) and "features" in s:
+        return type(old)(s["features"], old.eps, old.momentum, old.affine, old.track_running_stats)
+    if isinstance(old, nn.LayerNorm) and "normalized_shape" in s:
+        new = copy.deepcopy(old)  # keeps subclasses (torchvision's LayerNorm2d) and their forward
+        new.normalized_shape = tuple(s["normalized_shape"])
+        for pname in ("weight", "bias"):
+            if getattr(old, pname, None) is not None:
+                setattr(new, pname, nn.Parameter(torch.empty(new.normalized_shape)))
+        return new
+    if isinstance(old, nn.GroupNorm) and {"groups", "channels"} <= set(s):
+        return nn.GroupNorm(s["groups"], s["channels"], old.eps, old.affine)
+    raise ModelError(f"the channel plan resizes {name!r}, a {type(old).__name__}, which cannot be resized")
+
+
+def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> nn.Module:
     """Resize the layers of a freshly built ``model`` to ``shapes`` (weights are left uninitialised)."""
     for name, s in shapes.items():
+        if "param" in s:
+            owner, _, attr = name.rpartition(".")
+            try:
+                parent = model.get_submodule(owner) if owner else model
+                getattr(parent, attr)
+            except AttributeError:
+                raise ModelError(f"the channel plan names parameter {name!r}, which the model does not have") from None
+            setattr(parent, attr, nn.Parameter(torch.empty(s["param"])))
+            continue
         try:
             old = model.get_submodule(name)
         except AttributeError:
             raise ModelError(f"the channel plan names layer {name!r}, which the model does not have") from None
-        if isinstance(old, nn.Conv2d):
-            new = nn.Conv2d(
-                s["in"],
-                s["out"],
-                old.kernel_size,
-                old.stride,
-                old.padding,
-                old.dilation,
-                s["groups"],
-                old.bias is not None,
-                old.padding_mode,
-            )
-        elif isinstance(old, nn.Linear):
-            new = nn.Linear(s["in"], s["out"], old.bias is not None)
-        elif isinstance(old, nn.modules.batchnorm._BatchNorm):
-            new = type(old)(s["features"], old.eps, old.momentum, old.affine, old.track_running_stats)
-        else:
-            raise ModelError(f"the channel plan resizes {name!r}, a {type(old).__name__}, which cannot be resized")
-        model.set_submodule(name, new)
+        model.set_submodule(name, _resized(old, s, name))
     return model

@@ -80,7 +80,8 @@ class Evaluator:
             raise optuna.TrialPruned("not evaluated: the study's slots are taken or go to queued trials first")
 
         with clock("prune"):
-            model = self.pruner.prune(ratios)
+            removed = self.pruner.counts(ratios)
+            model = self.pruner.prune_counts(removed)
         with clock("flops"):
             thop_macs, params = count(model, self.flops.input_shape)
         if thop_macs != macs:
@@ -103,7 +104,7 @@ class Evaluator:
             trial.set_user_attr("params", params)
             trial.set_user_attr(
                 "channels",
-                {d.name: d.channels - Pruner.removed_count(ratios[d.root], d.channels) for d in self.space.dims},
+                {d.name: d.channels - removed[d.root] for d in self.space.dims},
             )
             trial.set_user_attr("pbn_accuracy", pbn)
         trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})

@@ -2,7 +2,8 @@
 
 Computed once from the model. Each group gets one ratio in [0, R] under a stable,
 readable Optuna parameter name: ``ratio.<root conv>`` for the internal conv of a
-block, ``ratio.<stage>.residual`` for channels coupled by residual additions.
+block (with its depthwise conv, if any), ``ratio.<stage>.residual`` for channels coupled
+by residual additions.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _common_prefix(names: tuple[str, ...]) -> str:
 
 
 def _dimension(group: GroupInfo) -> Dimension:
-    coupled = len(group.producers) > 1
+    # a depthwise conv follows its input's channels; it does not make a group a shared one
+    coupled = len([p for p in group.producers if p not in group.depthwise]) > 1
     if coupled:
         stem = _common_prefix(group.producers) or "+".join(dict.fromkeys(p.split(".")[0] for p in group.producers))
         name = f"{stem}.residual"
@@ -62,7 +64,14 @@ class SearchSpace:
     @classmethod
     def from_groups(cls, groups: list[GroupInfo], max_rate: float) -> "SearchSpace":
         check_max_rate(max_rate)
-        return cls(tuple(_dimension(g) for g in groups), max_rate)
+        dims, seen = [], set()
+        for g in groups:
+            d = _dimension(g)
+            if d.name in seen:  # two shared groups under one prefix: name them by their root instead
+                d = Dimension(f"{g.root}.shared", d.root, d.channels, d.coupled, d.producers)
+            seen.add(d.name)
+            dims.append(d)
+        return cls(tuple(dims), max_rate)
 
     def __len__(self) -> int:
         return len(self.dims)

@@ -107,3 +107,75 @@ def postgres_url():
     finally:
         pg(bindir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- tiny datasets in their real formats
+
+
+def _images(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images N x 3 x size x size whose colour depends on the label (so classes are learnable)."""
+    base = (labels[:, None, None, None] * 37 + np.arange(3)[None, :, None, None] * 60) % 256
+    noise = rng.integers(0, 40, size=(len(labels), 3, size, size))
+    return ((base + noise) % 256).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory) -> Path:
+    """cifar-10-batches-py/ with five data batches of 40 images and a test batch of 40, pickled as published."""
+    from fnnp_opt.datasets import write_cifar_batch
+
+    root = tmp_path_factory.mktemp("cifar10") / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, 40)
+        write_cifar_batch(root / name, _images(rng, labels, 32), labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar100(tmp_path_factory) -> Path:
+    """cifar-100-python/ with a train file of 300 images and a test file of 100 (fine labels)."""
+    from fnnp_opt.datasets import write_cifar_batch
+
+    root = tmp_path_factory.mktemp("cifar100") / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for name, n in (("train", 300), ("test", 100)):
+        labels = rng.integers(0, 100, n)
+        write_cifar_batch(root / name, _images(rng, labels, 32), labels, label_key="fine_labels")
+    return root
+
+
+def write_image_folder(root: Path, classes: list[str], per_class: dict[str, int], size: int = 40) -> Path:
+    """An ImageFolder tree of JPEG files: root/<part>/<class>/<n>.JPEG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for part, n in per_class.items():
+        for k, cls in enumerate(classes):
+            folder = root / part / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            labels = np.full(n, k)
+            for i, img in enumerate(_images(rng, labels, size)):
+                Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{cls}_{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet(tmp_path_factory) -> Path:
+    """An ImageNet-layout tree: 3 wnid classes, 8 training and 3 validation JPEGs each."""
+    classes = ["n01440764", "n01443537", "n01484850"]
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"), classes, {"train": 8, "val": 3})
+
+
+def random_checkpoint(path: Path, model: str, in_channels: int, num_classes: int) -> Path:
+    """Weights of ``model`` with random values, as safetensors (the recipes need a checkpoint)."""
+    from safetensors.torch import save_file
+
+    from fnnp_opt.models import create_model
+
+    torch.manual_seed(0)
+    state = create_model(model, in_channels, num_classes).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

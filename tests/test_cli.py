@@ -145,7 +145,9 @@ def test_debug_shows_the_traceback(small_fmnist, tmp_path):
 
 def test_models_lists_the_registry():
     res = runner.invoke(app, ["models"])
-    assert res.exit_code == 0 and "resnet20" in res.output
+    assert res.exit_code == 0 and "resnet20" in res.output and "mobilenet_v1_cifar" in res.output
+    assert "torchvision builders" in res.output and "efficientnet_b0" in res.output
+    assert "not prunable here:" in res.output and "swin_t" in res.output and "module:callable" in res.output
 
 
 def _count_complete(url: str, name: str) -> int:

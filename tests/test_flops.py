@@ -56,24 +56,38 @@ def test_ranges_for_the_pareto_objective():
         make_budget("0.8:0.2", 0.02, BASE)
 
 
-@pytest.mark.parametrize("name, in_channels, size", [("resnet20", 1, 28), ("resnet56", 1, 28), ("resnet20", 3, 32)])
-def test_the_analytic_count_equals_thop_on_100_random_strategies(name, in_channels, size):
+ANALYTIC_CASES = [
+    ("resnet20", 1, 28, 100),
+    ("resnet20", 3, 32, 100),
+    ("resnet32", 3, 32, 50),
+    ("resnet56", 1, 28, 100),
+    ("resnet110", 3, 32, 20),
+    ("mobilenet_v1_cifar", 3, 32, 50),
+    ("mobilenet_v1", 3, 64, 20),
+    ("resnet50", 3, 64, 10),  # torchvision: bottlenecks and projection shortcuts
+    ("mobilenet_v2", 3, 32, 10),  # torchvision: depthwise convs and linear bottlenecks
+    ("regnet_x_400mf", 3, 32, 10),  # torchvision: grouped convs, cut in whole positions of every group
+]
+
+
+@pytest.mark.parametrize("name, in_channels, size, draws", ANALYTIC_CASES)
+def test_the_analytic_count_equals_thop_on_random_strategies(name, in_channels, size, draws):
     """Every registered model: the channel-plan count is thop's count of the pruned network, exactly."""
     import numpy as np
     import torch
 
     from fnnp_opt.flops import FlopsModel
-    from fnnp_opt.models import create_model, get_model_info
+    from fnnp_opt.models import create_model, find_classifier
     from fnnp_opt.prune import Pruner
 
     torch.manual_seed(0)
     shape = (1, in_channels, size, size)
     model = create_model(name, in_channels, 10)
-    pruner = Pruner(model, torch.zeros(shape), get_model_info(name).classifier)
-    flops = FlopsModel(model, shape, pruner.prune_counts, [g.root for g in pruner.groups])
+    pruner = Pruner(model, torch.zeros(shape), find_classifier(model, torch.zeros(shape), 10))
+    flops = FlopsModel(model, shape, pruner.prune_counts, {g.root: g.block for g in pruner.groups})
     assert flops.exact
     rng = np.random.default_rng(0)
-    for i in range(100):
+    for i in range(draws):
         top = 0.95 if i % 2 else 0.5  # mild and extreme plans, down to a single channel per group
         ratios = {g.root: float(rng.uniform(0, top)) for g in pruner.groups}
         removed = pruner.counts(ratios)
@@ -83,4 +97,5 @@ def test_the_analytic_count_equals_thop_on_100_random_strategies(name, in_channe
 def test_every_registered_model_is_covered_by_the_analytic_test():
     from fnnp_opt.models import list_models
 
-    assert {m.name for m in list_models()} <= {"resnet20", "resnet56"}, "add new models to the test above"
+    covered = {case[0] for case in ANALYTIC_CASES}
+    assert {m.name for m in list_models()} <= covered, "add new models to the analytic test"

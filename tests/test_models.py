@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from fnnp_opt.errors import CheckpointError, ModelError
-from fnnp_opt.models import create_model, list_models, load_model, read_state_dict
+from fnnp_opt.models import check_input, create_model, find_classifier, list_models, load_model, read_state_dict
 
 
 def test_registry_lists_and_rejects_unknown():
@@ -14,10 +14,33 @@ def test_registry_lists_and_rejects_unknown():
         create_model("nope", 1, 10)
 
 
-@pytest.mark.parametrize("name", [m.name for m in list_models()])
+@pytest.mark.parametrize("name", [m.name for m in list_models()] + ["resnet18", "mobilenet_v2"])
 def test_every_model_adapts_to_the_input(name):
     model = create_model(name, 1, 7).eval()
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    assert find_classifier(model, torch.zeros(1, 1, 28, 28), 7) in ("fc", "classifier.1")
+
+
+def test_the_registry_holds_the_papers_architectures():
+    names = {m.name for m in list_models()}
+    assert {"resnet20", "resnet32", "resnet56", "resnet110", "mobilenet_v1", "mobilenet_v1_cifar"} <= names
+    params = sum(p.numel() for p in create_model("resnet56", 3, 10).parameters())
+    assert 0.85e6 < params < 0.87e6
+    v1 = create_model("mobilenet_v1", 3, 1000)
+    assert sum(p.numel() for p in v1.parameters()) == pytest.approx(4.23e6, rel=0.01)
+    assert v1(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_a_classifier_of_the_wrong_size_is_named():
+    model = create_model("resnet20", 1, 10)
+    with pytest.raises(ModelError, match="last layer 'fc' has 10 outputs, but the dataset has 7 classes"):
+        find_classifier(model, torch.zeros(1, 1, 28, 28), 7)
+
+
+def test_too_small_inputs_are_refused_with_the_remedy():
+    model = create_model("vgg11", 3, 10)
+    with pytest.raises(ModelError, match="does not run on 3x28x28 inputs.*--image-size"):
+        check_input(model, "vgg11", (1, 3, 28, 28))
 
 
 def test_shipped_checkpoint_card(shipped_checkpoint):

@@ -5,6 +5,7 @@ import torch
 
 from fnnp_opt.flops import count
 from fnnp_opt.models import create_model
+from fnnp_opt.errors import ModelError, UsageError
 from fnnp_opt.prune import Pruner, apply_shapes, layer_shapes
 
 SHAPE = (1, 1, 28, 28)
@@ -48,11 +49,11 @@ def test_channel_plan_follows_ratios(pruner):
     ratios = {g.root: 0.25 * (i % 4) for i, g in enumerate(pruner.groups)}
     shapes = layer_shapes(pruner.prune(ratios))
     for g in pruner.groups:
-        kept = g.channels - Pruner.removed_count(ratios[g.root], g.channels)
+        kept = g.channels - pruner.removed_count(ratios[g.root], g.channels)
         for conv in g.producers:
             assert shapes[conv]["out"] == kept
-    assert Pruner.removed_count(0.99, 16) == 15  # always keeps a channel
-    assert Pruner.removed_count(0.0, 16) == 0
+    assert pruner.removed_count(0.99, 16) == 15  # always keeps a channel
+    assert pruner.removed_count(0.0, 16) == 0
 
 
 def test_removes_the_smallest_l1_filters(pruner, base_model):
@@ -90,3 +91,51 @@ def test_apply_shapes_rebuilds_the_architecture(pruner):
     fresh.load_state_dict(pruned.state_dict())
     x = torch.randn(2, *SHAPE[1:])
     assert torch.equal(fresh.eval()(x), pruned(x))
+
+
+def test_round_to_min_channels_and_exclude_shape_every_group(base_model):
+    from fnnp_opt.prune import Shaping
+
+    shaping = Shaping(round_to=8, min_channels=8, exclude=("layer1.*",))
+    pruner = Pruner(base_model, torch.zeros(SHAPE), "fc", shaping)
+    assert all(not any(p.startswith("layer1.") for p in g.producers) for g in pruner.groups)
+    assert len(pruner.groups) < len(pruner.all_groups)
+    for r in (0.1, 0.3, 0.55, 0.9):
+        shapes = layer_shapes(pruner.prune({g.root: r for g in pruner.groups}))
+        for g in pruner.groups:
+            kept = shapes[g.producers[0]]["out"]
+            assert kept % 8 == 0 and kept >= 8
+        assert shapes["layer1.0.conv1"]["out"] == 16  # excluded: untouched
+    assert Shaping(round_to=8).kept(0.5, 20) == 8 and Shaping(round_to=8).kept(0.0, 4) == 4
+    with pytest.raises(UsageError, match="--round-to must be a whole number >= 1, got 0"):
+        Shaping(round_to=0)
+    with pytest.raises(ModelError, match="no prunable channel group outside --exclude"):
+        Pruner(base_model, torch.zeros(SHAPE), "fc", Shaping(exclude=("*",)))
+
+
+def test_depthwise_convs_follow_their_pointwise_conv():
+    from fnnp_opt.space import SearchSpace
+
+    model = create_model("mobilenet_v1_cifar", 3, 10)
+    pruner = Pruner(model, torch.zeros(1, 3, 32, 32), "fc")
+    space = SearchSpace.from_groups(pruner.groups, 0.5)
+    assert len(space) == 14  # the stem and the 13 pointwise convs; each depthwise conv shares its input's group
+    assert not any(d.coupled for d in space.dims)
+    stem = space.dims[0]
+    assert stem.root == "features.0.0" and set(stem.producers) == {"features.0.0", "features.1.0"}  # + depthwise
+    pruned = pruner.prune({d.root: 0.5 for d in space.dims})
+    dw = pruned.features[1][0]
+    assert dw.groups == dw.in_channels == dw.out_channels == 16
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_concatenated_groups_are_cut_together_without_shifting_each_other():
+    """DenseNet: every layer's output feeds a concatenation that later layers read at offsets."""
+    from torchvision.models import densenet121
+
+    model = densenet121(num_classes=10).eval()
+    pruner = Pruner(model, torch.zeros(1, 3, 32, 32), "classifier")
+    pruned = pruner.prune({g.root: 0.3 for g in pruner.groups})
+    x = torch.randn(2, 3, 32, 32)
+    assert pruned(x).shape == (2, 10)
+    assert count(pruned, (1, 3, 32, 32))[0] < count(model, (1, 3, 32, 32))[0]
