@@ -97,6 +97,10 @@ DataDir = Annotated[
     Optional[Path], typer.Option(help="Folder with the dataset files (default: the dataset's system location).")
 ]
 Device = Annotated[str, typer.Option(help="Torch device: auto, cpu, cuda, cuda:1 ...")]
+RecipeShort = Annotated[Optional[Path], typer.Option(help="TOML recipe (file or name); flags override it.")]
+CheckpointShort = Annotated[Optional[Path], typer.Option(help="Trained weights; default: the shipped ones.")]
+Tolerance = Annotated[Optional[float], typer.Option(help="Window half-width. [default: 0.02]")]
+MaxRate = Annotated[Optional[float], typer.Option(help="R. [default: 0.6]")]
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -394,16 +398,92 @@ def _print_front(r) -> None:
 
 
 @app.command()
-def space(
-    recipe: Annotated[Optional[Path], Opt(help="TOML recipe (file or name); flags override it.")] = None,
+def correlate(
+    recipe: RecipeShort = None,
     model: ModelOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDir = None,
     image_size: ImageSize = None,
-    checkpoint: Annotated[Optional[Path], Opt(help="Trained weights; default: the shipped ones.")] = None,
+    checkpoint: CheckpointShort = None,
+    flops: Annotated[str, Opt(help="Comma-separated FLOPs budgets, each as for `run`.")] = "0.75,0.5,0.25,0.15",
+    flops_tolerance: Tolerance = None,
+    max_rate: MaxRate = None,
+    candidates: Annotated[int, Opt(help="Random candidates per budget.")] = 30,
+    sweep: Annotated[str, Opt(help="ABN calibration batch counts to score, comma-separated.")] = "1,5,10,20,50,100",
+    ft_epochs: Annotated[int, Opt(help="Fine-tune epochs of every candidate: the ground truth.")] = 1,
+    lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: 0.02]")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: 128]")] = None,
+    noise_candidates: Annotated[int, Opt(help="Candidates fine-tuned again to measure the ground truth's noise.")] = 3,
+    noise_seeds: Annotated[int, Opt(help="Other fine-tune seeds for each of those.")] = 2,
+    abn_batch_size: Annotated[Optional[int], Opt(help="Images per calibration batch. [default: 64]")] = None,
+    search_size: SearchSize = None,
+    seed: Annotated[Optional[int], Opt(help="Seed of the candidates, calibration and fine-tunes. [default: 0]")] = None,
+    storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
+    output: Annotated[Path, Opt(help="Folder for the CSVs and figures.")] = Path("runs/correlate"),
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: auto]")] = None,
+) -> None:
+    """Measure how PBN and ABN scores rank candidates against their fine-tuned accuracy (the paper's evidence).
+
+    Running the same command again resumes where it stopped.
+    """
+    from rich.table import Table
+
+    from fnnp_opt.config import resolve
+    from fnnp_opt.correlate import CorrelateSettings, correlate as run_correlate
+
+    flags = {k: v for k, v in _flags(locals()).items() if k != "flops"}
+    cfg = call(resolve, recipe, **flags)
+    settings = CorrelateSettings(
+        budgets=tuple(b.strip() for b in flops.split(",") if b.strip()),
+        candidates=candidates,
+        sweep=tuple(call(_ints, sweep, "--sweep")),
+        ft_epochs=ft_epochs,
+        noise_candidates=noise_candidates,
+        noise_seeds=noise_seeds,
+        output=output,
+    )
+    call(settings.validate)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with bars() as progress:
+        result = call(run_correlate, cfg, settings, progress)
+    table = Table(title="Spearman with the fine-tuned accuracy [bootstrap 95%]")
+    top = f"abn_{max(settings.sweep)}"
+    for col in ("FLOPs", "n", "PBN", "ABN", "ABN (EMA, no reset)", "truth spread", "noise", ""):
+        table.add_column(col, justify="right")
+    for b in result.budgets:
+        cells = []
+        for col in ("pbn", top, "abn_ema"):
+            c = b.coefficients[col][1]
+            cells.append(f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]")
+        n = b.noise
+        verdict = "within noise: the choice hardly matters" if n.within_noise else "real spread"
+        table.add_row(b.budget, str(len(b.rows)), *cells, f"{n.spread:.4f}", f"{n.floor:.4f}", verdict)
+    out.print(table)
+    out.print("written: " + ", ".join(str(f) for f in result.files), soft_wrap=True)
+
+
+def _ints(text: str, option: str) -> list[int]:
+    from fnnp_opt.errors import UsageError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option} takes whole numbers separated by commas, like 1,5,10, got {text!r}") from None
+
+
+@app.command()
+def space(
+    recipe: RecipeShort = None,
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDir = None,
+    image_size: ImageSize = None,
+    checkpoint: CheckpointShort = None,
     flops: Annotated[Optional[str], Opt(help="FLOPs budget, as for `run`. [default: 0.5]")] = None,
-    flops_tolerance: Annotated[Optional[float], Opt(help="Window half-width. [default: 0.02]")] = None,
-    max_rate: Annotated[Optional[float], Opt(help="R. [default: 0.6]")] = None,
+    flops_tolerance: Tolerance = None,
+    max_rate: MaxRate = None,
     round_to: RoundTo = None,
     min_channels: MinChannels = None,
     exclude: Exclude = None,

@@ -1,0 +1,76 @@
+"""`fnnp-opt correlate` end to end on a tiny setting; resuming; the CSVs against the study."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import optuna
+import torch
+from scipy import stats
+from typer.testing import CliRunner
+
+from fnnp_opt.cli import app
+from fnnp_opt.correlate import abn_sweep
+from fnnp_opt.data import load_splits
+from fnnp_opt.evaluate import calibrate_bn
+
+runner = CliRunner()
+
+
+def _args(small_fmnist, tmp_path, candidates):
+    return [
+        "correlate", "--data-dir", str(small_fmnist), "--flops", "0.5,0.3", "--candidates", str(candidates),
+        "--sweep", "1,3", "--ft-epochs", "1", "--batch-size", "512", "--noise-candidates", "1", "--noise-seeds", "1",
+        "--abn-batch-size", "32", "--search-size", "300", "--flops-tolerance", "0.05", "--device", "cpu",
+        "--storage", f"sqlite:///{tmp_path}/c.db", "--output", str(tmp_path / "out"),
+    ]  # fmt: skip
+
+
+def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_path):
+    res = runner.invoke(app, _args(small_fmnist, tmp_path, 3))
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, _args(small_fmnist, tmp_path, 4))  # one more candidate per budget: resumed
+    assert res.exit_code == 0, res.output
+    printed = " ".join(res.output.split())
+    assert "Spearman" in printed and "candidates.csv" in printed
+    for name in ("candidates.csv", "coefficients.csv", "scatter.png", "budgets.png", "iterations.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+    rows = list(csv.DictReader(open(tmp_path / "out" / "candidates.csv")))
+    assert [r["budget"] for r in rows] == ["0.5"] * 4 + ["0.3"] * 4
+    assert {"pbn", "abn_1", "abn_3", "abn_ema", "truth", "truth_seed1"} <= set(rows[0])
+    assert rows[0]["truth_seed1"] and not rows[1]["truth_seed1"]  # only the first candidate is repeated
+    url = f"sqlite:///{tmp_path}/c.db"
+    for budget, low, high in (("0.5", 0.45, 0.55), ("0.3", 0.25, 0.35)):
+        study = optuna.load_study(study_name=f"correlate-resnet20-fashion-mnist-flops{budget}", storage=url)
+        assert len(study.trials) == 4  # 3 from the first run, 1 added by the second
+        mine = [r for r in rows if r["budget"] == budget]
+        for r, t in zip(mine, sorted(study.trials, key=lambda t: t.user_attrs["candidate"])):
+            assert float(r["abn_3"]) == t.user_attrs["abn_3"] == t.value
+            assert low <= float(r["flops_ratio"]) <= high
+        coefs = {
+            (c["score"], c["metric"]): c
+            for c in csv.DictReader(open(tmp_path / "out" / "coefficients.csv"))
+            if c["budget"] == budget
+        }
+        x, y = [float(r["abn_3"]) for r in mine], [float(r["truth"]) for r in mine]
+        want = stats.spearmanr(x, y)[0]
+        got = coefs[("abn_3", "spearman")]["value"]
+        assert (got == "" and np.isnan(want)) or abs(float(got) - want) < 1e-4
+        assert coefs[("pbn", "kendall")]["within_noise"] in ("True", "False")
+
+
+def test_the_sweep_accumulates_exactly_as_one_calibration_would(small_fmnist, base_model):
+    s = load_splits("fashion-mnist", small_fmnist, search_size=300, abn_batches=4, abn_batch_size=32)
+    calibration, search = list(s.calibration), s.search.batches(300)
+    import copy
+
+    a, b = copy.deepcopy(base_model), copy.deepcopy(base_model)
+    scores = abn_sweep(a, calibration, search, (2, 4), "cpu")
+    calibrate_bn(b, calibration, "cpu")  # all four batches at once, cumulative average
+    for ma, mb in zip(a.modules(), b.modules()):
+        if isinstance(ma, torch.nn.BatchNorm2d):
+            assert torch.allclose(ma.running_mean, mb.running_mean, atol=1e-6)
+            assert torch.allclose(ma.running_var, mb.running_var, atol=1e-5)
+    assert set(scores) == {2, 4}
