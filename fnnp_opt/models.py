@@ -37,7 +37,6 @@ class ModelInfo:
     name: str  # registry key, torchvision builder name, or module:callable
     builder: Callable[..., nn.Module]  # builder(in_channels=, num_classes=) -> module
     description: str  # one line for `fnnp-opt models`
-    source: str = "fnnp-opt"  # fnnp-opt, torchvision or user
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -103,7 +102,7 @@ def _torchvision_info(name: str) -> ModelInfo:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **_TV_OPTIONS.get(name, {}))
         return adapt_input(model, in_channels)
 
-    return ModelInfo(name, build, "torchvision, random weights", "torchvision")
+    return ModelInfo(name, build, "torchvision, random weights")
 
 
 # --------------------------------------------------------------------------- user models
@@ -139,7 +138,7 @@ def _user_info(spec: str) -> ModelInfo:
             raise ModelError(f"model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
         return adapt_input(model, in_channels)
 
-    return ModelInfo(spec, build, "user model", "user")
+    return ModelInfo(spec, build, "user model")
 
 
 def get_model_info(name: str) -> ModelInfo:
