@@ -289,7 +289,9 @@ def run(
         result = call(run_pipeline, cfg, progress)
     _print_summary(result)
     if recipe is not None:
-        _print_paper(call(_paper, recipe), result)
+        from fnnp_opt.recipes import read_recipe
+
+        _print_paper(call(read_recipe, recipe), result)
 
 
 @app.command()
@@ -563,12 +565,6 @@ def recipes() -> None:
             highlight=False,
             soft_wrap=True,
         )
-
-
-def _paper(recipe: Path):
-    from fnnp_opt.recipes import read_recipe
-
-    return read_recipe(recipe)
 
 
 def _print_paper(recipe, result) -> None:

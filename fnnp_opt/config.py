@@ -166,13 +166,19 @@ class RunConfig:
         return d
 
 
-def load_recipe(path: Path) -> dict:
-    """Read a TOML recipe: a flat table of RunConfig fields (extra tables such as [paper] are kept aside)."""
+def recipe_path(path: Path | str) -> Path:
+    """The recipe file ``path`` names: a file, or the name of a shipped recipe (``resnet56-cifar10``)."""
     path = Path(path)
     if not path.is_file() and path.suffix != ".toml" and "/" not in str(path):
-        shipped = RECIPES / f"{path}.toml"  # `--recipe resnet56-cifar10` names a shipped recipe
+        shipped = RECIPES / f"{path}.toml"
         if shipped.is_file():
-            path = shipped
+            return shipped
+    return path
+
+
+def load_recipe(path: Path) -> dict:
+    """Read a TOML recipe: a flat table of RunConfig fields (extra tables such as [paper] are kept aside)."""
+    path = recipe_path(path)
     if not path.is_file():
         raise UsageError(f"recipe {path} does not exist; `fnnp-opt recipes` lists the shipped ones")
     try:

@@ -168,13 +168,21 @@ def _finetune_accuracy(model, p, cfg: RunConfig, settings: CorrelateSettings, se
     return accuracy(model, truth, p.device)
 
 
-def _candidate(p, cfg: RunConfig, settings: CorrelateSettings, k: int, ratios: dict, truth: list) -> dict:
+@dataclass(frozen=True)
+class _Batches:
+    """What every candidate of a budget is scored on, materialised once."""
+
+    calibration: list
+    search: list
+    truth: list  # the search split plus the test set
+
+
+def _candidate(p, cfg: RunConfig, settings: CorrelateSettings, k: int, ratios: dict, batches: _Batches) -> dict:
     import copy
 
     from fnnp_opt.flops import count
 
-    calibration = list(p.splits.calibration)
-    search = list(p.splits.search_batches(cfg.eval_batch_size))
+    calibration, search, truth = batches.calibration, batches.search, batches.truth
     model = p.pruner.prune(ratios).to(p.device)
     macs, params = count(model, p.input_shape)
     row = {"candidate": k, "flops": macs, "flops_ratio": round(macs / p.budget.base, 5), "params": params}
@@ -216,20 +224,16 @@ def _study(cfg: RunConfig, settings: CorrelateSettings, p, budget: str) -> optun
     return study
 
 
-def _record(study: optuna.Study, p, row: dict) -> None:
+def _record(study: optuna.Study, p, row: dict, value_column: str) -> None:
     dist = optuna.distributions.FloatDistribution(0.0, p.space.max_rate)
     named = row["ratios"]
     trial = optuna.trial.create_trial(
         params={f"ratio.{n}": v for n, v in named.items()},
         distributions={f"ratio.{n}": dist for n in named},
-        value=row[f"abn_{max(k for k in _sweep_of(row))}"],
+        value=row[value_column],
         user_attrs={k: v for k, v in row.items() if k != "ratios"},
     )
     study.add_trial(trial)
-
-
-def _sweep_of(row: dict) -> list[int]:
-    return [int(k[4:]) for k in row if k.startswith("abn_") and k[4:].isdigit()]
 
 
 def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = NULL) -> CorrelateResult:
@@ -238,33 +242,37 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
 
     settings.validate()
     cfg = replace(cfg, abn_batches=max(settings.sweep))
+    top = f"abn_{max(settings.sweep)}"  # the full calibration: the trial's value
     result = CorrelateResult()
     for budget in settings.budgets:
         p = prepare(replace(cfg, flops=budget).validate())
         study = _study(cfg, settings, p, budget)
         done = {t.user_attrs["candidate"]: t for t in study.trials if "candidate" in t.user_attrs}
-        truth = list(p.splits.search_batches(cfg.eval_batch_size)) + list(p.splits.test_batches(cfg.eval_batch_size))
-        eval_images = sum(len(y) for _, y in truth)
+        search = list(p.splits.search_batches(cfg.eval_batch_size))
+        batches = _Batches(
+            list(p.splits.calibration), search, search + list(p.splits.test_batches(cfg.eval_batch_size))
+        )
+        eval_images = sum(len(y) for _, y in batches.truth)
         candidates = draw_candidates(p, settings.candidates, seed=cfg.seed * 7919 + hash_budget(budget))
         with progress.task(f"budget {budget}: candidates", settings.candidates) as advance:
             advance(len([k for k in done if k < settings.candidates]))
             for k, ratios in enumerate(candidates):
                 if k in done:
                     continue
-                row = _candidate(p, cfg, settings, k, ratios, truth)
-                _record(study, p, row)
+                row = _candidate(p, cfg, settings, k, ratios, batches)
+                _record(study, p, row, top)
                 log.info(
                     "budget %s candidate %d: pbn %.4f abn %.4f truth %.4f",
                     budget,
                     k,
                     row["pbn"],
-                    row[f"abn_{max(settings.sweep)}"],
+                    row[top],
                     row["truth"],
                 )
                 advance(1)
         rows = sorted(
             (
-                {**t.user_attrs, "ratios": {k[6:]: v for k, v in t.params.items()}}
+                t.user_attrs
                 for t in study.trials
                 if "candidate" in t.user_attrs and t.user_attrs["candidate"] < settings.candidates
             ),

@@ -261,6 +261,40 @@ _CIFAR_HOWTO = (
 )
 _FOLDER_HOWTO = "put images in {dir}/train/<class>/ and {dir}/val/<class>/ (one folder per class), or pass --data-dir"
 
+
+def _cifar(name, classes, mean, std, sub, archive, files, label_key) -> DatasetInfo:
+    """A CIFAR dataset: 3 x 32 x 32 pickled batches, pad-4 random crop and flip."""
+    return DatasetInfo(
+        name=name,
+        in_channels=3,
+        num_classes=classes,
+        image_size=32,
+        mean=mean,
+        std=std,
+        default_dir=f"data/{sub}",
+        how_to_get=_CIFAR_HOWTO.format(archive=archive, sub=sub),
+        load=_cifar_sources(files, sub, label_key),
+        crop_padding=4,
+    )
+
+
+def _image_folder(name: str, classes: int, default_dir: str, how_to_get: str) -> DatasetInfo:
+    """An ImageFolder tree with ImageNet's statistics, 224 px, 10 images per class held out."""
+    return DatasetInfo(
+        name=name,
+        in_channels=3,
+        num_classes=classes,
+        image_size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        default_dir=default_dir,
+        how_to_get=how_to_get,
+        load=_folder_sources,
+        folder=True,
+        search_per_class=10,
+    )
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -275,59 +309,34 @@ DATASETS: dict[str, DatasetInfo] = {
         load=_fmnist_sources,
         crop_padding=2,
     ),
-    "cifar10": DatasetInfo(
-        name="cifar10",
-        in_channels=3,
-        num_classes=10,
-        image_size=32,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        default_dir="data/cifar-10-batches-py",
-        how_to_get=_CIFAR_HOWTO.format(archive="cifar-10-python.tar.gz", sub="cifar-10-batches-py"),
-        load=_cifar_sources(
-            ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]), "cifar-10-batches-py", "labels"
-        ),
-        crop_padding=4,
+    "cifar10": _cifar(
+        "cifar10",
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
+        "labels",
     ),
-    "cifar100": DatasetInfo(
-        name="cifar100",
-        in_channels=3,
-        num_classes=100,
-        image_size=32,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-        default_dir="data/cifar-100-python",
-        how_to_get=_CIFAR_HOWTO.format(archive="cifar-100-python.tar.gz", sub="cifar-100-python"),
-        load=_cifar_sources((["train"], ["test"]), "cifar-100-python", "fine_labels"),
-        crop_padding=4,
+    "cifar100": _cifar(
+        "cifar100",
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+        (["train"], ["test"]),
+        "fine_labels",
     ),
-    "imagenet": DatasetInfo(
-        name="imagenet",
-        in_channels=3,
-        num_classes=1000,
-        image_size=224,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        default_dir="data/imagenet",
-        how_to_get=_FOLDER_HOWTO.format(dir="data/imagenet")
+    "imagenet": _image_folder(
+        "imagenet",
+        1000,
+        "data/imagenet",
+        _FOLDER_HOWTO.format(dir="data/imagenet")
         + " (ILSVRC2012: the validation images sorted into their class folders)",
-        load=_folder_sources,
-        folder=True,
-        search_per_class=10,
     ),
-    "folder": DatasetInfo(
-        name="folder",
-        in_channels=3,
-        num_classes=0,
-        image_size=224,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        default_dir="data/folder",
-        how_to_get=_FOLDER_HOWTO.format(dir="<--data-dir>"),
-        load=_folder_sources,
-        folder=True,
-        search_per_class=10,
-    ),
+    "folder": _image_folder("folder", 0, "data/folder", _FOLDER_HOWTO.format(dir="<--data-dir>")),
 }
 
 

@@ -161,13 +161,12 @@ class FlopsModel:
     against thop, and the tests check random plans.
     """
 
-    def __init__(self, base: nn.Module, input_shape: tuple[int, ...], probe, roots) -> None:
+    def __init__(self, base: nn.Module, input_shape: tuple[int, ...], probe, units: dict[str, int]) -> None:
         """``probe(counts)`` must return the base model pruned by ``{root: channels removed}``.
 
-        ``roots`` lists the groups, or maps each to the channels its probe removes (a group
-        feeding a grouped conv is cut in multiples of the conv's group count).
+        ``units`` maps each group to the channels its probe removes: 1, or the group count of
+        a grouped conv it feeds (such a group is cut in whole multiples of it).
         """
-        units = dict(roots) if isinstance(roots, dict) else {root: 1 for root in roots}
         self.input_shape = tuple(input_shape)
         self._probe = probe
         self._modules = dict(base.named_modules())

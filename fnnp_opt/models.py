@@ -442,13 +442,8 @@ def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + more
 
 
-def load_model(name: str, in_channels: int, num_classes: int, checkpoint: Path | None) -> tuple[nn.Module, str]:
+def load_model(name: str, in_channels: int, num_classes: int, checkpoint: Path) -> tuple[nn.Module, str]:
     """Build ``name`` and load its trained weights; return the model and the weights' digest."""
     model = create_model(name, in_channels, num_classes)
-    if checkpoint is None:
-        raise CheckpointError(
-            f"no trained checkpoint is shipped for model {name!r} on this dataset; "
-            "train one with `fnnp-opt train` and pass it with --checkpoint"
-        )
     load_weights(model, read_state_dict(checkpoint), str(checkpoint))
     return model.eval(), file_digest(Path(checkpoint))

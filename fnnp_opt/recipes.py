@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnnp_opt.config import RECIPES, load_recipe
+from fnnp_opt.config import RECIPES, load_recipe, recipe_path
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Recipe:
 
 
 def read_recipe(path: Path | str) -> Recipe:
-    data = load_recipe(Path(path))
-    path = Path(path) if Path(path).is_file() else RECIPES / f"{path}.toml"
+    path = recipe_path(path)
+    data = load_recipe(path)
     config = {k: v for k, v in data.items() if not isinstance(v, dict)}
     about = data.get("about", {})
     return Recipe(path.stem, path, config, data.get("paper", {}), about.get("title", path.stem))
