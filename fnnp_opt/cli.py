@@ -8,6 +8,7 @@ stderr and a non-zero exit (2 for usage errors, 1 otherwise).
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import sys
 from contextlib import contextmanager
@@ -409,8 +410,12 @@ def correlate(
     checkpoint: CheckpointShort = None,
     flops: Annotated[str, Opt(help="Comma-separated FLOPs budgets, each as for `run`.")] = "0.75,0.5,0.25,0.15",
     flops_tolerance: Tolerance = None,
-    max_rate: MaxRate = None,
-    candidates: Annotated[int, Opt(help="Random candidates per budget.")] = 30,
+    max_rate: Annotated[
+        Optional[float], Opt(help="R (default here: 0.8 unless the recipe sets it; 0.6 cannot reach 15-25% FLOPs).")
+    ] = None,
+    candidates: Annotated[
+        str, Opt(help="Random candidates per budget: one count for all, or one per budget (e.g. 12,12,30,30).")
+    ] = "30",
     sweep: Annotated[str, Opt(help="ABN calibration batch counts to score, comma-separated.")] = "1,5,10,20,50,100",
     ft_epochs: Annotated[int, Opt(help="Fine-tune epochs of every candidate: the ground truth.")] = 1,
     lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: 0.02]")] = None,
@@ -430,14 +435,16 @@ def correlate(
     """
     from rich.table import Table
 
-    from fnnp_opt.config import resolve
-    from fnnp_opt.correlate import CorrelateSettings, correlate as run_correlate
+    from fnnp_opt.config import load_recipe, resolve
+    from fnnp_opt.correlate import CORRELATE_MAX_RATE, CorrelateSettings, correlate as run_correlate
 
     flags = {k: v for k, v in _flags(locals()).items() if k != "flops"}
+    if max_rate is None and (recipe is None or "max_rate" not in call(load_recipe, recipe)):
+        flags["max_rate"] = CORRELATE_MAX_RATE
     cfg = call(resolve, recipe, **flags)
     settings = CorrelateSettings(
         budgets=tuple(b.strip() for b in flops.split(",") if b.strip()),
-        candidates=candidates,
+        candidates=tuple(call(_ints, candidates, "--candidates")),
         sweep=tuple(call(_ints, sweep, "--sweep")),
         ft_epochs=ft_epochs,
         noise_candidates=noise_candidates,
@@ -458,7 +465,7 @@ def correlate(
         cells = []
         for col in ("pbn", top, "abn_ema"):
             c = b.coefficients[col][1]
-            cells.append(f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]")
+            cells.append("n/a: constant" if math.isnan(c.value) else f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]")
         n = b.noise
         verdict = "within noise: the choice hardly matters" if n.within_noise else "real spread"
         table.add_row(b.budget, str(len(b.rows)), *cells, f"{n.spread:.4f}", f"{n.floor:.4f}", verdict)

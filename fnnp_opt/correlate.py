@@ -32,7 +32,7 @@ import torch
 from fnnp_opt import storage as St
 from fnnp_opt.config import RunConfig
 from fnnp_opt.constraints import fit_to_budget
-from fnnp_opt.correlation import METRICS, Coefficient, Noise, noise, with_interval
+from fnnp_opt.correlation import METRICS, Coefficient, Noise, coefficient, noise, with_interval
 from fnnp_opt.errors import UsageError
 from fnnp_opt.evaluate import accuracy, bn_layers, run_batches
 from fnnp_opt.finetune import FitConfig, fit
@@ -40,13 +40,19 @@ from fnnp_opt.progress import NULL, Progress
 
 log = logging.getLogger(__name__)
 
+# R for `correlate` when neither flag nor recipe sets it. On the default, uniform draws in [0, 0.6]
+# land 0 times in 1,000 in the 25% and 15% windows, so every candidate would be moved to near all-R
+# and most would prune alike; in [0, 0.8], 86 and 11 times
+# (`fnnp-opt space --flops 0.25 --max-rate 0.8 --draws 1000`).
+CORRELATE_MAX_RATE = 0.8
+
 
 @dataclass(frozen=True)
 class CorrelateSettings:
     """What `fnnp-opt correlate` measures, beyond the run options (model, data, space, storage)."""
 
     budgets: tuple[str, ...] = ("0.75", "0.5", "0.25", "0.15")  # FLOPs budgets, as --flops
-    candidates: int = 30  # per budget
+    candidates: tuple[int, ...] = (30,)  # per budget: one count for all, or one per budget
     sweep: tuple[int, ...] = (1, 5, 10, 20, 50, 100)  # ABN batch counts scored
     ft_epochs: int = 1  # fine-tune of every candidate (the ground truth)
     noise_candidates: int = 3  # candidates fine-tuned again ...
@@ -59,8 +65,13 @@ class CorrelateSettings:
             raise UsageError("--flops needs at least one budget, e.g. --flops 0.75,0.5,0.25")
         if any(":" in b for b in self.budgets):
             raise UsageError(f"--flops {','.join(self.budgets)}: give budgets like 0.5, not ranges")
-        if self.candidates < 3:
-            raise UsageError(f"--candidates must be at least 3 to correlate anything, got {self.candidates}")
+        if len(self.candidates) not in (1, len(self.budgets)):
+            raise UsageError(
+                f"--candidates {','.join(map(str, self.candidates))}: give one count, or one per budget "
+                f"({len(self.budgets)} budgets in --flops {','.join(self.budgets)})"
+            )
+        if min(self.candidates) < 3:
+            raise UsageError(f"--candidates must be at least 3 to correlate anything, got {min(self.candidates)}")
         if not self.sweep or min(self.sweep) < 1:
             raise UsageError(f"--sweep must list batch counts >= 1, like 1,5,10,20,50,100, got {self.sweep}")
         if self.ft_epochs < 1:
@@ -68,6 +79,10 @@ class CorrelateSettings:
         if self.noise_candidates < 0 or self.noise_seeds < 0:
             raise UsageError("--noise-candidates and --noise-seeds must be >= 0")
         return self
+
+    def count(self, budget: str) -> int:
+        """How many candidates ``budget`` gets."""
+        return self.candidates[0] if len(self.candidates) == 1 else self.candidates[self.budgets.index(budget)]
 
 
 def study_name(cfg: RunConfig, budget: str) -> str:
@@ -114,24 +129,41 @@ def abn_ema(model, calibration: list, search: list, momentum: float, device: str
     return accuracy(model, search, device)
 
 
-def draw_candidates(p, n: int, seed: int, max_draws: int = 2000) -> list[dict[str, float]]:
-    """``n`` random strategies in the budget window, the same for the same seed.
+def draw_candidates(p, n: int, seed: int, max_draws: int = 2000, redraws: int = 20) -> list[dict[str, float]]:
+    """``n`` random strategies in the budget window with distinct channel plans, the same for the same seed.
 
     Uniform draws in [0, R] are kept when they land in the window; a draw that does not,
-    after ``max_draws`` misses in a row, is moved into it (as --fit-budget does).
+    after ``max_draws`` misses in a row, is moved into it (as --fit-budget does). A draw that
+    prunes to the same channels as an earlier one would only repeat its measurement, so it
+    is drawn again (up to ``redraws`` times, then kept with a warning).
     """
     rng = np.random.default_rng(seed)
     macs_of = p.flops.macs
-    out = []
+    out, plans = [], set()
     while len(out) < n:
-        for _ in range(max_draws):
-            ratios = {d.root: float(rng.uniform(0, p.space.max_rate)) for d in p.space.dims}
-            if p.budget.contains(macs_of(p.pruner.counts(ratios))):
+        for _ in range(redraws):
+            ratios = _draw_in_window(p, rng, macs_of, max_draws)
+            plan = tuple(sorted(p.pruner.counts(ratios).items()))
+            if plan not in plans:
                 break
         else:
-            ratios, _ = fit_to_budget(ratios, lambda r: macs_of(p.pruner.counts(r)), p.budget, p.space.max_rate)
+            log.warning(
+                "candidate %d prunes to the same channels as an earlier one: this FLOPs window holds few distinct "
+                "plans under R = %s; a larger --max-rate or a wider --flops-tolerance gives more",
+                len(out),
+                p.space.max_rate,
+            )
+        plans.add(plan)
         out.append(ratios)
     return out
+
+
+def _draw_in_window(p, rng, macs_of, max_draws: int) -> dict[str, float]:
+    for _ in range(max_draws):
+        ratios = {d.root: float(rng.uniform(0, p.space.max_rate)) for d in p.space.dims}
+        if p.budget.contains(macs_of(p.pruner.counts(ratios))):
+            return ratios
+    return fit_to_budget(ratios, lambda r: macs_of(p.pruner.counts(r)), p.budget, p.space.max_rate)[0]
 
 
 # --------------------------------------------------------------------------- the run
@@ -145,6 +177,7 @@ class BudgetResult:
     coefficients: dict[str, list[Coefficient]]  # score column -> one per metric
     noise: Noise
     eval_images: int
+    convergence: dict[int, float]  # batch count -> Spearman of its ABN scores with the full calibration's
 
 
 @dataclass
@@ -253,9 +286,10 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
             list(p.splits.calibration), search, search + list(p.splits.test_batches(cfg.eval_batch_size))
         )
         eval_images = sum(len(y) for _, y in batches.truth)
-        candidates = draw_candidates(p, settings.candidates, seed=cfg.seed * 7919 + hash_budget(budget))
-        with progress.task(f"budget {budget}: candidates", settings.candidates) as advance:
-            advance(len([k for k in done if k < settings.candidates]))
+        wanted = settings.count(budget)
+        candidates = draw_candidates(p, wanted, seed=candidate_seed(cfg.seed, budget))
+        with progress.task(f"budget {budget}: candidates", wanted) as advance:
+            advance(len([k for k in done if k < wanted]))
             for k, ratios in enumerate(candidates):
                 if k in done:
                     continue
@@ -271,11 +305,7 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
                 )
                 advance(1)
         rows = sorted(
-            (
-                t.user_attrs
-                for t in study.trials
-                if "candidate" in t.user_attrs and t.user_attrs["candidate"] < settings.candidates
-            ),
+            (t.user_attrs for t in study.trials if "candidate" in t.user_attrs and t.user_attrs["candidate"] < wanted),
             key=lambda r: r["candidate"],
         )
         result.budgets.append(_summarise(budget, study.study_name, rows, settings, eval_images, cfg.seed))
@@ -283,9 +313,9 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
     return result
 
 
-def hash_budget(budget: str) -> int:
-    """A stable integer per budget string (Python's hash() changes between processes)."""
-    return int.from_bytes(budget.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
+def candidate_seed(seed: int, budget: str) -> int:
+    """The seed of a budget's candidate draws: stable across processes (Python's hash() is not)."""
+    return seed * 7919 + int.from_bytes(budget.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
 
 
 def _summarise(budget: str, name: str, rows: list[dict], settings, eval_images: int, seed: int) -> BudgetResult:
@@ -301,7 +331,11 @@ def _summarise(budget: str, name: str, rows: list[dict], settings, eval_images: 
         for r in rows
         if any(k.startswith("truth_seed") for k in r)
     ]
-    return BudgetResult(budget, name, rows, coefficients, noise(truth, repeats, eval_images), eval_images)
+    full = np.array([r[f"abn_{max(settings.sweep)}"] for r in rows])
+    convergence = {
+        n: coefficient("spearman", np.array([r[f"abn_{n}"] for r in rows]), full) for n in sorted(settings.sweep)
+    }
+    return BudgetResult(budget, name, rows, coefficients, noise(truth, repeats, eval_images), eval_images, convergence)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -368,6 +402,14 @@ def write_outputs(result: CorrelateResult, settings: CorrelateSettings) -> list[
                             n.within_noise,
                         ]
                     )
+    files.append(out / "sweep.csv")
+    with open(files[-1], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["budget", "batches", "spearman_truth", "ci_low", "ci_high", "spearman_full_calibration"])
+        for b in result.budgets:
+            for n, agreement in b.convergence.items():
+                c = b.coefficients[f"abn_{n}"][1]
+                w.writerow([b.budget, n, _r(c.value), _r(c.low), _r(c.high), _r(agreement)])
     files += plot(result, settings, out)
     return files
 
@@ -412,16 +454,19 @@ def plot(result: CorrelateResult, settings: CorrelateSettings, out: Path) -> lis
     files.append(out / "budgets.png")
     fig.savefig(files[-1], dpi=110)
     plt.close(fig)
-    # 3. correlation against the ABN batch count
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # 3. against the ABN batch count: the correlation with the truth, and the ranking's convergence
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     counts = sorted(settings.sweep)
     for b in result.budgets:
         vals = [b.coefficients[f"abn_{n}"][1] for n in counts]
         ax.errorbar(counts, [v.value for v in vals], yerr=_yerr(vals), marker="o", capsize=3, label=f"FLOPs {b.budget}")
-    ax.set_xscale("log")
-    ax.set_xlabel("ABN calibration batches")
+        ax2.plot(counts, [b.convergence[n] for n in counts], marker="o", label=f"FLOPs {b.budget}")
     ax.set_ylabel("Spearman with fine-tuned accuracy")
-    ax.legend(fontsize=8)
+    ax2.set_ylabel(f"Spearman with the {max(counts)}-batch ABN score")
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_xlabel("ABN calibration batches")
+        a.legend(fontsize=8)
     fig.tight_layout()
     files.append(out / "iterations.png")
     fig.savefig(files[-1], dpi=110)

@@ -56,7 +56,7 @@ class Noise:
     """How much of the fine-tuned accuracies' spread across candidates is noise."""
 
     spread: float  # standard deviation of the ground truth across candidates
-    seed_sd: float  # mean standard deviation of one candidate's ground truth across fine-tune seeds (nan: none)
+    seed_sd: float  # pooled standard deviation of one candidate's ground truth across fine-tune seeds (nan: none)
     binomial_se: float  # standard error of one accuracy from the evaluation set's size
     floor: float  # the larger of the two noises
     ratio: float  # spread / floor
@@ -72,8 +72,10 @@ def noise(truth: np.ndarray, repeats: list[np.ndarray], eval_images: int) -> Noi
     of the same fine-tune under other seeds (including the first); ``eval_images``: the set it was scored on."""
     truth = np.asarray(truth, dtype=float)
     spread = float(np.std(truth, ddof=1)) if len(truth) > 1 else math.nan
-    sds = [float(np.std(r, ddof=1)) for r in repeats if len(r) > 1]
-    seed_sd = float(np.mean(sds)) if sds else math.nan
+    # pooled: the within-candidate variance, each candidate weighted by its degrees of freedom
+    groups = [np.asarray(r, dtype=float) for r in repeats if len(r) > 1]
+    dof = sum(len(r) - 1 for r in groups)
+    seed_sd = math.sqrt(sum(float(np.sum((r - r.mean()) ** 2)) for r in groups) / dof) if dof else math.nan
     p = float(np.mean(truth)) if len(truth) else math.nan
     binomial = math.sqrt(p * (1 - p) / eval_images) if eval_images else math.nan
     known = [v for v in (seed_sd, binomial) if not math.isnan(v)]

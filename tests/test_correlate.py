@@ -11,14 +11,14 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from fnnp_opt.cli import app
-from fnnp_opt.correlate import abn_sweep
+from fnnp_opt.correlate import abn_sweep, draw_candidates
 from fnnp_opt.data import load_splits
 from fnnp_opt.evaluate import calibrate_bn
 
 runner = CliRunner()
 
 
-def _args(small_fmnist, tmp_path, candidates):
+def _args(small_fmnist, tmp_path, candidates: int | str):
     return [
         "correlate", "--data-dir", str(small_fmnist), "--flops", "0.5,0.3", "--candidates", str(candidates),
         "--sweep", "1,3", "--ft-epochs", "1", "--batch-size", "512", "--noise-candidates", "1", "--noise-seeds", "1",
@@ -30,21 +30,22 @@ def _args(small_fmnist, tmp_path, candidates):
 def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_path):
     res = runner.invoke(app, _args(small_fmnist, tmp_path, 3))
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, _args(small_fmnist, tmp_path, 4))  # one more candidate per budget: resumed
+    res = runner.invoke(app, _args(small_fmnist, tmp_path, "4,3"))  # one more candidate at 0.5: resumed
     assert res.exit_code == 0, res.output
     printed = " ".join(res.output.split())
     assert "Spearman" in printed and "candidates.csv" in printed
-    for name in ("candidates.csv", "coefficients.csv", "scatter.png", "budgets.png", "iterations.png"):
+    for name in ("candidates.csv", "coefficients.csv", "sweep.csv", "scatter.png", "budgets.png", "iterations.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
 
     rows = list(csv.DictReader(open(tmp_path / "out" / "candidates.csv")))
-    assert [r["budget"] for r in rows] == ["0.5"] * 4 + ["0.3"] * 4
+    assert [r["budget"] for r in rows] == ["0.5"] * 4 + ["0.3"] * 3
     assert {"pbn", "abn_1", "abn_3", "abn_ema", "truth", "truth_seed1"} <= set(rows[0])
     assert rows[0]["truth_seed1"] and not rows[1]["truth_seed1"]  # only the first candidate is repeated
     url = f"sqlite:///{tmp_path}/c.db"
-    for budget, low, high in (("0.5", 0.45, 0.55), ("0.3", 0.25, 0.35)):
+    for budget, n, low, high in (("0.5", 4, 0.45, 0.55), ("0.3", 3, 0.25, 0.35)):
         study = optuna.load_study(study_name=f"correlate-resnet20-fashion-mnist-flops{budget}", storage=url)
-        assert len(study.trials) == 4  # 3 from the first run, 1 added by the second
+        assert len(study.trials) == n  # 3 from the first run, 1 more at 0.5 from the second
+        assert study.user_attrs["config"]["max_rate"] == 0.8  # correlate's R when neither flag nor recipe sets one
         mine = [r for r in rows if r["budget"] == budget]
         for r, t in zip(mine, sorted(study.trials, key=lambda t: t.user_attrs["candidate"])):
             assert float(r["abn_3"]) == t.user_attrs["abn_3"] == t.value
@@ -59,6 +60,32 @@ def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_pa
         got = coefs[("abn_3", "spearman")]["value"]
         assert (got == "" and np.isnan(want)) or abs(float(got) - want) < 1e-4
         assert coefs[("pbn", "kendall")]["within_noise"] in ("True", "False")
+        sweep = {r["batches"]: r for r in csv.DictReader(open(tmp_path / "out" / "sweep.csv")) if r["budget"] == budget}
+        assert set(sweep) == {"1", "3"} and sweep["3"]["spearman_truth"] == got
+        want_agree = stats.spearmanr([float(r["abn_1"]) for r in mine], x)[0]
+        assert (sweep["1"]["spearman_full_calibration"] == "" and np.isnan(want_agree)) or abs(
+            float(sweep["1"]["spearman_full_calibration"]) - want_agree
+        ) < 1e-4
+
+
+def test_candidate_counts_must_match_the_budgets(small_fmnist, tmp_path):
+    res = runner.invoke(app, _args(small_fmnist, tmp_path, "3,3,3"))
+    assert res.exit_code != 0
+    assert "one per budget" in " ".join(res.output.split()) and not (tmp_path / "out").exists()
+
+
+def test_draws_are_in_the_window_distinct_and_seeded(small_fmnist):
+    from fnnp_opt.config import resolve
+    from fnnp_opt.pipeline import prepare
+
+    p = prepare(
+        resolve(data_dir=small_fmnist, flops="0.3", flops_tolerance=0.05, search_size=300, abn_batches=4, device="cpu")
+    )
+    a, b = draw_candidates(p, 6, seed=1), draw_candidates(p, 6, seed=1)
+    assert a == b and draw_candidates(p, 6, seed=2) != a
+    plans = {tuple(sorted(p.pruner.counts(r).items())) for r in a}
+    assert len(plans) == 6
+    assert all(p.budget.contains(p.flops.macs(p.pruner.counts(r))) for r in a)
 
 
 def test_the_sweep_accumulates_exactly_as_one_calibration_would(small_fmnist, base_model):
