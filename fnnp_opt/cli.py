@@ -459,7 +459,7 @@ def correlate(
         result = call(run_correlate, cfg, settings, progress)
     table = Table(title="Spearman with the fine-tuned accuracy [bootstrap 95%]")
     top = f"abn_{max(settings.sweep)}"
-    for col in ("FLOPs", "n", "PBN", "ABN", "ABN (EMA, no reset)", "truth spread", "noise", ""):
+    for col in ("FLOPs", "n", "PBN", "ABN", "ABN (EMA, no reset)", "truth spread", "noise", "ceiling", ""):
         table.add_column(col, justify="right")
     for b in result.budgets:
         cells = []
@@ -468,8 +468,15 @@ def correlate(
             cells.append("n/a: constant" if math.isnan(c.value) else f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]")
         n = b.noise
         verdict = "within noise: the choice hardly matters" if n.within_noise else "real spread"
-        table.add_row(b.budget, str(len(b.rows)), *cells, f"{n.spread:.4f}", f"{n.floor:.4f}", verdict)
+        table.add_row(
+            b.budget, str(len(b.rows)), *cells, f"{n.spread:.4f}", f"{n.floor:.4f}", f"{n.ceiling:.2f}", verdict
+        )
     out.print(table)
+    out.print(
+        "noise: the larger of the fine-tune's seed-to-seed sd and the binomial error of the evaluation set; "
+        "ceiling: the largest correlation any score can reach against a ground truth this noisy",
+        soft_wrap=True,
+    )
     out.print("written: " + ", ".join(str(f) for f in result.files), soft_wrap=True)
 
 

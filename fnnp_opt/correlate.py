@@ -379,6 +379,7 @@ def write_outputs(result: CorrelateResult, settings: CorrelateSettings) -> list[
                 "seed_sd",
                 "binomial_se",
                 "spread_over_noise",
+                "ceiling",
                 "within_noise",
             ]
         )
@@ -399,6 +400,7 @@ def write_outputs(result: CorrelateResult, settings: CorrelateSettings) -> list[
                             _r(n.seed_sd),
                             _r(n.binomial_se),
                             _r(n.ratio),
+                            _r(n.ceiling),
                             n.within_noise,
                         ]
                     )

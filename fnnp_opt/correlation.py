@@ -62,6 +62,14 @@ class Noise:
     ratio: float  # spread / floor
 
     @property
+    def ceiling(self) -> float:
+        """The largest correlation any score can reach with a ground truth this noisy (Spearman's
+        attenuation: the square root of the share of the spread's variance that is not noise)."""
+        if math.isnan(self.ratio):
+            return math.nan
+        return math.sqrt(max(0.0, 1.0 - 1.0 / self.ratio**2))
+
+    @property
     def within_noise(self) -> bool:
         """The spread is not clearly larger than the noise (less than twice it)."""
         return not self.ratio >= 2.0

@@ -41,8 +41,10 @@ def test_noise_compares_the_spread_with_seeds_and_the_binomial_error():
     assert n.seed_sd == np.std(repeats[0], ddof=1)
     assert math.isclose(n.binomial_se, math.sqrt(0.92 * 0.08 / 10000))
     assert n.floor == max(n.seed_sd, n.binomial_se) and not n.within_noise
+    assert math.isclose(n.ceiling, math.sqrt(1 - (n.floor / n.spread) ** 2))  # noise caps any correlation
     two = [np.array([0.90, 0.91, 0.92]), np.array([0.80, 0.81])]  # pooled over 2 + 1 degrees of freedom
     pooled = noise(truth, two, eval_images=10000).seed_sd
     assert math.isclose(pooled, math.sqrt((2 * 0.01**2 + 0.5 * 0.01**2) / 3))
     flat = noise(np.array([0.915, 0.916, 0.914]), [np.array([0.915, 0.905])], eval_images=5000)
     assert flat.within_noise  # a spread smaller than one seed's wobble: the choice hardly matters
+    assert flat.ceiling == 0.0
