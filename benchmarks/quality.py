@@ -14,7 +14,7 @@ strategy matters most), for each seed:
   - the unpruned base (fine-tuned the same way; its accuracy as shipped is printed too);
 * each is measured once on the test set, which nothing here chooses with.
 
-    python benchmarks/quality.py run --flops 0.25 --seeds 0,1,2   # resumable: appends docs/quality/results.jsonl
+    python benchmarks/quality.py run --flops 0.15 --seeds 0,1,2   # resumable: appends docs/quality/results.jsonl
     python benchmarks/quality.py report                          # docs/quality.md
 """
 
@@ -168,6 +168,8 @@ def cmd_report(args) -> None:
         "",
         "Each seed draws its own N candidates and fine-tunes every model under that seed; the test",
         "set is used once per model, after every choice is made. Raw rows: `docs/quality/results.jsonl`.",
+        "The budget is the one where `fnnp-opt correlate` found the largest spread of fine-tuned",
+        "accuracy over its noise ([correlate.md](correlate.md)); R is 0.8, as there.",
     ]
     for (budget, n, epochs), rs in sorted(groups.items()):
         seeds = sorted({r["seed"] for r in rs})
@@ -206,7 +208,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="measure (resumable, one seed at a time)")
-    run.add_argument("--flops", default="0.25", help="the FLOPs budget (default: 0.25)")
+    run.add_argument("--flops", default="0.15", help="the FLOPs budget (default: 0.15, see docs/correlate.md)")
     run.add_argument("--max-rate", type=float, default=0.8, help="R, as in `correlate` (default: 0.8)")
     run.add_argument("--candidates", type=int, default=30, help="N random candidates per seed (default: 30)")
     run.add_argument("--epochs", type=int, default=1, help="fine-tune epochs, the same for all (default: 1)")

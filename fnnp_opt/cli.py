@@ -433,6 +433,7 @@ def correlate(
 
     Running the same command again resumes where it stopped.
     """
+    from rich import box
     from rich.table import Table
 
     from fnnp_opt.config import load_recipe, resolve
@@ -457,24 +458,40 @@ def correlate(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with bars() as progress:
         result = call(run_correlate, cfg, settings, progress)
-    table = Table(title="Spearman with the fine-tuned accuracy [bootstrap 95%]")
+    table = Table(
+        title="Spearman with the fine-tuned accuracy \\[bootstrap 95%]",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     top = f"abn_{max(settings.sweep)}"
-    for col in ("FLOPs", "n", "PBN", "ABN", "ABN (EMA, no reset)", "truth spread", "noise", "ceiling", ""):
-        table.add_column(col, justify="right")
+    for col in ("FLOPs", "n", "PBN", "ABN", "spread\n(pt)", "noise\n(pt)", "ceiling", "verdict"):
+        table.add_column(col, justify="right", no_wrap=col in ("PBN", "ABN"))
     for b in result.budgets:
         cells = []
-        for col in ("pbn", top, "abn_ema"):
+        for col in ("pbn", top):
             c = b.coefficients[col][1]
-            cells.append("n/a: constant" if math.isnan(c.value) else f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]")
+            cells.append(
+                "n/a\n(constant)" if math.isnan(c.value) else f"{c.value:+.2f}\n\\[{c.low:+.2f}, {c.high:+.2f}]"
+            )
         n = b.noise
-        verdict = "within noise: the choice hardly matters" if n.within_noise else "real spread"
+        verdict = "within\nnoise" if n.within_noise else "real"
         table.add_row(
-            b.budget, str(len(b.rows)), *cells, f"{n.spread:.4f}", f"{n.floor:.4f}", f"{n.ceiling:.2f}", verdict
+            b.budget,
+            str(len(b.rows)),
+            *cells,
+            f"{100 * n.spread:.2f}",
+            f"{100 * n.floor:.2f}",
+            f"{n.ceiling:.2f}",
+            verdict,
         )
     out.print(table)
     out.print(
-        "noise: the larger of the fine-tune's seed-to-seed sd and the binomial error of the evaluation set; "
-        "ceiling: the largest correlation any score can reach against a ground truth this noisy",
+        f"ABN: {max(settings.sweep)} batches, reset + cumulative average (the official EMA variant and the sweep are "
+        "in coefficients.csv and sweep.csv). spread: the sd of the fine-tuned accuracy across candidates; noise: "
+        "the larger of the fine-tune's seed-to-seed sd and the binomial error of the evaluation set; ceiling: the "
+        "largest correlation any score can reach against a ground truth this noisy; within noise (spread < 2 x "
+        "noise): at this budget the choice of strategy hardly matters. pt: accuracy points.",
         soft_wrap=True,
     )
     out.print("written: " + ", ".join(str(f) for f in result.files), soft_wrap=True)

@@ -186,6 +186,10 @@ class CorrelateResult:
     files: list[Path] = field(default_factory=list)
 
 
+# free baselines: how well the candidate's own size, anywhere in the window, ranks its fine-tuned accuracy
+SIZE_SCORES = ("flops", "params")
+
+
 def score_columns(settings: CorrelateSettings) -> list[str]:
     return ["pbn"] + [f"abn_{n}" for n in sorted(settings.sweep)] + ["abn_ema"]
 
@@ -321,7 +325,7 @@ def candidate_seed(seed: int, budget: str) -> int:
 def _summarise(budget: str, name: str, rows: list[dict], settings, eval_images: int, seed: int) -> BudgetResult:
     truth = np.array([r["truth"] for r in rows])
     coefficients = {}
-    for col in score_columns(settings):
+    for col in score_columns(settings) + list(SIZE_SCORES):
         x = np.array([r[col] for r in rows])
         coefficients[col] = [with_interval(m, x, truth, seed=seed) for m in METRICS]
     repeats = [

@@ -60,6 +60,9 @@ def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_pa
         got = coefs[("abn_3", "spearman")]["value"]
         assert (got == "" and np.isnan(want)) or abs(float(got) - want) < 1e-4
         assert coefs[("pbn", "kendall")]["within_noise"] in ("True", "False")
+        want_flops = stats.kendalltau([float(r["flops"]) for r in mine], y)[0]
+        got_flops = coefs[("flops", "kendall")]["value"]  # the candidates' own size, a free baseline
+        assert (got_flops == "" and np.isnan(want_flops)) or abs(float(got_flops) - want_flops) < 1e-4
         sweep = {r["batches"]: r for r in csv.DictReader(open(tmp_path / "out" / "sweep.csv")) if r["budget"] == budget}
         assert set(sweep) == {"1", "3"} and sweep["3"]["spearman_truth"] == got
         want_agree = stats.spearmanr([float(r["abn_1"]) for r in mine], x)[0]
