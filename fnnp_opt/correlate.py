@@ -14,7 +14,9 @@ candidates are fine-tuned again under other seeds to measure the ground truth's 
 
 Each candidate becomes a trial of an Optuna study (``correlate-...``), its scores user
 attributes, so optuna-dashboard shows them. The output folder gets ``candidates.csv``,
-``coefficients.csv`` and three figures.
+``coefficients.csv`` (every score, plus the candidate's FLOPs and parameters as free baselines,
+against the ground truth, beside its noise), ``sweep.csv`` (the batch sweep, and how fast the
+ranking converges) and three figures.
 """
 
 from __future__ import annotations
