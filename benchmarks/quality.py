@@ -90,7 +90,8 @@ def run_seed(args, seed: int) -> list[dict]:
         "random": int(np.random.default_rng(seed).integers(len(candidates))),
     }
     strategies = {m: candidates[i] for m, i in pick.items()}
-    strategies["uniform"] = p.space.uniform(uniform_ratios(p)[0])
+    uniform = uniform_ratios(p)[0]
+    strategies["uniform"] = p.space.uniform(uniform)
     rows = []
     for method in METHODS:
         t = time.perf_counter()
@@ -110,7 +111,7 @@ def run_seed(args, seed: int) -> list[dict]:
         if method in pick:
             row |= {"index": pick[method], "abn": abn[pick[method]], "pbn": pbn[pick[method]]}
         if method == "uniform":
-            row["ratio"] = uniform_ratios(p)[0]
+            row["ratio"] = uniform
         if method == "base":
             row["test_as_shipped"] = accuracy(p.model, p.splits.test_batches(cfg.eval_batch_size), p.device)
             row["search_s"] = search_s

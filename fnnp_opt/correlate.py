@@ -36,7 +36,7 @@ from fnnp_opt.config import RunConfig
 from fnnp_opt.constraints import fit_to_budget
 from fnnp_opt.correlation import METRICS, Coefficient, Noise, coefficient, noise, with_interval
 from fnnp_opt.errors import UsageError
-from fnnp_opt.evaluate import accuracy, bn_layers, run_batches
+from fnnp_opt.evaluate import accuracy, bn_momentum, run_batches
 from fnnp_opt.finetune import FitConfig, fit
 from fnnp_opt.progress import NULL, Progress
 
@@ -97,37 +97,22 @@ def study_name(cfg: RunConfig, budget: str) -> str:
 @torch.no_grad()
 def abn_sweep(model, calibration: list, search: list, counts: tuple[int, ...], device: str) -> dict[int, float]:
     """Reset BN statistics, then accumulate them batch by batch; score after each count in ``counts``."""
-    layers = bn_layers(model)
-    saved = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # the cumulative average of the batches seen so far
     scores, seen = {}, 0
-    try:
+    with bn_momentum(model, None, reset=True):  # the cumulative average of the batches seen so far
         for n in sorted(counts):
             model.train()
             run_batches(model, calibration[seen:n], torch.device(device), lambda x, y: model(x))
             seen = n
             scores[n] = accuracy(model, search, device)
-    finally:
-        for m, mom in zip(layers, saved):
-            m.momentum = mom
     return scores
 
 
 @torch.no_grad()
 def abn_ema(model, calibration: list, search: list, momentum: float, device: str) -> float:
     """The official code's variant: no reset; every batch moves the statistics by ``momentum``."""
-    layers = bn_layers(model)
-    saved = [m.momentum for m in layers]
-    for m in layers:
-        m.momentum = momentum
-    try:
+    with bn_momentum(model, momentum):
         model.train()
         run_batches(model, calibration, torch.device(device), lambda x, y: model(x))
-    finally:
-        for m, mom in zip(layers, saved):
-            m.momentum = mom
     return accuracy(model, search, device)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 import torch
@@ -93,6 +94,24 @@ def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+@contextmanager
+def bn_momentum(model: nn.Module, momentum: float | None, reset: bool = False):
+    """Within the block, every BatchNorm updates its statistics with ``momentum`` (None: the
+    cumulative average), after resetting them when ``reset``; the momenta are restored after.
+    Yields the BatchNorm layers."""
+    layers = bn_layers(model)
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        if reset:
+            m.reset_running_stats()
+        m.momentum = momentum
+    try:
+        yield layers
+    finally:
+        for m, mom in zip(layers, saved):
+            m.momentum = mom
+
+
 @_restoring_mode
 @torch.no_grad()
 def calibrate_bn(
@@ -108,17 +127,9 @@ def calibrate_bn(
     change. ``momentum=None`` gives the exact cumulative average over the batches; a
     float gives the usual exponential moving average.
     """
-    layers = bn_layers(model)
-    saved = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = momentum
-    model.train()
-    try:
+    with bn_momentum(model, momentum, reset=True) as layers:
+        model.train()
         run_batches(model, batches, torch.device(device), lambda x, y: model(x), progress, "ABN", len(batches))
-    finally:
-        for m, mom in zip(layers, saved):
-            m.momentum = mom
     for m in layers:
         if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):
             raise NonFiniteError("adaptive BN produced NaN or inf running statistics")
