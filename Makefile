@@ -5,11 +5,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+NEED_GB ?= 7
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup dataset demo test dashboard clean
 
 $(BIN)/fnnp-opt: pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ ! -d $(VENV) ] && [ "$$free" -lt $(NEED_GB) ]; then \
+		echo "setup: the venv needs about $(NEED_GB) GB of free disk (torch's CUDA build), only $$free GB free here; free some and rerun" >&2; \
+		exit 1; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
