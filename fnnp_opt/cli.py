@@ -470,7 +470,7 @@ def correlate(
     for b in result.budgets:
         cells = []
         for col in ("pbn", top):
-            c = b.coefficients[col][1]
+            c = b.spearman(col)
             cells.append(
                 "n/a\n(constant)" if math.isnan(c.value) else f"{c.value:+.2f}\n\\[{c.low:+.2f}, {c.high:+.2f}]"
             )

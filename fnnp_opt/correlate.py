@@ -166,6 +166,10 @@ class BudgetResult:
     eval_images: int
     convergence: dict[int, float]  # batch count -> Spearman of its ABN scores with the full calibration's
 
+    def spearman(self, score: str) -> Coefficient:
+        """The Spearman coefficient of ``score`` with the ground truth."""
+        return next(c for c in self.coefficients[score] if c.metric == "spearman")
+
 
 @dataclass
 class CorrelateResult:
@@ -401,7 +405,7 @@ def write_outputs(result: CorrelateResult, settings: CorrelateSettings) -> list[
         w.writerow(["budget", "batches", "spearman_truth", "ci_low", "ci_high", "spearman_full_calibration"])
         for b in result.budgets:
             for n, agreement in b.convergence.items():
-                c = b.coefficients[f"abn_{n}"][1]
+                c = b.spearman(f"abn_{n}")
                 w.writerow([b.budget, n, _r(c.value), _r(c.low), _r(c.high), _r(agreement)])
     files += plot(result, settings, out)
     return files
@@ -425,7 +429,7 @@ def plot(result: CorrelateResult, settings: CorrelateSettings, out: Path) -> lis
         truth = [r["truth"] for r in b.rows]
         for ax, col, label in ((row[0], "pbn", "PBN (stale statistics)"), (row[1], top, "ABN")):
             ax.scatter([r[col] for r in b.rows], truth, s=14)
-            rho = b.coefficients[col][1]
+            rho = b.spearman(col)
             ax.set_title(f"FLOPs {b.budget}: {label}, Spearman {rho.value:.2f}", fontsize=9)
             ax.set_xlabel(f"{label} accuracy on the search split", fontsize=8)
             ax.set_ylabel("accuracy after fine-tuning", fontsize=8)
@@ -437,7 +441,7 @@ def plot(result: CorrelateResult, settings: CorrelateSettings, out: Path) -> lis
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [float(b.budget) if _is_float(b.budget) else i for i, b in enumerate(result.budgets)]
     for col, label in (("pbn", "PBN"), (top, "ABN"), ("abn_ema", "ABN, EMA no reset")):
-        vals = [b.coefficients[col][1] for b in result.budgets]
+        vals = [b.spearman(col) for b in result.budgets]
         ax.errorbar(xs, [v.value for v in vals], yerr=_yerr(vals), marker="o", capsize=3, label=label)
     ax.set_xlabel("FLOPs kept (fraction of the base)")
     ax.set_ylabel("Spearman with fine-tuned accuracy")
@@ -451,7 +455,7 @@ def plot(result: CorrelateResult, settings: CorrelateSettings, out: Path) -> lis
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     counts = sorted(settings.sweep)
     for b in result.budgets:
-        vals = [b.coefficients[f"abn_{n}"][1] for n in counts]
+        vals = [b.spearman(f"abn_{n}") for n in counts]
         ax.errorbar(counts, [v.value for v in vals], yerr=_yerr(vals), marker="o", capsize=3, label=f"FLOPs {b.budget}")
         ax2.plot(counts, [b.convergence[n] for n in counts], marker="o", label=f"FLOPs {b.budget}")
     ax.set_ylabel("Spearman with fine-tuned accuracy")
