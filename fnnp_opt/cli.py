@@ -136,6 +136,19 @@ Exclude = Annotated[
 ]
 
 
+DistillOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--distill/--no-distill",
+        help="Fine-tune with knowledge distillation from the unpruned network (KL on softened logits). [default: off]",
+    ),
+]
+DistillTemperature = Annotated[Optional[float], typer.Option(help="Distillation temperature T > 0. [default: 4.0]")]
+DistillWeight = Annotated[
+    Optional[float], typer.Option(help="Share of the distillation term in the loss, in [0, 1]. [default: 0.5]")
+]
+
+
 @app.command()
 def train(
     model: ModelOpt = "resnet20",
@@ -265,10 +278,31 @@ def run(
             help="Images per batch when scoring and testing (no effect on results), and of the batch timing. [default: 128]"
         ),
     ] = None,
+    score: Annotated[
+        Optional[str],
+        Opt(
+            help="A trial's value: abn: adaptive-BN accuracy on the search split (the paper) | abn-ft: ABN, then "
+            "--score-steps SGD steps on a copy (the fine-tune's --lr and --batch-size, the same seeded images for "
+            "every candidate), then accuracy on the search split; both are recorded. [default: abn]"
+        ),
+    ] = None,
+    score_steps: Annotated[
+        Optional[int], Opt(help="SGD steps of the short fine-tune of abn-ft and --rerank. [default: 100]")
+    ] = None,
+    rerank: Annotated[
+        Optional[int],
+        Opt(
+            help="Two-stage search: when the study is complete, re-score the top K by ABN with abn-ft; the best "
+            "re-scored candidate wins. Re-scores are stored on their trials and resume. [default: 0, off]"
+        ),
+    ] = None,
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs of the winner (0 skips). [default: 3]")] = None,
     lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: 0.02]")] = None,
     weight_decay: Annotated[Optional[float], Opt(help="Fine-tune weight decay. [default: 5e-4]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: 128]")] = None,
+    distill: DistillOpt = None,
+    distill_temperature: DistillTemperature = None,
+    distill_weight: DistillWeight = None,
     storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
     study_name: Annotated[Optional[str], Opt(help="Study name. [default: <model>-<dataset>-flops<budget>]")] = None,
     output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study name>]")] = None,
@@ -304,6 +338,9 @@ def finetune(
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs. [default: the study's]")] = None,
     lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: the study's]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: the study's]")] = None,
+    distill: DistillOpt = None,
+    distill_temperature: DistillTemperature = None,
+    distill_weight: DistillWeight = None,
     output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study>/trial-<N>]")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: the study's]")] = None,
 ) -> None:
@@ -339,7 +376,15 @@ def _print_summary(r) -> None:
     if r.front:
         _print_front(r)
         return
-    out.print(f"trial {r.best_trial}: ABN accuracy {r.best_abn:.4f} on the search split; budget {r.budget.describe()}")
+    if r.rerank is not None:
+        rr = r.rerank
+        out.print(
+            f"rerank: the top {len(rr.scores)} by ABN re-scored with {rr.key} ({rr.rescored} this session, "
+            f"{rr.seconds:.0f}s); the winner scores {rr.scores[rr.winner]:.4f}"
+        )
+    out.print(
+        f"trial {r.best_trial}: {r.score_label} {r.best_abn:.4f} on the search split; budget {r.budget.describe()}"
+    )
     if r.delivered_by:
         out.print(f"trial {r.best_trial} is being fine-tuned by worker {r.delivered_by}; nothing left to do here")
         return
@@ -417,6 +462,13 @@ def correlate(
         str, Opt(help="Random candidates per budget: one count for all, or one per budget (e.g. 12,12,30,30).")
     ] = "30",
     sweep: Annotated[str, Opt(help="ABN calibration batch counts to score, comma-separated.")] = "1,5,10,20,50,100",
+    score_steps: Annotated[
+        str,
+        Opt(
+            help="abn-ft short fine-tune lengths to score too, comma-separated (e.g. 50,100): columns abn_ft<steps>; "
+            "stored candidates get the new columns without being fine-tuned again. [default: none]"
+        ),
+    ] = "",
     ft_epochs: Annotated[int, Opt(help="Fine-tune epochs of every candidate: the ground truth.")] = 1,
     lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: 0.02]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: 128]")] = None,
@@ -439,7 +491,7 @@ def correlate(
     from fnnp_opt.config import load_recipe, resolve
     from fnnp_opt.correlate import CORRELATE_MAX_RATE, CorrelateSettings, correlate as run_correlate
 
-    flags = {k: v for k, v in _flags(locals()).items() if k != "flops"}
+    flags = {k: v for k, v in _flags(locals()).items() if k not in ("flops", "score_steps")}
     if max_rate is None and (recipe is None or "max_rate" not in call(load_recipe, recipe)):
         flags["max_rate"] = CORRELATE_MAX_RATE
     cfg = call(resolve, recipe, **flags)
@@ -447,6 +499,7 @@ def correlate(
         budgets=tuple(b.strip() for b in flops.split(",") if b.strip()),
         candidates=tuple(call(_ints, candidates, "--candidates")),
         sweep=tuple(call(_ints, sweep, "--sweep")),
+        score_steps=tuple(call(_ints, score_steps, "--score-steps")),
         ft_epochs=ft_epochs,
         noise_candidates=noise_candidates,
         noise_seeds=noise_seeds,
@@ -465,11 +518,13 @@ def correlate(
         collapse_padding=True,
     )
     top = f"abn_{max(settings.sweep)}"
-    for col in ("FLOPs", "n", "PBN", "ABN", "spread\n(pt)", "noise\n(pt)", "ceiling", "verdict"):
-        table.add_column(col, justify="right", no_wrap=col in ("PBN", "ABN"))
+    ft = [f"abn_ft{n}" for n in sorted(settings.score_steps)][-1:]  # the longest short fine-tune
+    scores = ("PBN", "ABN", *(c.replace("abn_ft", "ABN-FT") for c in ft))
+    for col in ("FLOPs", "n", *scores, "spread\n(pt)", "noise\n(pt)", "ceiling", "verdict"):
+        table.add_column(col, justify="right", no_wrap=col in scores)
     for b in result.budgets:
         cells = []
-        for col in ("pbn", top):
+        for col in ("pbn", top, *ft):
             c = b.spearman(col)
             cells.append(
                 "n/a\n(constant)" if math.isnan(c.value) else f"{c.value:+.2f}\n\\[{c.low:+.2f}, {c.high:+.2f}]"

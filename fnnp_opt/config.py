@@ -42,6 +42,13 @@ class Objective(str, Enum):
     pareto = "pareto"  # (ABN accuracy up, FLOPs down) over a FLOPs range: one study serves every budget
 
 
+class Score(str, Enum):
+    """What a trial's value is."""
+
+    abn = "abn"  # adaptive-BN accuracy on the search split (the paper)
+    abn_ft = "abn-ft"  # ABN, then --score-steps SGD steps on a copy, then accuracy on the search split
+
+
 DEFAULT_FLOPS = {Objective.accuracy: "0.5", Objective.pareto: "0.2:0.8"}
 
 
@@ -68,6 +75,10 @@ class RunConfig:
     search_size: int | None = None  # images held out from the training file to score candidates (None: dataset's)
     search_per_class: int | None = None  # ... or this many per class (None: the dataset's; ImageNet: 10)
     eval_batch_size: int = 128  # batch size when scoring (no effect on results; 128 is fastest on CPUs)
+    # the candidate score
+    score: Score = Score.abn  # a trial's value: ABN accuracy, or ABN + a short fine-tune (abn-ft)
+    score_steps: int = 100  # SGD steps of abn-ft's short fine-tune (batch --batch-size, peak lr --lr, cosine)
+    rerank: int = 0  # when > 0: after the search, re-score the top K by ABN with abn-ft; the winner is the best
     # the study
     sampler: Sampler = Sampler.random
     constraint: Constraint | None = None  # None = the sampler's default (see fnnp_opt.constraints)
@@ -84,6 +95,9 @@ class RunConfig:
     lr: float = 0.02  # fine-tune peak learning rate
     weight_decay: float = 5e-4  # fine-tune L2 penalty on conv and linear weights
     batch_size: int = 128  # fine-tune batch size
+    distill: bool = False  # fine-tune with knowledge distillation from the unpruned network
+    distill_temperature: float = 4.0  # softening temperature T of the distillation
+    distill_weight: float = 0.5  # share of the KL term in the fine-tune loss, in [0, 1]
     # outputs
     output: str | None = None  # export folder; None = runs/<study name>
     device: str = "auto"  # torch device
@@ -140,6 +154,31 @@ class RunConfig:
             if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
                 opt = "--" + name.replace("_", "-")
                 raise UsageError(f"{opt} must be a whole number >= {0 if name == 'epochs' else 1}, got {value!r}")
+        if not isinstance(self.score_steps, int) or self.score_steps < 0:
+            raise UsageError(f"--score-steps must be a whole number >= 0, got {self.score_steps!r}")
+        if not isinstance(self.rerank, int) or self.rerank < 0:
+            raise UsageError(f"--rerank must be a whole number >= 0 (0: no rerank), got {self.rerank!r}")
+        if self.rerank > self.n_trials:
+            raise UsageError(
+                f"--rerank {self.rerank} re-scores the top K of --n-trials {self.n_trials} evaluated candidates, so "
+                f"K <= n-trials must hold; pass --rerank {self.n_trials} or less, or raise --n-trials"
+            )
+        if (self.score is Score.abn_ft or self.rerank) and self.score_steps == 0:
+            what = "--score abn-ft" if self.score is Score.abn_ft else f"--rerank {self.rerank}"
+            raise UsageError(f"{what} needs a short fine-tune, but --score-steps is 0; pass --score-steps 100")
+        if self.score is Score.abn_ft and self.rerank:
+            raise UsageError(
+                f"--rerank {self.rerank} re-scores ABN candidates with abn-ft, but --score abn-ft already scores "
+                "every candidate that way; drop one of them"
+            )
+        if self.rerank and self.objective is Objective.pareto:
+            raise UsageError("--rerank picks one winner, which --objective pareto does not; drop --rerank")
+        if self.distill and self.epochs == 0:
+            raise UsageError("--distill distils during the fine-tune, but --epochs is 0; pass --epochs 1 or more")
+        if not self.distill_temperature > 0:
+            raise UsageError(f"--distill-temperature must be positive, got {self.distill_temperature}")
+        if not 0 <= self.distill_weight <= 1:
+            raise UsageError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not self.weight_decay >= 0:
@@ -209,7 +248,7 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
         raise UsageError(f"exclude must be a list of layer-name patterns, got {values['exclude']!r}")
     if "flops" in values:
         values["flops"] = str(values["flops"])
-    for key, enum in (("sampler", Sampler), ("constraint", Constraint), ("objective", Objective)):
+    for key, enum in (("sampler", Sampler), ("constraint", Constraint), ("objective", Objective), ("score", Score)):
         if key in values:
             try:
                 values[key] = enum(values[key])

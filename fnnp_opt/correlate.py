@@ -7,6 +7,8 @@ so an interrupted run resumes at the next one). Each is scored
 * with adaptive BN after each batch count of a sweep (statistics reset, then the cumulative
   average over the first n calibration batches);
 * with the official code's variant (no reset, EMA updates with momentum 0.1, all batches);
+* with ``abn-ft`` for each count of ``--score-steps`` (ABN, then that many SGD steps on a copy,
+  then accuracy on the search split: the score of ``fnnp-opt run --score abn-ft``);
 
 and then fine-tuned the same way as every other candidate, and tested on the search split plus
 the test set: the ground truth (analysis, not selection, so the test set may be used). A few
@@ -39,6 +41,7 @@ from fnnp_opt.errors import UsageError
 from fnnp_opt.evaluate import accuracy, bn_momentum, run_batches
 from fnnp_opt.finetune import FitConfig, fit
 from fnnp_opt.progress import NULL, Progress
+from fnnp_opt.score import Scorer, ShortFinetune, abn_ft_key
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class CorrelateSettings:
     noise_candidates: int = 3  # candidates fine-tuned again ...
     noise_seeds: int = 2  # ... under this many other seeds
     ema_momentum: float = 0.1  # the official code's BN momentum
+    score_steps: tuple[int, ...] = ()  # abn-ft short fine-tune lengths scored (columns abn_ft<steps>)
     output: Path = Path("runs/correlate")
 
     def validate(self) -> "CorrelateSettings":
@@ -78,6 +82,8 @@ class CorrelateSettings:
             raise UsageError(f"--sweep must list batch counts >= 1, like 1,5,10,20,50,100, got {self.sweep}")
         if self.ft_epochs < 1:
             raise UsageError(f"--ft-epochs must be at least 1 (the ground truth is a fine-tune), got {self.ft_epochs}")
+        if any(n < 1 for n in self.score_steps):
+            raise UsageError(f"--score-steps must list step counts >= 1, like 50,100, got {self.score_steps}")
         if self.noise_candidates < 0 or self.noise_seeds < 0:
             raise UsageError("--noise-candidates and --noise-seeds must be >= 0")
         return self
@@ -182,7 +188,26 @@ SIZE_SCORES = ("flops", "params")
 
 
 def score_columns(settings: CorrelateSettings) -> list[str]:
-    return ["pbn"] + [f"abn_{n}" for n in sorted(settings.sweep)] + ["abn_ema"]
+    return (
+        ["pbn"]
+        + [f"abn_{n}" for n in sorted(settings.sweep)]
+        + ["abn_ema"]
+        + [abn_ft_key(n) for n in sorted(settings.score_steps)]
+    )
+
+
+def _scorers(p, cfg: RunConfig, settings: CorrelateSettings, search: list) -> dict[str, Scorer]:
+    """One abn-ft scorer per --score-steps count, each with its own seeded images (as `run` draws them)."""
+    return {
+        abn_ft_key(n): Scorer.build(
+            ShortFinetune(n, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seed),
+            p.splits.train,
+            search,
+            p.splits.augment,
+            p.device,
+        )
+        for n in sorted(settings.score_steps)
+    }
 
 
 def _finetune_accuracy(model, p, cfg: RunConfig, settings: CorrelateSettings, seed: int, truth: list) -> float:
@@ -203,6 +228,7 @@ class _Batches:
     calibration: list
     search: list
     truth: list  # the search split plus the test set
+    scorers: dict  # abn-ft column -> Scorer
 
 
 def _candidate(p, cfg: RunConfig, settings: CorrelateSettings, k: int, ratios: dict, batches: _Batches) -> dict:
@@ -220,6 +246,8 @@ def _candidate(p, cfg: RunConfig, settings: CorrelateSettings, k: int, ratios: d
         row[f"abn_{n}"] = acc
     row["abn_ema"] = abn_ema(ema_model, calibration, search, settings.ema_momentum, p.device)
     del ema_model
+    for col, scorer in batches.scorers.items():  # from the full calibration, on a copy
+        row[col] = scorer(model)
     # the ground truth: every candidate starts from its full ABN statistics and gets the same fine-tune,
     # on a fresh copy (scoring ran in inference mode, whose tensors autograd refuses)
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -232,6 +260,31 @@ def _candidate(p, cfg: RunConfig, settings: CorrelateSettings, k: int, ratios: d
         )
     row["ratios"] = p.space.named(ratios)
     return row
+
+
+def _fill_missing(study: optuna.Study, p, batches: _Batches, progress: Progress = NULL) -> dict[int, dict]:
+    """Score stored candidates that lack an abn-ft column asked for now (their ground truth is kept).
+
+    Returns {candidate: {column: value}}: the storage has them too, but this process's cache of the
+    finished trials does not.
+    """
+    from fnnp_opt.score import rescore
+
+    todo = [
+        (t, [c for c in batches.scorers if c not in t.user_attrs]) for t in study.trials if "candidate" in t.user_attrs
+    ]
+    todo = [(t, cols) for t, cols in todo if cols]
+    filled: dict[int, dict] = {}
+    with progress.task("abn-ft of stored candidates", len(todo)) as advance:
+        for t, cols in todo:
+            for col in cols:
+                value = rescore(
+                    p.pruner.prune(p.space.from_params(t.params)), batches.calibration, batches.scorers[col]
+                )
+                St.set_finished_trial_user_attr(study, t, col, value)
+                filled.setdefault(t.user_attrs["candidate"], {})[col] = value
+            advance(1)
+    return filled
 
 
 def _study(cfg: RunConfig, settings: CorrelateSettings, p, budget: str) -> optuna.Study:
@@ -278,8 +331,12 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
         done = {t.user_attrs["candidate"]: t for t in study.trials if "candidate" in t.user_attrs}
         search = list(p.splits.search_batches(cfg.eval_batch_size))
         batches = _Batches(
-            list(p.splits.calibration), search, search + list(p.splits.test_batches(cfg.eval_batch_size))
+            list(p.splits.calibration),
+            search,
+            search + list(p.splits.test_batches(cfg.eval_batch_size)),
+            _scorers(p, cfg, settings, search),
         )
+        filled = _fill_missing(study, p, batches, progress)
         eval_images = sum(len(y) for _, y in batches.truth)
         wanted = settings.count(budget)
         candidates = draw_candidates(p, wanted, seed=candidate_seed(cfg.seed, budget))
@@ -300,7 +357,11 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
                 )
                 advance(1)
         rows = sorted(
-            (t.user_attrs for t in study.trials if "candidate" in t.user_attrs and t.user_attrs["candidate"] < wanted),
+            (
+                t.user_attrs | filled.get(t.user_attrs["candidate"], {})
+                for t in study.trials
+                if "candidate" in t.user_attrs and t.user_attrs["candidate"] < wanted
+            ),
             key=lambda r: r["candidate"],
         )
         result.budgets.append(_summarise(budget, study.study_name, rows, settings, eval_images, cfg.seed))

@@ -40,6 +40,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # --------------------------------------------------------------------------- tensors and splits
 
 
+def _draw(size: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of ``min(n, size)`` items of ``size``, drawn without replacement with ``seed``."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[: min(n, size)]
+
+
 @dataclass
 class TensorSet:
     """Normalised images (N, C, H, W) with integer labels, held in memory."""
@@ -53,6 +58,11 @@ class TensorSet:
     def batches(self, batch_size: int) -> list[Batch]:
         """Split into consecutive batches, in order."""
         return [(self.x[i : i + batch_size], self.y[i : i + batch_size]) for i in range(0, len(self), batch_size)]
+
+    def subset(self, n: int, seed: int) -> "TensorSet":
+        """``n`` images drawn without replacement (seeded), held in memory once."""
+        idx = _draw(len(self), n, seed)
+        return TensorSet(self.x[idx], self.y[idx])
 
     def shuffled(
         self, batch_size: int, generator: torch.Generator, augment: "Augment | None" = None
@@ -133,6 +143,10 @@ class _Images(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    def subset(self, n: int, seed: int) -> "FolderSet":
+        """``n`` images drawn without replacement (seeded), decoded on the fly like the rest."""
+        return FolderSet(self.source, self.idx[_draw(len(self), n, seed).numpy()], self.info, self.workers)
 
     def __getitem__(self, i: int):
         from PIL import Image

@@ -31,6 +31,34 @@ class FitConfig:
     seed: int = 0  # shuffling and augmentation seed
 
 
+@dataclass(frozen=True)
+class Distill:
+    """Knowledge distillation from the unpruned network (Hinton et al., 2015, "Distilling the Knowledge in a
+    Neural Network"): the loss is ``(1 - weight) * CE(student, labels) + weight * T^2 * KL(teacher_T || student_T)``,
+    where ``x_T`` are the logits divided by the temperature ``T``, softened into probabilities."""
+
+    temperature: float = 4.0  # T > 0: softens both distributions; T^2 keeps the KL gradient's scale
+    weight: float = 0.5  # in [0, 1]: the KL term's share; 0 is plain cross-entropy fine-tuning
+
+
+def distill_loss(
+    logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None, distill: Distill | None
+) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (N, classes) against labels ``target`` (N,), mixed with the KL divergence
+    from ``teacher_logits`` (N, classes) when distilling. Returns a scalar (mean over the batch)."""
+    ce = F.cross_entropy(logits, target)
+    if distill is None or teacher_logits is None:
+        return ce
+    t = distill.temperature
+    kl = F.kl_div(
+        F.log_softmax(logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - distill.weight) * ce + distill.weight * t * t * kl
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -47,14 +75,23 @@ def fit(
     checkpoint: Path | None = None,
     tag: str = "",
     progress: Progress = NULL,
+    teacher: nn.Module | None = None,
+    distill: Distill | None = None,
 ) -> list[float]:
     """Train ``model`` in place and return the mean training loss of each epoch.
 
     When ``checkpoint`` is given, the state is saved there after every epoch and a
-    later call with the same ``tag`` resumes after the last finished epoch.
+    later call with the same ``tag`` resumes after the last finished epoch. With a
+    ``teacher`` and ``distill``, the loss is :func:`distill_loss`; the teacher runs in eval
+    mode without gradients and is left unchanged.
     """
     device = torch.device(device)
     model.to(device=device)
+    if teacher is not None and distill is not None:
+        teacher_was_training = teacher.training
+        teacher.to(device=device, memory_format=torch.channels_last).eval()
+    else:
+        teacher = distill = None
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
@@ -69,7 +106,7 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator().manual_seed(cfg.seed)
     start, history = 0, []
-    tag = f"{tag}|{sorted(asdict(cfg).items())}"
+    tag = f"{tag}|{sorted(asdict(cfg).items())}" + (f"|distill{sorted(asdict(distill).items())}" if distill else "")
 
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -89,7 +126,12 @@ def fit(
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
             nonlocal loss_sum, steps
-            loss = F.cross_entropy(model(x), y)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            else:
+                teacher_logits = None
+            loss = distill_loss(model(x), y, teacher_logits, distill)
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"training loss became {loss.item()} in epoch {epoch + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -128,6 +170,8 @@ def fit(
             )
     model.to(memory_format=torch.contiguous_format)
     model.eval()
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format).train(teacher_was_training)
     return history
 
 

@@ -17,18 +17,20 @@ from optuna.trial import TrialState
 
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
-from fnnp_opt.config import Objective, RunConfig, resolve_device
+from fnnp_opt.config import Objective, RunConfig, Score, resolve_device
 from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, StorageError, UsageError
 from fnnp_opt.evaluate import accuracy, calibrate_bn, latency_ms
 from fnnp_opt.export import check_writable, save_pruned
-from fnnp_opt.finetune import FitConfig, fit
+from fnnp_opt.finetune import Distill, FitConfig, fit
 from fnnp_opt.flops import Budget, FlopsModel, count, human, make_budget
 from fnnp_opt.models import check_input, create_model, default_checkpoint, find_classifier, load_model
 from fnnp_opt.pareto import front_rows, write_front
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner, Shaping
+from fnnp_opt.rerank import RerankReport, rerank
+from fnnp_opt.score import Scorer, ShortFinetune
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class Prepared:
     def fingerprint(self) -> dict[str, str]:
         """What must match for a stored study to be resumed."""
         extra = {"objective": self.cfg.objective.value} if self.cfg.objective is Objective.pareto else {}
+        if self.cfg.score is Score.abn_ft:  # the trials' values are abn-ft scores of this short fine-tune
+            extra["score"] = f"{Score.abn_ft.value}|{short_finetune(self.cfg).describe()}"
         return extra | {
             "model": self.cfg.model,
             "weights": self.digest[:16],
@@ -65,6 +69,18 @@ class Prepared:
     def _shaping(self) -> str:
         s = self.pruner.shaping
         return "" if (s.round_to, s.min_channels) == (1, 1) else f"|round{s.round_to}|min{s.min_channels}"
+
+
+def short_finetune(cfg: RunConfig) -> ShortFinetune:
+    """The short fine-tune of ``--score abn-ft`` and ``--rerank``: the fine-tune's recipe, ``--score-steps`` long."""
+    return ShortFinetune(cfg.score_steps, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seed)
+
+
+def make_scorer(p: Prepared) -> Scorer:
+    """The abn-ft scorer of a prepared run (its train-part images drawn once)."""
+    cfg = p.cfg
+    search = p.splits.search_batches(cfg.eval_batch_size)
+    return Scorer.build(short_finetune(cfg), p.splits.train, search, p.splits.augment, p.device)
 
 
 def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
@@ -158,15 +174,22 @@ class RunResult:
     report: S.SearchReport
     budget: Budget
     best_trial: int | None = None  # the delivered trial (None for a Pareto search)
-    best_abn: float | None = None
+    best_abn: float | None = None  # the delivered trial's value (its ABN accuracy, or abn-ft score)
+    score_label: str = "ABN accuracy"  # what that value is
     export: Path | None = None  # None when nothing was delivered by this process
     delivered_by: str | None = None  # another worker fine-tuning the winner (host:pid)
     front: list[dict] = field(default_factory=list)  # the Pareto front (--objective pareto)
     front_files: list[Path] = field(default_factory=list)  # its CSV and plot
+    rerank: RerankReport | None = None  # --rerank K: the re-scores of the top K
     base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms
     pruned: dict = field(default_factory=dict)
     finetune_losses: list[float] = field(default_factory=list)
     stage_seconds: dict = field(default_factory=dict)
+
+
+def score_label(cfg: RunConfig) -> str:
+    """What a trial's value is, in words."""
+    return "abn-ft score" if cfg.score is Score.abn_ft else "ABN accuracy"
 
 
 def _measure(model, acc: float, macs: int, params: int, input_shape: tuple[int, ...], batch: int) -> dict:
@@ -213,6 +236,7 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
         objective=cfg.objective,
         slots=St.Slots(study, cfg.n_trials),
         progress=progress,
+        finetune=make_scorer(p) if cfg.score is Score.abn_ft else None,
     )
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
@@ -278,14 +302,26 @@ def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:
     return space.from_params(trial.params)
 
 
-def deliver(cfg: RunConfig, p: Prepared, study: optuna.Study, trial, output: Path, progress: Progress = NULL) -> dict:
-    """Fine-tune ``trial``'s candidate, measure it and the base on the test set, and export it."""
+def deliver(
+    cfg: RunConfig,
+    p: Prepared,
+    study: optuna.Study,
+    trial,
+    output: Path,
+    progress: Progress = NULL,
+    rerank_score: dict | None = None,
+) -> dict:
+    """Fine-tune ``trial``'s candidate, measure it and the base on the test set, and export it.
+
+    ``rerank_score`` ({attribute: value}) records the winner's rerank score in the export.
+    """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     ratios = trial_ratios(p.space, trial)
     pruned = p.pruner.prune(ratios)
     calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
     fit_cfg = FitConfig(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed)
+    distill = Distill(cfg.distill_temperature, cfg.distill_weight) if cfg.distill else None
     losses = fit(
         pruned,
         p.splits.train,
@@ -295,6 +331,8 @@ def deliver(cfg: RunConfig, p: Prepared, study: optuna.Study, trial, output: Pat
         checkpoint=output / "finetune.pt",
         tag=f"{study.study_name}|{trial.number}|{sorted(trial.params.items())}",
         progress=progress,
+        teacher=p.model if distill else None,
+        distill=distill,
     )
     seconds["finetune"] = time.perf_counter() - t
 
@@ -320,7 +358,10 @@ def deliver(cfg: RunConfig, p: Prepared, study: optuna.Study, trial, output: Pat
             "name": study.study_name,
             "storage": cfg.resolved_storage(),
             "trial": trial.number,
-            "abn_accuracy": trial.values[0],
+            "abn_accuracy": trial.user_attrs.get("abn_accuracy", trial.values[0]),
+            "value": trial.values[0],  # the study's score: ABN accuracy, or abn-ft with --score abn-ft
+            "score": cfg.score.value,
+            **({"rerank": rerank_score} if rerank_score is not None else {}),
         },
         "ratios": {d.name: ratios[d.root] for d in p.space.dims},
         "channels": trial.user_attrs.get("channels", {}),
@@ -341,6 +382,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     p = prepare(cfg)
     study = open_study(cfg, p)
     result = RunResult(cfg.resolved_study_name(), cfg.resolved_storage(), S.SearchReport(), p.budget)
+    result.score_label = score_label(cfg)
     seconds["prepare"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -368,12 +410,27 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         result.front_files = write_front(study, result.front, p.budget, output)
         return result
 
-    best = S.best_trial(study)
+    best, rerank_score = S.best_trial(study), None
+    if cfg.rerank:
+        t = time.perf_counter()
+        result.rerank = rerank(
+            study,
+            p.pruner,
+            p.space,
+            p.splits.calibration,
+            make_scorer(p),
+            cfg.rerank,
+            lambda trial: trial_ratios(p.space, trial),
+            progress,
+        )
+        seconds["rerank"] = time.perf_counter() - t
+        best = next(t for t in S.evaluated(study) if t.number == result.rerank.winner)
+        rerank_score = {result.rerank.key: result.rerank.scores[best.number]}
     result.best_trial, result.best_abn = best.number, best.values[0]
     result.delivered_by = St.claim_delivery(study, best.number)
     if result.delivered_by is not None:
         return result
-    d = deliver(cfg, p, study, best, output, progress)
+    d = deliver(cfg, p, study, best, output, progress, rerank_score)
     result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
     seconds.update(d["seconds"])
     return result
@@ -401,7 +458,9 @@ def finetune_trial(
         raise StorageError(f"study {study_name!r} in {storage} was not created by fnnp-opt; pass another --study-name")
     known = {f.name for f in fields(RunConfig)}
     cfg = resolve(**{k: v for k, v in stored.items() if k in known})
-    cfg = replace(cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(
+        cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None}
+    ).validate()
     by_number = {t.number: t for t in S.evaluated(study)}
     if trial_number not in by_number:
         raise UsageError(
@@ -426,6 +485,7 @@ def finetune_trial(
         pruned=d["pruned"],
         finetune_losses=d["losses"],
         stage_seconds=d["seconds"],
+        score_label=score_label(cfg),
     )
 
 

@@ -30,6 +30,7 @@ from fnnp_opt.evaluate import NonFiniteError, accuracy, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
+from fnnp_opt.score import Scorer, abn_ft_key
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Evaluator:
     objective: Objective = Objective.accuracy
     slots: St.Slots | None = None  # None: no slot accounting (a study nobody else shares)
     progress: Progress = NULL
+    finetune: Scorer | None = None  # --score abn-ft: the value is this short fine-tune's score, not ABN's
 
     def macs_of(self, ratios: dict[str, float]) -> int:
         return self.flops.macs(self.pruner.counts(ratios))
@@ -94,6 +96,10 @@ class Evaluator:
                 calibrate_bn(model, self.calibration, self.device, progress=self.progress)
             with clock("abn_score"):
                 abn = accuracy(model, self.search, self.device)
+            value = abn
+            if self.finetune is not None:
+                with clock("short_finetune"):
+                    value = self.finetune(model, self.progress)
         except NonFiniteError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
@@ -107,9 +113,15 @@ class Evaluator:
                 {d.name: d.channels - removed[d.root] for d in self.space.dims},
             )
             trial.set_user_attr("pbn_accuracy", pbn)
+            trial.set_user_attr("abn_accuracy", abn)
+            if self.finetune is not None:
+                trial.set_user_attr(abn_ft_key(self.finetune.short.steps), value)
         trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})
-        log.info("trial %d: ABN %.4f  PBN %.4f  FLOPs %s (%.1f%%)", trial.number, abn, pbn, human(macs), 100 * ratio)
-        return (abn, ratio) if self.objective is Objective.pareto else abn
+        ft = f"  abn-ft {value:.4f}" if self.finetune is not None else ""
+        log.info(
+            "trial %d: ABN %.4f%s  PBN %.4f  FLOPs %s (%.1f%%)", trial.number, abn, ft, pbn, human(macs), 100 * ratio
+        )
+        return (value, ratio) if self.objective is Objective.pareto else value
 
     def _infeasible(self, trial: optuna.Trial, macs: int, v: float) -> float | tuple[float, float]:
         reason = (

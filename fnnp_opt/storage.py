@@ -301,7 +301,8 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(owner: str) -> bool:
+def alive(owner: str) -> bool:
+    """Whether the process ``host:pid`` lives (a process on another machine is assumed to)."""
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname():
         return True  # another machine's process: assume it lives
@@ -319,10 +320,30 @@ def claim_delivery(study: optuna.Study, trial_number: int) -> str | None:
     me = worker_id()
     with study_lock(study):
         current = study._storage.get_study_user_attrs(study._study_id).get("delivery")
-        if current and current["owner"] != me and current["trial"] == trial_number and _alive(current["owner"]):
+        if current and current["owner"] != me and current["trial"] == trial_number and alive(current["owner"]):
             return current["owner"]
         study.set_user_attr("delivery", {"owner": me, "trial": trial_number, "since": datetime.now().isoformat()})
     return None
+
+
+def set_finished_trial_user_attr(study: optuna.Study, trial, key: str, value) -> None:
+    """Set user attribute ``key`` of a finished trial, which Optuna's API refuses (finished trials are frozen).
+
+    Writes the same row as ``Trial.set_user_attr`` in the RDB storage (SQLite, PostgreSQL), so
+    optuna-dashboard and every process that loads the study afterwards see it. This process's
+    cached copy of the trial does not: read the value back from where it was computed.
+    """
+    import json
+
+    from optuna.storages._rdb.models import TrialUserAttributeModel as Attr
+    from sqlalchemy import delete, insert
+
+    storage = _backend(study)
+    if not isinstance(storage, RDBStorage):
+        raise StorageError(f"cannot annotate finished trials in a {type(storage).__name__}; use an RDB --storage")
+    with storage.engine.begin() as conn:
+        conn.execute(delete(Attr).where(Attr.trial_id == trial._trial_id, Attr.key == key))
+        conn.execute(insert(Attr).values(trial_id=trial._trial_id, key=key, value_json=json.dumps(value)))
 
 
 # --------------------------------------------------------------------------- dashboard

@@ -310,6 +310,14 @@ def test_search_engine_flags_reach_the_library(received):
         (["--objective", "pareto", "--sampler", "cmaes"], "multi-objective sampler"),
         (["--flops", "0.2:0.6"], "only --objective pareto searches"),
         (["--workers", "0"], "--workers must be a whole number >= 1"),
+        (["--score-steps", "-5"], "--score-steps must be a whole number >= 0, got -5"),
+        (["--score", "abn-ft", "--score-steps", "0"], "--score-steps is 0"),
+        (["--score", "loss"], "unknown score 'loss'; choose one of: abn, abn-ft"),
+        (["--rerank", "40", "--n-trials", "30"], "--rerank 40 re-scores the top K of --n-trials 30"),
+        (["--rerank", "5", "--score", "abn-ft"], "already scores every candidate that way"),
+        (["--distill", "--epochs", "0"], "--distill distils during the fine-tune, but --epochs is 0"),
+        (["--distill-weight", "1.5"], "--distill-weight must be in [0, 1], got 1.5"),
+        (["--distill-temperature", "0"], "--distill-temperature must be positive"),
     ],
 )
 def test_unsupported_search_settings_fail_in_one_line(args, message, tmp_path):
@@ -343,3 +351,27 @@ def test_pareto_run_reports_a_front_and_finetune_delivers_any_point(small_fmnist
     assert card["study"]["trial"] == point and card["metrics"]["pruned"]["flops"] < card["metrics"]["base"]["flops"]
     res = runner.invoke(app, ["finetune", "--storage", url, "--trial", "9999"])
     assert res.exit_code == 2 and "was not evaluated" in res.output
+
+
+def test_finetune_refuses_distillation_without_epochs_and_touches_nothing(small_fmnist, tmp_path):
+    assert _run(["--data-dir", str(small_fmnist), "--epochs", "0"], tmp_path).exit_code == 0
+    db = tmp_path / "study.db"
+    before = db.read_bytes()
+    out = tmp_path / "ft"
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--storage",
+            f"sqlite:///{db}",
+            "--trial",
+            "0",
+            "--distill",
+            "--epochs",
+            "0",
+            "--output",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 2 and "--distill distils during the fine-tune, but --epochs is 0" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and db.read_bytes() == before and not out.exists()

@@ -30,16 +30,24 @@ def _args(small_fmnist, tmp_path, candidates: int | str):
 def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_path):
     res = runner.invoke(app, _args(small_fmnist, tmp_path, 3))
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, _args(small_fmnist, tmp_path, "4,3"))  # one more candidate at 0.5: resumed
+    first = list(csv.DictReader(open(tmp_path / "out" / "candidates.csv")))
+    assert "abn_ft2" not in first[0]
+    # one more candidate at 0.5, and the abn-ft column for all: resumed, stored candidates scored, not fine-tuned again
+    res = runner.invoke(app, _args(small_fmnist, tmp_path, "4,3") + ["--score-steps", "2"])
     assert res.exit_code == 0, res.output
     printed = " ".join(res.output.split())
-    assert "Spearman" in printed and "candidates.csv" in printed
+    assert "Spearman" in printed and "candidates.csv" in printed and "ABN-FT2" in printed
     for name in ("candidates.csv", "coefficients.csv", "sweep.csv", "scatter.png", "budgets.png", "iterations.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
 
     rows = list(csv.DictReader(open(tmp_path / "out" / "candidates.csv")))
     assert [r["budget"] for r in rows] == ["0.5"] * 4 + ["0.3"] * 3
-    assert {"pbn", "abn_1", "abn_3", "abn_ema", "truth", "truth_seed1"} <= set(rows[0])
+    assert {"pbn", "abn_1", "abn_3", "abn_ema", "abn_ft2", "truth", "truth_seed1"} <= set(rows[0])
+    again = {(r["budget"], r["candidate"]): r for r in rows}
+    for r in first:  # the ground truth of stored candidates is kept, their new score filled in
+        assert (
+            again[r["budget"], r["candidate"]]["truth"] == r["truth"] and again[r["budget"], r["candidate"]]["abn_ft2"]
+        )
     assert rows[0]["truth_seed1"] and not rows[1]["truth_seed1"]  # only the first candidate is repeated
     url = f"sqlite:///{tmp_path}/c.db"
     for budget, n, low, high in (("0.5", 4, 0.45, 0.55), ("0.3", 3, 0.25, 0.35)):
@@ -49,6 +57,7 @@ def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_pa
         mine = [r for r in rows if r["budget"] == budget]
         for r, t in zip(mine, sorted(study.trials, key=lambda t: t.user_attrs["candidate"])):
             assert float(r["abn_3"]) == t.user_attrs["abn_3"] == t.value
+            assert float(r["abn_ft2"]) == t.user_attrs["abn_ft2"]  # in the storage too, for the dashboard
             assert low <= float(r["flops_ratio"]) <= high
         coefs = {
             (c["score"], c["metric"]): c
@@ -60,6 +69,9 @@ def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_pa
         got = coefs[("abn_3", "spearman")]["value"]
         assert (got == "" and np.isnan(want)) or abs(float(got) - want) < 1e-4
         assert coefs[("pbn", "kendall")]["within_noise"] in ("True", "False")
+        want_ft = stats.spearmanr([float(r["abn_ft2"]) for r in mine], y)[0]
+        got_ft = coefs[("abn_ft2", "spearman")]["value"]
+        assert (got_ft == "" and np.isnan(want_ft)) or abs(float(got_ft) - want_ft) < 1e-4
         want_flops = stats.kendalltau([float(r["flops"]) for r in mine], y)[0]
         got_flops = coefs[("flops", "kendall")]["value"]  # the candidates' own size, a free baseline
         assert (got_flops == "" and np.isnan(want_flops)) or abs(float(got_flops) - want_flops) < 1e-4

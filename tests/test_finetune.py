@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -62,3 +64,58 @@ def test_checkpoint_of_another_run_is_ignored(train_part, tmp_path):
     fit(create_model("resnet20", 1, 10), train, FitConfig(epochs=1, batch_size=64), checkpoint=ckpt, tag="a")
     losses = fit(create_model("resnet20", 1, 10), train, FitConfig(epochs=1, batch_size=64), checkpoint=ckpt, tag="b")
     assert len(losses) == 1  # trained afresh instead of resuming a different run
+
+
+def _pair(seed: int = 0):
+    torch.manual_seed(seed)
+    init = create_model("resnet20", 1, 10).state_dict()
+    a, b = create_model("resnet20", 1, 10), create_model("resnet20", 1, 10)
+    a.load_state_dict(init)
+    b.load_state_dict(init)
+    return a, b
+
+
+def test_distillation_with_weight_zero_equals_plain_fine_tuning(train_part, base_model):
+    train, aug = train_part
+    cfg = FitConfig(epochs=1, lr=0.05, batch_size=64)
+    plain, distilled = _pair()
+    teacher_before = {k: v.clone() for k, v in base_model.state_dict().items()}
+    fit(plain, train, cfg, augment=aug)
+    fit(distilled, train, cfg, augment=aug, teacher=base_model, distill=ft.Distill(temperature=4.0, weight=0.0))
+    for (k, v), w in zip(plain.state_dict().items(), distilled.state_dict().values()):
+        assert torch.equal(v, w), k  # bit for bit: the teacher's forward passes change nothing
+    assert all(torch.equal(v, base_model.state_dict()[k]) for k, v in teacher_before.items())  # teacher untouched
+
+
+def test_distillation_pulls_the_student_toward_the_teacher(train_part, base_model):
+    """A pruned copy of the teacher, fine-tuned on the KL term alone, ends closer to the teacher than with CE."""
+    from fnnp_opt.evaluate import calibrate_bn
+    from fnnp_opt.prune import Pruner
+
+    train, aug = train_part
+    pruner = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
+    start = pruner.prune({g.root: 0.5 for g in pruner.groups})
+    calibrate_bn(start, [(train.x[i : i + 64], train.y[i : i + 64]) for i in range(0, 512, 64)])
+    plain, distilled = copy.deepcopy(start), copy.deepcopy(start)
+    cfg = FitConfig(epochs=1, lr=0.02, batch_size=64)
+    fit(plain, train, cfg, augment=aug)
+    fit(distilled, train, cfg, augment=aug, teacher=base_model, distill=ft.Distill(temperature=1.0, weight=1.0))
+    x = train.x[:256]
+    with torch.no_grad():
+        target = torch.softmax(base_model.eval()(x), 1)
+
+        def kl(m):
+            return torch.nn.functional.kl_div(torch.log_softmax(m(x), 1), target, reduction="batchmean")
+
+        assert kl(distilled) < kl(plain)
+
+
+def test_distill_loss_is_cross_entropy_plus_scaled_kl():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    d = ft.Distill(temperature=2.0, weight=0.25)
+    ce = torch.nn.functional.cross_entropy(s, y)
+    p_t = torch.softmax(t / 2, 1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(s / 2, 1))).sum(1).mean()
+    assert torch.allclose(ft.distill_loss(s, y, t, d), 0.75 * ce + 0.25 * 4 * kl, atol=1e-6)
+    assert torch.equal(ft.distill_loss(s, y, None, None), ce)

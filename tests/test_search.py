@@ -63,6 +63,27 @@ def test_inside_the_window_records_scores_and_attributes(prepared):
     assert set(a["channels"]) == {d.name for d in prepared.space.dims}
 
 
+def test_abn_ft_score_is_the_value_and_abn_is_kept_beside_it(prepared):
+    from dataclasses import replace
+
+    from fnnp_opt.pipeline import make_scorer
+
+    r = _uniform_in_window(prepared)
+    values = {}
+    for name, finetune in (
+        ("abn", None),
+        ("abn-ft", make_scorer(replace(prepared, cfg=replace(prepared.cfg, score_steps=3)))),
+    ):
+        study = optuna.create_study(direction="maximize")
+        study.enqueue_trial({d.param: r for d in prepared.space.dims})
+        study.optimize(_evaluator(prepared, finetune=finetune), n_trials=1)
+        values[name] = study.trials[0]
+    plain, ft = values["abn"], values["abn-ft"]
+    assert plain.user_attrs["abn_accuracy"] == plain.value == ft.user_attrs["abn_accuracy"]  # the same ABN score
+    assert ft.value == ft.user_attrs["abn_ft3"] != plain.value and "abn_ft3" not in plain.user_attrs
+    assert "short_finetune" in ft.user_attrs["timings"]
+
+
 def test_optimize_counts_only_evaluated_candidates(prepared):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     report = S.optimize(study, _evaluator(prepared), n_trials=2, max_draws=1000)
