@@ -97,7 +97,8 @@ def cmd_report(args) -> None:
         "    python benchmarks/distill.py run --flops 0.5 --epochs 3,6 --seeds 0,1",
         "    python benchmarks/distill.py report",
         "",
-        "| model | FLOPs | epochs | plain (per seed) | distill (per seed) | distill − plain, mean | vs base | s per run, plain / distill |",
+        "| model | FLOPs | epochs | plain (per seed) | distill (per seed) | distill − plain, mean | vs base "
+        "| s per run, plain / distill |",
         "|---|---|---:|---|---|---:|---:|---|",
     ]
     groups: dict[tuple, dict[str, list[dict]]] = {}
@@ -116,7 +117,8 @@ def cmd_report(args) -> None:
         p_accs = ", ".join(f"{plain[s]['test']:.4f}" for s in seeds)
         d_accs = ", ".join(f"{dist[s]['test']:.4f}" for s in seeds)
         lines.append(
-            f"| {model} | {budget} | {epochs} | {p_accs} | {d_accs} | {100 * diff:+.2f} pt | {100 * gap:+.2f} pt | {secs} |"
+            f"| {model} | {budget} | {epochs} | {p_accs} | {d_accs} | {100 * diff:+.2f} pt | {100 * gap:+.2f} pt "
+            f"| {secs} |"
         )
     t = next((r for r in rows if r["method"] == "distill"), None)
     if t:

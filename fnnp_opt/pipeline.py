@@ -416,7 +416,6 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         result.rerank = rerank(
             study,
             p.pruner,
-            p.space,
             p.splits.calibration,
             make_scorer(p),
             cfg.rerank,
@@ -424,7 +423,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
             progress,
         )
         seconds["rerank"] = time.perf_counter() - t
-        best = next(t for t in S.evaluated(study) if t.number == result.rerank.winner)
+        best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
         rerank_score = {result.rerank.key: result.rerank.scores[best.number]}
     result.best_trial, result.best_abn = best.number, best.values[0]
     result.delivered_by = St.claim_delivery(study, best.number)

@@ -28,7 +28,6 @@ from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import Scorer, abn_ft_key, rescore
 from fnnp_opt.search import evaluated
-from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,6 @@ def _record(study: optuna.Study, name: str, recipe: str, trial: FrozenTrial, key
 def rerank(
     study: optuna.Study,
     pruner: Pruner,
-    space: SearchSpace,
     calibration: list[Batch],
     scorer: Scorer,
     k: int,

@@ -375,3 +375,14 @@ def test_finetune_refuses_distillation_without_epochs_and_touches_nothing(small_
     )
     assert res.exit_code == 2 and "--distill distils during the fine-tune, but --epochs is 0" in res.output
     assert len(res.output.strip().splitlines()) == 1 and db.read_bytes() == before and not out.exists()
+
+
+@pytest.mark.slow
+def test_the_second_shipped_base_runs_the_whole_pipeline_without_a_checkpoint_flag(small_fmnist, tmp_path):
+    res = _run(["--data-dir", str(small_fmnist), "--model", "mobilenet_v1_cifar", "--flops", "0.5"], tmp_path)
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "out" / "pruned.json").read_text())
+    assert card["model"] == "mobilenet_v1_cifar" and card["config"]["checkpoint"] is None
+    assert len(card["ratios"]) == 14  # the stem and the 13 pointwise convs; each depthwise conv follows its input
+    assert card["metrics"]["pruned"]["flops"] < 0.56 * card["metrics"]["base"]["flops"]
+    assert card["metrics"]["base"]["test_accuracy"] > 0.8  # the shipped weights, not random ones

@@ -5,7 +5,15 @@ import torch
 from safetensors.torch import save_file
 
 from fnnp_opt.errors import CheckpointError, ModelError
-from fnnp_opt.models import check_input, create_model, find_classifier, list_models, load_model, read_state_dict
+from fnnp_opt.models import (
+    check_input,
+    create_model,
+    default_checkpoint,
+    find_classifier,
+    list_models,
+    load_model,
+    read_state_dict,
+)
 
 
 def test_registry_lists_and_rejects_unknown():
@@ -43,13 +51,21 @@ def test_too_small_inputs_are_refused_with_the_remedy():
         check_input(model, "vgg11", (1, 3, 28, 28))
 
 
-def test_shipped_checkpoint_card(shipped_checkpoint):
+@pytest.mark.parametrize("name, floor", [("resnet20", 0.925), ("mobilenet_v1_cifar", 0.93)])
+def test_shipped_checkpoints_and_their_cards(name, floor):
     import json
 
-    card = json.loads(shipped_checkpoint.with_suffix(".json").read_text())
-    assert card["test_accuracy"] >= 0.925
+    path = default_checkpoint(name, "fashion-mnist")
+    assert path is not None, f"the package must ship {name}-fashion-mnist.safetensors"
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["model"] == name and card["dataset"] == "fashion-mnist"
+    assert card["test_accuracy"] >= floor
     assert card["command"].startswith("fnnp-opt ") and " train " in card["command"]
+    if name != "resnet20":  # the default model's command names no --model
+        assert f"--model {name}" in card["command"]
     assert card["held_out_search_images"] == 5000  # trained without the search split
+    model, _ = load_model(name, 1, 10, path)  # the weights fit the registered architecture
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_state_dict_inside_training_checkpoint_is_accepted(tmp_path):

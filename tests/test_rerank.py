@@ -73,9 +73,7 @@ def test_a_dead_workers_claim_is_taken_over_and_finished_scores_are_kept(reranke
     ledger = study.user_attrs[name]
     ledger["claims"][str(third)] = f"{St.worker_id().rsplit(':', 1)[0]}:{_dead_pid()}"
     study.set_user_attr(name, ledger)
-    report = R.rerank(
-        study, p.pruner, p.space, p.splits.calibration, scorer, 3, lambda t: trial_ratios(p.space, t), poll_s=0.05
-    )
+    report = R.rerank(study, p.pruner, p.splits.calibration, scorer, 3, lambda t: trial_ratios(p.space, t), poll_s=0.05)
     assert report.rescored == 1 and set(report.scores) == set(result.rerank.scores) | {third}
     assert all(report.scores[n] == v for n, v in result.rerank.scores.items())  # not redone
 
