@@ -140,7 +140,8 @@ DistillOpt = Annotated[
     Optional[bool],
     typer.Option(
         "--distill/--no-distill",
-        help="Fine-tune with knowledge distillation from the unpruned network (KL on softened logits). [default: off]",
+        help="Fine-tune with knowledge distillation from the unpruned network (KL on softened logits), or plainly "
+        "with cross-entropy (--no-distill). [default: on, where there is a fine-tune]",
     ),
 ]
 DistillTemperature = Annotated[Optional[float], typer.Option(help="Distillation temperature T > 0. [default: 4.0]")]
@@ -412,7 +413,9 @@ def _print_summary(r) -> None:
     out.print(table)
     if r.finetune_losses:
         out.print(
-            f"fine-tune: {len(r.finetune_losses)} epochs, training loss "
+            f"fine-tune: {len(r.finetune_losses)} epochs"
+            + (" distilled from the base" if r.distilled else "")
+            + ", training loss "
             + " -> ".join(f"{x:.3f}" for x in r.finetune_losses)
         )
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())

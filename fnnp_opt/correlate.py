@@ -485,10 +485,14 @@ def plot(result: CorrelateResult, settings: CorrelateSettings, out: Path) -> lis
     top = f"abn_{max(settings.sweep)}"
     files = []
     # 1. the paper's scatter: PBN and ABN scores against the fine-tuned accuracy, one row per budget
-    fig, axes = plt.subplots(len(result.budgets), 2, figsize=(9, 3.2 * len(result.budgets)), squeeze=False)
+    panels = [("pbn", "PBN (stale statistics)"), (top, "ABN")]
+    panels += [(abn_ft_key(n), f"abn-ft ({n} steps)") for n in sorted(settings.score_steps)[-1:]]
+    fig, axes = plt.subplots(
+        len(result.budgets), len(panels), figsize=(4.5 * len(panels), 3.2 * len(result.budgets)), squeeze=False
+    )
     for row, b in zip(axes, result.budgets):
         truth = [r["truth"] for r in b.rows]
-        for ax, col, label in ((row[0], "pbn", "PBN (stale statistics)"), (row[1], top, "ABN")):
+        for ax, (col, label) in zip(row, panels):
             ax.scatter([r[col] for r in b.rows], truth, s=14)
             rho = b.spearman(col)
             ax.set_title(f"FLOPs {b.budget}: {label}, Spearman {rho.value:.2f}", fontsize=9)
@@ -501,7 +505,8 @@ def plot(result: CorrelateResult, settings: CorrelateSettings, out: Path) -> lis
     # 2. correlation against the budget, with intervals
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [float(b.budget) if _is_float(b.budget) else i for i, b in enumerate(result.budgets)]
-    for col, label in (("pbn", "PBN"), (top, "ABN"), ("abn_ema", "ABN, EMA no reset")):
+    ft = [(abn_ft_key(n), f"ABN + {n} SGD steps (abn-ft)") for n in sorted(settings.score_steps)]
+    for col, label in (("pbn", "PBN"), (top, "ABN"), ("abn_ema", "ABN, EMA no reset"), *ft):
         vals = [b.spearman(col) for b in result.budgets]
         ax.errorbar(xs, [v.value for v in vals], yerr=_yerr(vals), marker="o", capsize=3, label=label)
     ax.set_xlabel("FLOPs kept (fraction of the base)")

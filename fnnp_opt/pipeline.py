@@ -184,6 +184,7 @@ class RunResult:
     base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms
     pruned: dict = field(default_factory=dict)
     finetune_losses: list[float] = field(default_factory=list)
+    distilled: bool = False  # the fine-tune distilled from the unpruned network
     stage_seconds: dict = field(default_factory=dict)
 
 
@@ -321,7 +322,7 @@ def deliver(
     pruned = p.pruner.prune(ratios)
     calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
     fit_cfg = FitConfig(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed)
-    distill = Distill(cfg.distill_temperature, cfg.distill_weight) if cfg.distill else None
+    distill = Distill(cfg.distill_temperature, cfg.distill_weight) if cfg.distills() else None
     losses = fit(
         pruned,
         p.splits.train,
@@ -370,7 +371,7 @@ def deliver(
     }
     save_pruned(pruned, output, card)
     study.set_user_attr("result", {"trial": trial.number, "export": str(output), "base": base, "pruned": result_pruned})
-    return {"base": base, "pruned": result_pruned, "losses": losses, "seconds": seconds}
+    return {"base": base, "pruned": result_pruned, "losses": losses, "seconds": seconds, "distilled": bool(distill)}
 
 
 def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
@@ -431,6 +432,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         return result
     d = deliver(cfg, p, study, best, output, progress, rerank_score)
     result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
+    result.distilled = d["distilled"]
     seconds.update(d["seconds"])
     return result
 
@@ -483,6 +485,7 @@ def finetune_trial(
         base=d["base"],
         pruned=d["pruned"],
         finetune_losses=d["losses"],
+        distilled=d["distilled"],
         stage_seconds=d["seconds"],
         score_label=score_label(cfg),
     )

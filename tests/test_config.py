@@ -48,3 +48,11 @@ def test_defaults_derive_names():
     assert cfg.resolved_study_name() == "resnet20-fashion-mnist-flops0.5"
     assert cfg.resolved_storage() == "sqlite:///studies/fnnp.db"
     assert cfg.resolved_output() == Path("runs/resnet20-fashion-mnist-flops0.5")
+
+
+def test_distillation_is_on_by_default_wherever_there_is_a_fine_tune():
+    assert resolve().distills() and resolve(distill=True).distills()
+    assert not resolve(distill=False).distills()
+    assert not resolve(epochs=0).distills()  # the default asks for nothing a 0-epoch run cannot do
+    with pytest.raises(UsageError, match="--distill distils during the fine-tune, but --epochs is 0"):
+        resolve(distill=True, epochs=0)
