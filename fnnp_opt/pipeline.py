@@ -175,7 +175,6 @@ class RunResult:
     budget: Budget
     best_trial: int | None = None  # the delivered trial (None for a Pareto search)
     best_abn: float | None = None  # the delivered trial's value (its ABN accuracy, or abn-ft score)
-    score_label: str = "ABN accuracy"  # what that value is
     export: Path | None = None  # None when nothing was delivered by this process
     delivered_by: str | None = None  # another worker fine-tuning the winner (host:pid)
     front: list[dict] = field(default_factory=list)  # the Pareto front (--objective pareto)
@@ -186,6 +185,7 @@ class RunResult:
     finetune_losses: list[float] = field(default_factory=list)
     distilled: bool = False  # the fine-tune distilled from the unpruned network
     stage_seconds: dict = field(default_factory=dict)
+    score_label: str = "ABN accuracy"  # what best_abn is
 
 
 def score_label(cfg: RunConfig) -> str:
