@@ -280,8 +280,9 @@ def cmd_report(args) -> None:
         "(and each candidate's scores: `docs/quality/candidates.jsonl`). R is 0.8, as in `correlate`.",
         "*minus uniform*: the method's test accuracy minus uniform L1's under the same seed; a method",
         "*beats uniform* when that margin is positive on every seed and its mean exceeds its sd.",
-        "Search cost: the wall seconds of the scores the method used (2-core CPU, one process),",
-        "and its ABN and short fine-tune (abn-ft) evaluations.",
+        "Search cost: the wall seconds of the scores the method used (2-core CPU, one single-threaded",
+        "process that shared the cores with other work, so compare them as ratios), and its ABN and short",
+        "fine-tune (abn-ft) evaluations.",
     ]
     for (model, budget, n, epochs, distill), rs in sorted(groups.items()):
         seeds = sorted({r["seed"] for r in rs})
