@@ -130,7 +130,19 @@ def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
         log.warning("the analytic FLOPs count of %s differs from thop's; every draw is counted by thop", cfg.model)
     p = Prepared(cfg, device, splits, model, digest, pruner, space, budget, base_params, input_shape, flops)
     check_reachable(p)
+    if splits is not None and (cfg.score is Score.abn_ft or cfg.rerank):
+        check_score_steps(cfg, len(splits.train))
     return p
+
+
+def check_score_steps(cfg: RunConfig, train_images: int) -> None:
+    """Raise :class:`UsageError` when abn-ft's short fine-tune would need more images than the train part holds."""
+    if cfg.score_steps * cfg.batch_size > train_images:
+        raise UsageError(
+            f"--score-steps {cfg.score_steps} x --batch-size {cfg.batch_size} images exceed the train part's "
+            f"{train_images}: the short fine-tune is at most one epoch; pass --score-steps "
+            f"{max(1, train_images // cfg.batch_size)} or less"
+        )
 
 
 def uniform_macs(p: Prepared, ratio: float) -> int:
@@ -368,6 +380,7 @@ def deliver(
         "channels": trial.user_attrs.get("channels", {}),
         "metrics": {"base": base, "pruned": result_pruned},
         "config": cfg.to_dict(),
+        "distilled": bool(distill),  # whether the fine-tune distilled from the base (config.distill None: default)
     }
     save_pruned(pruned, output, card)
     study.set_user_attr("result", {"trial": trial.number, "export": str(output), "base": base, "pruned": result_pruned})

@@ -104,6 +104,7 @@ BAD = [
     (["--storage", "postgresql://nobody@127.0.0.1:1/none"], 1, "could not be opened"),
     (["--output", "/proc/version/out"], 1, "choose another path"),
     (["--output", "/etc/hostname"], 1, "is a file; pass a path to a folder"),
+    (["--score", "abn-ft", "--score-steps", "1000000"], 2, "exceed the train part's 2700"),
 ]
 
 

@@ -102,7 +102,7 @@ def test_kill_9_in_the_rerank_and_in_the_distilled_fine_tune_then_resume(small_f
     out = tmp_path / "out"
     small = [a for a in SMALL_RUN if a not in ("--n-trials", "2", "--epochs", "1")]
     cmd = [sys.executable, str(Path(__file__).parents[1] / "cli.py"), "run", *small]
-    cmd += ["--n-trials", "4", "--rerank", "3", "--score-steps", "25", "--distill", "--epochs", "2"]
+    cmd += ["--n-trials", "4", "--rerank", "3", "--score-steps", "20", "--distill", "--epochs", "2"]
     cmd += ["--storage", url, "--output", str(out), "--data-dir", str(small_fmnist)]
 
     def start_and_kill(ready, what):
@@ -114,18 +114,18 @@ def test_kill_9_in_the_rerank_and_in_the_distilled_fine_tune_then_resume(small_f
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    start_and_kill(lambda: _ledger_scores(tmp_path / "study.db", "rerank:abn_ft25") >= 1, "in the rerank")
-    first = _fresh(url, "resnet20-fashion-mnist-flops0.5").user_attrs["rerank:abn_ft25"]["scores"]
+    start_and_kill(lambda: _ledger_scores(tmp_path / "study.db", "rerank:abn_ft20") >= 1, "in the rerank")
+    first = _fresh(url, "resnet20-fashion-mnist-flops0.5").user_attrs["rerank:abn_ft20"]["scores"]
     assert 1 <= len(first) < 3
     start_and_kill(lambda: (out / "finetune.pt").exists(), "in the fine-tune")  # after its first epoch
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
-    assert "re-scored with abn_ft25 (0 this session" in text  # the second run finished the rerank
+    assert "re-scored with abn_ft20 (0 this session" in text  # the second run finished the rerank
     study = _fresh(url, "resnet20-fashion-mnist-flops0.5")
-    scores = study.user_attrs["rerank:abn_ft25"]["scores"]
+    scores = study.user_attrs["rerank:abn_ft20"]["scores"]
     assert len(scores) == 3 and all(scores[k] == v for k, v in first.items())
     card = json.loads((out / "pruned.json").read_text())
     assert card["config"]["distill"] is True and scores[str(card["study"]["trial"])] == max(scores.values())
-    assert card["study"]["rerank"] == {"abn_ft25": max(scores.values())}
+    assert card["study"]["rerank"] == {"abn_ft20": max(scores.values())}
     assert "fine-tune: 2 epochs" in text
