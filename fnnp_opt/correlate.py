@@ -268,7 +268,7 @@ def _fill_missing(study: optuna.Study, p, batches: _Batches, progress: Progress 
     Returns {candidate: {column: value}}: the storage has them too, but this process's cache of the
     finished trials does not.
     """
-    from fnnp_opt.score import rescore
+    from fnnp_opt.evaluate import calibrate_bn
 
     todo = [
         (t, [c for c in batches.scorers if c not in t.user_attrs]) for t in study.trials if "candidate" in t.user_attrs
@@ -277,10 +277,10 @@ def _fill_missing(study: optuna.Study, p, batches: _Batches, progress: Progress 
     filled: dict[int, dict] = {}
     with progress.task("abn-ft of stored candidates", len(todo)) as advance:
         for t, cols in todo:
+            model = p.pruner.prune(p.space.from_params(t.params))
+            calibrate_bn(model, batches.calibration, p.device)  # once: every scorer trains a copy
             for col in cols:
-                value = rescore(
-                    p.pruner.prune(p.space.from_params(t.params)), batches.calibration, batches.scorers[col]
-                )
+                value = batches.scorers[col](model)
                 St.set_finished_trial_user_attr(study, t, col, value)
                 filled.setdefault(t.user_attrs["candidate"], {})[col] = value
             advance(1)
