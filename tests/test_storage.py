@@ -279,3 +279,34 @@ def test_a_storage_this_user_cannot_write_is_refused_untouched(case, small_fmnis
     finally:
         folder.chmod(0o777)
         shutil.rmtree(root)
+
+
+def test_finetune_on_a_read_only_database_is_refused_before_the_export(small_fmnist):
+    """`fnnp-opt finetune` used to write the export, then crash on the storage: now it writes nothing."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="fnnp-ro-"))
+    root.chmod(0o777)
+    db = root / "s.db"
+    first = subprocess.run(
+        _run_args(small_fmnist, f"sqlite:///{db}", 2, "--epochs", "0", "--output", str(root / "run")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == 0, first.stderr
+    before = db.read_bytes()
+    db.chmod(0o444)
+    try:
+        args = ["finetune", "--trial", "0", "--storage", f"sqlite:///{db}", "--data-dir", str(small_fmnist)]
+        proc = subprocess.run(
+            _as_unprivileged([sys.executable, str(CLI), *args, "--epochs", "1", "--output", str(root / "ft")]),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 1 and "read-only for this user" in proc.stdout + proc.stderr, proc.stderr
+        assert db.read_bytes() == before and not (root / "ft").exists()
+    finally:
+        shutil.rmtree(root)
