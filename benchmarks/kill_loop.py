@@ -133,6 +133,20 @@ class Run:
         return "\n".join(self.lines)
 
 
+def wait_for_workers(run: Run, db: Path, name: str, timeout: float = 300) -> bool:
+    """True once the run's search workers are up and the study has a first evaluated trial."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and run.proc.poll() is None:
+        if workers_of(run.proc.pid) and db.exists():
+            try:
+                if evaluated_rows(db, name):
+                    return True
+            except sqlite3.OperationalError:  # the study's tables are being created
+                pass
+        time.sleep(0.2)
+    return False
+
+
 def workers_of(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out]
@@ -251,7 +265,11 @@ def cycle(mode: str, k: int, data: Path, work: Path, rng: random.Random, tally: 
         if kills_left == 0:
             break
         run = Run(cmd)
-        if not run.wait_for(pattern):
+        if mode == "workers" and phase == "search":
+            ready = wait_for_workers(run, db, name)  # their log lines stay in the workers' processes
+        else:
+            ready = run.wait_for(pattern)
+        if not ready:
             run.finish()
             continue  # this resume ran past the phase (or finished): nothing to stop
         time.sleep(rng.uniform(0, window))
@@ -260,6 +278,8 @@ def cycle(mode: str, k: int, data: Path, work: Path, rng: random.Random, tally: 
             run.finish()
             continue
         landed = run.phase()
+        if mode == "workers" and phase == "search" and workers_of(run.proc.pid):
+            landed = "search (one of 2 workers)"
         if mode == "term":
             run.proc.send_signal(signal.SIGTERM)
         elif mode == "workers" and phase == "search" and workers_of(run.proc.pid):
@@ -270,6 +290,8 @@ def cycle(mode: str, k: int, data: Path, work: Path, rng: random.Random, tally: 
         tally.kills += 1
         kills_left -= 1
         tally.phases[landed] = tally.phases.get(landed, 0) + 1
+        if landed == "search (one of 2 workers)" and code != 0:  # the other worker and the parent go on
+            tally.failures.append(f"{name}: with one worker killed the run exited {code}:\n{run.text()[-3000:]}")
         if mode == "term" and code != 130:
             tally.failures.append(f"{name}: SIGTERM in {landed} exited {code}, not 130:\n{run.text()[-2000:]}")
         problems = check_any_time(db, name, out)
@@ -316,7 +338,8 @@ def write_report(results: dict[str, Tally], path: Path, argv: list[str]) -> None
         "|---|---|---|---|---|---|---|",
     ]
     for mode, t in results.items():
-        phases = ", ".join(f"{k} {v}" for k, v in sorted(t.phases.items(), key=lambda kv: list(PHASES).index(kv[0])))
+        order = [*PHASES, "search (one of 2 workers)"]
+        phases = ", ".join(f"{k} {v}" for k, v in sorted(t.phases.items(), key=lambda kv: order.index(kv[0])))
         lines.append(
             f"| {mode} | {t.kills} | {phases} | {t.missed} | {t.cycles} | {len(t.failures)} | {t.seconds / 60:.1f} min |"
         )
