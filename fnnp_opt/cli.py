@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import shlex
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fnnp_opt.errors import FnnpError
+from fnnp_opt.redact import RedactingFilter, redact
 
 app = typer.Typer(
     add_completion=False,
@@ -68,11 +70,15 @@ def call(fn: Callable[..., T], *args, **kwargs) -> T:
     except FnnpError as exc:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to resume", highlight=False)
         raise typer.Exit(130) from None
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # a clean stop, as Ctrl-C: the study and the checkpoints stay resumable
 
 
 @app.callback()
@@ -81,17 +87,17 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False,
 ) -> None:
     _state["debug"] = debug
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler.addFilter(RedactingFilter())  # no storage password reaches the screen
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
+        level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", handlers=[handler], force=True
     )
     logging.getLogger("fnnp_opt").setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
 
 
 def _command_line() -> str:
-    return "fnnp-opt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return redact("fnnp-opt " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 
 DataDir = Annotated[
@@ -304,6 +310,14 @@ def run(
     distill: DistillOpt = None,
     distill_temperature: DistillTemperature = None,
     distill_weight: DistillWeight = None,
+    check_base: Annotated[
+        Optional[bool],
+        Opt(
+            "--check-base/--no-check-base",
+            help="Refuse a base model that scores at or below chance on the search split (weights for another "
+            "dataset or label order). [default: on]",
+        ),
+    ] = None,
     storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
     study_name: Annotated[Optional[str], Opt(help="Study name. [default: <model>-<dataset>-flops<budget>]")] = None,
     output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study name>]")] = None,

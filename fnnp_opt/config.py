@@ -100,6 +100,8 @@ class RunConfig:
     distill: bool | None = None
     distill_temperature: float = 4.0  # softening temperature T of the distillation
     distill_weight: float = 0.5  # share of the KL term in the fine-tune loss, in [0, 1]
+    # refuse a base that scores at or below chance on the search split (wrong weights or label order)
+    check_base: bool = True
     # outputs
     output: str | None = None  # export folder; None = runs/<study name>
     device: str = "auto"  # torch device
@@ -131,6 +133,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check every value that can be checked without loading anything."""
         from fnnp_opt.data import get_dataset_info
+        from fnnp_opt.flops import check_tolerance
         from fnnp_opt.models import get_model_info
         from fnnp_opt.space import check_max_rate
 
@@ -187,6 +190,9 @@ class RunConfig:
             raise UsageError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        check_tolerance(self.flops_tolerance)
+        check_study_name(self.study_name)
+        resolve_device(self.device)
         if not self.weight_decay >= 0:
             raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         from fnnp_opt.constraints import check_combination
@@ -204,10 +210,16 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict:
+        """The settings as plain values, the storage URL's password shown as ``***``: what studies, exports
+        and logs keep."""
+        from fnnp_opt.storage import redact
+
         d = asdict(self)
         for key, value in d.items():
             if isinstance(value, Enum):
                 d[key] = value.value
+        if d["storage"]:
+            d["storage"] = redact(d["storage"])
         return d
 
 
@@ -233,15 +245,53 @@ def load_recipe(path: Path) -> dict:
     return data
 
 
+RECIPE_TABLES = {"about", "paper"}  # a recipe's tables: its title, and what the paper reports
+
+
+def _check_recipe_types(recipe: Path, data: dict) -> None:
+    """Raise :class:`UsageError` for a recipe value of the wrong TOML type (``max_rate = "high"``).
+
+    The type is read from the :class:`RunConfig` field: int, float (an int is accepted), bool,
+    str (also for the enum choices), or a list of strings (``exclude``).
+    """
+    kinds = {f.name: str(f.type) for f in fields(RunConfig)}
+    for key, value in data.items():
+        kind = kinds[key].replace(" | None", "")
+        if kind == "float":
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif kind == "int":
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif kind == "bool":
+            ok, want = isinstance(value, bool), "true or false"
+        elif kind.startswith("tuple"):
+            ok, want = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        elif key == "flops":
+            ok, want = isinstance(value, (str, int, float)) and not isinstance(value, bool), "a number or a string"
+        else:
+            ok, want = isinstance(value, str), "a string"
+        if not ok:
+            raise UsageError(
+                f"recipe {recipe}: {key} must be {want}, got {value!r} ({type(value).__name__}); fix that line"
+            )
+
+
 def resolve(recipe: Path | None = None, **flags) -> RunConfig:
     """Defaults, overridden by the recipe, overridden by flags that are not None."""
     known = {f.name for f in fields(RunConfig)}
     values: dict = {}
     if recipe is not None:
-        data = {k: v for k, v in load_recipe(recipe).items() if not isinstance(v, dict)}
+        data = load_recipe(recipe)
+        tables = {k for k, v in data.items() if isinstance(v, dict)}
+        if tables - RECIPE_TABLES:
+            raise UsageError(
+                f"recipe {recipe} has unknown tables {sorted(tables - RECIPE_TABLES)}; options go at the top level "
+                f"(n_trials = 30), and the only tables are {sorted(RECIPE_TABLES)}"
+            )
+        data = {k: v for k, v in data.items() if k not in tables}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"recipe {recipe} sets unknown options {unknown}; known: {sorted(known)}")
+        _check_recipe_types(recipe, data)
         values.update(data)
     given = {k: v for k, v in flags.items() if v is not None and v != []}
     if {"search_size", "search_per_class"} & set(given):  # a flag sizing the split replaces the recipe's way
@@ -265,6 +315,25 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
     return replace(cfg, flops=cfg.resolved_flops()).validate()
 
 
+def check_study_name(name: str | None) -> None:
+    """Raise :class:`UsageError` unless ``name`` can name a study and its default export folder ``runs/<name>``.
+
+    One path component: not empty, no ``/`` or ``\\``, not ``.`` or ``..``, no control characters.
+    """
+    if name is None:
+        return
+    if (
+        not name.strip()
+        or name in (".", "..")
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 for c in name)
+    ):
+        raise UsageError(
+            f"--study-name {name!r} names a study and its export folder runs/<name>, so it must be one folder name "
+            "(no '/', '\\' or '..', not empty); pass e.g. --study-name resnet20-half"
+        )
+
+
 def resolve_device(name: str) -> str:
     """Map ``auto`` to cuda when available, else cpu; validate explicit names."""
     import torch
@@ -274,7 +343,9 @@ def resolve_device(name: str) -> str:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {name!r}") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} asks for CUDA, but none is available; use --device cpu")
     return name

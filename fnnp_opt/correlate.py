@@ -38,7 +38,7 @@ from fnnp_opt.config import RunConfig
 from fnnp_opt.constraints import fit_to_budget
 from fnnp_opt.correlation import METRICS, Coefficient, Noise, coefficient, noise, with_interval
 from fnnp_opt.errors import UsageError
-from fnnp_opt.evaluate import accuracy, bn_momentum, run_batches
+from fnnp_opt.evaluate import accuracy, bn_momentum, calibration_mode, run_batches
 from fnnp_opt.finetune import FitConfig, fit
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.score import Scorer, ShortFinetune, abn_ft_key
@@ -106,7 +106,7 @@ def abn_sweep(model, calibration: list, search: list, counts: tuple[int, ...], d
     scores, seen = {}, 0
     with bn_momentum(model, None, reset=True):  # the cumulative average of the batches seen so far
         for n in sorted(counts):
-            model.train()
+            calibration_mode(model)
             run_batches(model, calibration[seen:n], torch.device(device), lambda x, y: model(x))
             seen = n
             scores[n] = accuracy(model, search, device)
@@ -117,7 +117,7 @@ def abn_sweep(model, calibration: list, search: list, counts: tuple[int, ...], d
 def abn_ema(model, calibration: list, search: list, momentum: float, device: str) -> float:
     """The official code's variant: no reset; every batch moves the statistics by ``momentum``."""
     with bn_momentum(model, momentum):
-        model.train()
+        calibration_mode(model)
         run_batches(model, calibration, torch.device(device), lambda x, y: model(x))
     return accuracy(model, search, device)
 
@@ -301,7 +301,7 @@ def _study(cfg: RunConfig, settings: CorrelateSettings, p, budget: str) -> optun
         if study is None:
             study = St.create_study(storage, name, fingerprint, cfg.to_dict(), p.space, p.budget)
         else:
-            St.check_fingerprint(study, fingerprint, cfg.resolved_storage())
+            St.check_fingerprint(study, fingerprint, cfg.resolved_storage(), cfg.to_dict())
     return study
 
 
@@ -322,6 +322,7 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
     from fnnp_opt.pipeline import prepare
 
     settings.validate()
+    St.check_writable(cfg.resolved_storage())
     cfg = replace(cfg, abn_batches=max(settings.sweep))
     top = f"abn_{max(settings.sweep)}"  # the full calibration: the trial's value
     result = CorrelateResult()

@@ -10,6 +10,7 @@ The test file is loaded separately and is used only for the final report.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ from fnnp_opt.datasets import (  # noqa: F401  (re-exported: the formats live in
     resolve_dataset,
     write_idx,
 )
-from fnnp_opt.errors import UsageError
+from fnnp_opt.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -149,16 +152,31 @@ class _Images(torch.utils.data.Dataset):
         return FolderSet(self.source, self.idx[_draw(len(self), n, seed).numpy()], self.info, self.workers)
 
     def __getitem__(self, i: int):
+        """Image ``i``; an image that cannot be decoded is skipped with a warning naming it, and the next
+        one of this part (in order, wrapping around) stands in, so batches keep their size and a study
+        never stops on a broken file."""
         from PIL import Image
 
-        k = int(self.idx[i])
-        path = self.source.root / self.source.paths[k]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except OSError as exc:
-            raise UsageError(f"image {path} could not be decoded ({exc}); remove or replace it") from None
-        return self.transform(img), int(self.source.labels[k])
+        for step in range(len(self.idx)):
+            k = int(self.idx[(i + step) % len(self.idx)])
+            path = self.source.root / self.source.paths[k]
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+            except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken and truncated files
+                _warn_undecodable(path, exc)
+                continue
+            return self.transform(img), int(self.source.labels[k])
+        raise DataError(f"no image of {self.source.root} could be decoded; replace the files with intact ones")
+
+
+_UNDECODABLE: set = set()
+
+
+def _warn_undecodable(path: Path, exc: Exception) -> None:
+    if path not in _UNDECODABLE:  # once per file and process
+        _UNDECODABLE.add(path)
+        log.warning("skipping image %s: it cannot be decoded (%s); remove or replace it", path, exc)
 
 
 class FolderSet:

@@ -90,16 +90,32 @@ def accuracy(
     return hits / max(seen, 1)
 
 
-def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def chance_level(batches: list[Batch]) -> float:
+    """The accuracy of always guessing the commonest label of ``batches``: the floor a trained model beats."""
+    labels = torch.cat([y for _, y in batches])
+    return float(torch.bincount(labels).max()) / max(len(labels), 1)
+
+
+def norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
+    """The normalisation layers that keep running statistics: what adaptive BN recomputes.
+
+    BatchNorm (any dimension, SyncBatchNorm) and InstanceNorm with ``track_running_stats=True``.
+    A layer built with ``track_running_stats=False`` always normalises with its batch's statistics;
+    it has nothing to recompute and is left out. An empty list means ABN changes nothing.
+    """
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None
+    ]
 
 
 @contextmanager
 def bn_momentum(model: nn.Module, momentum: float | None, reset: bool = False):
-    """Within the block, every BatchNorm updates its statistics with ``momentum`` (None: the
-    cumulative average), after resetting them when ``reset``; the momenta are restored after.
-    Yields the BatchNorm layers."""
-    layers = bn_layers(model)
+    """Within the block, every layer of :func:`norm_layers` updates its statistics with ``momentum``
+    (None: the cumulative average), after resetting them when ``reset``; the momenta are restored
+    after. Yields those layers."""
+    layers = norm_layers(model)
     saved = [m.momentum for m in layers]
     for m in layers:
         if reset:
@@ -112,6 +128,18 @@ def bn_momentum(model: nn.Module, momentum: float | None, reset: bool = False):
             m.momentum = mom
 
 
+def calibration_mode(model: nn.Module) -> None:
+    """Put ``model`` in eval mode except its :func:`norm_layers`, which collect statistics.
+
+    The network then computes exactly what evaluation computes (dropout, stochastic depth and
+    any other train-only behaviour off), so the statistics are those of the network that will
+    be scored. Restore the mode with ``model.train(...)`` afterwards.
+    """
+    model.eval()
+    for m in norm_layers(model):
+        m.train()
+
+
 @_restoring_mode
 @torch.no_grad()
 def calibrate_bn(
@@ -121,14 +149,17 @@ def calibrate_bn(
     momentum: float | None = None,
     progress: Progress = NULL,
 ) -> None:
-    """Adaptive BN: reset every BatchNorm's running statistics and recompute them.
+    """Adaptive BN: reset the running statistics of every :func:`norm_layers` layer and recompute them.
 
-    The network runs in train mode without gradients over ``batches``; only BN buffers
-    change. ``momentum=None`` gives the exact cumulative average over the batches; a
-    float gives the usual exponential moving average.
+    The network runs in eval mode with only those layers in train mode (:func:`calibration_mode`),
+    without gradients, over ``batches``; only their buffers change. ``momentum=None`` gives the
+    exact cumulative average over the batches; a float gives the usual exponential moving average.
+
+    Raises:
+        NonFiniteError: the recomputed statistics hold NaN or inf.
     """
     with bn_momentum(model, momentum, reset=True) as layers:
-        model.train()
+        calibration_mode(model)
         run_batches(model, batches, torch.device(device), lambda x, y: model(x), progress, "ABN", len(batches))
     for m in layers:
         if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):

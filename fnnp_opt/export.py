@@ -28,6 +28,23 @@ def check_writable(path: Path, folder: bool = False) -> None:
 FORMAT = "fnnp-opt/pruned-v1"
 
 
+def unique_tensors(state: dict) -> dict:
+    """``state`` as safetensors can hold it: CPU, contiguous, and each tensor once.
+
+    A module registered under two names puts its tensors in the state dict twice; safetensors
+    refuses tensors that share memory, so only the first name is kept.
+    :func:`fnnp_opt.models.load_weights` fills the other names back in from the model's aliases.
+    """
+    seen, out = set(), {}
+    for k, v in state.items():
+        key = (v.device, v.data_ptr(), v.dtype, tuple(v.shape)) if v.numel() else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.detach().cpu().contiguous()
+    return out
+
+
 def save_pruned(model, folder: Path, card: dict) -> Path:
     """Write ``folder/pruned.safetensors`` and ``folder/pruned.json``; return the JSON path.
 
@@ -47,7 +64,7 @@ def save_pruned(model, folder: Path, card: dict) -> Path:
     weights, recipe = folder / "pruned.safetensors", folder / "pruned.json"
     doc = {"format": FORMAT, **card, "layers": layer_shapes(model)}
     tmp_w, tmp_r = weights.with_suffix(".safetensors.tmp"), recipe.with_suffix(".json.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp_w))
+    save_file(unique_tensors(model.state_dict()), str(tmp_w))
     tmp_r.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp_w, weights)
     os.replace(tmp_r, recipe)

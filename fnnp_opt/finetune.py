@@ -199,13 +199,17 @@ def train_base(
 
     from safetensors.torch import save_file
 
-    from fnnp_opt.data import load_splits
+    from fnnp_opt.data import load_splits, resolve_dataset
     from fnnp_opt.evaluate import accuracy
-    from fnnp_opt.export import check_writable
-    from fnnp_opt.models import create_model
+    from fnnp_opt.export import check_writable, unique_tensors
+    from fnnp_opt.models import check_input, create_model
 
     output = Path(output)
     check_writable(output)
+    info = resolve_dataset(dataset, data_dir, image_size)
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model = create_model(model_name, info.in_channels, info.num_classes)
+    check_input(model, model_name, (1, info.in_channels, info.image_size, info.image_size), info.num_classes)
     splits = load_splits(
         dataset,
         data_dir,
@@ -215,8 +219,6 @@ def train_base(
         abn_batches=1,
         abn_batch_size=1,
     )
-    torch.manual_seed(cfg.seed)  # the initial weights
-    model = create_model(model_name, splits.info.in_channels, splits.info.num_classes)
     t0 = time.perf_counter()
     history = fit(
         model,
@@ -231,7 +233,7 @@ def train_base(
     minutes = (time.perf_counter() - t0) / 60
     test_acc = accuracy(model, splits.test_batches(500), device, progress, "test")
     model.cpu()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(output))
+    save_file(unique_tensors(model.state_dict()), str(output))
     card = {
         "model": model_name,
         "dataset": dataset,

@@ -91,6 +91,12 @@ def parse_flops(text: str, base: int) -> int:
     return int(round(target))
 
 
+def check_tolerance(tolerance: float) -> None:
+    """Raise :class:`BudgetError` unless ``tolerance`` (the window's half-width, a fraction of the base) is in (0, 1)."""
+    if not 0.0 < tolerance < 1.0:
+        raise BudgetError(f"--flops-tolerance must be in (0, 1) (a fraction of the base FLOPs), got {tolerance}")
+
+
 def make_budget(text: str, tolerance: float, base: int) -> Budget:
     """The window target ± tolerance x base, clipped to [0, base]; ``LOW:HIGH`` gives that range as is."""
     if ":" in str(text):
@@ -99,8 +105,7 @@ def make_budget(text: str, tolerance: float, base: int) -> Budget:
         if low >= high:
             raise BudgetError(f"--flops {text}: a range LOW:HIGH needs LOW < HIGH, like 0.2:0.8")
         return Budget(base, high, low, high, ranged=True)
-    if not 0.0 < tolerance < 1.0:
-        raise BudgetError(f"--flops-tolerance must be in (0, 1) (a fraction of the base FLOPs), got {tolerance}")
+    check_tolerance(tolerance)
     target = parse_flops(text, base)
     slack = tolerance * base
     return Budget(base, target, int(max(0, target - slack)), int(min(base, target + slack)))

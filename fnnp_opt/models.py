@@ -127,13 +127,28 @@ def _user_info(spec: str) -> ModelInfo:
     if not callable(fn):
         raise ModelError(f"model {spec!r}: {module_name} has no callable {attr!r}")
 
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    wanted = ("in_channels", "num_classes")
+    required = [
+        n
+        for n, q in params.items()
+        if q.default is q.empty
+        and q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)
+        and n not in wanted
+    ]
+    if required:
+        raise ModelError(
+            f"model {spec!r}: {attr}() requires {', '.join(map(repr, required))}, which fnnp-opt cannot give; "
+            "it calls the builder with in_channels= and num_classes= only (each if accepted): give the other "
+            "arguments defaults, or point --model at a function that fills them in"
+        )
+
     def build(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            params = {}
-        wanted = {"in_channels": in_channels, "num_classes": num_classes}
-        model = fn(**{k: v for k, v in wanted.items() if k in params})
+        kwargs = {"in_channels": in_channels, "num_classes": num_classes}
+        model = fn(**{k: v for k, v in kwargs.items() if k in params})
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
         return adapt_input(model, in_channels)
@@ -227,11 +242,16 @@ def find_classifier(model: nn.Module, example: torch.Tensor, num_classes: int) -
     return order[-1]
 
 
-def check_input(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
-    """Raise :class:`ModelError` unless ``model`` runs on one input of ``input_shape``."""
+def check_input(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int | None = None) -> None:
+    """Raise :class:`ModelError` unless ``model`` runs on one input of ``input_shape`` and returns logits.
+
+    The output rule: ``forward`` returns one tensor of shape (N, num_classes). A tuple, a list or a
+    dict (logits plus an embedding, auxiliary heads) is refused, naming the type found: wrap the
+    model so that it returns the logits alone.
+    """
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(input_shape))
+            out = model.eval()(torch.zeros(input_shape))
     except Exception as exc:
         side = input_shape[-1]
         raise ModelError(
@@ -239,6 +259,17 @@ def check_input(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> No
             f"{str(exc).splitlines()[0][:160]}); pick a model for small images or a dataset with larger ones "
             "(--image-size for image folders)"
         ) from None
+    want = f"(1, {num_classes})" if num_classes else "(N, classes)"
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(
+            f"model {name!r} returns a {type(out).__name__}, but fnnp-opt needs its forward to return one logits "
+            f"tensor {want}; wrap it in a module whose forward returns only the logits (see docs/models.md)"
+        )
+    if out.dim() != 2 or (num_classes and out.shape[1] != num_classes):
+        raise ModelError(
+            f"model {name!r} returns a tensor of shape {tuple(out.shape)}, but fnnp-opt needs logits {want}; "
+            "build it for this dataset's classes and flatten its output (see docs/models.md)"
+        )
 
 
 class BasicBlock(nn.Module):
@@ -378,40 +409,94 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# Where training scripts keep the weights inside a checkpoint dict, most specific first.
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
+# Prefixes that wrappers add to every key: DataParallel / DistributedDataParallel, torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _is_state(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _find_state(obj) -> dict[str, torch.Tensor] | None:
+    """The state dict in a loaded checkpoint: the object itself, a known key, or the one tensor dict it holds."""
+    if _is_state(obj):
+        return obj
+    if not isinstance(obj, dict):
+        return None
+    for key in _STATE_KEYS:
+        if _is_state(obj.get(key)):
+            return obj[key]
+    found = [v for v in obj.values() if _is_state(v)]
+    return found[0] if len(found) == 1 else None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read tensors from a safetensors file or a ``torch.save`` file, without pickle code.
 
-    A training checkpoint dict holding the weights under ``state_dict``, ``model`` or
-    ``model_state_dict`` is accepted too.
+    Accepted layouts: a plain state dict; a training checkpoint dict holding it under
+    ``state_dict``, ``model_state_dict``, ``model``, ``net``, ``network``, ``weights`` or
+    ``params``, or as its only dict of tensors (``{'net': ..., 'acc': 93.1, 'epoch': 199}``). A
+    prefix that DataParallel (``module.``) or torch.compile (``_orig_mod.``) put on every key is
+    removed.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, holds no state dict (the message names
+            its top-level keys), or holds NaN or inf weights.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass an existing file to --checkpoint")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}; pass an existing weights file to --checkpoint")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            obj = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise many different types
         raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(exc).__name__}: {exc}); "
+            f"checkpoint {path} could not be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
             "pass a safetensors file or a state_dict saved with torch.save"
         ) from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors")
+    state = _find_state(obj)
+    if state is None:
+        found = f"a dict with keys {_few(sorted(map(str, obj)), 6)}" if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"checkpoint {path} holds no state_dict of tensors (found {found}); save model.state_dict(), or a "
+            f"dict holding it under one of {', '.join(_STATE_KEYS)}"
+        )
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or inf weights in {_few(bad)}; the training that wrote it diverged: "
+            "pass an earlier checkpoint"
+        )
     return state
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` strictly, naming the keys that differ on mismatch."""
+    """Load ``state`` into ``model`` strictly, naming the keys that differ on mismatch.
+
+    A key the file lacks is taken from another key when the model registers both for one tensor
+    (a module under two names, saved once).
+    """
     own = model.state_dict()
+    state = dict(state)
+    tied: dict[tuple, list[str]] = {}
+    for k, v in own.items():
+        if v.numel():
+            tied.setdefault((v.data_ptr(), v.dtype, tuple(v.shape)), []).append(k)
+    for names in tied.values():
+        present = [k for k in names if k in state]
+        for k in names:
+            if present and k not in state:
+                state[k] = state[present[0]]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
@@ -431,7 +516,6 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
             f"checkpoint {source} does not fit the model: {'; '.join(parts)}; "
             "pass the checkpoint trained for this --model and --dataset"
         )
-    state = dict(state)
     ordered = type(own)(state)
     ordered._metadata = getattr(own, "_metadata", {})  # module versions, which some modules' loaders require
     model.load_state_dict(ordered)

@@ -6,6 +6,7 @@ is touched, so bad input leaves both as they were.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from fnnp_opt import storage as St
 from fnnp_opt.config import Objective, RunConfig, Score, resolve_device
 from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
-from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, StorageError, UsageError
-from fnnp_opt.evaluate import accuracy, calibrate_bn, latency_ms
+from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
+from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, latency_ms, norm_layers
 from fnnp_opt.export import check_writable, save_pruned
 from fnnp_opt.finetune import Distill, FitConfig, fit
 from fnnp_opt.flops import Budget, FlopsModel, count, human, make_budget
@@ -84,27 +85,16 @@ def make_scorer(p: Prepared) -> Scorer:
 
 
 def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
-    """Load data and model, derive the search space and the budget, and check reachability.
+    """Load model and data, derive the search space and the budget, and check reachability.
 
-    ``with_data=False`` skips the dataset files (``splits`` is then None): the space and
-    the budget depend on the model alone.
+    Everything the model alone decides (its outputs, the space, the budget window, the batch
+    sizes its normalisation layers accept) is checked before any data file is read, so a
+    mistyped command fails at once. ``with_data=False`` skips the dataset files (``splits`` is
+    then None): the space and the budget depend on the model alone.
     """
     device = resolve_device(cfg.device)
-    splits = None
-    if with_data:
-        splits = load_splits(
-            cfg.dataset,
-            Path(cfg.data_dir) if cfg.data_dir else None,
-            search_size=cfg.search_size,
-            search_per_class=cfg.search_per_class,
-            abn_batches=cfg.abn_batches,
-            abn_batch_size=cfg.abn_batch_size,
-            calib_seed=cfg.seed,
-            image_size=cfg.image_size,
-        )
-        info = splits.info
-    else:
-        info = resolve_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.image_size)
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+    info = resolve_dataset(cfg.dataset, data_dir, cfg.image_size)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(cfg.model, cfg.dataset)
     if ckpt is None and not with_data:  # the space and the budget do not depend on the weights
         log.warning("no checkpoint for %s on %s: using random weights to derive the space", cfg.model, cfg.dataset)
@@ -119,20 +109,60 @@ def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
         model, digest = load_model(cfg.model, info.in_channels, info.num_classes, ckpt)
     input_shape = (1, info.in_channels, info.image_size, info.image_size)
     example = torch.zeros(input_shape)
-    check_input(model, cfg.model, input_shape)
+    check_input(model, cfg.model, input_shape, info.num_classes)
+    check_batch_sizes(model, cfg, input_shape)
     shaping = Shaping(cfg.round_to, cfg.min_channels, cfg.exclude)
     pruner = Pruner(model, example, find_classifier(model, example, info.num_classes), shaping)
     space = SearchSpace.from_groups(pruner.groups, cfg.max_rate)
     base_macs, base_params = count(model, input_shape)
     budget = make_budget(cfg.resolved_flops(), cfg.flops_tolerance, base_macs)
-    flops = FlopsModel(model, input_shape, pruner.prune_counts, {g.root: g.block for g in pruner.groups})
+    flops = FlopsModel(model, input_shape, pruner.prune_counts, {g.root: g.multiple for g in pruner.groups})
     if not flops.exact:
         log.warning("the analytic FLOPs count of %s differs from thop's; every draw is counted by thop", cfg.model)
-    p = Prepared(cfg, device, splits, model, digest, pruner, space, budget, base_params, input_shape, flops)
+    p = Prepared(cfg, device, None, model, digest, pruner, space, budget, base_params, input_shape, flops)
     check_reachable(p)
-    if splits is not None and (cfg.score is Score.abn_ft or cfg.rerank):
-        check_score_steps(cfg, len(splits.train))
+    if not norm_layers(model):
+        log.warning(
+            "%s has no normalisation layer that keeps running statistics: ABN recomputes nothing, so every "
+            "trial's score is the plain accuracy of the pruned network (PBN)",
+            cfg.model,
+        )
+    if with_data:
+        p.splits = load_splits(
+            cfg.dataset,
+            data_dir,
+            search_size=cfg.search_size,
+            search_per_class=cfg.search_per_class,
+            abn_batches=cfg.abn_batches,
+            abn_batch_size=cfg.abn_batch_size,
+            calib_seed=cfg.seed,
+            image_size=cfg.image_size,
+        )
+        if cfg.score is Score.abn_ft or cfg.rerank:
+            check_score_steps(cfg, len(p.splits.train))
     return p
+
+
+def check_batch_sizes(model: torch.nn.Module, cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
+    """Raise :class:`UsageError` when a batch of ``--abn-batch-size`` (or ``--batch-size``) images leaves a
+    normalisation layer in train mode one value per channel, which it cannot normalise.
+
+    Only a batch of one image can do that (a BatchNorm1d head, or a map pooled to 1x1); it is
+    run once on zeros, on a copy, to find out.
+    """
+    for flag, size in (("--abn-batch-size", cfg.abn_batch_size), ("--batch-size", cfg.batch_size)):
+        if size != 1 or not norm_layers(model):
+            continue
+        probe = copy.deepcopy(model)
+        calibration_mode(probe)
+        try:
+            with torch.no_grad():
+                probe(torch.zeros(input_shape))
+        except ValueError as exc:
+            raise UsageError(
+                f"{flag} 1: a normalisation layer of {cfg.model} sees one value per channel in a batch of one "
+                f"image ({str(exc).splitlines()[0][:80]}); pass {flag} 2 or more"
+            ) from None
 
 
 def check_score_steps(cfg: RunConfig, train_images: int) -> None:
@@ -200,9 +230,11 @@ class RunResult:
     score_label: str = "ABN accuracy"  # what best_abn is
 
 
-def score_label(cfg: RunConfig) -> str:
-    """What a trial's value is, in words."""
-    return "abn-ft score" if cfg.score is Score.abn_ft else "ABN accuracy"
+def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
+    """What a trial's value is, in words (plain accuracy when the model has no statistics for ABN to recompute)."""
+    if cfg.score is Score.abn_ft:
+        return "abn-ft score"
+    return "ABN accuracy" if norm_layers(model) else "plain accuracy (no BN statistics: ABN = PBN)"
 
 
 def _measure(model, acc: float, macs: int, params: int, input_shape: tuple[int, ...], batch: int) -> dict:
@@ -217,18 +249,44 @@ def _measure(model, acc: float, macs: int, params: int, input_shape: tuple[int, 
     }
 
 
-def open_study(cfg: RunConfig, p: Prepared) -> optuna.Study:
-    """Resume the study of ``cfg`` (its fingerprint must match) or create it with the uniform baselines queued."""
+def check_base(p: Prepared) -> float:
+    """The unpruned model's accuracy on the search split: every trial's reference.
+
+    Raises :class:`ModelError` when it is at or below chance (the share of the commonest label),
+    as with weights for another dataset or a shifted label order, unless ``--no-check-base``.
+    """
+    search = p.splits.search_batches(p.cfg.eval_batch_size)
+    acc, chance = accuracy(p.model, search, p.device, description="base"), chance_level(search)
+    log.info("the unpruned model scores %.4f on the search split (chance: %.4f)", acc, chance)
+    if acc <= chance and p.cfg.check_base:
+        raise ModelError(
+            f"the unpruned {p.cfg.model} scores {acc:.4f} on the search split, at or below chance ({chance:.4f}): "
+            "its weights do not fit this dataset or its label order; check --checkpoint and --dataset "
+            "(or pass --no-check-base to search untrained weights anyway)"
+        )
+    return acc
+
+
+def open_study(cfg: RunConfig, p: Prepared, base_accuracy: float | None = None) -> optuna.Study:
+    """Resume the study of ``cfg`` (its fingerprint must match) or create it with the uniform baselines queued.
+
+    ``base_accuracy`` (the unpruned model's search-split accuracy) is stored as the study's
+    ``base_accuracy`` user attribute, the reference of every trial's ``vs_base``.
+    """
     url, name = cfg.resolved_storage(), cfg.resolved_study_name()
     storage = St.open_storage(url)
     with St.name_lock(storage, name):  # several workers may start at once
         study = St.existing_study(storage, name)
         if study is not None:
-            St.check_fingerprint(study, p.fingerprint(), url)
+            St.check_fingerprint(study, p.fingerprint(), url, cfg.to_dict())
+            if base_accuracy is not None and "base_accuracy" not in study.user_attrs:  # made before it was kept
+                study.set_user_attr("base_accuracy", base_accuracy)
             log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
             return study
         directions = ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
         study = St.create_study(storage, name, p.fingerprint(), cfg.to_dict(), p.space, p.budget, directions)
+        if base_accuracy is not None:
+            study.set_user_attr("base_accuracy", base_accuracy)
         S.enqueue_uniform(study, p.space, uniform_ratios(p))
     return study
 
@@ -250,6 +308,7 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
         slots=St.Slots(study, cfg.n_trials),
         progress=progress,
         finetune=make_scorer(p) if cfg.score is Score.abn_ft else None,
+        base_accuracy=study.user_attrs.get("base_accuracy"),
     )
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
@@ -330,6 +389,7 @@ def deliver(
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    log.info("fine-tuning trial %d for %d epochs%s", trial.number, cfg.epochs, " (distilled)" if cfg.distills() else "")
     ratios = trial_ratios(p.space, trial)
     pruned = p.pruner.prune(ratios)
     calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
@@ -350,6 +410,7 @@ def deliver(
     seconds["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    log.info("testing the base and the pruned network, then exporting to %s", output)
     test = p.splits.test_batches(cfg.eval_batch_size)  # the only use of the test set
     base_acc = accuracy(p.model.to(p.device), test, p.device, progress, "test (base)")
     pruned_acc = accuracy(pruned, test, p.device, progress, "test (pruned)")
@@ -369,7 +430,7 @@ def deliver(
         "std": list(info.std),
         "study": {
             "name": study.study_name,
-            "storage": cfg.resolved_storage(),
+            "storage": St.redact(cfg.resolved_storage()),
             "trial": trial.number,
             "abn_accuracy": trial.user_attrs.get("abn_accuracy", trial.values[0]),
             "value": trial.values[0],  # the study's score: ABN accuracy, or abn-ft with --score abn-ft
@@ -393,10 +454,11 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     t0 = time.perf_counter()
     output = cfg.resolved_output()
     check_writable(output, folder=True)
+    St.check_writable(cfg.resolved_storage())
     p = prepare(cfg)
-    study = open_study(cfg, p)
-    result = RunResult(cfg.resolved_study_name(), cfg.resolved_storage(), S.SearchReport(), p.budget)
-    result.score_label = score_label(cfg)
+    study = open_study(cfg, p, check_base(p))
+    result = RunResult(cfg.resolved_study_name(), St.redact(cfg.resolved_storage()), S.SearchReport(), p.budget)
+    result.score_label = score_label(cfg, p.model)
     seconds["prepare"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -459,6 +521,7 @@ def finetune_trial(
     from fnnp_opt.config import resolve
 
     St.check_exists(storage)
+    St.check_writable(storage)
     store = St.open_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study_name is None and len(names) == 1:
@@ -466,10 +529,12 @@ def finetune_trial(
     study = St.existing_study(store, study_name) if study_name else None
     if study is None:
         listed = ", ".join(names) or "none"
-        raise UsageError(f"no study {study_name!r} in {storage} (it holds: {listed}); pass --study-name")
+        raise UsageError(f"no study {study_name!r} in {St.redact(storage)} (it holds: {listed}); pass --study-name")
     stored = study.user_attrs.get("config")
     if stored is None:
-        raise StorageError(f"study {study_name!r} in {storage} was not created by fnnp-opt; pass another --study-name")
+        raise StorageError(
+            f"study {study_name!r} in {St.redact(storage)} was not created by fnnp-opt; pass another --study-name"
+        )
     known = {f.name for f in fields(RunConfig)}
     cfg = resolve(**{k: v for k, v in stored.items() if k in known})
     cfg = replace(
@@ -484,12 +549,12 @@ def finetune_trial(
     output = Path(cfg.output) if cfg.output else Path("runs") / study_name / f"trial-{trial_number}"
     check_writable(output, folder=True)
     p = prepare(cfg)
-    St.check_fingerprint(study, p.fingerprint(), storage)
+    St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())
     trial = by_number[trial_number]
     d = deliver(cfg, p, study, trial, output, progress)
     return RunResult(
         study_name,
-        storage,
+        St.redact(storage),
         S.SearchReport(total_evaluated=len(by_number)),
         p.budget,
         trial_number,
@@ -500,7 +565,7 @@ def finetune_trial(
         finetune_losses=d["losses"],
         distilled=d["distilled"],
         stage_seconds=d["seconds"],
-        score_label=score_label(cfg),
+        score_label=score_label(cfg, p.model),
     )
 
 

@@ -36,7 +36,10 @@ class GroupInfo:
     producers: tuple[str, ...]  # convs/linears whose out-channels the group removes
     consumers: tuple[str, ...]  # layers whose in-channels (or features) shrink with it
     depthwise: tuple[str, ...] = ()  # the producers that are depthwise convs (they follow their input)
-    block: int = 1  # channels go in multiples of this: the group count of a grouped conv it feeds or is
+    block: int = 1  # channels go in blocks of this: the group count of a grouped conv it feeds or is
+    # kept channels are a multiple of this: ``block``, and the num_groups of every GroupNorm that
+    # normalises the group (it splits its channels into that many equal groups)
+    multiple: int = 1
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class Shaping:
             raise UsageError(f"--min-channels must be a whole number >= 1, got {self.min_channels!r}")
 
     def kept(self, ratio: float, channels: int, block: int = 1) -> int:
-        """Channels a group of ``channels`` keeps at ``ratio``; a multiple of ``block`` (grouped convs)."""
+        """Channels a group of ``channels`` keeps at ``ratio``; a multiple of ``block`` (the group count of
+        grouped convs, the num_groups of GroupNorms: :attr:`GroupInfo.multiple`)."""
         keep = channels - int(round(ratio * channels))
         step = math.lcm(self.round_to, block)
         if step > 1:
@@ -76,8 +80,32 @@ class Shaping:
             keep = -(-keep // block) * block
         return int(min(channels, keep))
 
-    def excludes(self, group: GroupInfo) -> bool:
-        return any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude for n in (group.root, *group.producers))
+    def excludes(self, group: GroupInfo, patterns: tuple[str, ...] | None = None) -> bool:
+        """Whether a pattern of ``--exclude`` (or of ``patterns``) matches a layer of ``group``.
+
+        A pattern is a glob over module names, matched against each layer's name and each of its
+        parents' names: a module name covers its children (``layer3`` excludes ``layer3.0.conv1``).
+        """
+        names = [
+            ".".join(parts[:k])
+            for n in (group.root, *group.producers)
+            for parts in [n.split(".")]
+            for k in range(1, len(parts) + 1)
+        ]
+        return any(
+            fnmatch.fnmatchcase(n, pat) for pat in (self.exclude if patterns is None else patterns) for n in names
+        )
+
+    def check_exclude(self, groups: list[GroupInfo]) -> None:
+        """Raise :class:`UsageError` for an ``--exclude`` pattern that matches no layer of ``groups``."""
+        for pat in self.exclude:
+            if not any(self.excludes(g, (pat,)) for g in groups):
+                names = list(dict.fromkeys(n for g in groups for n in (g.root, *g.producers)))
+                more = f" (+{len(names) - 10} more; `fnnp-opt space` lists them)" if len(names) > 10 else ""
+                raise UsageError(
+                    f"--exclude {pat!r} matches no prunable layer; the layers are {', '.join(names[:10])}{more}; a "
+                    "pattern is a glob over module names, and a module covers its children ('layer3' or 'layer3.*')"
+                )
 
 
 def _conv_like(module: nn.Module) -> bool:
@@ -94,6 +122,7 @@ class _Tracker:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.stack: list[str] = []
+        self.last = ""  # the module that last finished its forward
         self._handles = []
         for name, m in model.named_modules():
             self._handles.append(m.register_forward_pre_hook(self._enter(name)))
@@ -106,7 +135,11 @@ class _Tracker:
         return hook
 
     def _leave(self, module, args, out) -> None:
-        self.stack.pop()
+        self.last = self.stack.pop()
+
+    def culprit(self) -> str:
+        """The innermost module running when the forward failed, or, in a bare forward(), the last that ran."""
+        return self.stack[-1] if self.stack and self.stack[-1] else self.last
 
     def where(self) -> str:
         if not self.stack:
@@ -172,6 +205,7 @@ class Pruner:
         described = [(info, plan) for info, plan in described if info is not None]
         described.sort(key=lambda d: order[d[0].root])
         self.all_groups: list[GroupInfo] = [info for info, _ in described]
+        shaping.check_exclude(self.all_groups)
         self.groups: list[GroupInfo] = [g for g in self.all_groups if not shaping.excludes(g)]
         self._plans = {info.root: plan for info, plan in described}
         self._order = {info.root: self._l1_order(info) for info in self.groups}
@@ -240,11 +274,13 @@ class Pruner:
                     depthwise.append(name)
             else:
                 consumers.append(name)
-        block = 1
+        block = norm_groups = 1
         for step in plan:
             module = None if step.is_param else self.base.get_submodule(step.name)
             if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not _is_depthwise(module):
                 block = math.lcm(block, module.groups)
+            if isinstance(module, nn.GroupNorm):
+                norm_groups = math.lcm(norm_groups, module.num_groups)
         root_name = self._names[root]
         plain = [p for p in producers if p not in depthwise]
         if root_name in depthwise and plain:  # name the group after the conv that makes its channels
@@ -256,6 +292,7 @@ class Pruner:
             consumers=tuple(dict.fromkeys(consumers)),
             depthwise=tuple(dict.fromkeys(depthwise)),
             block=block,
+            multiple=math.lcm(block, norm_groups),
         )
         return info, plan
 
@@ -283,7 +320,7 @@ class Pruner:
 
     def _check(self, example: torch.Tensor) -> None:
         """Prune one channel from every group and run the copy in eval and train mode."""
-        removed = {g.root: g.block for g in self.groups if g.channels > g.block}
+        removed = {g.root: g.multiple for g in self.groups if g.channels > g.multiple}
         with torch.no_grad():
             want = self.base(example).shape
         model = self.prune_counts(removed)
@@ -293,9 +330,12 @@ class Pruner:
                 got = model.eval()(example).shape
                 model.train()(x)
             except Exception as exc:
+                at = tracker.culprit()
+                roots = [g.root for g in self.groups if at and at in (g.root, *g.producers, *g.consumers)]
+                hint = f"exclude its group with --exclude '{roots[0]}'" if roots else "see docs/models.md"
                 raise ModelError(
                     f"the pruned model's forward pass fails{tracker.where()} ({_brief(exc)}); this architecture "
-                    "cannot be pruned by fnnp-opt (see docs/models.md), or exclude that layer with --exclude"
+                    f"cannot be pruned there by fnnp-opt: {hint}"
                 ) from None
         if got != want:
             raise ModelError(f"pruning changed the model's output shape from {tuple(want)} to {tuple(got)}")
@@ -311,7 +351,7 @@ class Pruner:
         unknown = set(ratios) - {g.root for g in self.groups}
         if unknown:
             raise ModelError(f"ratios name groups that do not exist: {sorted(unknown)}")
-        return {g.root: self.removed_count(ratios.get(g.root, 0.0), g.channels, g.block) for g in self.groups}
+        return {g.root: self.removed_count(ratios.get(g.root, 0.0), g.channels, g.multiple) for g in self.groups}
 
     def prune(self, ratios: dict[str, float]) -> nn.Module:
         """Return a pruned deep copy of the base model; ``ratios`` maps group roots to [0, 1)."""
@@ -405,7 +445,14 @@ def _resized(old: nn.Module, s: dict, name: str) -> nn.Module:
 
 
 def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> nn.Module:
-    """Resize the layers of a freshly built ``model`` to ``shapes`` (weights are left uninitialised)."""
+    """Resize the layers of a freshly built ``model`` to ``shapes`` (weights are left uninitialised).
+
+    A module registered under several names (``self.shared = self.block.conv``) is resized once
+    and the new module set under every name, so the aliases stay one module.
+    """
+    aliases: dict[int, list[str]] = {}
+    for alias, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(alias)
     for name, s in shapes.items():
         if "param" in s:
             owner, _, attr = name.rpartition(".")
@@ -420,5 +467,7 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> nn.Module:
             old = model.get_submodule(name)
         except AttributeError:
             raise ModelError(f"the channel plan names layer {name!r}, which the model does not have") from None
-        model.set_submodule(name, _resized(old, s, name))
+        new = _resized(old, s, name)
+        for alias in aliases.get(id(old), [name]):
+            model.set_submodule(alias, new)
     return model

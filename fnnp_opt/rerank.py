@@ -108,6 +108,7 @@ def rerank(
     top = top_k(study, k)
     by_number = {t.number: t for t in top}
     numbers = [t.number for t in top]
+    log.info("rerank: re-scoring the top %d by ABN (trials %s) with %s", len(top), numbers, key)
     report = RerankReport(key)
     with progress.task(f"rerank top {len(top)}", len(top)) as advance:
         shown = 0

@@ -55,6 +55,7 @@ class Evaluator:
     slots: St.Slots | None = None  # None: no slot accounting (a study nobody else shares)
     progress: Progress = NULL
     finetune: Scorer | None = None  # --score abn-ft: the value is this short fine-tune's score, not ABN's
+    base_accuracy: float | None = None  # the unpruned model's search-split accuracy: trials record vs_base
 
     def macs_of(self, ratios: dict[str, float]) -> int:
         return self.flops.macs(self.pruner.counts(ratios))
@@ -116,6 +117,8 @@ class Evaluator:
             trial.set_user_attr("abn_accuracy", abn)
             if self.finetune is not None:
                 trial.set_user_attr(abn_ft_key(self.finetune.short.steps), value)
+            if self.base_accuracy is not None:  # the score relative to the unpruned model's, for the dashboard
+                trial.set_user_attr("vs_base", round(value - self.base_accuracy, 6))
         trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})
         ft = f"  abn-ft {value:.4f}" if self.finetune is not None else ""
         log.info(

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from fnnp_opt.errors import StorageError
 from fnnp_opt.flops import Budget
+from fnnp_opt.redact import redact, scrub
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,51 @@ def check_exists(url: str) -> None:
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
 
 
+def check_writable(url: str) -> None:
+    """Raise :class:`StorageError` when this user could not write the SQLite storage ``url``.
+
+    SQLite needs the database file writable and its folder too (its journal goes there, and
+    fnnp-opt's lock file ``<db>.lock``); a folder that does not exist yet needs its nearest
+    existing parent writable. Checked before anything is loaded, so a refusal leaves the
+    storage untouched. Other storages are checked when they are opened.
+    """
+    path = _sqlite_path(url)
+    if path is None:
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    lock = path.with_name(path.name + ".lock")
+    for target, what in ((path, "the database file"), (lock, "its lock file")):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise StorageError(
+                f"storage {url}: {what} {target} is read-only for this user; make it writable "
+                "(chmod u+w) or pass another --storage"
+            )
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"storage {url}: the folder {folder} is not writable for this user (SQLite keeps its journal and "
+            "fnnp-opt its lock file beside the database); make it writable or pass another --storage"
+        )
+
+
 # --------------------------------------------------------------------------- opening
+
+
+def _with_driver(url: str) -> str:
+    """A bare ``postgresql://`` URL with the PostgreSQL driver that is installed: SQLAlchemy's default (psycopg
+    3) when present, else psycopg2 (fnnp-opt's ``postgres`` extra)."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def open_storage(url: str) -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
+    url = _with_driver(url)
     path = _sqlite_path(url)
     if path is not None:
         if path.parent.exists() and not path.parent.is_dir():
@@ -82,10 +123,11 @@ def open_storage(url: str) -> RDBStorage:
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
         except Exception as exc:  # SQLAlchemy raises many types for bad URLs and dead servers
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
+            fix = "install the database driver its scheme names, or " if isinstance(exc, ImportError) else ""
             raise StorageError(
-                f"storage {url!r} could not be opened ({type(exc).__name__}: {msg}); "
-                "pass a reachable URL such as sqlite:///studies/fnnp.db or postgresql://user@127.0.0.1/db"
+                f"storage {redact(url)!r} could not be opened ({type(exc).__name__}: {msg}); {fix}pass a reachable "
+                "URL such as sqlite:///studies/fnnp.db or postgresql://user@127.0.0.1/db"
             ) from None
 
 
@@ -98,19 +140,57 @@ def existing_study(storage: RDBStorage, name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
 
 
-def check_fingerprint(study: optuna.Study, fingerprint: dict[str, str], storage_url: str) -> None:
-    """Raise :class:`StorageError` when a stored study was made with another model, data or space."""
+# The run settings behind each fingerprint entry, as flags, to name what changed.
+_FINGERPRINT_FLAGS = {
+    "model": ("model",),
+    "weights": ("checkpoint",),
+    "dataset": ("dataset",),
+    "data": ("data_dir", "search_size", "search_per_class", "abn_batches", "abn_batch_size", "seed", "image_size"),
+    "space": ("max_rate", "round_to", "min_channels", "exclude"),
+    "budget": ("flops", "flops_tolerance"),
+    "objective": ("objective",),
+    "score": ("score", "score_steps", "lr", "batch_size", "weight_decay", "seed"),
+}
+
+
+def _changes(key: str, stored: dict, now: dict, stored_config: dict | None, config: dict | None) -> list[str]:
+    """What differs in fingerprint entry ``key``, named by flag (``--max-rate: stored 0.6, now 0.7``) where
+    the stored run settings tell, else by the entry itself."""
+    named = []
+    if stored_config is not None and config is not None:
+        for flag in _FINGERPRINT_FLAGS.get(key, ()):
+            a, b = stored_config.get(flag), config.get(flag)
+            if isinstance(a, list):
+                a = tuple(a)
+            if isinstance(b, list):
+                b = tuple(b)
+            if a != b:
+                named.append(f"--{flag.replace('_', '-')}: stored {a!r}, now {b!r}")
+    if named:
+        return named
+    what = {"weights": "the base weights (sha256 prefix)", "data": "the data split", "space": "the layer groups"}
+    return [f"{what.get(key, key)}: stored {stored.get(key)!r}, now {now.get(key)!r}"]
+
+
+def check_fingerprint(
+    study: optuna.Study, fingerprint: dict[str, str], storage_url: str, config: dict | None = None
+) -> None:
+    """Raise :class:`StorageError` when a stored study was made with another model, data or space.
+
+    ``config`` (the run's settings, :meth:`RunConfig.to_dict`) lets the message name each flag
+    that differs from the stored study's, with both values.
+    """
     stored = study.user_attrs.get("fingerprint")
+    where = f"study {study.study_name!r} in {redact(storage_url)}"
     if stored is None:
+        raise StorageError(f"{where} was not created by fnnp-opt; pass another --study-name")
+    keys = [k for k, v in fingerprint.items() if stored.get(k) != v]
+    if keys:
+        stored_config = study.user_attrs.get("config")
+        diff = [c for k in keys for c in _changes(k, stored, fingerprint, stored_config, config)]
         raise StorageError(
-            f"study {study.study_name!r} in {storage_url} was not created by fnnp-opt; pass another --study-name"
-        )
-    diff = [f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if stored.get(k) != v]
-    if diff:
-        raise StorageError(
-            f"study {study.study_name!r} in {storage_url} was created with different settings ("
-            + "; ".join(diff)
-            + "); pass a new --study-name, or the original options to resume it"
+            f"{where} was created with different settings ({'; '.join(dict.fromkeys(diff))}); "
+            "pass a new --study-name, or the original options to resume it"
         )
 
 

@@ -66,9 +66,13 @@ SMALL_RUN = [
 ]
 
 
+PG_PASSWORD = "Pw-of-fnnp-7f3a9c"  # the test server's password: it must never be shown, logged or stored
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's `postgresql`, which `.ci/run` installs)."""
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's `postgresql`, which `.ci/run` installs), with
+    password authentication (scram-sha-256): the URL holds :data:`PG_PASSWORD`."""
     import glob
     import os
     import shutil
@@ -98,12 +102,17 @@ def postgres_url():
     def pg(*args):
         subprocess.run([*prefix, *map(str, args)], check=True, capture_output=True)
 
-    pg(bindir / "initdb", "-D", root / "data", "-A", "trust", "-U", "fnnp", "--no-sync")
+    (root / "pw").write_text(PG_PASSWORD)
+    if as_root:
+        shutil.chown(root / "pw", "postgres")
+    # TCP connections (fnnp-opt's) need the password; the server's own socket (createdb here) does not
+    auth = ["--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={root / 'pw'}"]
+    pg(bindir / "initdb", "-D", root / "data", *auth, "-U", "fnnp", "--no-sync")
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
     pg(bindir / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "-o", options, "start")
     try:
-        pg(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "fnnp", "fnnp")
-        yield f"postgresql+psycopg2://fnnp@127.0.0.1:{port}/fnnp"
+        pg(bindir / "createdb", "-h", root, "-p", port, "-U", "fnnp", "fnnp")
+        yield f"postgresql+psycopg2://fnnp:{PG_PASSWORD}@127.0.0.1:{port}/fnnp"
     finally:
         pg(bindir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
@@ -173,9 +182,10 @@ def random_checkpoint(path: Path, model: str, in_channels: int, num_classes: int
     """Weights of ``model`` with random values, as safetensors (the recipes need a checkpoint)."""
     from safetensors.torch import save_file
 
+    from fnnp_opt.export import unique_tensors
     from fnnp_opt.models import create_model
 
     torch.manual_seed(0)
     state = create_model(model, in_channels, num_classes).state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    save_file(unique_tensors(state), str(path))  # a module under two names is saved once
     return path

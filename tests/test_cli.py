@@ -75,54 +75,6 @@ def test_stock_optuna_cli_lists_trials_with_attributes(small_fmnist, tmp_path):
     assert attrs["feasible"] is True and "pbn_accuracy" in attrs and "flops" in attrs and "channels" in attrs
 
 
-def _bad_checkpoints(tmp_path: Path) -> dict[str, Path]:
-    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00garbage")
-    save_file(create_model("resnet20", 3, 10).state_dict(), str(tmp_path / "rgb.safetensors"))
-    return {
-        "missing": tmp_path / "none.safetensors",
-        "corrupt": tmp_path / "corrupt.safetensors",
-        "mismatch": tmp_path / "rgb.safetensors",
-    }
-
-
-BAD = [
-    (["--model", "nope"], 2, "unknown model 'nope'"),
-    (["--sampler", "grid"], 2, "unknown sampler 'grid'"),
-    (["--dataset", "mnist3d"], 2, "unknown dataset 'mnist3d'"),
-    (["--max-rate", "1.2"], 2, r"--max-rate must be in (0, 1), got 1.2"),
-    (["--max-rate", "0"], 2, "--max-rate must be in (0, 1)"),
-    (["--flops", "0"], 2, "--flops must be positive"),
-    (["--flops", "-3"], 2, "--flops must be a fraction"),
-    (["--flops", "40M"], 2, "above the base model's"),
-    (["--flops", "half"], 2, "--flops must be a fraction"),
-    (["--flops", "0.05", "--max-rate", "0.3"], 2, "cannot be reached with ratios in [0, 0.3]"),
-    (["--checkpoint", "missing"], 1, "does not exist"),
-    (["--checkpoint", "corrupt"], 1, "could not be read"),
-    (["--checkpoint", "mismatch"], 1, "does not fit the model"),
-    (["--data-dir", "/nonexistent/fmnist"], 1, "apt-get install dataset-fashion-mnist"),
-    (["--storage", "nosuchdb://localhost/x"], 1, "could not be opened"),
-    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], 1, "could not be opened"),
-    (["--output", "/proc/version/out"], 1, "choose another path"),
-    (["--output", "/etc/hostname"], 1, "is a file; pass a path to a folder"),
-    (["--score", "abn-ft", "--score-steps", "1000000"], 2, "exceed the train part's 2700"),
-]
-
-
-@pytest.mark.parametrize("args, code, message", BAD, ids=[" ".join(a) for a, _, _ in BAD])
-def test_bad_input_is_one_line_and_touches_nothing(args, code, message, small_fmnist, tmp_path):
-    ckpts = _bad_checkpoints(tmp_path)
-    args = [str(ckpts.get(a, a)) for a in args]
-    if "--data-dir" not in args:
-        args += ["--data-dir", str(small_fmnist)]
-    res = _run(args, tmp_path)
-    assert res.exit_code == code, res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    assert message in " ".join(res.output.split())
-    assert "Traceback" not in res.output
-    assert not (tmp_path / "study.db").exists() and not (tmp_path / "out").exists()
-
-
 def test_existing_study_with_other_data_is_refused_and_kept(small_fmnist, tmp_path, fmnist_arrays):
     assert _run(["--data-dir", str(small_fmnist), "--epochs", "0"], tmp_path).exit_code == 0
     db = tmp_path / "study.db"
@@ -135,7 +87,7 @@ def test_existing_study_with_other_data_is_refused_and_kept(small_fmnist, tmp_pa
         write_idx(other / f"{part}-images-idx3-ubyte.gz", fmnist_arrays[f"{key}_x"][-n:])
         write_idx(other / f"{part}-labels-idx1-ubyte.gz", fmnist_arrays[f"{key}_y"][-n:])
     res = _run(["--data-dir", str(other), "--epochs", "0"], tmp_path)
-    assert res.exit_code == 1 and "created with different settings (data: stored" in res.output
+    assert res.exit_code == 1 and "created with different settings (--data-dir: stored" in " ".join(res.output.split())
     assert db.read_bytes() == before
 
 
@@ -387,3 +339,133 @@ def test_the_second_shipped_base_runs_the_whole_pipeline_without_a_checkpoint_fl
     assert len(card["ratios"]) == 14  # the stem and the 13 pointwise convs; each depthwise conv follows its input
     assert card["metrics"]["pruned"]["flops"] < 0.56 * card["metrics"]["base"]["flops"]
     assert card["metrics"]["base"]["test_accuracy"] > 0.8  # the shipped weights, not random ones
+
+
+# --------------------------------------------------------------------------- replayed failures of user models
+
+
+def _user_run(name, small_fmnist, tmp_path, *extra):
+    """`fnnp-opt run --model usermodels:<name>` (tests/usermodels.py) with random weights."""
+    from conftest import random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / f"{name}.safetensors", f"usermodels:{name}", 1, 10)
+    args = ["--model", f"usermodels:{name}", "--checkpoint", str(ckpt), "--data-dir", str(small_fmnist)]
+    return _run([*args, "--no-check-base", "--flops-tolerance", "0.2", *extra], tmp_path)
+
+
+def _one_error_line(res, code, message, tmp_path):
+    assert res.exit_code == code, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert message in " ".join(res.output.split())
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_model_without_normalisation_runs_with_a_warning_and_plain_accuracy(small_fmnist, tmp_path):
+    res = _user_run("no_norm", small_fmnist, tmp_path, "--epochs", "0")
+    assert res.exit_code == 0, res.output
+    printed = " ".join(res.output.split())
+    assert "no normalisation layer that keeps running statistics: ABN recomputes nothing" in printed
+    assert "plain accuracy (no BN statistics: ABN = PBN)" in printed
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/study.db")
+    done = [t for t in study.trials if "abn_accuracy" in t.user_attrs]
+    assert len(done) == 2 and all(t.user_attrs["abn_accuracy"] == t.user_attrs["pbn_accuracy"] for t in done)
+
+
+def test_batchnorm_without_running_stats_is_left_alone_and_the_study_runs(small_fmnist, tmp_path):
+    res = _user_run("untracked_bn", small_fmnist, tmp_path, "--epochs", "0")
+    assert res.exit_code == 0, res.output
+    assert "2 candidates evaluated" in " ".join(res.output.split())
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/study.db")
+    assert not [t for t in study.trials if t.state.name == "FAIL"]
+
+
+def test_a_batch_of_one_that_batchnorm_cannot_normalise_is_refused_first(small_fmnist, tmp_path):
+    res = _user_run("bn1d_head", small_fmnist, tmp_path, "--abn-batch-size", "1")
+    _one_error_line(
+        res, 2, "--abn-batch-size 1: a normalisation layer of usermodels:bn1d_head sees one value", tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("tuple_out", "returns a tuple, but fnnp-opt needs its forward to return one logits tensor (1, 10)"),
+        ("needs_width", "needs_width() requires 'width', which fnnp-opt cannot give"),
+    ],
+)
+def test_user_models_fnnp_opt_cannot_call_are_refused_in_one_line(name, message, tmp_path):
+    res = runner.invoke(app, ["space", "--model", f"usermodels:{name}", "--flops", "0.5"])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_a_base_at_chance_is_refused_before_the_study(small_fmnist, shipped_checkpoint, tmp_path):
+    """The shipped weights with the classifier rows rolled by one, as after a label-order mismatch."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(shipped_checkpoint))
+    state["fc.weight"], state["fc.bias"] = state["fc.weight"].roll(1, 0), state["fc.bias"].roll(1, 0)
+    save_file(state, str(tmp_path / "rolled.safetensors"))
+    res = _run(["--data-dir", str(small_fmnist), "--checkpoint", str(tmp_path / "rolled.safetensors")], tmp_path)
+    _one_error_line(res, 2, "search split, at or below chance", tmp_path)
+
+
+def test_trials_record_their_score_relative_to_the_base(small_fmnist, tmp_path):
+    assert _run(["--data-dir", str(small_fmnist), "--epochs", "0"], tmp_path).exit_code == 0
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/study.db")
+    base = study.user_attrs["base_accuracy"]
+    assert 0.8 < base <= 1
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            assert t.user_attrs["vs_base"] == pytest.approx(t.value - base, abs=1e-6)
+
+
+def test_a_bad_budget_is_refused_before_any_data_is_read(tmp_path):
+    res = _run(["--flops", "0.05", "--max-rate", "0.3", "--data-dir", str(tmp_path / "no-data-here")], tmp_path)
+    _one_error_line(res, 2, "cannot be reached with ratios in [0, 0.3]", tmp_path)
+
+
+def test_a_resume_with_another_setting_names_the_flag_and_both_values(small_fmnist, tmp_path):
+    assert _run(["--data-dir", str(small_fmnist), "--epochs", "0"], tmp_path).exit_code == 0
+    before = (tmp_path / "study.db").read_bytes()
+    res = _run(["--data-dir", str(small_fmnist), "--epochs", "0", "--max-rate", "0.7"], tmp_path)
+    assert res.exit_code == 1 and "--max-rate: stored 0.6, now 0.7" in " ".join(res.output.split()), res.output
+    assert (tmp_path / "study.db").read_bytes() == before
+
+
+def test_a_module_under_two_names_exports_and_reloads_bit_identically(small_fmnist, tmp_path):
+    res = _user_run("shared_conv", small_fmnist, tmp_path, "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "out" / "pruned.json").read_text())
+    model = fnnp_opt.load_pruned(tmp_path / "out")
+    assert model.shared is model.block.conv and model.shared.out_channels == doc["layers"]["block.conv"]["out"] < 32
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "out" / "pruned.safetensors"))
+    assert sum(k.startswith(("shared.", "block.conv.")) for k in saved) == 2  # the conv's weight and bias, once
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k] if k in saved else saved[k.replace("shared.", "block.conv.")])
+    printed = doc["metrics"]["pruned"]["test_accuracy"]
+    again = runner.invoke(app, ["evaluate", str(tmp_path / "out"), "--data-dir", str(small_fmnist)])
+    assert again.exit_code == 0 and f"test accuracy {printed:.2%} (reported at export: {printed:.2%})" in again.output
+
+
+def test_groupnorm_channels_are_cut_in_multiples_of_its_groups(small_fmnist, tmp_path):
+    res = _user_run("group_norm", small_fmnist, tmp_path, "--epochs", "0", "--flops", "0.4", "--max-rate", "0.8")
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/study.db")
+    kept = [t.user_attrs["channels"] for t in study.trials if "channels" in t.user_attrs]
+    assert kept and all(c % 8 == 0 for plan in kept for c in plan.values())
+    assert any(c < 32 for plan in kept for c in plan.values())  # pruned, in whole multiples of 8
+
+
+def test_a_layer_that_cannot_be_pruned_gets_an_exclude_hint_that_works(small_fmnist, tmp_path):
+    res = runner.invoke(app, ["space", "--model", "usermodels:fixed_width", "--flops", "0.7"])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    printed = " ".join(res.output.split())
+    assert "fails in module 'fc'" in printed or "fails in the forward()" in printed
+    hint = printed.split("--exclude '")[1].split("'")[0]
+    res = runner.invoke(app, ["space", "--model", "usermodels:fixed_width", "--flops", "0.7", "--exclude", hint])
+    assert res.exit_code == 0, res.output
+    assert "ratio.stem" in res.output and f"ratio.{hint}" not in res.output

@@ -110,3 +110,16 @@ def test_evaluation_images_are_decoded_once_then_served_from_memory(tiny_imagene
     streamed = s.search.batches(4)
     list(streamed), list(streamed)
     assert len(decoded) == 6 + 12
+
+
+def test_an_undecodable_image_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    root = write_image_folder(tmp_path / "pets", ["cat", "dog"], {"train": 6, "test": 2}, size=24)
+    broken = root / "train" / "dog" / "dog_2.JPEG"
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated JPEG
+    (root / "train" / "cat" / "cat_1.JPEG").write_bytes(b"not an image at all")
+    s = load_splits("folder", root, search_per_class=1, abn_batches=2, abn_batch_size=2, image_size=24, workers=0)
+    with caplog.at_level("WARNING", logger="fnnp_opt.data"):
+        seen = sum(len(y) for _, y in s.train.batches(3)) + sum(len(y) for _, y in s.search.batches(3))
+        x, y = next(iter(s.train.shuffled(4, torch.Generator().manual_seed(0))))
+    assert seen == 12 and x.shape == (4, 3, 24, 24)  # every batch full: the next image stood in
+    assert "skipping image" in caplog.text and ("dog_2.JPEG" in caplog.text or "cat_1.JPEG" in caplog.text)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fnnp_opt.data import load_splits
-from fnnp_opt.evaluate import NonFiniteError, abn_accuracy, accuracy, bn_layers, calibrate_bn
+from fnnp_opt.evaluate import NonFiniteError, abn_accuracy, accuracy, norm_layers, calibrate_bn
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def splits(small_fmnist):
 
 def test_abn_changes_only_bn_running_stats(base_model, splits):
     before = {k: v.clone() for k, v in base_model.state_dict().items()}
-    momenta = [m.momentum for m in bn_layers(base_model)]
+    momenta = [m.momentum for m in norm_layers(base_model)]
     base_model.eval()
     calibrate_bn(base_model, splits.calibration)
     after = base_model.state_dict()
@@ -22,7 +22,7 @@ def test_abn_changes_only_bn_running_stats(base_model, splits):
     assert changed, "ABN must recompute the statistics"
     assert all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
     assert any(k.endswith("running_mean") for k in changed)
-    assert [m.momentum for m in bn_layers(base_model)] == momenta
+    assert [m.momentum for m in norm_layers(base_model)] == momenta
     assert not base_model.training  # mode given back
 
 
@@ -58,3 +58,49 @@ def test_non_finite_statistics_are_reported(base_model, splits):
         base_model.conv1.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteError):
         calibrate_bn(base_model, splits.calibration)
+
+
+def _stochastic_net(track: bool = True) -> torch.nn.Module:
+    """conv -> stochastic depth (a whole sample's branch dropped in training) -> BN -> dropout -> fc."""
+    from torchvision.ops import StochasticDepth
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        StochasticDepth(0.5, "row"),
+        torch.nn.BatchNorm2d(8, track_running_stats=track),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(8, 10),
+    )
+
+
+def test_abn_calibrates_the_network_that_is_scored(splits):
+    """Stochastic depth before BN: the statistics are those of the eval-mode network, exactly."""
+    model = _stochastic_net().eval()
+    torch.manual_seed(1)
+    calibrate_bn(model, splits.calibration)
+    bn = model[2]
+    with torch.no_grad():
+        feats = [model[0](x) for x, _ in splits.calibration]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0)  # unbiased per batch, as BN keeps it
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, var, rtol=1e-4)
+    first = bn.running_var.clone()
+    torch.manual_seed(2)  # another draw of the train-only randomness changes nothing
+    calibrate_bn(model, splits.calibration)
+    assert torch.equal(bn.running_var, first)
+    assert not any(m.training for m in model.modules())  # the mode is given back
+
+
+def test_abn_leaves_layers_without_running_stats_alone(splits):
+    """BatchNorm(track_running_stats=False) always uses batch statistics: nothing to recompute, no crash."""
+    model = _stochastic_net(track=False)
+    assert norm_layers(model) == []
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calibrate_bn(model, splits.calibration)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert 0.0 <= abn_accuracy(model, splits.calibration, splits.search_batches(250)) <= 1.0

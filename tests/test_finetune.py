@@ -88,26 +88,29 @@ def test_distillation_with_weight_zero_equals_plain_fine_tuning(train_part, base
 
 
 def test_distillation_pulls_the_student_toward_the_teacher(train_part, base_model):
-    """A pruned copy of the teacher, fine-tuned on the KL term alone, ends closer to the teacher than with CE."""
+    """A pruned copy of the teacher, fine-tuned on random labels: cross-entropy learns the noise and drifts
+    away from the teacher; the KL term alone ignores the labels and follows the teacher (about 2x closer)."""
+    from fnnp_opt.data import TensorSet
     from fnnp_opt.evaluate import calibrate_bn
     from fnnp_opt.prune import Pruner
 
     train, aug = train_part
+    noise = TensorSet(train.x, torch.randint(0, 10, (len(train.y),), generator=torch.Generator().manual_seed(0)))
     pruner = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
     start = pruner.prune({g.root: 0.5 for g in pruner.groups})
     calibrate_bn(start, [(train.x[i : i + 64], train.y[i : i + 64]) for i in range(0, 512, 64)])
     plain, distilled = copy.deepcopy(start), copy.deepcopy(start)
-    cfg = FitConfig(epochs=1, lr=0.02, batch_size=64)
-    fit(plain, train, cfg, augment=aug)
-    fit(distilled, train, cfg, augment=aug, teacher=base_model, distill=ft.Distill(temperature=1.0, weight=1.0))
+    cfg = FitConfig(epochs=2, lr=0.005, batch_size=64)
+    fit(plain, noise, cfg, augment=aug)
+    fit(distilled, noise, cfg, augment=aug, teacher=base_model, distill=ft.Distill(temperature=1.0, weight=1.0))
     x = train.x[:256]
     with torch.no_grad():
         target = torch.softmax(base_model.eval()(x), 1)
 
         def kl(m):
-            return torch.nn.functional.kl_div(torch.log_softmax(m(x), 1), target, reduction="batchmean")
+            return torch.nn.functional.kl_div(torch.log_softmax(m.eval()(x), 1), target, reduction="batchmean")
 
-        assert kl(distilled) < kl(plain)
+        assert kl(distilled) < 0.7 * kl(plain), (kl(distilled), kl(plain))
 
 
 def test_distill_loss_is_cross_entropy_plus_scaled_kl():

@@ -77,6 +77,38 @@ def test_state_dict_inside_training_checkpoint_is_accepted(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v)
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DataParallel / DDP
+        lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},  # torch.compile
+        lambda sd: {"net": sd, "acc": 93.1, "epoch": 199},  # CIFAR training repos
+        lambda sd: {"epoch": 9, "ema": sd, "optimizer": {"lr": 0.1}},  # the only dict of tensors
+        lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 1},
+    ],
+    ids=["dataparallel", "compiled", "net-acc-epoch", "only-tensor-dict", "model-dataparallel"],
+)
+def test_common_checkpoint_layouts_load_the_same_weights(tmp_path, layout):
+    model = create_model("resnet20", 1, 10)
+    torch.save(layout(model.state_dict()), tmp_path / "ckpt.pth")
+    loaded, _ = load_model("resnet20", 1, 10, tmp_path / "ckpt.pth")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_checkpoint_refusals_name_what_was_found(tmp_path):
+    torch.save({"acc": 93.1, "epoch": 199, "optimizer": {"lr": 0.1}}, tmp_path / "noweights.pt")
+    with pytest.raises(CheckpointError, match=r"found a dict with keys acc, epoch, optimizer"):
+        read_state_dict(tmp_path / "noweights.pt")
+    sd = create_model("resnet20", 1, 10).state_dict()
+    sd["fc.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"NaN or inf weights in fc.weight"):
+        read_state_dict(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        read_state_dict(tmp_path)
+
+
 def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "absent.safetensors")

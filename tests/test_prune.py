@@ -109,6 +109,13 @@ def test_round_to_min_channels_and_exclude_shape_every_group(base_model):
     assert Shaping(round_to=8).kept(0.5, 20) == 8 and Shaping(round_to=8).kept(0.0, 4) == 4
     with pytest.raises(UsageError, match="--round-to must be a whole number >= 1, got 0"):
         Shaping(round_to=0)
+    for pat in ("layer4.*", "layer3.9"):  # ResNet-20 has neither
+        with pytest.raises(UsageError, match=rf"--exclude '{pat}' matches no prunable layer; the layers are conv1, "):
+            Pruner(base_model, torch.zeros(SHAPE), "fc", Shaping(exclude=(pat,)))
+    by_module = Pruner(base_model, torch.zeros(SHAPE), "fc", Shaping(exclude=("layer3",)))  # covers its children
+    by_glob = Pruner(base_model, torch.zeros(SHAPE), "fc", Shaping(exclude=("layer3.*",)))
+    assert [g.root for g in by_module.groups] == [g.root for g in by_glob.groups]
+    assert not any(g.root.startswith("layer3") for g in by_module.groups)
     with pytest.raises(ModelError, match="no prunable channel group outside --exclude"):
         Pruner(base_model, torch.zeros(SHAPE), "fc", Shaping(exclude=("*",)))
 

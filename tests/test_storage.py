@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import SMALL_RUN
+from conftest import PG_PASSWORD, SMALL_RUN
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -180,6 +180,7 @@ def test_two_machines_share_a_postgres_study_and_survive_a_kill(postgres_url, sm
             p.wait()
     study = _check_shared_study(postgres_url, n, killed)
     assert (tmp_path / "b" / "pruned.json").is_file() and not (tmp_path / "a" / "pruned.json").exists()
+    assert PG_PASSWORD not in out and "fnnp:***@127.0.0.1" in out  # shown masked
     assert study.user_attrs["delivery"]["owner"] == f"{socket.gethostname()}:{procs[1].pid}"
 
 
@@ -210,3 +211,102 @@ def test_workers_flag_survives_a_killed_worker(small_fmnist, tmp_path):
     assert (tmp_path / "out" / "pruned.json").is_file()
     best = max((t for t in study.trials if St.is_evaluated(t)), key=lambda t: (t.value, -t.number))
     assert study.user_attrs["result"]["trial"] == best.number  # the parent delivered the winner, once
+
+
+def test_a_postgres_password_reaches_no_study_export_or_screen(postgres_url, small_fmnist, tmp_path):
+    """A password-protected role (scram-sha-256): the run works, and the password is nowhere but in the URL."""
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--storage", postgres_url]
+    args += ["--study-name", "secret", "--output", str(tmp_path / "out")]
+    res = CliRunner().invoke(app, ["-v", *args])
+    assert res.exit_code == 0, res.output
+    assert PG_PASSWORD not in res.output and "fnnp:***@127.0.0.1" in res.output
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".csv", ".txt", ".md", ".toml"):
+            assert PG_PASSWORD not in path.read_text(errors="replace"), path
+    study = optuna.load_study(study_name="secret", storage=postgres_url)
+    stored = repr(study.user_attrs) + repr([(t.user_attrs, t.system_attrs) for t in study.trials])
+    assert PG_PASSWORD not in stored and study.user_attrs["config"]["storage"].startswith(
+        "postgresql+psycopg2://fnnp:***@"
+    )
+    assert "storage" not in study.user_attrs["fingerprint"]  # the fingerprint cannot depend on the password
+    wrong = postgres_url.replace(PG_PASSWORD, "Wrong-pw-4242")
+    res = CliRunner().invoke(app, ["run", *args[1:-4], "--storage", wrong, "--output", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "could not be opened" in res.output, res.output
+    assert "Wrong-pw-4242" not in res.output and "***" in res.output
+
+
+def _as_unprivileged(cmd: list[str]) -> list[str]:
+    """``cmd`` without the capabilities that let root write anything (util-linux's setpriv), when run as root:
+    file modes then hold for it as for any user."""
+    return ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.mark.parametrize("case", ["read-only folder", "read-only database", "read-only lock file"])
+def test_a_storage_this_user_cannot_write_is_refused_untouched(case, small_fmnist):
+    """Run as an unprivileged user: one line, exit 1, the database byte-identical, no export written."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="fnnp-ro-"))  # pytest's own folders are private to root
+    root.chmod(0o777)
+    folder = root / "ro"
+    folder.mkdir()
+    db = folder / "s.db"
+    optuna.create_study(study_name="earlier", storage=f"sqlite:///{db}")
+    (folder / "s.db.lock").touch()
+    before = db.read_bytes()
+    out = root / "out"
+    modes = {"read-only folder": (0o555, 0o666, 0o666), "read-only database": (0o777, 0o444, 0o666)}
+    modes["read-only lock file"] = (0o777, 0o666, 0o444)
+    for path, mode in zip((folder, db, folder / "s.db.lock"), modes[case]):
+        path.chmod(mode)
+    try:
+        proc = subprocess.run(
+            _as_unprivileged(_run_args(small_fmnist, f"sqlite:///{db}", 2, "--output", str(out))),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=root,
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert len(lines) == 1 and "for this user" in lines[0] and "Traceback" not in proc.stderr, lines
+        assert db.read_bytes() == before and not out.exists()
+    finally:
+        folder.chmod(0o777)
+        shutil.rmtree(root)
+
+
+def test_finetune_on_a_read_only_database_is_refused_before_the_export(small_fmnist):
+    """`fnnp-opt finetune` used to write the export, then crash on the storage: now it writes nothing."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="fnnp-ro-"))
+    root.chmod(0o777)
+    db = root / "s.db"
+    first = subprocess.run(
+        _run_args(small_fmnist, f"sqlite:///{db}", 2, "--epochs", "0", "--output", str(root / "run")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == 0, first.stderr
+    before = db.read_bytes()
+    db.chmod(0o444)
+    try:
+        args = ["finetune", "--trial", "0", "--storage", f"sqlite:///{db}", "--data-dir", str(small_fmnist)]
+        proc = subprocess.run(
+            _as_unprivileged([sys.executable, str(CLI), *args, "--epochs", "1", "--output", str(root / "ft")]),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 1 and "read-only for this user" in proc.stdout + proc.stderr, proc.stderr
+        assert db.read_bytes() == before and not (root / "ft").exists()
+    finally:
+        shutil.rmtree(root)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fnnp_opt.redact import RedactingFilter, redact, scrub
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        (
+            "postgresql+psycopg2://user:Pa55@db.example:5432/studies",
+            "postgresql+psycopg2://user:***@db.example:5432/studies",
+        ),
+        ("mysql://u:p%40ss@127.0.0.1/x", "mysql://u:***@127.0.0.1/x"),
+        ("postgresql://:only-pw@host/db", "postgresql://:***@host/db"),
+        ("postgresql://user@host/db", "postgresql://user@host/db"),  # no password: unchanged
+        ("sqlite:///studies/fnnp.db", "sqlite:///studies/fnnp.db"),
+    ],
+)
+def test_redact_masks_exactly_the_password(url, shown):
+    assert redact(url) == shown
+    assert redact(f"storage {url!r} could not be opened") == f"storage {shown!r} could not be opened"
+
+
+def test_scrub_removes_a_password_that_appears_alone():
+    url = "postgresql://fnnp:p%40ss-9@127.0.0.1/db"
+    text = 'password "p@ss-9" rejected for p%40ss-9 at postgresql://fnnp:p%40ss-9@127.0.0.1/db'
+    assert scrub(text, url) == 'password "***" rejected for *** at postgresql://fnnp:***@127.0.0.1/db'
+
+
+def test_log_records_are_redacted(caplog):
+    log = logging.getLogger("fnnp_opt.test_redact")
+    log.addFilter(RedactingFilter())
+    try:
+        with caplog.at_level(logging.INFO, logger="fnnp_opt.test_redact"):
+            log.info("opening %s", "postgresql://u:hunter2@h/db")
+    finally:
+        log.filters.clear()
+    assert "hunter2" not in caplog.text and "postgresql://u:***@h/db" in caplog.text
