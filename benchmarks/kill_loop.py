@@ -3,12 +3,13 @@
 Each cycle is a fresh study on a small copy of Fashion-MNIST (6 trials, a rerank of the top 2,
 a 1-epoch distilled fine-tune, the export). The run is stopped once in each phase it reaches,
 in order (search, rerank, fine-tune, export), at a random moment after the phase's first log
-line, and resumed with the same command; the last resume runs to completion.
+line, and resumed with the same command; the last resume runs to completion. (With
+``--workers 2`` a cycle stops one search worker, once.)
 
 Modes:
   kill     SIGKILL the run (nothing can clean up);
   term     SIGTERM the run (a clean stop: exit 130, "run the same command again to resume");
-  workers  `--workers 2`: SIGKILL one search worker, and the parent in the later phases.
+  workers  `--workers 2`: SIGKILL one of the two search workers; the run must still end well.
 
 After every stop it checks what must hold at any moment: the SQLite file passes
 ``PRAGMA integrity_check``; no strategy was evaluated twice; at most --n-trials were evaluated;
@@ -262,8 +263,8 @@ def cycle(mode: str, k: int, data: Path, work: Path, rng: random.Random, tally: 
     cmd = command(data, work, name, workers)
     db, out = work / "s.db", work / name
     for phase, (pattern, window) in PHASES.items():
-        if kills_left == 0:
-            break
+        if kills_left == 0 or (mode == "workers" and phase != "search"):
+            break  # with --workers 2, each study loses one search worker, then runs to completion
         run = Run(cmd)
         if mode == "workers" and phase == "search":
             ready = wait_for_workers(run, db, name)  # their log lines stay in the workers' processes
