@@ -341,9 +341,8 @@ def write_report(results: dict[str, Tally], path: Path, argv: list[str]) -> None
     for mode, t in results.items():
         order = [*PHASES, "search (one of 2 workers)"]
         phases = ", ".join(f"{k} {v}" for k, v in sorted(t.phases.items(), key=lambda kv: order.index(kv[0])))
-        lines.append(
-            f"| {mode} | {t.kills} | {phases} | {t.missed} | {t.cycles} | {len(t.failures)} | {t.seconds / 60:.1f} min |"
-        )
+        minutes = f"{t.seconds / 60:.1f} min"
+        lines.append(f"| {mode} | {t.kills} | {phases} | {t.missed} | {t.cycles} | {len(t.failures)} | {minutes} |")
     failures = [f for t in results.values() for f in t.failures]
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]

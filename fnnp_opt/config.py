@@ -322,12 +322,7 @@ def check_study_name(name: str | None) -> None:
     """
     if name is None:
         return
-    if (
-        not name.strip()
-        or name in (".", "..")
-        or any(c in name for c in "/\\")
-        or any(ord(c) < 32 for c in name)
-    ):
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
         raise UsageError(
             f"--study-name {name!r} names a study and its export folder runs/<name>, so it must be one folder name "
             "(no '/', '\\' or '..', not empty); pass e.g. --study-name resnet20-half"

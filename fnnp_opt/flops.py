@@ -92,7 +92,8 @@ def parse_flops(text: str, base: int) -> int:
 
 
 def check_tolerance(tolerance: float) -> None:
-    """Raise :class:`BudgetError` unless ``tolerance`` (the window's half-width, a fraction of the base) is in (0, 1)."""
+    """Raise :class:`BudgetError` unless ``tolerance`` (the window's half-width, as a fraction of the base) lies
+    in (0, 1)."""
     if not 0.0 < tolerance < 1.0:
         raise BudgetError(f"--flops-tolerance must be in (0, 1) (a fraction of the base FLOPs), got {tolerance}")
 

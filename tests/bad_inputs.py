@@ -47,7 +47,12 @@ CASES = [
     _c("NaN learning rate", "--lr|nan", 2, "--lr must be positive, got nan"),
     _c("zero learning rate", "--lr|0", 2, "--lr must be positive, got 0.0"),
     _c("negative weight decay", "--weight-decay|-1", 2, "--weight-decay must be >= 0"),
-    _c("NaN FLOPs tolerance", "--flops-tolerance|nan", 2, "--flops-tolerance must be in (0, 1) (a fraction of the base FLOPs), got nan"),
+    _c(
+        "NaN FLOPs tolerance",
+        "--flops-tolerance|nan",
+        2,
+        "--flops-tolerance must be in (0, 1) (a fraction of the base FLOPs), got nan",
+    ),
     _c("negative FLOPs tolerance", "--flops-tolerance|-0.1", 2, "got -0.1"),
     _c("R above 1", "--max-rate|1.2", 2, "--max-rate must be in (0, 1), got 1.2"),
     _c("R of zero", "--max-rate|0", 2, "--max-rate must be in (0, 1), got 0.0"),

@@ -19,7 +19,6 @@ import fnnp_opt.storage as St
 from fnnp_opt.cli import app
 from fnnp_opt.data import load_splits
 from fnnp_opt.evaluate import accuracy
-from fnnp_opt.models import create_model
 
 from conftest import SMALL_RUN
 
