@@ -6,6 +6,7 @@ One dataclass holds every option. It is validated once, saved with the study
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
@@ -184,16 +185,18 @@ class RunConfig:
             raise UsageError("--rerank picks one winner, which --objective pareto does not; drop --rerank")
         if self.distill is True and self.epochs == 0:
             raise UsageError("--distill distils during the fine-tune, but --epochs is 0; pass --epochs 1 or more")
-        if not self.distill_temperature > 0:
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise UsageError(f"--distill-temperature must be positive, got {self.distill_temperature}")
         if not 0 <= self.distill_weight <= 1:
             raise UsageError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UsageError(f"--lr must be positive and finite, got {self.lr}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed must be a whole number in [0, 2**32), got {self.seed!r}")
         check_tolerance(self.flops_tolerance)
         check_study_name(self.study_name)
         resolve_device(self.device)
-        if not self.weight_decay >= 0:
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         from fnnp_opt.constraints import check_combination
 

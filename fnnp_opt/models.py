@@ -116,7 +116,7 @@ def _user_info(spec: str) -> ModelInfo:
         sys.path.insert(0, str(Path.cwd()))  # let `module:callable` find modules in the working directory
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, and a module that fails while it runs (SyntaxError, NameError ...)
         raise ModelError(
             f"model {spec!r}: module {module_name!r} cannot be imported ({exc}); "
             "run from the folder that holds it or add that folder to PYTHONPATH"
@@ -458,7 +458,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise many different types
         raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            f"checkpoint {path} could not be read ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}); "
             "pass a safetensors file or a state_dict saved with torch.save"
         ) from None
     state = _find_state(obj)
@@ -497,6 +497,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         for k in names:
             if present and k not in state:
                 state[k] = state[present[0]]
+    if set(state) != set(own):  # every key under one wrapper's name (Lightning's `model.`, say): drop it
+        heads = {k.split(".", 1)[0] for k in state}
+        if len(heads) == 1 and all("." in k for k in state):
+            inner = {k.split(".", 1)[1]: v for k, v in state.items()}
+            if set(inner) == set(own):
+                state = inner
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [

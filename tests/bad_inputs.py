@@ -44,8 +44,11 @@ CASES = [
     _c("a short fine-tune longer than an epoch", "--score|abn-ft|--score-steps|1000000", 2, "exceed the train part's"),
     _c("rerank more than the trials", "--rerank|5|--n-trials|2", 2, "K <= n-trials must hold"),
     # rates, tolerances, budgets
-    _c("NaN learning rate", "--lr|nan", 2, "--lr must be positive, got nan"),
-    _c("zero learning rate", "--lr|0", 2, "--lr must be positive, got 0.0"),
+    _c("NaN learning rate", "--lr|nan", 2, "--lr must be positive and finite, got nan"),
+    _c("zero learning rate", "--lr|0", 2, "--lr must be positive and finite, got 0.0"),
+    _c("infinite learning rate", "--lr|inf", 2, "--lr must be positive and finite, got inf"),
+    _c("a negative seed", "--seed|-1", 2, "--seed must be a whole number in [0, 2**32), got -1"),
+    _c("a seed too large", "--seed|99999999999999999999999", 2, "--seed must be a whole number in [0, 2**32)"),
     _c("negative weight decay", "--weight-decay|-1", 2, "--weight-decay must be >= 0"),
     _c(
         "NaN FLOPs tolerance",

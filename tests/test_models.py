@@ -127,3 +127,23 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": create_model("resnet20", 1, 10)}, tmp_path / "module.pt")  # a pickled module
     with pytest.raises(CheckpointError):
         read_state_dict(tmp_path / "module.pt")
+
+
+def test_a_lightning_style_prefix_and_an_empty_file_are_handled(tmp_path):
+    model = create_model("resnet20", 1, 10)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "l.ckpt")
+    loaded, _ = load_model("resnet20", 1, 10, tmp_path / "l.ckpt")  # LightningModule holding self.model
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        read_state_dict(tmp_path / "empty.pt")
+
+
+def test_a_user_module_that_fails_to_import_is_one_error(tmp_path, monkeypatch):
+    from fnnp_opt.errors import ModelError
+    from fnnp_opt.models import get_model_info
+
+    (tmp_path / "broken_mod.py").write_text("def build(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match="module 'broken_mod' cannot be imported .*SyntaxError|invalid syntax"):
+        get_model_info("broken_mod:build")
