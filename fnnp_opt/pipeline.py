@@ -138,6 +138,11 @@ def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
             calib_seed=cfg.seed,
             image_size=cfg.image_size,
         )
+        if cfg.epochs > 0 and cfg.batch_size > len(p.splits.train):
+            raise UsageError(
+                f"--batch-size {cfg.batch_size} is larger than the train part's {len(p.splits.train)} images, so "
+                f"an epoch would have no step; pass --batch-size {min(128, len(p.splits.train))} or less"
+            )
         if cfg.score is Score.abn_ft or cfg.rerank:
             check_score_steps(cfg, len(p.splits.train))
     return p

@@ -11,22 +11,25 @@ import logging
 import re
 from urllib.parse import unquote
 
-# scheme://user:password@ -- the password is everything between the first ':' after '//' and the '@'
-_USERINFO = re.compile(r"(?P<head>://[^:/@\s]*):(?P<password>[^@/\s]*)@")
+# scheme://user:password@host -- the password runs from the first ':' after '//' to the last '@' of the
+# authority (a password may hold an unescaped '@'); and ?password=... / &password=... in the query
+_USERINFO = re.compile(r"(?P<head>://[^:/@\s]*):(?P<password>[^/\s]*)@")
+_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<password>[^&\s'\"]*)", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
     """``text`` with the password of every URL in it shown as ``***``; text without one is unchanged."""
-    return _USERINFO.sub(lambda m: f"{m['head']}:***@", text)
+    text = _USERINFO.sub(lambda m: f"{m['head']}:***@", text)
+    return _QUERY.sub(lambda m: f"{m['head']}***", text)
 
 
 def scrub(text: str, url: str) -> str:
     """``text`` (an error message, say) with the password of ``url`` replaced by ``***`` wherever it appears,
     in the URL or on its own (raw or percent-decoded)."""
-    m = _USERINFO.search(url)
-    if m and m["password"]:
-        for secret in {m["password"], unquote(m["password"])}:
-            text = text.replace(secret, "***")
+    secrets = [m["password"] for rx in (_USERINFO, _QUERY) for m in rx.finditer(url) if m["password"]]
+    for secret in {v for s in secrets for v in (s, unquote(s))}:
+        # whole tokens only: a short password must not blank out letters of other words
+        text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
     return redact(text)
 
 

@@ -38,6 +38,7 @@ CASES = [
     _c("zero ABN batch size", "--abn-batch-size|0", 2, "--abn-batch-size must be a whole number >= 1, got 0"),
     _c("zero workers", "--workers|0", 2, "--workers must be a whole number >= 1, got 0"),
     _c("zero search images", "--search-size|0", 2, "--search-size must be a whole number >= 1, got 0"),
+    _c("a batch larger than the train part", "--batch-size|100000", 2, "so an epoch would have no step"),
     _c("a search split larger than the data", "--search-size|1000000", 2, "search"),
     _c("negative short fine-tune", "--score-steps|-5", 2, "--score-steps must be a whole number >= 0, got -5"),
     _c("abn-ft without steps", "--score|abn-ft|--score-steps|0", 2, "needs a short fine-tune, but --score-steps is 0"),
@@ -107,6 +108,12 @@ CASES = [
         "--storage|postgresql://nobody:Secret-pw@127.0.0.1:1/none",
         1,
         "nobody:***@127.0.0.1:1/none' could not be opened",
+    ),
+    _c(
+        "a password in the URL's query, masked too",
+        "--storage|postgresql://nobody@127.0.0.1:1/none?password=Secret-pw",
+        1,
+        "none?password=***' could not be opened",
     ),
 ]
 

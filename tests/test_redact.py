@@ -17,6 +17,9 @@ from fnnp_opt.redact import RedactingFilter, redact, scrub
         ("mysql://u:p%40ss@127.0.0.1/x", "mysql://u:***@127.0.0.1/x"),
         ("postgresql://:only-pw@host/db", "postgresql://:***@host/db"),
         ("postgresql://user@host/db", "postgresql://user@host/db"),  # no password: unchanged
+        ("postgresql://u:p@SECRETPW@127.0.0.1:1/x", "postgresql://u:***@127.0.0.1:1/x"),  # an unescaped '@'
+        ("postgresql://u@127.0.0.1:1/x?password=SECRETPW", "postgresql://u@127.0.0.1:1/x?password=***"),
+        ("postgresql://u@h/x?sslmode=off&password=S3&x=1", "postgresql://u@h/x?sslmode=off&password=***&x=1"),
         ("sqlite:///studies/fnnp.db", "sqlite:///studies/fnnp.db"),
     ],
 )
@@ -29,6 +32,11 @@ def test_scrub_removes_a_password_that_appears_alone():
     url = "postgresql://fnnp:p%40ss-9@127.0.0.1/db"
     text = 'password "p@ss-9" rejected for p%40ss-9 at postgresql://fnnp:p%40ss-9@127.0.0.1/db'
     assert scrub(text, url) == 'password "***" rejected for *** at postgresql://fnnp:***@127.0.0.1/db'
+
+
+def test_a_short_password_does_not_blank_out_other_words():
+    url = "postgresql://u:p@h/db"
+    assert scrub("(psycopg2.OperationalError) p rejected", url) == "(psycopg2.OperationalError) *** rejected"
 
 
 def test_log_records_are_redacted(caplog):
