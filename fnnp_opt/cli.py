@@ -19,6 +19,7 @@ from typing import Annotated, Callable, Iterator, Optional, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fnnp_opt.errors import FnnpError
@@ -70,7 +71,7 @@ def call(fn: Callable[..., T], *args, **kwargs) -> T:
     except FnnpError as exc:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to resume", highlight=False)
@@ -134,7 +135,13 @@ SearchPerClass = Annotated[
     Optional[int],
     typer.Option(help="... or this many per class (stratified). [default: 10 for imagenet and folder]"),
 ]
-RoundTo = Annotated[Optional[int], typer.Option(help="Keep channel counts multiples of N (e.g. 8). [default: 1]")]
+RoundTo = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Keep channel counts multiples of N (e.g. 8), or auto: the device's vector width (16 with AVX-512, "
+        "8 with AVX2, 8 on CUDA). [default: 1]"
+    ),
+]
 MinChannels = Annotated[Optional[int], typer.Option(help="No layer group keeps fewer channels. [default: 1]")]
 Exclude = Annotated[
     Optional[list[str]],
@@ -224,6 +231,25 @@ def run(
     ] = None,
     flops_tolerance: Annotated[
         Optional[float], Opt(help="Half-width of the accepted window, as a fraction of the base FLOPs. [default: 0.02]")
+    ] = None,
+    latency: Annotated[
+        Optional[str],
+        Opt(
+            help="A latency budget instead of FLOPs: a fraction of the base's measured latency like 0.5x, or "
+            "milliseconds like 3ms (a range 0.3x:0.9x for pareto). Timed in the deploy form (BN folded) on "
+            "--device; candidates are predicted from a per-layer table built once and cached beside the storage."
+        ),
+    ] = None,
+    latency_tolerance: Annotated[
+        Optional[float], Opt(help="Half-width of the latency window, a fraction of the base's latency. [default: 0.03]")
+    ] = None,
+    latency_batch: Annotated[Optional[int], Opt(help="Images per pass when timing. [default: 1]")] = None,
+    latency_threads: Annotated[
+        Optional[int], Opt(help="Torch threads when timing. [default: this process's, e.g. OMP_NUM_THREADS]")
+    ] = None,
+    latency_layout: Annotated[
+        Optional[str],
+        Opt(help="nchw, channels-last, or auto: the faster for a typical candidate (every ratio R/2). [default: auto]"),
     ] = None,
     max_rate: Annotated[
         Optional[float], Opt(help="R: every pruning ratio lies in [0, R]; must be in (0, 1). [default: 0.6]")
@@ -321,6 +347,14 @@ def run(
     storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
     study_name: Annotated[Optional[str], Opt(help="Study name. [default: <model>-<dataset>-flops<budget>]")] = None,
     output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study name>]")] = None,
+    onnx: Annotated[
+        Optional[bool],
+        Opt(
+            "--onnx/--no-onnx",
+            help="Also export pruned.onnx, checked against PyTorch in onnxruntime (pip install 'fnnp-opt[onnx]'). "
+            "[default: off]",
+        ),
+    ] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: auto]")] = None,
 ) -> None:
     """Search pruning ratios, fine-tune the best candidate, test it and export it.
@@ -403,28 +437,51 @@ def _print_summary(r) -> None:
     if r.delivered_by:
         out.print(f"trial {r.best_trial} is being fine-tuned by worker {r.delivered_by}; nothing left to do here")
         return
-    table = Table(title="base vs pruned: test set, FLOPs as MACs, median CPU times")
-    for col in ("", "test acc", "FLOPs", "params", "CPU 1 image", f"CPU {r.base['batch_images']} images"):
+    from fnnp_opt.latency import speed_warnings
+
+    b, p = r.base, r.pruned
+    table = Table(
+        title=f"base vs pruned: test set, FLOPs as MACs, median CPU times ({b['threads']} threads, BN folded, "
+        "each in its faster layout)"
+    )
+    for col in ("", "test acc", "FLOPs", "params", "CPU 1 image", f"CPU {b['batch_images']} images"):
         table.add_column(col, justify="right")
-    for label, m in (("base", r.base), ("pruned", r.pruned)):
+    short = {"nchw": "NCHW", "channels-last": "NHWC"}
+    for label, m in (("base", b), ("pruned", p)):
         table.add_row(
             label,
             f"{m['test_accuracy']:.2%}",
             human(m["flops"]),
             human(m["params"]),
-            f"{m['latency_ms']:.2f} ms",
-            f"{m['batch_ms']:.1f} ms",
+            f"{m['latency_ms']:.2f} ms {short[m['latency_layout']]}",
+            f"{m['batch_ms']:.1f} ms {short[m['batch_layout']]}",
         )
-    b, p = r.base, r.pruned
     table.add_row(
-        "ratio",
+        "speed-up",
         f"{100 * (p['test_accuracy'] - b['test_accuracy']):+.2f} pt",
-        f"{p['flops'] / b['flops']:.1%}",
-        f"{p['params'] / b['params']:.1%}",
-        f"{p['latency_ms'] / b['latency_ms']:.2f}x",
-        f"{p['batch_ms'] / b['batch_ms']:.2f}x",
+        f"{b['flops'] / p['flops']:.2f}x",
+        f"{b['params'] / p['params']:.2f}x",
+        f"{b['latency_ms'] / p['latency_ms']:.2f}x",
+        f"{b['batch_ms'] / p['batch_ms']:.2f}x",
     )
     out.print(table)
+    for warning in speed_warnings(b, p):
+        out.print(f"[yellow]note:[/yellow] {warning}", highlight=False)
+    if r.latency is not None:
+        lat = r.latency
+        inside = "inside" if lat["within_window"] else "[yellow]outside[/yellow]"
+        out.print(
+            f"latency budget ({lat['device']}, {lat['threads']} threads, batch {lat['batch']}, {lat['layout']}): "
+            f"measured {lat['measured_ms']:.3f} ms, {inside} the window [{lat['window_ms'][0]:.3f}, "
+            f"{lat['window_ms'][1]:.3f}] ms; predicted {lat['predicted_ms'] or float('nan'):.3f} ms"
+            + (
+                f"; the table's median error over {lat['candidates_timed']} timed candidates: "
+                f"{lat['prediction_error_median']:.1%}"
+                if lat["candidates_timed"]
+                else ""
+            ),
+            highlight=False,
+        )
     if r.finetune_losses:
         out.print(
             f"fine-tune: {len(r.finetune_losses)} epochs"
@@ -432,8 +489,17 @@ def _print_summary(r) -> None:
             + ", training loss "
             + " -> ".join(f"{x:.3f}" for x in r.finetune_losses)
         )
+    if r.onnx is not None:
+        times = ", ".join(f"{ms:.3g} ms at batch {b}" for b, ms in r.onnx["ort_ms"].items())
+        out.print(
+            f"pruned.onnx: onnxruntime matches PyTorch within {r.onnx['max_abs_diff']:.2g}; runs in {times} (CPU)",
+            highlight=False,
+        )
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
-    out.print(f"exported to {r.export}/pruned.json + pruned.safetensors (load with fnnp_opt.load_pruned); {stages}")
+    onnx = " + pruned.onnx" if r.onnx is not None else ""
+    out.print(
+        f"exported to {r.export}/pruned.json + pruned.safetensors{onnx} (load with fnnp_opt.load_pruned); {stages}"
+    )
 
 
 def _print_front(r) -> None:
@@ -441,15 +507,27 @@ def _print_front(r) -> None:
 
     from fnnp_opt.flops import human
 
-    table = Table(title=f"Pareto front: ABN accuracy vs FLOPs, {r.budget.describe()}")
-    for col in ("trial", "FLOPs", "kept", "ABN acc", "PBN acc", "params", ""):
+    timed = r.budget.unit == "ms"
+    table = Table(title=f"Pareto front: ABN accuracy vs {r.budget.unit}, {r.budget.describe()}")
+    for col in (
+        "trial",
+        "FLOPs",
+        "kept",
+        *(("latency", "measured") if timed else ()),
+        "ABN acc",
+        "PBN acc",
+        "params",
+        "",
+    ):
         table.add_column(col, justify="right")
     for row in r.front:
-        pbn = row["pbn_accuracy"]
+        pbn, measured = row["pbn_accuracy"], row.get("latency_measured_ms")
+        latency = (f"{row['latency_ms']:.3f} ms", "" if measured is None else f"{measured:.3f} ms") if timed else ()
         table.add_row(
             str(row["trial"]),
             human(row["flops"]),
             f"{row['flops_ratio']:.1%}",
+            *latency,
             f"{row['abn_accuracy']:.4f}",
             "" if pbn is None else f"{pbn:.4f}",
             human(row["params"] or 0),
@@ -637,6 +715,27 @@ def evaluate(
     reported = r["reported_test_accuracy"]
     note = "" if reported is None else f" (reported at export: {reported:.2%})"
     out.print(f"test accuracy {r['test_accuracy']:.2%}{note}; FLOPs {human(r['flops'])}; params {human(r['params'])}")
+
+
+@app.command()
+def export(
+    path: Annotated[Path, typer.Argument(help="Export folder (or its pruned.json) written by `fnnp-opt run`.")],
+    onnx: Annotated[
+        bool, Opt("--onnx", help="Write ONNX, checked against PyTorch in onnxruntime (the onnx extra).")
+    ] = False,
+    output: Annotated[Optional[Path], Opt(help="The ONNX file. [default: <export folder>/pruned.onnx]")] = None,
+) -> None:
+    """Convert an exported pruned network to another format (today: ONNX, with --onnx)."""
+    from fnnp_opt.export import export_onnx
+
+    if not onnx:
+        console.print("[red]error:[/red] fnnp-opt export needs a format to write; pass --onnx", highlight=False)
+        raise typer.Exit(2)
+    path, r = call(export_onnx, path, output)
+    out.print(
+        f"wrote {path}: onnxruntime matches PyTorch within {r['max_abs_diff']:.2g} (allowed {r['tolerance'][0]} + "
+        f"{r['tolerance'][1]} x |logit|); {r['ort_ms'][1]:.3f} ms per image in onnxruntime (CPU)"
+    )
 
 
 @app.command()

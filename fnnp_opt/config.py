@@ -67,7 +67,14 @@ class RunConfig:
     flops: str | None = None  # budget: 0.5 of the base or a count (62.23M); a range 0.2:0.8 for pareto
     flops_tolerance: float = 0.02  # half-width of the window, as a fraction of the base FLOPs
     max_rate: float = 0.6  # R: each pruning ratio lies in [0, R]
-    round_to: int = 1  # kept channel counts are multiples of this
+    # a latency budget instead of FLOPs: 0.5x of the base's measured latency, or 3ms (a range 0.3x:0.9x for
+    # pareto); measured in the deploy form (BN folded) on --device, see fnnp_opt.latency
+    latency: str | None = None
+    latency_tolerance: float = 0.03  # half-width of the latency window, as a fraction of the base's latency
+    latency_batch: int = 1  # images per forward pass when timing
+    latency_threads: int | None = None  # torch threads when timing; None = this process's count
+    latency_layout: str = "auto"  # nchw, channels-last, or auto: the faster for a typical candidate (ratios R/2)
+    round_to: int | str = 1  # kept channel counts are multiples of this; "auto": the device's vector width
     min_channels: int = 1  # no group keeps fewer channels
     exclude: tuple[str, ...] = ()  # glob patterns of layer names never pruned (e.g. "features.0.*")
     # adaptive-BN evaluation
@@ -105,6 +112,7 @@ class RunConfig:
     check_base: bool = True
     # outputs
     output: str | None = None  # export folder; None = runs/<study name>
+    onnx: bool = False  # also export pruned.onnx, checked against PyTorch in onnxruntime (the onnx extra)
     device: str = "auto"  # torch device
 
     def distills(self) -> bool:
@@ -117,6 +125,18 @@ class RunConfig:
     def resolved_flops(self) -> str:
         return self.flops if self.flops is not None else DEFAULT_FLOPS[self.objective]
 
+    def budget_text(self) -> str:
+        """The budget as given: ``--latency``'s when set, else ``--flops``'s."""
+        return self.latency if self.latency is not None else self.resolved_flops()
+
+    def resolved_round_to(self) -> int:
+        """``--round-to`` as a number: ``auto`` is the device's vector width (:func:`fnnp_opt.latency.vector_width`)."""
+        if self.round_to == "auto":
+            from fnnp_opt.latency import vector_width
+
+            return vector_width(resolve_device(self.device))
+        return self.round_to
+
     def resolved_constraint(self) -> Constraint:
         from fnnp_opt.constraints import default_constraint
 
@@ -126,7 +146,8 @@ class RunConfig:
         if self.study_name:
             return self.study_name
         suffix = "-pareto" if self.objective is Objective.pareto else ""
-        return f"{self.model}-{self.dataset}-flops{self.resolved_flops().replace(':', '-')}{suffix}"
+        kind = "latency" if self.latency is not None else "flops"
+        return f"{self.model}-{self.dataset}-{kind}{self.budget_text().replace(':', '-')}{suffix}"
 
     def resolved_output(self) -> Path:
         return Path(self.output) if self.output else Path("runs") / self.resolved_study_name()
@@ -143,7 +164,11 @@ class RunConfig:
         get_model_info(self.model)
         get_dataset_info(self.dataset)
         check_max_rate(self.max_rate)
-        Shaping(self.round_to, self.min_channels, self.exclude)
+        if not (self.round_to == "auto" or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool))):
+            raise UsageError(
+                f"--round-to must be a whole number >= 1 or auto, got {self.round_to!r}; e.g. --round-to 8"
+            )
+        Shaping(self.resolved_round_to(), self.min_channels, self.exclude)
         for name in ("search_size", "search_per_class", "image_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -194,6 +219,11 @@ class RunConfig:
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be a whole number in [0, 2**32), got {self.seed!r}")
         check_tolerance(self.flops_tolerance)
+        self._check_latency()
+        if self.onnx:
+            from fnnp_opt.export import require_onnx
+
+            require_onnx()
         check_study_name(self.study_name)
         resolve_device(self.device)
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -201,16 +231,45 @@ class RunConfig:
         from fnnp_opt.constraints import check_combination
 
         check_combination(self.sampler, self.resolved_constraint(), self.objective, self.fit_budget)
-        ranged = ":" in self.resolved_flops()
+        ranged = ":" in self.budget_text()
+        flag, example = (
+            ("--latency", ("0.3x:0.9x", "0.5x")) if self.latency is not None else ("--flops", ("0.2:0.8", "0.5"))
+        )
         if self.objective is Objective.pareto and not ranged:
             raise UsageError(
-                f"--objective pareto searches a FLOPs range, got --flops {self.flops}; pass a range like --flops 0.2:0.8"
+                f"--objective pareto searches a {'latency' if self.latency else 'FLOPs'} range, got {flag} "
+                f"{self.budget_text()}; pass a range like "
+                f"{flag} {example[0]}"
             )
         if self.objective is Objective.accuracy and ranged:
             raise UsageError(
-                f"--flops {self.flops} is a range, which only --objective pareto searches; pass one budget like 0.5"
+                f"{flag} {self.budget_text()} is a range, which only --objective pareto searches; pass one budget "
+                f"like {example[1]}"
             )
         return self
+
+    def _check_latency(self) -> None:
+        from fnnp_opt.latency import LAYOUTS, check_latency
+
+        if self.latency is None:
+            return
+        if self.flops is not None:
+            raise UsageError(
+                f"--latency {self.latency} and --flops {self.flops} are both budgets, and fnnp-opt searches under one; "
+                "pass one of them (the summary reports both FLOPs and latency)"
+            )
+        check_latency(self.latency)
+        if not 0.0 < self.latency_tolerance < 1.0:
+            raise UsageError(
+                "--latency-tolerance must be in (0, 1) (a fraction of the base's latency), "
+                f"got {self.latency_tolerance}"
+            )
+        for name in ("latency_batch", "latency_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        if self.latency_layout not in LAYOUTS:
+            raise UsageError(f"--latency-layout must be one of {', '.join(LAYOUTS)}, got {self.latency_layout!r}")
 
     def to_dict(self) -> dict:
         """The settings as plain values, the storage URL's password shown as ``***``: what studies, exports
@@ -268,6 +327,8 @@ def _check_recipe_types(recipe: Path, data: dict) -> None:
             ok, want = isinstance(value, bool), "true or false"
         elif kind.startswith("tuple"):
             ok, want = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        elif key == "round_to":
+            ok, want = value == "auto" or (isinstance(value, int) and not isinstance(value, bool)), '"auto" or a number'
         elif key == "flops":
             ok, want = isinstance(value, (str, int, float)) and not isinstance(value, bool), "a number or a string"
         else:
@@ -305,6 +366,13 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
         values["exclude"] = tuple(str(v) for v in values["exclude"])
     elif "exclude" in values:
         raise UsageError(f"exclude must be a list of layer-name patterns, got {values['exclude']!r}")
+    if "latency" in given and "flops" not in given:  # a --latency flag replaces the recipe's FLOPs budget
+        values.pop("flops", None)
+    if isinstance(values.get("round_to"), str) and values["round_to"] != "auto":
+        try:
+            values["round_to"] = int(values["round_to"])
+        except ValueError:
+            raise UsageError(f"--round-to must be a whole number >= 1 or auto, got {values['round_to']!r}") from None
     if "flops" in values:
         values["flops"] = str(values["flops"])
     for key, enum in (("sampler", Sampler), ("constraint", Constraint), ("objective", Objective), ("score", Score)):
@@ -315,7 +383,9 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
                 choices = ", ".join(e.value for e in enum)
                 raise UsageError(f"unknown {key} {values[key]!r}; choose one of: {choices}") from None
     cfg = replace(RunConfig(), **values)
-    return replace(cfg, flops=cfg.resolved_flops()).validate()
+    if cfg.latency is None:
+        cfg = replace(cfg, flops=cfg.resolved_flops())
+    return cfg.validate()
 
 
 def check_study_name(name: str | None) -> None:

@@ -42,3 +42,7 @@ class OutputError(FnnpError):
 
 class ModelError(UsageError):
     """Raised when a model name is unknown or an architecture cannot be pruned."""
+
+
+class MissingExtraError(UsageError):
+    """Raised when an optional feature needs packages that are not installed (an extra of fnnp-opt)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
@@ -176,29 +174,3 @@ def abn_accuracy(
     """Calibrate BN on ``calibration`` batches, then score on ``search`` batches."""
     calibrate_bn(model, calibration, device, progress=progress)
     return accuracy(model, search, device, progress, "score")
-
-
-@_restoring_mode
-@torch.no_grad()
-def latency_ms(
-    model: nn.Module, input_shape: tuple[int, ...], runs: int = 50, warmup: int = 10, budget_s: float = 3.0
-) -> float:
-    """Median CPU wall time of one forward pass, in milliseconds.
-
-    At most ``runs`` timed passes after ``warmup`` untimed ones, fewer (at least 3) when one pass
-    is slow enough that they would take over ``budget_s`` (a batch of ImageNet images on a CPU).
-    """
-    model.eval()
-    x = torch.randn(*input_shape)
-    t0 = time.perf_counter()
-    model(x)
-    first = time.perf_counter() - t0
-    runs = max(3, min(runs, int(budget_s / max(first, 1e-9))))
-    for _ in range(min(warmup, max(1, runs // 5))):
-        model(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)

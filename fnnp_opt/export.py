@@ -100,3 +100,107 @@ def load_pruned(path: Path):
     apply_shapes(model, doc["layers"])
     load_weights(model, read_state_dict(weights), str(weights))
     return model.eval()
+
+
+ONNX_RTOL, ONNX_ATOL = 1e-3, 1e-4  # onnxruntime must match PyTorch within atol + rtol * |PyTorch| per logit
+
+
+def require_onnx() -> None:
+    """Raise :class:`MissingExtraError` unless onnx, onnxscript and onnxruntime can be imported."""
+    import importlib.util
+
+    from fnnp_opt.errors import MissingExtraError
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(
+            f"ONNX export needs {', '.join(missing)}, not installed here; install the extra with "
+            "pip install 'fnnp-opt[onnx]' (or drop --onnx)"
+        )
+
+
+def save_onnx(model, input_shape: tuple[int, ...], path: Path, check_batch: int = 3, time_batches=(1,)) -> dict:
+    """Write ``model`` as ONNX (opset of torch's exporter, a dynamic batch axis) and check it in onnxruntime.
+
+    The deploy form is exported (eval mode, BatchNorm folded). onnxruntime's logits on ``check_batch``
+    random images must match PyTorch's within ``ONNX_ATOL + ONNX_RTOL * |logit|``, or
+    :class:`OutputError` is raised and nothing is left at ``path``. Returns ``max_abs_diff``,
+    ``tolerance`` and ``ort_ms`` (median onnxruntime ms per pass, CPU, at each of ``time_batches``).
+    """
+    import logging
+    import statistics
+    import time
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from fnnp_opt.latency import deploy_form
+
+    require_onnx()
+    import onnxruntime as ort
+
+    path = Path(path)
+    check_writable(path)
+    deployed = deploy_form(model).cpu()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    example = torch.randn(2, *input_shape[1:])
+    tmp = path.with_suffix(".onnx.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("torch.onnx", "onnxscript", "torch.export"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        program = torch.onnx.export(
+            deployed,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            input_names=["images"],
+            output_names=["logits"],
+            verbose=False,
+        )
+        program.save(str(tmp))
+    try:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # timed like PyTorch, on as many threads
+        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+        x = torch.randn(check_batch, *input_shape[1:])
+        with torch.no_grad():
+            want = deployed(x).numpy()
+        got = session.run(None, {"images": x.numpy()})[0]
+        diff = np.abs(got - want)
+        if got.shape != want.shape or not np.all(diff <= ONNX_ATOL + ONNX_RTOL * np.abs(want)):
+            raise OutputError(
+                f"the ONNX export's logits differ from PyTorch's by up to {float(diff.max()):.3g} (allowed "
+                f"{ONNX_ATOL} + {ONNX_RTOL} x |logit|); not written. Report this model to fnnp-opt"
+            )
+        ort_ms = {}
+        for b in time_batches:
+            xb = np.random.default_rng(0).standard_normal((b, *input_shape[1:])).astype(np.float32)
+            for _ in range(5):
+                session.run(None, {"images": xb})
+            runs = []
+            for _ in range(30):
+                t = time.perf_counter()
+                session.run(None, {"images": xb})
+                runs.append((time.perf_counter() - t) * 1e3)
+            ort_ms[b] = statistics.median(runs)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return {"max_abs_diff": float(diff.max()), "tolerance": [ONNX_ATOL, ONNX_RTOL], "ort_ms": ort_ms}
+
+
+def export_onnx(path: Path, output: Path | None = None) -> tuple[Path, dict]:
+    """`fnnp-opt export --onnx`: write an export folder's network as ONNX, checked in onnxruntime.
+
+    ``output`` defaults to ``pruned.onnx`` in the export folder. Returns (its path, :func:`save_onnx`'s
+    result, with ``ort_ms`` at batch 1).
+    """
+    require_onnx()
+    path = Path(path)
+    doc, _ = read_recipe(path)
+    model = load_pruned(path)
+    out = Path(output) if output else (path if path.is_dir() else path.parent) / "pruned.onnx"
+    return out, save_onnx(model, tuple(doc["input_shape"]), out, time_batches=(1,))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,28 +45,37 @@ def human(n: float) -> str:
 
 @dataclass(frozen=True)
 class Budget:
-    """The FLOPs window a candidate must land in."""
+    """The window a candidate's cost must land in: FLOPs (MACs), or latency in ms."""
 
-    base: int  # MACs of the unpruned model
-    target: int  # MACs asked for
-    low: int  # smallest accepted MACs
-    high: int  # largest accepted MACs
+    base: float  # the unpruned model's cost: MACs (int), or measured ms
+    target: float  # the cost asked for
+    low: float  # smallest accepted cost
+    high: float  # largest accepted cost
 
     ranged: bool = False  # a range searched by --objective pareto, not target +- tolerance
+    unit: str = "FLOPs"  # what the numbers count: "FLOPs" (MACs), or "ms" of measured latency (--latency)
 
-    def contains(self, macs: int) -> bool:
-        return self.low <= macs <= self.high
+    def contains(self, cost: float) -> bool:
+        return self.low <= cost <= self.high
+
+    def fmt(self, cost: float) -> str:
+        """A cost in this budget's unit, for people: 31.64M, or 0.412 ms."""
+        return human(cost) if self.unit == "FLOPs" else f"{cost:.3g} ms"
+
+    @property
+    def option(self) -> str:
+        """The flag that sets this budget."""
+        return "--flops" if self.unit == "FLOPs" else "--latency"
 
     def describe(self) -> str:
+        f = self.fmt
         if self.ranged:
             return (
-                f"range [{human(self.low)}, {human(self.high)}] = "
-                f"[{self.low / self.base:.1%}, {self.high / self.base:.1%}] of {human(self.base)}"
+                f"range [{f(self.low)}, {f(self.high)}] = "
+                f"[{self.low / self.base:.1%}, {self.high / self.base:.1%}] of {f(self.base)}"
             )
-        return (
-            f"{human(self.target)} ({self.target / self.base:.1%} of {human(self.base)}), "
-            f"window [{human(self.low)}, {human(self.high)}]"
-        )
+        share = f"{self.target / self.base:.1%}"
+        return f"{f(self.target)} ({share} of {f(self.base)}), window [{f(self.low)}, {f(self.high)}]"
 
 
 def parse_flops(text: str, base: int) -> int:
@@ -100,16 +110,27 @@ def check_tolerance(tolerance: float) -> None:
 
 def make_budget(text: str, tolerance: float, base: int) -> Budget:
     """The window target ± tolerance x base, clipped to [0, base]; ``LOW:HIGH`` gives that range as is."""
+    if ":" not in str(text):
+        check_tolerance(tolerance)
+    budget = make_window(text, tolerance, base, parse_flops, "--flops 0.2:0.8")
+    return replace(budget, low=int(budget.low), high=int(budget.high))
+
+
+def make_window(
+    text: str, tolerance: float, base: float, parse: Callable[[str, float], float], example: str, unit: str = "FLOPs"
+) -> Budget:
+    """A :class:`Budget` in ``unit`` from ``text``: a target (``parse(text, base)``) ± tolerance x base, clipped
+    to [0, base], or a range ``LOW:HIGH`` as is. ``example`` is a valid range, for the error message."""
+    option = example.split()[0]
     if ":" in str(text):
         low_text, _, high_text = str(text).partition(":")
-        low, high = parse_flops(low_text, base), parse_flops(high_text, base)
+        low, high = parse(low_text, base), parse(high_text, base)
         if low >= high:
-            raise BudgetError(f"--flops {text}: a range LOW:HIGH needs LOW < HIGH, like 0.2:0.8")
-        return Budget(base, high, low, high, ranged=True)
-    check_tolerance(tolerance)
-    target = parse_flops(text, base)
+            raise BudgetError(f"{option} {text}: a range LOW:HIGH needs LOW < HIGH, like {example}")
+        return Budget(base, high, low, high, ranged=True, unit=unit)
+    target = parse(text, base)
     slack = tolerance * base
-    return Budget(base, target, int(max(0, target - slack)), int(min(base, target + slack)))
+    return Budget(base, target, max(0, target - slack), min(base, target + slack), unit=unit)
 
 
 # --------------------------------------------------------------------------- analytic count
@@ -188,7 +209,8 @@ class FlopsModel:
                 ]
                 if any(dx.any() or dy.any() for dx, dy in moved):
                     self._delta[root][name] = moved
-        self.exact = self.analytic({}) == count(base, input_shape)[0]
+        self.base = count(base, input_shape)[0]  # thop's MACs of the unpruned model
+        self.exact = self.analytic({}) == self.base
 
     def macs(self, removed: dict[str, int]) -> int:
         """thop's MACs of the base model with ``removed[root]`` channels pruned from each group.
@@ -201,7 +223,11 @@ class FlopsModel:
 
     def analytic(self, removed: dict[str, int]) -> int:
         """The analytic count (see the class docstring)."""
-        total = 0
+        return sum(self._ops(module, x, y, x_base) for _, module, x, y, x_base in self.layers(removed))
+
+    def layers(self, removed: dict[str, int]) -> Iterator[tuple[str, nn.Module, tuple, tuple, tuple]]:
+        """(name, base module, input shape, output shape, base input shape) of every call thop counts, at the
+        pruned sizes of the plan ``removed`` ({root: channels removed}); shapes have batch 1."""
         for name, calls in self._base.items():
             module = self._modules[name]
             for i, (x, y) in enumerate(calls):
@@ -211,8 +237,13 @@ class FlopsModel:
                     if moved:
                         dx += n * moved[i][0]
                         dy += n * moved[i][1]
-                total += self._ops(module, tuple(np.subtract(x, dx)), tuple(np.subtract(y, dy)), x)
-        return total
+                yield (
+                    name,
+                    module,
+                    tuple(int(v) for v in np.subtract(x, dx)),
+                    tuple(int(v) for v in np.subtract(y, dy)),
+                    x,
+                )
 
     @staticmethod
     def _ops(module: nn.Module, x: tuple, y: tuple, x_base: tuple) -> int:

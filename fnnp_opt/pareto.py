@@ -1,4 +1,5 @@
-"""The Pareto front of ``--objective pareto``: ABN accuracy against FLOPs, as a table, a CSV and a plot."""
+"""The Pareto front of ``--objective pareto``: ABN accuracy against FLOPs (or predicted latency with
+``--latency``), as a table, a CSV and a plot."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fnnp_opt.search import evaluated
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Evaluated trials no other beats on both ABN accuracy and FLOPs, by rising FLOPs."""
+    """Evaluated trials no other beats on both ABN accuracy and cost (FLOPs or latency), by rising cost."""
     trials = sorted(evaluated(study), key=lambda t: (t.values[1], -t.values[0]))
     front, best = [], -np.inf
     for t in trials:
@@ -24,12 +25,22 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def front_rows(study: optuna.Study) -> list[dict]:
-    """The Pareto front as table rows, by rising FLOPs."""
+    """The Pareto front as table rows, by rising cost; with ``--latency`` also ``latency_ms`` (predicted),
+    ``latency_measured_ms`` and ``latency_ratio`` (predicted, of the base's)."""
     return [
         {
             "trial": t.number,
             "flops": t.user_attrs["flops"],
-            "flops_ratio": t.values[1],
+            "flops_ratio": t.user_attrs.get("flops_ratio", t.values[1]),
+            **(
+                {
+                    "latency_ms": t.user_attrs["latency_ms"],
+                    "latency_measured_ms": t.user_attrs.get("latency_measured_ms"),
+                    "latency_ratio": t.values[1],
+                }
+                if "latency_ms" in t.user_attrs
+                else {}
+            ),
             "abn_accuracy": t.values[0],
             "pbn_accuracy": t.user_attrs.get("pbn_accuracy"),
             "params": t.user_attrs.get("params"),
@@ -70,14 +81,17 @@ def write_front(study: optuna.Study, rows: list[dict], budget: Budget, output: P
         label="uniform L1 (same ratio everywhere)",
     )
     ax.plot(
-        [r["flops_ratio"] for r in rows],
+        [r.get("latency_ratio", r["flops_ratio"]) for r in rows],
         [r["abn_accuracy"] for r in rows],
         "o-",
         c="tab:blue",
         ms=4,
         label="Pareto front",
     )
-    ax.set_xlabel(f"FLOPs kept (fraction of {human(budget.base)} MACs)")
+    if budget.unit == "FLOPs":
+        ax.set_xlabel(f"FLOPs kept (fraction of {human(budget.base)} MACs)")
+    else:
+        ax.set_xlabel(f"predicted latency (fraction of the base's {budget.fmt(budget.base)})")
     ax.set_ylabel("ABN accuracy on the search split")
     ax.set_title(f"{study.study_name}: {len(trials)} candidates")
     ax.grid(alpha=0.3)

@@ -22,10 +22,19 @@ from fnnp_opt.config import Objective, RunConfig, Score, resolve_device
 from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
-from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, latency_ms, norm_layers
-from fnnp_opt.export import check_writable, save_pruned
+from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers
+from fnnp_opt.export import check_writable, save_onnx, save_pruned
+from fnnp_opt.latency import (
+    LatencyTable,
+    deploy_form,
+    make_latency_budget,
+    measure_ms,
+    profile,
+    speed_warnings,
+    study_table,
+)
 from fnnp_opt.finetune import Distill, FitConfig, fit
-from fnnp_opt.flops import Budget, FlopsModel, count, human, make_budget
+from fnnp_opt.flops import Budget, FlopsModel, count, make_budget
 from fnnp_opt.models import check_input, create_model, default_checkpoint, find_classifier, load_model
 from fnnp_opt.pareto import front_rows, write_front
 from fnnp_opt.progress import NULL, Progress
@@ -52,6 +61,11 @@ class Prepared:
     base_params: int
     input_shape: tuple[int, ...]
     flops: FlopsModel
+    latency: LatencyTable | None = None  # --latency: predicts a plan's latency; the budget is then in ms
+
+    def cost(self, removed: dict[str, int]) -> float:
+        """What the budget limits, for a plan ({root: channels removed}): predicted ms with --latency, else MACs."""
+        return self.latency.predict(removed) if self.latency is not None else self.flops.macs(removed)
 
     def fingerprint(self) -> dict[str, str]:
         """What must match for a stored study to be resumed."""
@@ -64,8 +78,14 @@ class Prepared:
             "dataset": self.cfg.dataset,
             "data": self.splits.fingerprint,
             "space": self.space.fingerprint() + self._shaping(),
-            "budget": f"{self.budget.low}-{self.budget.high}",
+            "budget": self._budget(),
         }
+
+    def _budget(self) -> str:
+        if self.latency is None:
+            return f"{self.budget.low}-{self.budget.high}"
+        s = self.latency.setting  # the measured window moves a little between sessions; its recipe does not
+        return f"latency{self.cfg.latency}+-{self.cfg.latency_tolerance}|{s.device}|{s.threads}|{s.batch}|{s.layout}"
 
     def _shaping(self) -> str:
         s = self.pruner.shaping
@@ -84,13 +104,14 @@ def make_scorer(p: Prepared) -> Scorer:
     return Scorer.build(short_finetune(cfg), p.splits.train, search, p.splits.augment, p.device)
 
 
-def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
+def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL) -> Prepared:
     """Load model and data, derive the search space and the budget, and check reachability.
 
     Everything the model alone decides (its outputs, the space, the budget window, the batch
     sizes its normalisation layers accept) is checked before any data file is read, so a
     mistyped command fails at once. ``with_data=False`` skips the dataset files (``splits`` is
-    then None): the space and the budget depend on the model alone.
+    then None): the space and the budget depend on the model alone. With ``--latency`` the
+    latency table is built (or read from its cache) here, with ``progress``.
     """
     device = resolve_device(cfg.device)
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
@@ -111,16 +132,24 @@ def prepare(cfg: RunConfig, with_data: bool = True) -> Prepared:
     example = torch.zeros(input_shape)
     check_input(model, cfg.model, input_shape, info.num_classes)
     check_batch_sizes(model, cfg, input_shape)
-    shaping = Shaping(cfg.round_to, cfg.min_channels, cfg.exclude)
+    shaping = Shaping(cfg.resolved_round_to(), cfg.min_channels, cfg.exclude)
     pruner = Pruner(model, example, find_classifier(model, example, info.num_classes), shaping)
     space = SearchSpace.from_groups(pruner.groups, cfg.max_rate)
     base_macs, base_params = count(model, input_shape)
-    budget = make_budget(cfg.resolved_flops(), cfg.flops_tolerance, base_macs)
     flops = FlopsModel(model, input_shape, pruner.prune_counts, {g.root: g.multiple for g in pruner.groups})
     if not flops.exact:
         log.warning("the analytic FLOPs count of %s differs from thop's; every draw is counted by thop", cfg.model)
+    if cfg.latency is None:
+        budget = make_budget(cfg.resolved_flops(), cfg.flops_tolerance, base_macs)
+    else:  # the window is known once the base is timed
+        budget = Budget(base_macs, base_macs, 0, base_macs)
     p = Prepared(cfg, device, None, model, digest, pruner, space, budget, base_params, input_shape, flops)
+    if cfg.latency is not None:
+        p.latency = study_table(cfg, model, flops, pruner, space, device, progress)
+        p.budget = make_latency_budget(cfg.latency, cfg.latency_tolerance, p.latency.base_ms)
     check_reachable(p)
+    if p.latency is not None:
+        p.latency.save()
     if not norm_layers(model):
         log.warning(
             "%s has no normalisation layer that keeps running statistics: ABN recomputes nothing, so every "
@@ -185,30 +214,37 @@ def uniform_macs(p: Prepared, ratio: float) -> int:
     return p.flops.macs(p.pruner.counts(p.space.uniform(ratio)))
 
 
+def uniform_cost(p: Prepared, ratio: float) -> float:
+    """The budget's cost (FLOPs, or predicted ms with --latency) with ``ratio`` in every group."""
+    return p.cost(p.pruner.counts(p.space.uniform(ratio)))
+
+
 def uniform_ratios(p: Prepared) -> list[float]:
     """The uniform strategies queued first: one at the budget's target, or five spread over a range."""
     b = p.budget
     targets = [b.low + (b.high - b.low) * (k + 0.5) / 5 for k in range(5)] if b.ranged else [b.target]
-    return [round(uniform_ratio(lambda r: uniform_macs(p, r), t, p.space.max_rate), 6) for t in targets]
+    return [round(uniform_ratio(lambda r: uniform_cost(p, r), t, p.space.max_rate), 6) for t in targets]
 
 
 def check_reachable(p: Prepared) -> None:
-    """Raise :class:`BudgetError` when no ratio vector in [0, R] lands in the window."""
-    budget, space = p.budget, p.space
-    lowest = uniform_macs(p, space.max_rate)  # FLOPs fall in every ratio
+    """Raise :class:`BudgetError` when no ratio vector in [0, R] lands in the window (the message gives the
+    reachable range)."""
+    budget, space, f = p.budget, p.space, p.budget.fmt
+    lowest = uniform_cost(p, space.max_rate)  # FLOPs (and, nearly, latency) fall in every ratio
     if lowest <= budget.high:
         return
     lo, hi = space.max_rate, 0.99
-    if uniform_macs(p, hi) > budget.high:
-        hint = "no --max-rate below 1 reaches it; raise --flops"
+    if uniform_cost(p, hi) > budget.high:
+        hint = f"no --max-rate below 1 reaches it; raise {budget.option}"
     else:
         for _ in range(20):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if uniform_macs(p, mid) <= budget.high else (mid, hi)
-        hint = f"raise --max-rate to at least {hi:.3f}, or raise --flops"
+            lo, hi = (lo, mid) if uniform_cost(p, mid) <= budget.high else (mid, hi)
+        hint = f"raise --max-rate to at least {hi:.3f}, or raise {budget.option}"
     raise BudgetError(
-        f"the budget window [{human(budget.low)}, {human(budget.high)}] cannot be reached with ratios in "
-        f"[0, {space.max_rate}]: they reach [{human(lowest)}, {human(budget.base)}]; {hint}"
+        f"the budget window [{f(budget.low)}, {f(budget.high)}] cannot be reached with ratios in "
+        f"[0, {space.max_rate}]: they reach [{f(lowest)}, {f(budget.base)}] = "
+        f"[{lowest / budget.base:.2f}x, 1x] of the base; {hint}"
     )
 
 
@@ -227,12 +263,14 @@ class RunResult:
     front: list[dict] = field(default_factory=list)  # the Pareto front (--objective pareto)
     front_files: list[Path] = field(default_factory=list)  # its CSV and plot
     rerank: RerankReport | None = None  # --rerank K: the re-scores of the top K
-    base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms
+    base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms (and layouts)
     pruned: dict = field(default_factory=dict)
     finetune_losses: list[float] = field(default_factory=list)
     distilled: bool = False  # the fine-tune distilled from the unpruned network
     stage_seconds: dict = field(default_factory=dict)
     score_label: str = "ABN accuracy"  # what best_abn is
+    latency: dict | None = None  # --latency: the winner timed directly against its window
+    onnx: dict | None = None  # --onnx: onnxruntime's agreement with PyTorch and its times (ms by batch)
 
 
 def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
@@ -242,16 +280,55 @@ def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
     return "ABN accuracy" if norm_layers(model) else "plain accuracy (no BN statistics: ABN = PBN)"
 
 
-def _measure(model, acc: float, macs: int, params: int, input_shape: tuple[int, ...], batch: int) -> dict:
-    """The summary row of one network: test accuracy, FLOPs, params and median CPU times."""
-    return {
-        "test_accuracy": acc,
-        "flops": macs,
-        "params": params,
-        "latency_ms": latency_ms(model, input_shape),
-        "batch_ms": latency_ms(model, (batch, *input_shape[1:]), runs=20),
-        "batch_images": batch,
+def _measure(base: torch.nn.Module, pruned: torch.nn.Module, input_shape: tuple[int, ...], batch: int) -> list[dict]:
+    """The summary rows of the base and the pruned network: median CPU times at batch 1 and at ``batch``,
+    side by side, each in its faster layout (:func:`fnnp_opt.latency.profile`)."""
+    rows = profile(base, pruned, input_shape, (1, batch))
+    one, many = rows[0], rows[-1]  # one row when batch is 1
+    return [
+        {
+            "latency_ms": one[f"{k}_ms"],
+            "latency_layout": one[f"{k}_layout"],
+            "batch_ms": many[f"{k}_ms"],
+            "batch_layout": many[f"{k}_layout"],
+            "batch_images": batch,
+            "threads": one["threads"],
+        }
+        for k in ("base", "pruned")
+    ]
+
+
+def _winner_latency(p: Prepared, study: optuna.Study, pruned: torch.nn.Module, trial) -> dict:
+    """``--latency``: the delivered network timed directly at the study's setting, against its window, and
+    the table's prediction error over the study's evaluated candidates (each timed directly too)."""
+    import statistics
+
+    table, b = p.latency, p.budget
+    measured = measure_ms(deploy_form(pruned), p.input_shape, table.setting)
+    within = b.contains(measured)
+    timed = [t.user_attrs for t in S.evaluated(study) if "latency_measured_ms" in t.user_attrs]
+    errors = [abs(a["latency_ms"] / a["latency_measured_ms"] - 1) for a in timed]
+    row = {
+        **table.setting.to_dict(),
+        "target_ms": b.target,
+        "window_ms": [b.low, b.high],
+        "base_ms": b.base,
+        "predicted_ms": trial.user_attrs.get("latency_ms"),
+        "measured_ms": measured,
+        "within_window": within,
+        "prediction_error_median": statistics.median(errors) if errors else None,  # |predicted / measured - 1|
+        "candidates_timed": len(errors),
     }
+    if not within:
+        log.warning(
+            "the delivered network runs in %s measured, outside the window [%s, %s] (predicted %s): the table's "
+            "prediction missed; the study records its error per trial (latency_measured_ms)",
+            b.fmt(measured),
+            b.fmt(b.low),
+            b.fmt(b.high),
+            b.fmt(row["predicted_ms"] or float("nan")),
+        )
+    return row
 
 
 def check_base(p: Prepared) -> float:
@@ -292,6 +369,8 @@ def open_study(cfg: RunConfig, p: Prepared, base_accuracy: float | None = None) 
         study = St.create_study(storage, name, p.fingerprint(), cfg.to_dict(), p.space, p.budget, directions)
         if base_accuracy is not None:
             study.set_user_attr("base_accuracy", base_accuracy)
+        if p.latency is not None:  # the setting it was timed in, the base's latency and the table's fit
+            study.set_user_attr("latency", p.latency.describe())
         S.enqueue_uniform(study, p.space, uniform_ratios(p))
     return study
 
@@ -314,6 +393,7 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
         progress=progress,
         finetune=make_scorer(p) if cfg.score is Score.abn_ft else None,
         base_accuracy=study.user_attrs.get("base_accuracy"),
+        latency=p.latency,
     )
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
@@ -421,8 +501,13 @@ def deliver(
     pruned_acc = accuracy(pruned, test, p.device, progress, "test (pruned)")
     pruned.cpu()
     p.model.cpu()
-    base = _measure(p.model, base_acc, p.budget.base, p.base_params, p.input_shape, cfg.eval_batch_size)
-    result_pruned = _measure(pruned, pruned_acc, *count(pruned, p.input_shape), p.input_shape, cfg.eval_batch_size)
+    times = _measure(p.model, pruned, p.input_shape, cfg.eval_batch_size)
+    base = {"test_accuracy": base_acc, "flops": p.flops.base, "params": p.base_params, **times[0]}
+    macs, params = count(pruned, p.input_shape)
+    result_pruned = {"test_accuracy": pruned_acc, "flops": macs, "params": params, **times[1]}
+    for warning in speed_warnings(base, result_pruned):
+        log.warning("%s", warning)
+    latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
     seconds["report"] = time.perf_counter() - t
     info = p.splits.info
     card = {
@@ -447,10 +532,27 @@ def deliver(
         "metrics": {"base": base, "pruned": result_pruned},
         "config": cfg.to_dict(),
         "distilled": bool(distill),  # whether the fine-tune distilled from the base (config.distill None: default)
+        **({"latency": latency} if latency is not None else {}),
     }
+    if cfg.onnx:
+        output.mkdir(parents=True, exist_ok=True)
+        card["onnx"] = save_onnx(pruned, p.input_shape, output / "pruned.onnx", time_batches=(1, cfg.eval_batch_size))
+        log.info("pruned.onnx matches PyTorch within %.2g", card["onnx"]["max_abs_diff"])
     save_pruned(pruned, output, card)
-    study.set_user_attr("result", {"trial": trial.number, "export": str(output), "base": base, "pruned": result_pruned})
-    return {"base": base, "pruned": result_pruned, "losses": losses, "seconds": seconds, "distilled": bool(distill)}
+    study.set_user_attr(
+        "result",
+        {"trial": trial.number, "export": str(output), "base": base, "pruned": result_pruned}
+        | ({"latency": latency} if latency is not None else {}),
+    )
+    return {
+        "base": base,
+        "pruned": result_pruned,
+        "losses": losses,
+        "seconds": seconds,
+        "distilled": bool(distill),
+        "latency": latency,
+        "onnx": card.get("onnx"),
+    }
 
 
 def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
@@ -460,7 +562,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     output = cfg.resolved_output()
     check_writable(output, folder=True)
     St.check_writable(cfg.resolved_storage())
-    p = prepare(cfg)
+    p = prepare(cfg, progress=progress)
     study = open_study(cfg, p, check_base(p))
     result = RunResult(cfg.resolved_study_name(), St.redact(cfg.resolved_storage()), S.SearchReport(), p.budget)
     result.score_label = score_label(cfg, p.model)
@@ -512,7 +614,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         return result
     d = deliver(cfg, p, study, best, output, progress, rerank_score)
     result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
-    result.distilled = d["distilled"]
+    result.distilled, result.latency, result.onnx = d["distilled"], d["latency"], d["onnx"]
     seconds.update(d["seconds"])
     return result
 
@@ -571,6 +673,8 @@ def finetune_trial(
         distilled=d["distilled"],
         stage_seconds=d["seconds"],
         score_label=score_label(cfg, p.model),
+        latency=d["latency"],
+        onnx=d["onnx"],
     )
 
 

@@ -28,6 +28,7 @@ from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import Batch
 from fnnp_opt.evaluate import NonFiniteError, accuracy, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
+from fnnp_opt.latency import LatencyTable, deploy_form, measure_ms
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import Scorer, abn_ft_key
@@ -56,28 +57,33 @@ class Evaluator:
     progress: Progress = NULL
     finetune: Scorer | None = None  # --score abn-ft: the value is this short fine-tune's score, not ABN's
     base_accuracy: float | None = None  # the unpruned model's search-split accuracy: trials record vs_base
+    latency: LatencyTable | None = None  # --latency: the budget is predicted ms; evaluated draws are also timed
 
-    def macs_of(self, ratios: dict[str, float]) -> int:
-        return self.flops.macs(self.pruner.counts(ratios))
+    def cost_of(self, ratios: dict[str, float]) -> float:
+        """What the budget limits: predicted ms with --latency, else thop's MACs (analytic)."""
+        removed = self.pruner.counts(ratios)
+        return self.latency.predict(removed) if self.latency is not None else self.flops.macs(removed)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         clock = _Stopwatch()
         with clock("strategy"):
             ratios = self.space.suggest(trial)
-        with clock("flops"):
+        with clock("flops" if self.latency is None else "latency_predict"):
             if self.fit_budget:
-                ratios, step = fit_to_budget(ratios, self.macs_of, self.budget, self.space.max_rate)
-            macs = self.macs_of(ratios)
+                ratios, step = fit_to_budget(ratios, self.cost_of, self.budget, self.space.max_rate)
+            cost = self.cost_of(ratios)
         with clock("storage"):
             if self.fit_budget:  # the applied ratios; params hold the suggested ones
                 trial.set_user_attr("ratios", self.space.named(ratios))
                 trial.set_user_attr("fit_step", round(step, 6))
-            v = violation(self.budget, macs)
+            v = violation(self.budget, cost)
             trial.set_user_attr("feasible", v == 0)
+            if self.latency is not None:
+                trial.set_user_attr("latency_ms", round(cost, 5))
             if self.mode is Constraint.constrain:
-                trial.set_constraint("flops", v)
+                trial.set_constraint("flops" if self.latency is None else "latency", v)
             if v > 0:
-                return self._infeasible(trial, macs, v)
+                return self._infeasible(trial, cost, v)
         if self.slots is not None and not self.slots.claim(trial):
             trial.set_user_attr(SURPLUS, True)
             raise optuna.TrialPruned("not evaluated: the study's slots are taken or go to queued trials first")
@@ -87,8 +93,15 @@ class Evaluator:
             model = self.pruner.prune_counts(removed)
         with clock("flops"):
             thop_macs, params = count(model, self.flops.input_shape)
+        macs = self.flops.macs(removed)
         if thop_macs != macs:
             log.warning("trial %d: analytic FLOPs %d differ from thop's %d", trial.number, macs, thop_macs)
+        if self.latency is not None:  # the prediction's error, candidate by candidate
+            with clock("latency_measure"):
+                trial.set_user_attr(
+                    "latency_measured_ms",
+                    round(measure_ms(deploy_form(model), self.flops.input_shape, self.latency.setting), 5),
+                )
         model.to(self.device)
         try:
             with clock("pbn_score"):
@@ -104,7 +117,7 @@ class Evaluator:
         except NonFiniteError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
-        ratio = thop_macs / self.budget.base
+        ratio = thop_macs / self.flops.base
         with clock("storage"):
             trial.set_user_attr("flops", thop_macs)
             trial.set_user_attr("flops_ratio", round(ratio, 5))
@@ -121,23 +134,31 @@ class Evaluator:
                 trial.set_user_attr("vs_base", round(value - self.base_accuracy, 6))
         trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})
         ft = f"  abn-ft {value:.4f}" if self.finetune is not None else ""
+        lat = f"  latency {cost:.3g} ms" if self.latency is not None else ""
         log.info(
-            "trial %d: ABN %.4f%s  PBN %.4f  FLOPs %s (%.1f%%)", trial.number, abn, ft, pbn, human(macs), 100 * ratio
+            "trial %d: ABN %.4f%s  PBN %.4f  FLOPs %s (%.1f%%)%s",
+            trial.number,
+            abn,
+            ft,
+            pbn,
+            human(macs),
+            100 * ratio,
+            lat,
         )
-        return (value, ratio) if self.objective is Objective.pareto else value
+        return (value, cost / self.budget.base) if self.objective is Objective.pareto else value
 
-    def _infeasible(self, trial: optuna.Trial, macs: int, v: float) -> float | tuple[float, float]:
-        reason = (
-            f"FLOPs {human(macs)} ({macs / self.budget.base:.1%}) outside "
-            f"[{human(self.budget.low)}, {human(self.budget.high)}]"
-        )
-        trial.set_user_attr("flops", macs)
+    def _infeasible(self, trial: optuna.Trial, cost: float, v: float) -> float | tuple[float, float]:
+        b = self.budget
+        what = "FLOPs" if self.latency is None else "predicted latency"
+        reason = f"{what} {b.fmt(cost)} ({cost / b.base:.1%}) outside [{b.fmt(b.low)}, {b.fmt(b.high)}]"
+        if self.latency is None:
+            trial.set_user_attr("flops", cost)
         trial.set_user_attr("reject_reason", reason)
         trial.set_user_attr("violation", round(v, 6))
         if self.mode is Constraint.reject:
             raise optuna.TrialPruned(reason)
         value = penalized(v)
-        return (value, macs / self.budget.base) if self.objective is Objective.pareto else value
+        return (value, cost / b.base) if self.objective is Objective.pareto else value
 
 
 class _Stopwatch(dict):

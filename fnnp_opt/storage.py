@@ -44,7 +44,8 @@ MAX_RETRY = 3  # retries of a trial whose worker died
 POLL_S = 1.0  # how often a worker waiting for a free slot looks again
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` storage URL; None for other storages and in-memory SQLite."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         if path not in ("", ":memory:"):
@@ -54,7 +55,7 @@ def _sqlite_path(url: str) -> Path | None:
 
 def check_exists(url: str) -> None:
     """Raise :class:`StorageError` when ``url`` is a SQLite file that does not exist (opening it would create it)."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
 
@@ -67,7 +68,7 @@ def check_writable(url: str) -> None:
     existing parent writable. Checked before anything is loaded, so a refusal leaves the
     storage untouched. Other storages are checked when they are opened.
     """
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         return
     folder = path.parent
@@ -104,7 +105,7 @@ def _with_driver(url: str) -> str:
 def open_storage(url: str) -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried."""
     url = _with_driver(url)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         if path.parent.exists() and not path.parent.is_dir():
             raise StorageError(f"storage {url}: {path.parent} is not a folder; pass another --storage")
@@ -147,7 +148,16 @@ _FINGERPRINT_FLAGS = {
     "dataset": ("dataset",),
     "data": ("data_dir", "search_size", "search_per_class", "abn_batches", "abn_batch_size", "seed", "image_size"),
     "space": ("max_rate", "round_to", "min_channels", "exclude"),
-    "budget": ("flops", "flops_tolerance"),
+    "budget": (
+        "flops",
+        "flops_tolerance",
+        "latency",
+        "latency_tolerance",
+        "latency_batch",
+        "latency_threads",
+        "latency_layout",
+        "device",
+    ),
     "objective": ("objective",),
     "score": ("score", "score_steps", "lr", "batch_size", "weight_decay", "seed"),
 }
@@ -282,7 +292,7 @@ def name_lock(storage, name: str) -> ContextManager[None]:
     if not isinstance(storage, RDBStorage):
         return nullcontext()
     url = str(storage.engine.url)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         return _file_lock(path.with_name(path.name + ".lock"))
     if storage.engine.dialect.name == "postgresql":

@@ -1,0 +1,665 @@
+"""Latency: how fast a network runs where it is deployed, and a per-layer table that predicts a candidate's.
+
+Every time here is the median of warm forward passes of a network's *deploy form*: eval mode, each
+BatchNorm folded into the conv before it (:func:`fold_bn`), at a :class:`Setting` (device, threads,
+batch, memory layout). Two networks are compared side by side, pass by pass (:func:`compare_ms`),
+so the machine's noise lands on both; the median ignores the odd pass a neighbour slows down.
+
+A study with ``--latency`` cannot time every draw: most draws are rejected within microseconds, and a
+direct measurement takes a second and carries noise. It builds a :class:`LatencyTable` once instead:
+
+* each conv and linear layer is timed alone at the channel counts the search space reaches, on a
+  grid of at most ``GRID`` values per side, and interpolated bilinearly in between (per-layer tables
+  as in NetAdapt, Yang et al., ECCV 2018, and HALP, Shen et al., NeurIPS 2022);
+* a candidate's latency is ``a + b * (sum of its layers' times) + c * (its conv outputs, in millions
+  of values)``, with a, b, c >= 0 fitted to whole-network measurements of a few calibration plans:
+  the intercept holds what pruning cannot remove (per-op dispatch, the stem and the head), the last
+  term the elementwise work (ReLU, residual additions) that scales with the kept channels.
+
+The table is cached beside the study's storage (:func:`cache_dir`), keyed by the processor, torch's
+version, the setting and the architecture, so every worker and every resumed session reuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from fnnp_opt.errors import BudgetError, UsageError
+from fnnp_opt.flops import Budget, FlopsModel, make_window
+from fnnp_opt.progress import NULL, Progress
+
+log = logging.getLogger(__name__)
+
+GRID = 8  # channel counts timed per side of a layer's table (at most)
+CALIBRATION_PLANS = 10  # whole-network measurements the table's fit is made from
+LAYOUTS = ("auto", "nchw", "channels-last")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where a latency is measured."""
+
+    device: str = "cpu"  # torch device
+    threads: int = 1  # torch intra-op threads during the measurement
+    batch: int = 1  # images per forward pass
+    channels_last: bool = False  # 4-D activations in NHWC order instead of NCHW
+
+    @property
+    def layout(self) -> str:
+        return "channels-last" if self.channels_last else "nchw"
+
+    def describe(self) -> str:
+        return f"{self.device}, {self.threads} thread{'s' * (self.threads > 1)}, batch {self.batch}, {self.layout}"
+
+    def to_dict(self) -> dict:
+        """The setting as stored in a study, with the machine it was measured on."""
+        return {"device": self.device, "threads": self.threads, "batch": self.batch, "layout": self.layout} | {
+            "machine": machine(self.device),
+            "torch": torch.__version__,
+        }
+
+
+def machine(device: str = "cpu") -> str:
+    """The processor and its vector ISA (or the GPU's name): what a latency belongs to."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def vector_width(device: str = "cpu") -> int:
+    """The channel multiple a device's kernels want (``--round-to auto``): fp32 lanes of the CPU's widest
+    vector unit (16 for AVX-512, 8 for AVX2, 4 otherwise), or 8 on CUDA (tensor-core tiles)."""
+    if device.startswith("cuda"):
+        return 8
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return 16
+    if capability.startswith("AVX2"):
+        return 8
+    return 4
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def _placed(
+    model: nn.Module, input_shape: tuple[int, ...], setting: Setting, channels_last: bool
+) -> tuple[nn.Module, torch.Tensor]:
+    """``model`` (changed in place: pass a copy) and a random input, on the setting's device, in a layout."""
+    model = model.eval().to(setting.device)
+    x = torch.randn(setting.batch, *input_shape[1:], device=setting.device)
+    if channels_last and x.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x
+
+
+@torch.no_grad()
+def compare_ms(
+    models: list[nn.Module],
+    input_shape: tuple[int, ...],
+    setting: Setting = Setting(),
+    runs: int = 50,
+    warmup: int = 10,
+    budget_s: float = 2.0,
+    layouts: list[bool] | None = None,
+) -> list[float]:
+    """Median wall time of one forward pass of each model, in milliseconds, timed round-robin.
+
+    Every pass of every model alternates with the others', so a slow spell of the machine hits
+    all of them. ``input_shape`` is (1, C, H, W) or any shape with a batch axis first (replaced by
+    ``setting.batch``). At most ``runs`` passes each after ``warmup`` untimed ones, fewer (at least
+    5) when they would take over ``budget_s``. The models are timed as given: pass deploy forms
+    (:func:`deploy_form`), which this leaves unchanged. ``layouts`` (channels-last or not, one per
+    model) overrides the setting's layout model by model.
+    """
+    layouts = layouts or [setting.channels_last] * len(models)
+    with threads(setting.threads):
+        placed = [_placed(copy.deepcopy(m), input_shape, setting, cl) for m, cl in zip(models, layouts)]
+        first = 0.0
+        for m, x in placed:
+            t = time.perf_counter()
+            m(x)
+            _sync(setting.device)
+            first += time.perf_counter() - t
+        runs = max(5, min(runs, int(budget_s / max(first, 1e-9))))
+        for _ in range(min(warmup, max(1, runs // 5))):
+            for m, x in placed:
+                m(x)
+        times: list[list[float]] = [[] for _ in placed]
+        for _ in range(runs):
+            for i, (m, x) in enumerate(placed):
+                _sync(setting.device)
+                t = time.perf_counter()
+                m(x)
+                _sync(setting.device)
+                times[i].append((time.perf_counter() - t) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def measure_ms(model: nn.Module, input_shape: tuple[int, ...], setting: Setting = Setting(), **kw) -> float:
+    """Median wall time of one forward pass in milliseconds (see :func:`compare_ms`)."""
+    return compare_ms([model], input_shape, setting, **kw)[0]
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm that directly follows a conv folded into it.
+
+    The pairs come from a torch.fx trace: a BatchNorm called on the output of a conv that nothing
+    else reads, each module called once. The outputs are unchanged up to float rounding. A model fx
+    cannot trace comes back as an unfolded eval copy.
+    """
+    from torch.fx import symbolic_trace
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    try:
+        graph = symbolic_trace(folded).graph
+    except Exception as exc:  # fx cannot trace data-dependent control flow; the model still runs
+        log.debug("BatchNorm not folded: torch.fx cannot trace %s (%s)", type(model).__name__, exc)
+        return folded
+    modules = dict(folded.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in graph.nodes:
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+            continue
+        src = node.args[0] if node.args else None
+        if not isinstance(src, torch.fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        conv = modules.get(src.target)
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed:
+            continue
+        if calls[src.target] != 1 or calls[node.target] != 1:
+            continue
+        _set_module(folded, src.target, fuse_conv_bn_eval(conv, bn))
+        _set_module(folded, node.target, nn.Identity())
+    return folded
+
+
+def deploy_form(model: nn.Module) -> nn.Module:
+    """What is timed: an eval-mode copy with BatchNorm folded into the convs (:func:`fold_bn`)."""
+    return fold_bn(model)
+
+
+def best_layout(models: list[nn.Module], input_shape: tuple[int, ...], setting: Setting) -> Setting:
+    """``setting`` in the memory layout in which ``models`` (deploy forms) take less time in total (4-D
+    inputs only). A study passes a typical candidate, not the base: pruned channel counts that are not
+    multiples of the vector width can make channels-last slower than NCHW where the base is faster."""
+    if len(input_shape) != 4:
+        return setting
+    both = compare_ms(models * 2, input_shape, setting, runs=20, layouts=[False] * len(models) + [True] * len(models))
+    nchw, nhwc = sum(both[: len(models)]), sum(both[len(models) :])
+    return Setting(setting.device, setting.threads, setting.batch, nhwc < nchw)
+
+
+def profile(
+    base: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batches: Iterable[int], device: str = "cpu"
+) -> list[dict]:
+    """Base and pruned latency side by side at each batch size, each network in its faster layout.
+
+    Both are timed in their deploy form (BN folded), with torch's current thread count, NCHW and
+    channels-last round-robin in one run. One dict per batch: ``batch``, ``threads``, ``base_ms``,
+    ``pruned_ms`` (ms), ``base_layout``, ``pruned_layout`` and ``speedup`` (base / pruned).
+    """
+    models = [deploy_form(base), deploy_form(pruned)]
+    layouts = [False, True] if len(input_shape) == 4 else [False]
+    rows = []
+    for batch in dict.fromkeys(batches):
+        setting = Setting(device, torch.get_num_threads(), batch)
+        pairs = [(m, cl) for m in models for cl in layouts]
+        times = compare_ms([m for m, _ in pairs], input_shape, setting, layouts=[cl for _, cl in pairs])
+        (b_ms, b_cl), (p_ms, p_cl) = (min(zip(times[i : i + len(layouts)], layouts)) for i in (0, len(layouts)))
+        rows.append(
+            {
+                "batch": batch,
+                "threads": setting.threads,
+                "base_ms": b_ms,
+                "pruned_ms": p_ms,
+                "base_layout": "channels-last" if b_cl else "nchw",
+                "pruned_layout": "channels-last" if p_cl else "nchw",
+                "speedup": b_ms / p_ms,
+            }
+        )
+    return rows
+
+
+SPEED_SHARE = 0.6  # warn when the latency gain is below this share of the MACs gain
+
+
+def speed_warnings(base: dict, pruned: dict) -> list[str]:
+    """Where the pruned network's measured speed-up falls short of its MACs speed-up.
+
+    ``base`` and ``pruned`` hold ``flops`` and the times ``latency_ms`` (batch 1) and ``batch_ms``
+    (``batch_images``). A gain is a speed-up minus 1; a warning is given when the latency gain is
+    less than ``SPEED_SHARE`` of the MACs gain.
+    """
+    macs = base["flops"] / pruned["flops"]
+    warnings = []
+    for key, label in (("latency_ms", "1 image"), ("batch_ms", f"{base.get('batch_images')} images")):
+        speed = base[key] / pruned[key]
+        if speed - 1 < SPEED_SHARE * (macs - 1):
+            warnings.append(
+                f"at {label} the pruned network is {speed:.2f}x faster for {macs:.2f}x fewer MACs: less than "
+                f"{SPEED_SHARE:.0%} of the MACs gain (per-layer overhead, or channel counts the kernels pad; try "
+                "--round-to auto, a larger batch, or a --latency budget)"
+            )
+    return warnings
+
+
+# --------------------------------------------------------------------------- the --latency budget
+
+
+def parse_latency(text: str, base_ms: float | None = None) -> float:
+    """``--latency``: a fraction of the base's measured latency (``0.5x``) or milliseconds (``3ms``).
+
+    Returns milliseconds; with ``base_ms`` None only the syntax is checked (and 0.0 returned).
+    Raises :class:`UsageError` for anything else.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(x|ms)\s*", str(text))
+    if not m or not float(m.group(1)) > 0:
+        raise UsageError(
+            f"--latency must be a positive fraction of the base's latency like 0.5x, or milliseconds like 3ms, "
+            f"got {text!r}"
+        )
+    value, unit = float(m.group(1)), m.group(2)
+    if unit == "x" and value > 1:
+        raise UsageError(f"--latency {text}: a fraction of the base's latency must be at most 1x; try 0.5x")
+    if base_ms is None:
+        return 0.0
+    return value * base_ms if unit == "x" else value
+
+
+def check_latency(text: str) -> None:
+    """Check the syntax of ``--latency`` (a target, or a range ``LOW:HIGH`` for ``--objective pareto``)."""
+    for part in str(text).split(":", 1):
+        parse_latency(part)
+
+
+def make_latency_budget(text: str, tolerance: float, base_ms: float) -> Budget:
+    """The latency window target ± tolerance x base latency (ms); ``LOW:HIGH`` gives that range.
+
+    Raises :class:`BudgetError` for a target above the base's latency.
+    """
+
+    def target(part: str, base: float) -> float:
+        ms = parse_latency(part, base)
+        if ms > base:
+            raise BudgetError(
+                f"--latency {part} ({ms:.3g} ms) is above the base's measured {base:.3g} ms; ask for less"
+            )
+        return ms
+
+    return make_window(text, tolerance, base_ms, target, "--latency 0.3x:0.9x", unit="ms")
+
+
+# --------------------------------------------------------------------------- the per-layer table
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A conv or linear layer up to its channel counts: one table of times per distinct one."""
+
+    kind: str  # the torch.nn class name: Conv1d/2d/3d or Linear
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1  # the conv's groups when fixed; 0 for depthwise (groups = channels)
+    bias: bool = False
+    shape: tuple[int, ...] = ()  # the input without batch and channel axes (H, W), or linear's leading axes
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def build(self, c_in: int, c_out: int) -> tuple[nn.Module, tuple[int, ...]]:
+        """The layer at ``c_in`` -> ``c_out`` channels, and its input shape with batch 1."""
+        if self.kind == "Linear":
+            return nn.Linear(c_in, c_out, bias=self.bias), (1, *self.shape, c_in)
+        groups = c_in if self.groups == 0 else self.groups
+        cls = getattr(nn, self.kind)
+        conv = cls(c_in, c_out, self.kernel, self.stride, self.padding, self.dilation, groups, self.bias)
+        return conv, (1, c_in, *self.shape)
+
+
+def _layer_of(module: nn.Module, x: tuple, x_base: tuple) -> _Layer | None:
+    if isinstance(module, nn.Linear):
+        return _Layer("Linear", bias=module.bias is not None, shape=tuple(x[1:-1]))
+    if (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and not module.transposed
+        and type(module).__name__
+        in (
+            "Conv1d",
+            "Conv2d",
+            "Conv3d",
+        )
+    ):
+        depthwise = module.groups > 1 and module.groups == x_base[1]
+        padding = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+        return _Layer(
+            type(module).__name__,
+            tuple(module.kernel_size),
+            tuple(module.stride),
+            padding,
+            tuple(module.dilation),
+            0 if depthwise else module.groups,
+            module.bias is not None,
+            tuple(x[2:]),
+        )
+    return None
+
+
+def _channels(layer: _Layer, x: tuple, y: tuple) -> tuple[int, int]:
+    return (x[-1], y[-1]) if layer.kind == "Linear" else (x[1], y[1])
+
+
+def _grid(low: int, high: int, multiple: int, most: int = GRID) -> list[int]:
+    """At most ``most`` channel counts from ``low`` to ``high``: both ends, and multiples of a step in
+    between (the step a multiple of ``multiple`` and of 8, the common vector width)."""
+    step = np.lcm(max(multiple, 1), 8)
+    step = int(step * max(1, -(-(high - low) // (step * max(most - 1, 1)))))
+    inner = range((low // step + 1) * step, high, step)
+    return sorted({low, high, *inner})
+
+
+def _bracket(grid: list[int], v: float) -> tuple[int, int, float]:
+    """Indices (i, j) around ``v`` in ``grid`` and the weight of ``j``; clamped at the ends."""
+    j = int(np.searchsorted(grid, v))
+    if j <= 0:
+        return 0, 0, 0.0
+    if j >= len(grid):
+        return len(grid) - 1, len(grid) - 1, 0.0
+    i = j - 1
+    return i, j, (v - grid[i]) / (grid[j] - grid[i])
+
+
+class LatencyTable:
+    """Predicted latency (ms) of a pruned network from its channel plan, for one :class:`Setting`.
+
+    Build it with :meth:`build`; :meth:`predict` takes ``{group root: channels removed}`` as
+    :meth:`fnnp_opt.prune.Pruner.counts` gives it, and costs no forward pass.
+    """
+
+    def __init__(self, flops: FlopsModel, setting: Setting, entries: dict[str, float], fit: dict) -> None:
+        self.flops = flops
+        self.setting = setting
+        self.entries = entries  # "<layer key>|<c_in>|<c_out>" -> ms of that layer alone
+        self.fit = fit  # intercept, per_layer, per_melem (the fit's coefficients), base_ms, calibration
+        self._grids: dict[_Layer, tuple[list[int], list[int]]] = {}
+        self.cache: Path | None = None  # where :meth:`save` writes it
+        self._fits: dict[str, dict] = {}
+
+    @property
+    def base_ms(self) -> float:
+        """The unpruned network's measured latency (ms) in the deploy form."""
+        return self.fit["base_ms"]
+
+    def _layers(self, removed: dict[str, int]) -> Iterator[tuple[_Layer, int, int, int]]:
+        for _, module, x, y, x_base in self.flops.layers(removed):
+            layer = _layer_of(module, x, x_base)
+            if layer is not None:
+                c_in, c_out = _channels(layer, x, y)
+                yield layer, c_in, c_out, int(np.prod(y[1:])) * self.setting.batch
+
+    def _time(self, layer: _Layer, c_in: int, c_out: int) -> float:
+        key = f"{layer.key()}|{c_in}|{c_out}"
+        if key not in self.entries:
+            module, shape = layer.build(c_in, c_out)
+            self.entries[key] = measure_ms(module, shape, self.setting, runs=15, warmup=3, budget_s=0.3)
+        return self.entries[key]
+
+    def features(self, removed: dict[str, int]) -> tuple[float, float]:
+        """(sum of the layers' interpolated times in ms, conv and linear outputs in millions of values)."""
+        layer_ms, melems = 0.0, 0.0
+        for layer, c_in, c_out, elems in self._layers(removed):
+            ins, outs = self._grids[layer]
+            if layer.groups == 0:  # depthwise: one axis, c_in == c_out
+                i, j, w = _bracket(outs, c_out)
+                layer_ms += (1 - w) * self._time(layer, outs[i], outs[i]) + w * self._time(layer, outs[j], outs[j])
+            else:
+                i0, i1, wi = _bracket(ins, c_in)
+                o0, o1, wo = _bracket(outs, c_out)
+                t = lambda a, b: self._time(layer, ins[a], outs[b])  # noqa: E731
+                layer_ms += (1 - wi) * ((1 - wo) * t(i0, o0) + wo * t(i0, o1)) + wi * (
+                    (1 - wo) * t(i1, o0) + wo * t(i1, o1)
+                )
+            melems += elems / 1e6
+        return layer_ms, melems
+
+    def predict(self, removed: dict[str, int]) -> float:
+        """Predicted latency in ms of the base pruned by ``removed`` ({root: channels removed})."""
+        layer_ms, melems = self.features(removed)
+        f = self.fit
+        return f["intercept"] + f["per_layer"] * layer_ms + f["per_melem"] * melems
+
+    @classmethod
+    def build(
+        cls,
+        base: nn.Module,
+        flops: FlopsModel,
+        prune_counts: Callable[[dict[str, int]], nn.Module],
+        plans: list[dict[str, int]],
+        setting: Setting,
+        cache: Path | None = None,
+        progress: Progress = NULL,
+    ) -> "LatencyTable":
+        """Time every layer on its grid and fit the whole-network model; reuse ``cache`` when it holds them.
+
+        Nothing is written here: :meth:`save` writes the cache once the caller accepts the table (a
+        refused budget leaves no file behind).
+
+        ``plans`` are calibration plans ({root: channels removed}): the base (``{}``) first, then
+        plans that span the space (the uniform ratios up to R, and a few random ones). The first
+        two reachable extremes of every layer's channels come from the base and the last plan,
+        which should be the most pruned (every ratio at R).
+        """
+        stored = _read_cache(cache)
+        table = cls(flops, setting, stored.get("entries", {}), {})
+        table._grids = table._make_grids(plans)
+        fit_key = hashlib.sha256(json.dumps(plans, sort_keys=True).encode()).hexdigest()[:16]
+        needed = {
+            f"{layer.key()}|{a}|{b}"
+            for layer, (ins, outs) in table._grids.items()
+            for a, b in _points(layer, ins, outs)
+        }
+        missing = sorted(needed - set(table.entries))
+        if missing or fit_key not in stored.get("fits", {}):
+            log.info(
+                "latency table (%s): timing %d layer shapes and %d whole networks",
+                setting.describe(),
+                len(missing),
+                len(plans),
+            )
+        with progress.task("latency table", len(missing)) as advance:
+            for key in missing:
+                layer_key, a, b = key.rsplit("|", 2)
+                table._time(_Layer(**_tuples(json.loads(layer_key))), int(a), int(b))
+                advance(1)
+        fits = dict(stored.get("fits", {}))
+        if fit_key in fits:
+            table.fit = fits[fit_key]
+        else:
+            table.fit = table._fit(base, prune_counts, plans, progress)
+            fits[fit_key] = table.fit
+        table.cache, table._fits = cache, fits
+        return table
+
+    def save(self) -> None:
+        """Write the table to its cache file (atomically), for the next study, worker or session."""
+        _write_cache(self.cache, {"setting": self.setting.to_dict(), "entries": self.entries, "fits": self._fits})
+
+    def _make_grids(self, plans: list[dict[str, int]]) -> dict[_Layer, tuple[list[int], list[int]]]:
+        spans: dict[_Layer, list[list[int]]] = {}
+        for plan in plans:
+            for layer, c_in, c_out, _ in self._layers(plan):
+                lo_in, hi_in, lo_out, hi_out = spans.setdefault(layer, [c_in, c_in, c_out, c_out])
+                spans[layer] = [min(lo_in, c_in), max(hi_in, c_in), min(lo_out, c_out), max(hi_out, c_out)]
+        grids = {}
+        for layer, (lo_in, hi_in, lo_out, hi_out) in spans.items():
+            multiple = max(layer.groups, 1)
+            grids[layer] = (_grid(lo_in, hi_in, multiple), _grid(lo_out, hi_out, multiple))
+        return grids
+
+    def _fit(self, base: nn.Module, prune_counts, plans: list[dict[str, int]], progress: Progress) -> dict:
+        from scipy.optimize import nnls
+
+        input_shape = self.flops.input_shape
+        measured, rows = [], []
+        with progress.task("latency fit", len(plans)) as advance:
+            for plan in plans:
+                model = base if not plan else prune_counts(plan)
+                measured.append(measure_ms(deploy_form(model), input_shape, self.setting))
+                rows.append([1.0, *self.features(plan)])
+                advance(1)
+        coef, _ = nnls(np.array(rows), np.array(measured))
+        fit = {
+            "intercept": float(coef[0]),
+            "per_layer": float(coef[1]),
+            "per_melem": float(coef[2]),
+            "base_ms": measured[0],
+        }
+        predicted = np.array(rows) @ coef
+        fit["calibration_error"] = float(np.median(np.abs(predicted - measured) / measured))
+        return fit
+
+    def describe(self) -> dict:
+        """What a study stores about its table: the setting, the fit and its size."""
+        return {**self.setting.to_dict(), **{k: round(v, 6) for k, v in self.fit.items()}, "entries": len(self.entries)}
+
+
+def _points(layer: _Layer, ins: list[int], outs: list[int]) -> Iterator[tuple[int, int]]:
+    """The (c_in, c_out) a layer's table times: the grid, or its diagonal for a depthwise conv."""
+    if layer.groups == 0:
+        yield from ((c, c) for c in outs)
+    else:
+        yield from ((a, b) for a in ins for b in outs)
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(_tuples_item(x) for x in v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _tuples_item(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def cache_dir(storage_url: str) -> Path:
+    """Where latency tables are cached: beside a SQLite or journal file, else ``./studies``."""
+    from fnnp_opt.storage import sqlite_path
+
+    path = sqlite_path(storage_url)
+    return (path.parent if path is not None else Path("studies")) / "latency-cache"
+
+
+def cache_file(folder: Path, setting: Setting, architecture: str) -> Path:
+    """The cache file of one setting and architecture (``architecture``: a string that names its layers)."""
+    key = json.dumps({"setting": setting.to_dict(), "architecture": architecture}, sort_keys=True)
+    return folder / f"latency-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _read_cache(path: Path | None) -> dict:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("latency cache %s is unreadable (%s); timing the table again", path, exc)
+        return {}
+
+
+def _write_cache(path: Path | None, doc: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("latency table not cached at %s (%s); the next study times it again", path, exc)
+
+
+def calibration_plans(pruner, space, seed: int, n: int = CALIBRATION_PLANS) -> list[dict[str, int]]:
+    """Plans that span the space for the table's fit: the base, uniform ratios up to R (last: all at R),
+    and random vectors in [0, R] between them."""
+    rng = np.random.default_rng(seed)
+    rates = [space.max_rate * k / 4 for k in (1, 2, 3)]
+    random = [
+        {d.root: float(r) for d, r in zip(space.dims, rng.uniform(0, space.max_rate, len(space)))}
+        for _ in range(max(0, n - 5))
+    ]
+    uniform = [space.uniform(r) for r in rates]
+    return [{}] + [pruner.counts(r) for r in uniform + random] + [pruner.counts(space.uniform(space.max_rate))]
+
+
+def study_table(cfg, model: nn.Module, flops: FlopsModel, pruner, space, device: str, progress: Progress = NULL):
+    """The latency table of a ``--latency`` study (built, or read from the cache beside ``cfg``'s storage)."""
+    from fnnp_opt.prune import layer_shapes
+
+    setting = Setting(device, cfg.latency_threads or torch.get_num_threads(), cfg.latency_batch)
+    if cfg.latency_layout == "auto":  # what a typical candidate (every ratio at R/2) runs faster in
+        typical = pruner.prune(space.uniform(space.max_rate / 2))
+        setting = best_layout([deploy_form(typical)], flops.input_shape, setting)
+    else:
+        setting = Setting(setting.device, setting.threads, setting.batch, cfg.latency_layout == "channels-last")
+    architecture = json.dumps([type(model).__name__, list(flops.input_shape), layer_shapes(model)], sort_keys=True)
+    cache = cache_file(cache_dir(cfg.resolved_storage()), setting, architecture)
+    plans = calibration_plans(pruner, space, cfg.seed)
+    table = LatencyTable.build(model, flops, pruner.prune_counts, plans, setting, cache, progress)
+    log.info(
+        "latency (%s): base %.3f ms measured; the table's fit misses its %d calibration networks by %.1f%% (median)",
+        setting.describe(),
+        table.base_ms,
+        len(plans),
+        100 * table.fit["calibration_error"],
+    )
+    return table

@@ -1,0 +1,242 @@
+"""fnnp_opt.latency (timing, BN folding, the per-layer table, the --latency budget) and the ONNX export.
+
+Timing tests assert ratios and cache behaviour, never absolute times.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from fnnp_opt import latency as L
+from fnnp_opt.cli import app
+from fnnp_opt.config import Constraint, resolve
+from fnnp_opt.errors import BudgetError, UsageError
+from fnnp_opt.models import create_model, find_classifier
+from fnnp_opt.pipeline import prepare
+from fnnp_opt.search import Evaluator
+
+runner = CliRunner()
+
+
+def _latency_study(tmp_path, **flags):
+    cfg = resolve(storage=f"sqlite:///{tmp_path}/s.db", **{"latency": "0.8x", **flags})
+    return prepare(cfg, with_data=False)
+
+
+def _random_plans(p, n: int, seed: int = 1) -> list[dict[str, int]]:
+    rng = np.random.default_rng(seed)
+    return [
+        p.pruner.counts(
+            {d.root: float(r) for d, r in zip(p.space.dims, rng.uniform(0, p.space.max_rate, len(p.space)))}
+        )
+        for _ in range(n)
+    ]
+
+
+def test_fold_bn_keeps_the_outputs_and_leaves_no_batchnorm(base_model):
+    x = torch.randn(8, 1, 28, 28)
+    folded = L.fold_bn(base_model)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), base_model.eval()(x), atol=1e-4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in base_model.modules())  # the original is untouched
+
+
+def test_fold_bn_leaves_a_batchnorm_whose_conv_output_is_read_elsewhere():
+    class Tap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # the conv's output is read twice: folding would change it
+
+    m = Tap().eval()
+    m.bn.running_mean.uniform_()
+    x = torch.randn(2, 3, 8, 8)
+    folded = L.fold_bn(m)
+    assert isinstance(folded.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), m(x))
+
+
+def test_compare_ms_ranks_a_wider_layer_slower():
+    narrow, wide = nn.Conv2d(64, 8, 3, padding=1), nn.Conv2d(64, 256, 3, padding=1)
+    t_narrow, t_wide = L.compare_ms([narrow, wide], (1, 64, 32, 32), L.Setting(batch=4), runs=20)
+    assert t_wide > 2 * t_narrow
+
+
+def test_parse_latency():
+    assert L.parse_latency("0.5x", 4.0) == pytest.approx(2.0)
+    assert L.parse_latency("3ms", 4.0) == pytest.approx(3.0)
+    assert L.parse_latency(" 0.25 x ", 4.0) == pytest.approx(1.0)
+    for bad in ("fast", "0x", "-1ms", "3", "1.5x"):
+        with pytest.raises(UsageError):
+            L.parse_latency(bad, 4.0)
+    b = L.make_latency_budget("0.5x", 0.05, 4.0)
+    assert (b.low, b.target, b.high, b.unit) == (pytest.approx(1.8), pytest.approx(2.0), pytest.approx(2.2), "ms")
+    with pytest.raises(BudgetError):
+        L.make_latency_budget("5ms", 0.05, 4.0)
+
+
+def test_the_table_is_built_once_and_reused_from_its_cache(tmp_path, monkeypatch):
+    first = _latency_study(tmp_path)
+    files = list((tmp_path / "latency-cache").glob("latency-*.json"))
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())
+    assert doc["setting"]["batch"] == 1 and len(doc["entries"]) == len(first.latency.entries) > 10
+
+    timed = []
+    real = L.measure_ms
+    monkeypatch.setattr(L, "measure_ms", lambda *a, **k: timed.append(a) or real(*a, **k))
+    again = _latency_study(tmp_path)
+    assert timed == []  # every layer and every calibration network came from the cache
+    assert again.latency.setting == first.latency.setting
+    for plan in _random_plans(first, 5):
+        assert again.latency.predict(plan) == pytest.approx(first.latency.predict(plan))
+
+    _latency_study(tmp_path, latency_batch=2)  # another setting: its own table
+    assert len(list((tmp_path / "latency-cache").glob("latency-*.json"))) == 2
+
+
+def test_a_prediction_agrees_with_a_direct_measurement(tmp_path):
+    p = _latency_study(tmp_path, latency_layout="nchw")
+    table = p.latency
+    errors = []
+    for plan in _random_plans(p, 6, seed=7):
+        measured = L.measure_ms(L.deploy_form(p.pruner.prune_counts(plan)), p.input_shape, table.setting)
+        errors.append(abs(table.predict(plan) / measured - 1))
+    assert np.median(errors) < 0.3, errors  # loose: a shared 2-core CI machine is noisy
+    most = p.pruner.counts(p.space.uniform(p.space.max_rate))
+    assert table.predict(most) < 0.9 * table.predict({})  # pruning is predicted to pay
+
+
+@pytest.fixture(scope="module")
+def latency_prepared(tmp_path_factory):
+    return _latency_study(tmp_path_factory.mktemp("lat"), latency="0.6x", latency_tolerance=0.05)
+
+
+def _evaluator(p, mode, fit_budget=False) -> Evaluator:
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g))
+    return Evaluator(
+        p.pruner, p.space, p.budget, p.flops, [batch], [batch], mode=mode, fit_budget=fit_budget, latency=p.latency
+    )
+
+
+@pytest.mark.parametrize("mode", list(Constraint))
+def test_every_constraint_mode_handles_a_latency_violation(latency_prepared, mode):
+    p = latency_prepared
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({d.param: 0.0 for d in p.space.dims})  # the unpruned network: far above 0.6x
+    study.optimize(_evaluator(p, mode), n_trials=1)
+    t = study.trials[0]
+    assert t.user_attrs["feasible"] is False and t.user_attrs["latency_ms"] > p.budget.high
+    assert "ms" in t.user_attrs["reject_reason"] and t.user_attrs["violation"] > 0
+    if mode is Constraint.reject:
+        assert t.state is optuna.trial.TrialState.PRUNED
+    elif mode is Constraint.penalize:
+        assert t.value == pytest.approx(-t.user_attrs["violation"], abs=1e-6)
+    else:
+        assert t.constraints["latency"] == pytest.approx(t.user_attrs["violation"], abs=1e-6) and t.value < 0
+
+
+def test_fit_budget_moves_a_draw_into_the_latency_window(latency_prepared):
+    p = latency_prepared
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({d.param: 0.0 for d in p.space.dims})
+    study.optimize(_evaluator(p, Constraint.reject, fit_budget=True), n_trials=1)
+    t = study.trials[0]
+    assert t.state is optuna.trial.TrialState.COMPLETE and t.user_attrs["feasible"] is True
+    assert p.budget.contains(t.user_attrs["latency_ms"])
+    assert t.user_attrs["latency_measured_ms"] > 0  # every evaluated candidate is also timed directly
+
+
+def test_round_to_auto_keeps_multiples_of_the_vector_width():
+    cfg = resolve(round_to="auto", max_rate=0.8)
+    step = cfg.resolved_round_to()
+    assert step == L.vector_width("cpu") and step in (4, 8, 16)
+    p = prepare(cfg, with_data=False)
+    for plan in _random_plans(p, 5):
+        for g in p.pruner.groups:
+            kept = g.channels - plan[g.root]
+            assert kept % step == 0 or kept == g.channels, (g.root, kept)
+
+
+def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
+    base = {"flops": 100, "latency_ms": 1.0, "batch_ms": 10.0, "batch_images": 32}
+    fast = {"flops": 50, "latency_ms": 0.6, "batch_ms": 5.5}  # 2x fewer MACs: 1.67x and 1.82x faster
+    slow = {"flops": 50, "latency_ms": 0.9, "batch_ms": 5.5}  # 1.11x at batch 1: 11% of a 100% gain
+    assert L.speed_warnings(base, fast) == []
+    (warning,) = L.speed_warnings(base, slow)
+    assert "at 1 image" in warning and "1.11x faster for 2.00x fewer MACs" in warning
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v1_cifar"])
+def test_onnx_export_of_a_pruned_network_matches_pytorch(tmp_path, name):
+    import onnxruntime as ort
+
+    from fnnp_opt.export import ONNX_ATOL, ONNX_RTOL, save_onnx
+    from fnnp_opt.prune import Pruner, Shaping
+
+    torch.manual_seed(0)
+    size = 28 if name == "resnet20" else 32
+    model = create_model(name, 1, 10).eval()
+    example = torch.zeros(1, 1, size, size)
+    pruner = Pruner(model, example, find_classifier(model, example, 10), Shaping())
+    pruned = pruner.prune({g.root: 0.1 + 0.5 * (k % 3) / 2 for k, g in enumerate(pruner.groups)})
+    for m in pruned.modules():  # non-trivial statistics, so folding matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    r = save_onnx(pruned, (1, 1, size, size), tmp_path / "m.onnx")
+    assert r["max_abs_diff"] <= ONNX_ATOL + 1e-3 and r["ort_ms"][1] > 0
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 1, size, size)  # a batch size it was not exported with
+    got = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        want = pruned.eval()(x).numpy()
+    assert np.all(np.abs(got - want) <= ONNX_ATOL + ONNX_RTOL * np.abs(want))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left
+
+
+def test_a_missing_onnx_extra_is_one_line(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    for args in (["export", str(tmp_path), "--onnx"], ["run", "--onnx", "--storage", f"sqlite:///{tmp_path}/s.db"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "pip install 'fnnp-opt[onnx]'" in " ".join(res.output.split()), res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
+def test_a_latency_study_runs_end_to_end_and_records_its_latencies(tmp_path, small_fmnist):
+    from conftest import SMALL_RUN
+
+    storage, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "out"
+    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--epochs", "0", "--latency", "0.8x", "--onnx"]
+    res = runner.invoke(app, [*args, "--storage", storage, "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "latency budget (cpu" in text and "speed-up" in text and "pruned.onnx: onnxruntime matches" in text
+    card = json.loads((out / "pruned.json").read_text())
+    lat = card["latency"]
+    assert lat["measured_ms"] > 0 and lat["predicted_ms"] > 0 and lat["window_ms"][0] < lat["target_ms"]
+    assert card["onnx"]["max_abs_diff"] < 1e-3 and (out / "pruned.onnx").is_file()
+    study = optuna.load_study(study_name="resnet20-fashion-mnist-latency0.8x", storage=storage)
+    assert study.user_attrs["latency"]["batch"] == 1 and study.user_attrs["latency"]["base_ms"] > 0
+    timed = [t for t in study.trials if "latency_measured_ms" in t.user_attrs]
+    assert len(timed) >= 2 and all(t.user_attrs["latency_ms"] > 0 for t in timed)
