@@ -39,4 +39,4 @@ dashboard: setup
 	$(BIN)/fnnp-opt dashboard
 
 clean:
-	rm -rf runs studies/*.db
+	rm -rf runs studies/*.db studies/latency-cache

@@ -192,19 +192,20 @@ def part_budget(n_trials: int) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        storage = f"sqlite:///{tmp}/budget.db"
-        p = _prepared("resnet20", "0.5", n_trials=n_trials, latency_layout="nchw")
+        storage = f"sqlite:///{tmp}/budget.db"  # the latency table is cached beside it
+        p = _prepared("resnet20", "0.5", n_trials=n_trials, storage=storage)
         study, best = _search(p, storage)
         winner = p.pruner.prune(_ratios(p, best))
-        # the FLOPs winner's latency, in the setting of the latency studies (batch 1, 1 thread, NCHW)
-        lp = _prepared("resnet20", None, latency="0.5x", n_trials=n_trials, latency_layout="nchw")
+        # the FLOPs winner's latency, in the setting of the latency studies (batch 1, this process's threads,
+        # the layout --latency-layout auto picks)
+        lp = _prepared("resnet20", None, latency="0.5x", n_trials=n_trials, storage=storage)
         setting = lp.latency.setting
         ratio = measure_ms(deploy_form(winner), lp.input_shape, setting) / measure_ms(
             deploy_form(lp.model), lp.input_shape, setting
         )
         rows.append(_row("FLOPs 50% winner", best, study, ratio, None, setting))
         for target in (f"{ratio:.3f}x", "0.5x"):
-            lp = _prepared("resnet20", None, latency=target, n_trials=n_trials, latency_layout="nchw")
+            lp = _prepared("resnet20", None, latency=target, n_trials=n_trials, storage=storage)
             lstudy, lbest = _search(lp, storage)
             net = lp.pruner.prune(_ratios(lp, lbest))
             measured = measure_ms(deploy_form(net), lp.input_shape, setting) / lp.latency.base_ms
