@@ -28,7 +28,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 OUT = Path(__file__).parents[1] / "docs" / "latency"
@@ -44,7 +43,8 @@ def _prepared(model: str, flops: str, **flags):
     from fnnp_opt.config import resolve
     from fnnp_opt.pipeline import prepare
 
-    cfg = resolve(model=model, dataset=MODELS[model], flops=flops, max_rate=MAX_RATE.get(flops, 0.6), **flags)
+    flags.setdefault("max_rate", MAX_RATE.get(flops, 0.6))
+    cfg = resolve(model=model, dataset=MODELS[model], flops=flops, **flags)
     return prepare(cfg, with_data=model == "resnet20")
 
 
@@ -73,11 +73,11 @@ def _pruned(p, storage: str):
 
 
 def _ort_ms(models, input_shape, batch: int, threads: int, folder: Path) -> list[float]:
-    """onnxruntime median ms of each model (exported with fnnp_opt.export.save_onnx), round-robin."""
-    import numpy as np
+    """onnxruntime median ms of each model (exported with fnnp_opt.export.save_onnx), side by side."""
     import onnxruntime as ort
 
     from fnnp_opt.export import save_onnx
+    from fnnp_opt.latency import onnx_ms
 
     sessions = []
     for k, m in enumerate(models):
@@ -87,21 +87,7 @@ def _ort_ms(models, input_shape, batch: int, threads: int, folder: Path) -> list
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         sessions.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
-    x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
-    first = time.perf_counter()
-    for s in sessions:
-        s.run(None, {"images": x})
-    runs = max(5, min(50, int(2.0 / max(time.perf_counter() - first, 1e-9))))
-    for _ in range(3):
-        for s in sessions:
-            s.run(None, {"images": x})
-    times = [[] for _ in sessions]
-    for _ in range(runs):
-        for i, s in enumerate(sessions):
-            t = time.perf_counter()
-            s.run(None, {"images": x})
-            times[i].append((time.perf_counter() - t) * 1e3)
-    return [statistics.median(t) for t in times]
+    return onnx_ms(sessions, input_shape, batch)
 
 
 def _variants(base, pruned, input_shape, batch: int, threads: int, folder: Path) -> dict:
@@ -153,64 +139,94 @@ def part_speed(
     return rows
 
 
-def part_round(models: list[str], batches: list[int]) -> list[dict]:
+def part_round(models: list[str], batches: list[int], plans: int = 4) -> list[dict]:
+    """Random draws moved into the 50% window (``--fit-budget``'s projection), with kept channels unrounded
+    and rounded to the vector width: the median speed-up of ``plans`` of each, in the faster layout."""
+    import numpy as np
+
+    from fnnp_opt.constraints import fit_to_budget
     from fnnp_opt.flops import count
     from fnnp_opt.latency import Setting, compare_ms, fold_bn, vector_width
-    from fnnp_opt.pipeline import uniform_ratios
 
     rows = []
     step = vector_width("cpu")
     for name in models:
-        nets = {}
+        nets, macs = {}, {}
         for round_to in (1, "auto"):
-            p = _prepared(name, "0.5", round_to=round_to)
-            p.splits = None
-            r = uniform_ratios(p)[0]
-            nets[round_to] = (p.pruner.prune(p.space.uniform(r)), r)
-        base = p.model
+            p = _prepared(name, "0.5", round_to=round_to, max_rate=0.8)  # rounding needs room to reach 50%
+            rng, got = np.random.default_rng(0), []
+            cost = lambda r: p.flops.macs(p.pruner.counts(r))  # noqa: E731
+            while len(got) < plans:
+                draw = {d.root: float(x) for d, x in zip(p.space.dims, rng.uniform(0, 0.8, len(p.space)))}
+                draw, _ = fit_to_budget(draw, cost, p.budget, 0.8)
+                if p.budget.contains(cost(draw)):
+                    got.append(fold_bn(p.pruner.prune(draw)))
+            nets[round_to] = got
+            macs[round_to] = [count(n, p.input_shape)[0] / p.flops.base for n in got]
+        base = fold_bn(p.model)
         for b in batches:
-            models_ = [fold_bn(base), fold_bn(nets[1][0]), fold_bn(nets["auto"][0])]
-            best = {}
-            for cl in (False, True):
-                best[cl] = compare_ms(models_, p.input_shape, Setting("cpu", 1, b, cl), runs=40)
-            t = [min(best[False][i], best[True][i]) for i in range(3)]
+            models_ = [base, *nets[1], *nets["auto"]]
+            t = [
+                min(pair)
+                for pair in zip(
+                    *(compare_ms(models_, p.input_shape, Setting("cpu", 1, b, cl), runs=30) for cl in (False, True))
+                )
+            ]
+            speed = {
+                "unrounded": statistics.median(t[0] / x for x in t[1 : 1 + plans]),
+                "auto": statistics.median(t[0] / x for x in t[1 + plans :]),
+            }
             row = {
                 "model": name,
                 "batch": b,
                 "threads": 1,
                 "round_to": step,
-                "macs": {k: count(n, p.input_shape)[0] for k, (n, _) in zip(("unrounded", "auto"), nets.values())},
-                "ms": {"base": t[0], "unrounded": t[1], "auto": t[2]},
+                "plans": plans,
+                "flops_kept": {"unrounded": macs[1], "auto": macs["auto"]},
+                "base_ms": t[0],
+                "speedup_median": speed,
             }
             rows.append(row)
-            print(name, f"batch {b}", f"round-to {step}", {k: round(v, 3) for k, v in row["ms"].items()}, row["macs"])
+            print(name, f"batch {b}", f"round-to {step}", {k: round(v, 2) for k, v in speed.items()})
     return rows
 
 
 def part_budget(n_trials: int) -> list[dict]:
-    from fnnp_opt.latency import deploy_form, measure_ms
+    from fnnp_opt.errors import BudgetError
+    from fnnp_opt.latency import compare_ms, deploy_form
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/budget.db"  # the latency table is cached beside it
+        timing = {"latency_threads": 1, "n_trials": n_trials, "storage": storage}  # batch 1, 1 thread, layout auto
         p = _prepared("resnet20", "0.5", n_trials=n_trials, storage=storage)
         study, best = _search(p, storage)
         winner = p.pruner.prune(_ratios(p, best))
-        # the FLOPs winner's latency, in the setting of the latency studies (batch 1, this process's threads,
-        # the layout --latency-layout auto picks)
-        lp = _prepared("resnet20", None, latency="0.5x", n_trials=n_trials, storage=storage)
+        lp = _prepared("resnet20", None, latency="0.5x", **timing)  # the FLOPs winner timed in the same setting
         setting = lp.latency.setting
-        ratio = measure_ms(deploy_form(winner), lp.input_shape, setting) / measure_ms(
-            deploy_form(lp.model), lp.input_shape, setting
-        )
-        rows.append(_row("FLOPs 50% winner", best, study, ratio, None, setting))
-        for target in (f"{ratio:.3f}x", "0.5x"):
-            lp = _prepared("resnet20", None, latency=target, n_trials=n_trials, storage=storage)
+
+        def side_by_side(net) -> float:  # latency of ``net`` as a fraction of the base's, timed pass by pass
+            base_ms, net_ms = compare_ms([deploy_form(p.model), deploy_form(net)], lp.input_shape, setting, runs=100)
+            return net_ms / base_ms
+
+        ratio = side_by_side(winner)
+        rows.append(_row("FLOPs 50% winner (R 0.6)", best, study, ratio, None, setting))
+        for target, flags in (
+            (f"{ratio:.3f}x", {}),  # the FLOPs winner's speed, searched for directly
+            ("0.5x", {"max_rate": 0.8}),
+            ("0.5x", {"max_rate": 0.8, "round_to": "auto"}),
+        ):
+            label = f"--latency {target}" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in flags.items())
+            try:
+                lp = _prepared("resnet20", None, latency=target, **timing, **flags)
+            except BudgetError as exc:  # a refusal is a result too
+                rows.append({"what": label, "refused": str(exc)})
+                print(json.dumps(rows[-1]))
+                continue
             lstudy, lbest = _search(lp, storage)
             net = lp.pruner.prune(_ratios(lp, lbest))
-            measured = measure_ms(deploy_form(net), lp.input_shape, setting) / lp.latency.base_ms
-            rows.append(_row(f"--latency {target} winner", lbest, lstudy, measured, lp, setting))
-        print(json.dumps(rows, indent=1))
+            rows.append(_row(label, lbest, lstudy, side_by_side(net), lp, setting))
+            print(json.dumps(rows[-1]))
     return rows
 
 
@@ -227,9 +243,12 @@ def _row(what: str, best, study, latency_ratio: float, lp, setting) -> dict:
         "what": what,
         "abn_accuracy": best.user_attrs["abn_accuracy"],
         "flops_ratio": best.user_attrs["flops_ratio"],
-        "latency_ratio_measured": round(latency_ratio, 4),
+        "latency_ratio_measured": round(latency_ratio, 4),  # side by side with the base, after the search
         "setting": setting.describe(),
     }
+    if "latency_ms" in best.user_attrs:  # the winner's own trial: predicted and timed during the search
+        row["trial_predicted_ratio"] = round(best.user_attrs["latency_ms"] / lp.latency.base_ms, 4)
+        row["trial_measured_ratio"] = round(best.user_attrs["latency_measured_ms"] / lp.latency.base_ms, 4)
     if lp is not None:
         trials = [t for t in evaluated(study) if "latency_measured_ms" in t.user_attrs]
         errors = [abs(t.user_attrs["latency_ms"] / t.user_attrs["latency_measured_ms"] - 1) for t in trials]
@@ -249,7 +268,7 @@ def report() -> None:
     lines += [
         "Written by `python benchmarks/latency.py report` from the rows of `python benchmarks/latency.py speed "
         "round budget` (in `docs/latency/`), run alone on this project's 2-core CPU machine. Times are medians "
-        "of warm passes, the base and the pruned network timed side by side, pass by pass, in one run; a "
+        "of warm passes, the base and the pruned network timed side by side (turns of 5 passes) in one run; a "
         "speed-up is base time / pruned time, both in the same form (a column). *Eager* is PyTorch with each "
         "BatchNorm folded into its conv (what `fnnp-opt run` reports and `--latency` budgets), in NCHW or "
         "channels-last; *not folded* is the trained module as is, in its faster layout; *onnxruntime* runs "
@@ -271,14 +290,21 @@ def report() -> None:
         lines.append("")
     rounded = _load("round")
     if rounded:
-        lines += ["## Kept channels rounded to the vector width (`--round-to auto`) at 50% FLOPs, 1 thread", ""]
-        lines += ["| model | batch | step | MACs unrounded | MACs rounded | base ms | unrounded ms | rounded ms |"]
-        lines += ["|---" * 8 + "|"]
+        lines += [
+            "## Kept channels rounded to the vector width (`--round-to auto`), 50% FLOPs, 1 thread",
+            "",
+            f"Median speed-up over {rounded[0]['plans']} random draws moved into the window, each network in its "
+            "faster layout, BN folded.",
+            "",
+            "| model | batch | step | FLOPs kept (unrounded / rounded) | base ms | unrounded | rounded |",
+        ]
+        lines += ["|---" * 7 + "|"]
         for r in rounded:
-            m, t = r["macs"], r["ms"]
+            kept, sp = r["flops_kept"], r["speedup_median"]
             lines.append(
-                f"| {r['model']} | {r['batch']} | {r['round_to']} | {m['unrounded']:,} | {m['auto']:,} | "
-                f"{t['base']:.3g} | {t['unrounded']:.3g} | {t['auto']:.3g} |"
+                f"| {r['model']} | {r['batch']} | {r['round_to']} | {statistics.mean(kept['unrounded']):.1%} / "
+                f"{statistics.mean(kept['auto']):.1%} | {r['base_ms']:.3g} | {sp['unrounded']:.2f}x | "
+                f"{sp['auto']:.2f}x |"
             )
         lines.append("")
     budget = _load("budget")
@@ -287,6 +313,9 @@ def report() -> None:
         lines += ["| winner | ABN accuracy | FLOPs kept | latency (measured, of base) | target | prediction error |"]
         lines += ["|---" * 6 + "|"]
         for r in budget:
+            if "refused" in r:
+                lines.append(f"| {r['what']} | refused: {r['refused']} | | | | |")
+                continue
             target = f"{r['target_ratio']:.3f}x" if "target_ratio" in r else ""
             err = (
                 f"median {r['prediction_error_median']:.1%}, p90 {r['prediction_error_p90']:.1%} over "

@@ -128,14 +128,12 @@ def save_onnx(model, input_shape: tuple[int, ...], path: Path, check_batch: int 
     ``tolerance`` and ``ort_ms`` (median onnxruntime ms per pass, CPU, at each of ``time_batches``).
     """
     import logging
-    import statistics
-    import time
     import warnings
 
     import numpy as np
     import torch
 
-    from fnnp_opt.latency import deploy_form
+    from fnnp_opt.latency import deploy_form, onnx_ms
 
     require_onnx()
     import onnxruntime as ort
@@ -174,17 +172,7 @@ def save_onnx(model, input_shape: tuple[int, ...], path: Path, check_batch: int 
                 f"the ONNX export's logits differ from PyTorch's by up to {float(diff.max()):.3g} (allowed "
                 f"{ONNX_ATOL} + {ONNX_RTOL} x |logit|); not written. Report this model to fnnp-opt"
             )
-        ort_ms = {}
-        for b in time_batches:
-            xb = np.random.default_rng(0).standard_normal((b, *input_shape[1:])).astype(np.float32)
-            for _ in range(5):
-                session.run(None, {"images": xb})
-            runs = []
-            for _ in range(30):
-                t = time.perf_counter()
-                session.run(None, {"images": xb})
-                runs.append((time.perf_counter() - t) * 1e3)
-            ort_ms[b] = statistics.median(runs)
+        ort_ms = {b: onnx_ms([session], input_shape, b)[0] for b in time_batches}
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

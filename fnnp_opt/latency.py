@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 GRID = 8  # channel counts timed per side of a layer's table (at most)
 CALIBRATION_PLANS = 10  # whole-network measurements the table's fit is made from
+BLOCK = 5  # consecutive passes of one model before the next takes its turn (compare_ms)
 LAYOUTS = ("auto", "nchw", "channels-last")
 
 
@@ -144,14 +145,16 @@ def compare_ms(
     budget_s: float = 2.0,
     layouts: list[bool] | None = None,
 ) -> list[float]:
-    """Median wall time of one forward pass of each model, in milliseconds, timed round-robin.
+    """Median wall time of one forward pass of each model, in milliseconds, timed side by side.
 
-    Every pass of every model alternates with the others', so a slow spell of the machine hits
-    all of them. ``input_shape`` is (1, C, H, W) or any shape with a batch axis first (replaced by
-    ``setting.batch``). At most ``runs`` passes each after ``warmup`` untimed ones, fewer (at least
-    5) when they would take over ``budget_s``. The models are timed as given: pass deploy forms
-    (:func:`deploy_form`), which this leaves unchanged. ``layouts`` (channels-last or not, one per
-    model) overrides the setting's layout model by model.
+    The models take turns in blocks of ``BLOCK`` consecutive passes (the first of each block, which
+    pays for the switch, is not counted), so a slow spell of the machine hits all of them while
+    each is timed warm, as it runs when deployed alone. ``input_shape`` is (1, C, H, W) or any
+    shape with a batch axis first (replaced by ``setting.batch``). At most ``runs`` timed passes
+    each after ``warmup`` untimed ones, fewer (at least 5) when they would take over ``budget_s``.
+    The models are timed as given: pass deploy forms (:func:`deploy_form`), which this leaves
+    unchanged. ``layouts`` (channels-last or not, one per model) overrides the setting's layout
+    model by model.
     """
     layouts = layouts or [setting.channels_last] * len(models)
     with threads(setting.threads):
@@ -163,16 +166,40 @@ def compare_ms(
             _sync(setting.device)
             first += time.perf_counter() - t
         runs = max(5, min(runs, int(budget_s / max(first, 1e-9))))
-        for _ in range(min(warmup, max(1, runs // 5))):
-            for m, x in placed:
+        for m, x in placed:
+            for _ in range(min(warmup, max(1, runs // 5))):
                 m(x)
         times: list[list[float]] = [[] for _ in placed]
-        for _ in range(runs):
+        while len(times[0]) < runs:
             for i, (m, x) in enumerate(placed):
-                _sync(setting.device)
+                m(x)  # the switch
+                for _ in range(min(BLOCK, runs - len(times[i]))):
+                    _sync(setting.device)
+                    t = time.perf_counter()
+                    m(x)
+                    _sync(setting.device)
+                    times[i].append((time.perf_counter() - t) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def onnx_ms(
+    sessions: list, input_shape: tuple[int, ...], batch: int, runs: int = 50, budget_s: float = 2.0
+) -> list[float]:
+    """Median ms of one run of each onnxruntime ``InferenceSession`` (input ``images``), timed side by side in
+    blocks like :func:`compare_ms`, on the threads each session was made with."""
+    x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
+    feed = {"images": x}
+    t = time.perf_counter()
+    for s in sessions:
+        s.run(None, feed)
+    runs = max(5, min(runs, int(budget_s / max(time.perf_counter() - t, 1e-9))))
+    times: list[list[float]] = [[] for _ in sessions]
+    while len(times[0]) < runs:
+        for i, s in enumerate(sessions):
+            s.run(None, feed)  # the switch
+            for _ in range(min(BLOCK, runs - len(times[i]))):
                 t = time.perf_counter()
-                m(x)
-                _sync(setting.device)
+                s.run(None, feed)
                 times[i].append((time.perf_counter() - t) * 1e3)
     return [statistics.median(t) for t in times]
 
