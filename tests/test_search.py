@@ -146,7 +146,7 @@ def test_a_study_made_with_other_settings_is_refused(small_fmnist, tmp_path):
     common = dict(data_dir=str(small_fmnist), storage=url, study_name="s", output=str(tmp_path / "o"), **SMALL)
     run(resolve(n_trials=1, **common))
     before = len(optuna.load_study(study_name="s", storage=url).trials)
-    with pytest.raises(StorageError, match="--flops: stored '0.5', now '0.4'\); pass a new --study-name"):
+    with pytest.raises(StorageError, match=r"--flops: stored '0.5', now '0.4'\); pass a new --study-name"):
         run(resolve(n_trials=3, **{**common, "flops": "0.4"}))
     with pytest.raises(StorageError, match="--max-rate: stored 0.6, now 0.7"):
         run(resolve(n_trials=3, **{**common, "max_rate": 0.7}))
