@@ -93,7 +93,7 @@ class Evaluator:
             model = self.pruner.prune_counts(removed)
         with clock("flops"):
             thop_macs, params = count(model, self.flops.input_shape)
-        macs = self.flops.macs(removed)
+        macs = cost if self.latency is None else self.flops.macs(removed)  # the FLOPs budget's cost is its MACs
         if thop_macs != macs:
             log.warning("trial %d: analytic FLOPs %d differ from thop's %d", trial.number, macs, thop_macs)
         if self.latency is not None:  # the prediction's error, candidate by candidate
