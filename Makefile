@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NEED_GB ?= 7
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup dataset demo test dashboard clean
+.PHONY: setup dataset demo test test-all dashboard clean
 
 $(BIN)/fnnp-opt: pyproject.toml
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
@@ -34,6 +34,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q --huge
 
 dashboard: setup
 	$(BIN)/fnnp-opt dashboard

@@ -82,7 +82,8 @@ def main() -> None:
     results = {kind: measure(kind, args.workers, args.trials) for kind in ("sqlite", "journal")}
     for kind, (median, wall) in results.items():
         print(
-            f"{kind:8s} median {1000 * median:7.1f} ms per trial; {args.workers} workers x {args.trials} trials in {wall:.1f} s"
+            f"{kind:8s} median {1000 * median:7.1f} ms per trial; "
+            f"{args.workers} workers x {args.trials} trials in {wall:.1f} s"
         )
     ratio = results["sqlite"][0] / results["journal"][0]
     print(f"SQLite / journal, per trial: {ratio:.2f}x")

@@ -308,7 +308,8 @@ def run(
     eval_batch_size: Annotated[
         Optional[int],
         Opt(
-            help="Images per batch when scoring and testing (no effect on results), and of the batch timing. [default: 128]"
+            help="Images per batch when scoring and testing (no effect on results), and of the batch timing. "
+            "[default: 128]"
         ),
     ] = None,
     score: Annotated[

@@ -1,9 +1,11 @@
 """Latency: how fast a network runs where it is deployed, and a per-layer table that predicts a candidate's.
 
-Every time here is the median of warm forward passes of a network's *deploy form*: eval mode, each
+Every time here is a quantile of warm forward passes of a network's *deploy form*: eval mode, each
 BatchNorm folded into the conv before it (:func:`fold_bn`), at a :class:`Setting` (device, threads,
-batch, memory layout). Two networks are compared side by side, pass by pass (:func:`compare_ms`),
-so the machine's noise lands on both; the median ignores the odd pass a neighbour slows down.
+batch, memory layout). Networks are compared side by side, in turns of a few passes each
+(:func:`compare_ms`), so a slow spell of the machine lands on all of them. Reports take the median;
+the latency table and every measurement checked against it take the 10th percentile (``QUIET``),
+which the time-slices a busy machine steals do not reach.
 
 A study with ``--latency`` cannot time every draw: most draws are rejected within microseconds, and a
 direct measurement takes a second and carries noise. It builds a :class:`LatencyTable` once instead:
@@ -12,7 +14,8 @@ direct measurement takes a second and carries noise. It builds a :class:`Latency
   grid of at most ``GRID`` values per side, and interpolated bilinearly in between (per-layer tables
   as in NetAdapt, Yang et al., ECCV 2018, and HALP, Shen et al., NeurIPS 2022);
 * a candidate's latency is ``a + b * (sum of its layers' times) + c * (its conv outputs, in millions
-  of values)``, with a, b, c >= 0 fitted to whole-network measurements of a few calibration plans:
+  of values)``, with a, b, c >= 0 fitted to whole-network measurements of a few calibration plans
+  (all timed side by side, as each layer's grid points are):
   the intercept holds what pruning cannot remove (per-op dispatch, the stem and the head), the last
   term the elementwise work (ReLU, residual additions) that scales with the kept channels.
 
@@ -29,10 +32,9 @@ import logging
 import os
 import platform
 import re
-import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 GRID = 8  # channel counts timed per side of a layer's table (at most)
 CALIBRATION_PLANS = 10  # whole-network measurements the table's fit is made from
+QUIET = 0.1  # the quantile of passes the latency table keeps: near the fastest, clear of a busy machine's noise
 BLOCK = 5  # consecutive passes of one model before the next takes its turn (compare_ms)
 LAYOUTS = ("auto", "nchw", "channels-last")
 
@@ -138,48 +141,63 @@ def _placed(
 @torch.no_grad()
 def compare_ms(
     models: list[nn.Module],
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int, ...] | list[tuple[int, ...]],
     setting: Setting = Setting(),
     runs: int = 50,
     warmup: int = 10,
     budget_s: float = 2.0,
     layouts: list[bool] | None = None,
+    quantile: float = 0.5,
 ) -> list[float]:
-    """Median wall time of one forward pass of each model, in milliseconds, timed side by side.
+    """Wall time of one forward pass of each model (the median, or ``quantile``), in ms, timed side by side.
 
     The models take turns in blocks of ``BLOCK`` consecutive passes (the first of each block, which
     pays for the switch, is not counted), so a slow spell of the machine hits all of them while
     each is timed warm, as it runs when deployed alone. ``input_shape`` is (1, C, H, W) or any
-    shape with a batch axis first (replaced by ``setting.batch``). At most ``runs`` timed passes
-    each after ``warmup`` untimed ones, fewer (at least 5) when they would take over ``budget_s``.
+    shape with a batch axis first (replaced by ``setting.batch``), or a list of such shapes, one per
+    model. At most ``runs`` timed passes each after ``warmup`` untimed ones, fewer (at least 5) when
+    they would take over ``budget_s``.
     The models are timed as given: pass deploy forms (:func:`deploy_form`), which this leaves
     unchanged. ``layouts`` (channels-last or not, one per model) overrides the setting's layout
-    model by model.
+    model by model. ``quantile`` picks another quantile of the passes than the median (0.5): the
+    latency table takes a low one, which a busy machine's stolen time-slices do not reach.
     """
     layouts = layouts or [setting.channels_last] * len(models)
+    shapes = input_shape if isinstance(input_shape, list) else [input_shape] * len(models)
     with threads(setting.threads):
-        placed = [_placed(copy.deepcopy(m), input_shape, setting, cl) for m, cl in zip(models, layouts)]
-        first = 0.0
-        for m, x in placed:
-            t = time.perf_counter()
-            m(x)
-            _sync(setting.device)
-            first += time.perf_counter() - t
-        runs = max(5, min(runs, int(budget_s / max(first, 1e-9))))
-        for m, x in placed:
-            for _ in range(min(warmup, max(1, runs // 5))):
+        placed = [_placed(copy.deepcopy(m), x, setting, cl) for m, x, cl in zip(models, shapes, layouts)]
+
+        def call(m: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+            def run() -> None:
                 m(x)
-        times: list[list[float]] = [[] for _ in placed]
-        while len(times[0]) < runs:
-            for i, (m, x) in enumerate(placed):
-                m(x)  # the switch
-                for _ in range(min(BLOCK, runs - len(times[i]))):
-                    _sync(setting.device)
-                    t = time.perf_counter()
-                    m(x)
-                    _sync(setting.device)
-                    times[i].append((time.perf_counter() - t) * 1e3)
-    return [statistics.median(t) for t in times]
+                _sync(setting.device)
+
+            return run
+
+        return _in_blocks([call(m, x) for m, x in placed], runs, warmup, budget_s, quantile)
+
+
+def _in_blocks(
+    calls: list[Callable[[], None]], runs: int, warmup: int, budget_s: float, quantile: float
+) -> list[float]:
+    """Time each of ``calls`` (a synchronous pass) side by side in turns of ``BLOCK`` passes, after a warm-up:
+    the ``quantile`` of each one's ms. The first pass of each turn pays for the switch and is not counted."""
+    first = time.perf_counter()
+    for run in calls:
+        run()
+    runs = max(5, min(runs, int(budget_s / max(time.perf_counter() - first, 1e-9))))
+    for run in calls:
+        for _ in range(min(warmup, max(1, runs // 5))):
+            run()
+    times: list[list[float]] = [[] for _ in calls]
+    while len(times[0]) < runs:
+        for i, run in enumerate(calls):
+            run()  # the switch
+            for _ in range(min(BLOCK, runs - len(times[i]))):
+                t = time.perf_counter()
+                run()
+                times[i].append((time.perf_counter() - t) * 1e3)
+    return [float(np.quantile(t, quantile)) for t in times]
 
 
 def onnx_ms(
@@ -189,23 +207,11 @@ def onnx_ms(
     blocks like :func:`compare_ms`, on the threads each session was made with."""
     x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
     feed = {"images": x}
-    t = time.perf_counter()
-    for s in sessions:
-        s.run(None, feed)
-    runs = max(5, min(runs, int(budget_s / max(time.perf_counter() - t, 1e-9))))
-    times: list[list[float]] = [[] for _ in sessions]
-    while len(times[0]) < runs:
-        for i, s in enumerate(sessions):
-            s.run(None, feed)  # the switch
-            for _ in range(min(BLOCK, runs - len(times[i]))):
-                t = time.perf_counter()
-                s.run(None, feed)
-                times[i].append((time.perf_counter() - t) * 1e3)
-    return [statistics.median(t) for t in times]
+    return _in_blocks([lambda s=s: s.run(None, feed) for s in sessions], runs, 0, budget_s, 0.5)
 
 
 def measure_ms(model: nn.Module, input_shape: tuple[int, ...], setting: Setting = Setting(), **kw) -> float:
-    """Median wall time of one forward pass in milliseconds (see :func:`compare_ms`)."""
+    """Wall time of one forward pass in milliseconds, the median unless ``quantile`` (see :func:`compare_ms`)."""
     return compare_ms([model], input_shape, setting, **kw)[0]
 
 
@@ -463,12 +469,23 @@ class LatencyTable:
         self.fit = fit  # intercept, per_layer, per_melem (the fit's coefficients), base_ms, calibration
         self._grids: dict[_Layer, tuple[list[int], list[int]]] = {}
         self.cache: Path | None = None  # where :meth:`save` writes it
+        self.layout_choice: Path | None = None  # where :meth:`save` records an automatic layout choice
+        self.base: nn.Module | None = None  # the base's deploy form, timed beside each network :meth:`measure` times
         self._fits: dict[str, dict] = {}
 
     @property
     def base_ms(self) -> float:
         """The unpruned network's measured latency (ms) in the deploy form."""
         return self.fit["base_ms"]
+
+    def measure(self, model: nn.Module, runs: int = 30) -> tuple[float, float]:
+        """``model`` (a pruned base, not yet in deploy form) timed directly, side by side with the base:
+        (its latency in the table's ms, i.e. ``base_ms`` times the measured ratio; that ratio). A machine
+        busier or idler than when the table was built moves both networks, not the comparison."""
+        base_now, model_now = compare_ms(
+            [self.base, deploy_form(model)], self.flops.input_shape, self.setting, runs=runs, quantile=QUIET
+        )
+        return self.base_ms * model_now / base_now, model_now / base_now
 
     def _layers(self, removed: dict[str, int]) -> Iterator[tuple[_Layer, int, int, int]]:
         for _, module, x, y, x_base in self.flops.layers(removed):
@@ -480,9 +497,24 @@ class LatencyTable:
     def _time(self, layer: _Layer, c_in: int, c_out: int) -> float:
         key = f"{layer.key()}|{c_in}|{c_out}"
         if key not in self.entries:
-            module, shape = layer.build(c_in, c_out)
-            self.entries[key] = measure_ms(module, shape, self.setting, runs=15, warmup=3, budget_s=0.3)
+            self._time_side_by_side(layer, [(c_in, c_out)])
         return self.entries[key]
+
+    def _time_side_by_side(self, layer: _Layer, points: list[tuple[int, int]]) -> None:
+        """Time a layer at each (c_in, c_out) of ``points`` in one :func:`compare_ms` run: a slow spell of
+        the machine then shifts all of them, not some, and the grid stays monotone in the channels."""
+        built = [layer.build(a, b) for a, b in points]
+        times = compare_ms(
+            [m for m, _ in built],
+            [shape for _, shape in built],
+            self.setting,
+            runs=15,
+            warmup=3,
+            budget_s=0.3 * len(points),
+            quantile=QUIET,
+        )
+        for (a, b), t in zip(points, times):
+            self.entries[f"{layer.key()}|{a}|{b}"] = t
 
     def features(self, removed: dict[str, int]) -> tuple[float, float]:
         """(sum of the layers' interpolated times in ms, conv and linear outputs in millions of values)."""
@@ -546,23 +578,27 @@ class LatencyTable:
                 len(missing),
                 len(plans),
             )
+        by_layer: dict[str, list[tuple[int, int]]] = {}
+        for key in missing:
+            layer_key, a, b = key.rsplit("|", 2)
+            by_layer.setdefault(layer_key, []).append((int(a), int(b)))
         with progress.task("latency table", len(missing)) as advance:
-            for key in missing:
-                layer_key, a, b = key.rsplit("|", 2)
-                table._time(_Layer(**_tuples(json.loads(layer_key))), int(a), int(b))
-                advance(1)
+            for layer_key, points in by_layer.items():
+                table._time_side_by_side(_Layer(**_tuples(json.loads(layer_key))), points)
+                advance(len(points))
         fits = dict(stored.get("fits", {}))
         if fit_key in fits:
             table.fit = fits[fit_key]
         else:
             table.fit = table._fit(base, prune_counts, plans, progress)
             fits[fit_key] = table.fit
-        table.cache, table._fits = cache, fits
+        table.cache, table._fits, table.base = cache, fits, deploy_form(base)
         return table
 
     def save(self) -> None:
         """Write the table to its cache file (atomically), for the next study, worker or session."""
         _write_cache(self.cache, {"setting": self.setting.to_dict(), "entries": self.entries, "fits": self._fits})
+        _write_cache(self.layout_choice, {"layout": self.setting.layout})
 
     def _make_grids(self, plans: list[dict[str, int]]) -> dict[_Layer, tuple[list[int], list[int]]]:
         spans: dict[_Layer, list[list[int]]] = {}
@@ -580,13 +616,14 @@ class LatencyTable:
         from scipy.optimize import nnls
 
         input_shape = self.flops.input_shape
-        measured, rows = [], []
         with progress.task("latency fit", len(plans)) as advance:
+            models = []
             for plan in plans:
-                model = base if not plan else prune_counts(plan)
-                measured.append(measure_ms(deploy_form(model), input_shape, self.setting))
-                rows.append([1.0, *self.features(plan)])
+                models.append(deploy_form(base if not plan else prune_counts(plan)))
                 advance(1)
+        # side by side, so that the fit sees the networks' differences, not the machine's drift between them
+        measured = compare_ms(models, input_shape, self.setting, runs=60, budget_s=4.0, quantile=QUIET)
+        rows = [[1.0, *self.features(plan)] for plan in plans]
         coef, _ = nnls(np.array(rows), np.array(measured))
         fit = {
             "intercept": float(coef[0]),
@@ -673,15 +710,26 @@ def study_table(cfg, model: nn.Module, flops: FlopsModel, pruner, space, device:
     from fnnp_opt.prune import layer_shapes
 
     setting = Setting(device, cfg.latency_threads or torch.get_num_threads(), cfg.latency_batch)
-    if cfg.latency_layout == "auto":  # what a typical candidate (every ratio at R/2) runs faster in
-        typical = pruner.prune(space.uniform(space.max_rate / 2))
-        setting = best_layout([deploy_form(typical)], flops.input_shape, setting)
-    else:
-        setting = Setting(setting.device, setting.threads, setting.batch, cfg.latency_layout == "channels-last")
     architecture = json.dumps([type(model).__name__, list(flops.input_shape), layer_shapes(model)], sort_keys=True)
-    cache = cache_file(cache_dir(cfg.resolved_storage()), setting, architecture)
+    folder = cache_dir(cfg.resolved_storage())
+    choice = None
+    if cfg.latency_layout == "auto":  # what a typical candidate (every ratio at R/2) runs faster in
+        # decided once per setting and architecture: a second guess in a later session could flip on a close
+        # call, and the study (whose fingerprint names the layout) would no longer resume
+        key = cache_file(folder, setting, architecture)
+        choice = key.with_name(key.name.replace("latency-", "layout-"))
+        layout = _read_cache(choice).get("layout")
+        if layout in LAYOUTS[1:]:
+            setting = replace(setting, channels_last=layout == "channels-last")
+        else:
+            typical = pruner.prune(space.uniform(space.max_rate / 2))
+            setting = best_layout([deploy_form(typical)], flops.input_shape, setting)
+    else:
+        setting = replace(setting, channels_last=cfg.latency_layout == "channels-last")
+    cache = cache_file(folder, setting, architecture)
     plans = calibration_plans(pruner, space, cfg.seed)
     table = LatencyTable.build(model, flops, pruner.prune_counts, plans, setting, cache, progress)
+    table.layout_choice = choice
     log.info(
         "latency (%s): base %.3f ms measured; the table's fit misses its %d calibration networks by %.1f%% (median)",
         setting.describe(),

@@ -26,8 +26,6 @@ from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_l
 from fnnp_opt.export import check_writable, save_onnx, save_pruned
 from fnnp_opt.latency import (
     LatencyTable,
-    compare_ms,
-    deploy_form,
     make_latency_budget,
     profile,
     speed_warnings,
@@ -304,11 +302,9 @@ def _winner_latency(p: Prepared, study: optuna.Study, pruned: torch.nn.Module, t
     import statistics
 
     table, b = p.latency, p.budget
-    # side by side with the base, so a machine slower or faster than when the table was built moves both
-    base_now, pruned_now = compare_ms([deploy_form(p.model), deploy_form(pruned)], p.input_shape, table.setting)
-    measured = b.base * pruned_now / base_now  # in the table's milliseconds
+    measured, ratio = table.measure(pruned, runs=100)
     within = b.contains(measured)
-    timed = [t.user_attrs for t in S.evaluated(study) if "latency_measured_ms" in t.user_attrs]
+    timed = [t.user_attrs for t in study.get_trials(deepcopy=False) if "latency_measured_ms" in t.user_attrs]
     errors = [abs(a["latency_ms"] / a["latency_measured_ms"] - 1) for a in timed]
     row = {
         **table.setting.to_dict(),
@@ -317,7 +313,7 @@ def _winner_latency(p: Prepared, study: optuna.Study, pruned: torch.nn.Module, t
         "base_ms": b.base,
         "predicted_ms": trial.user_attrs.get("latency_ms"),
         "measured_ms": measured,
-        "measured_ratio": pruned_now / base_now,  # of the base, timed side by side now
+        "measured_ratio": ratio,  # of the base, timed side by side now
         "within_window": within,
         "prediction_error_median": statistics.median(errors) if errors else None,  # |predicted / measured - 1|
         "candidates_timed": len(errors),

@@ -6,7 +6,9 @@ channel plan. A candidate outside the window is never ABN-evaluated; the constra
 mode (:mod:`fnnp_opt.constraints`) decides what the sampler is told. A candidate inside
 claims one of the study's evaluation slots, is pruned, counted by thop, and scored
 with adaptive-BN evaluation on the held-out search split. ``n_trials`` counts scored
-candidates.
+candidates. Under ``--latency`` the window is in predicted milliseconds (the latency
+table), and a candidate inside it is also timed directly before it is scored: one that
+measures outside is rejected as one predicted outside would be, and frees its slot.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import Batch
 from fnnp_opt.evaluate import NonFiniteError, accuracy, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
-from fnnp_opt.latency import LatencyTable, deploy_form, measure_ms
+from fnnp_opt.latency import LatencyTable
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import Scorer, abn_ft_key
@@ -80,7 +82,8 @@ class Evaluator:
             trial.set_user_attr("feasible", v == 0)
             if self.latency is not None:
                 trial.set_user_attr("latency_ms", round(cost, 5))
-            if self.mode is Constraint.constrain:
+            # (optuna takes a constraint once: a latency candidate predicted inside gets it once timed, below)
+            if self.mode is Constraint.constrain and (v > 0 or self.latency is None):
                 trial.set_constraint("flops" if self.latency is None else "latency", v)
             if v > 0:
                 return self._infeasible(trial, cost, v)
@@ -96,12 +99,17 @@ class Evaluator:
         macs = cost if self.latency is None else self.flops.macs(removed)  # the FLOPs budget's cost is its MACs
         if thop_macs != macs:
             log.warning("trial %d: analytic FLOPs %d differ from thop's %d", trial.number, macs, thop_macs)
-        if self.latency is not None:  # the prediction's error, candidate by candidate
+        if self.latency is not None:  # timed directly too: the table's error, candidate by candidate
             with clock("latency_measure"):
-                trial.set_user_attr(
-                    "latency_measured_ms",
-                    round(measure_ms(deploy_form(model), self.flops.input_shape, self.latency.setting), 5),
-                )
+                measured, _ = self.latency.measure(model)
+            with clock("storage"):
+                trial.set_user_attr("latency_measured_ms", round(measured, 5))
+                v = violation(self.budget, measured)
+                if self.mode is Constraint.constrain:
+                    trial.set_constraint("latency", v)
+                if v > 0:  # predicted inside the window, measured outside: the measurement decides
+                    trial.set_user_attr("feasible", False)
+                    return self._infeasible(trial, measured, v, "measured latency")
         model.to(self.device)
         try:
             with clock("pbn_score"):
@@ -147,9 +155,11 @@ class Evaluator:
         )
         return (value, cost / self.budget.base) if self.objective is Objective.pareto else value
 
-    def _infeasible(self, trial: optuna.Trial, cost: float, v: float) -> float | tuple[float, float]:
+    def _infeasible(
+        self, trial: optuna.Trial, cost: float, v: float, what: str | None = None
+    ) -> float | tuple[float, float]:
         b = self.budget
-        what = "FLOPs" if self.latency is None else "predicted latency"
+        what = what or ("FLOPs" if self.latency is None else "predicted latency")
         reason = f"{what} {b.fmt(cost)} ({cost / b.base:.1%}) outside [{b.fmt(b.low)}, {b.fmt(b.high)}]"
         if self.latency is None:
             trial.set_user_attr("flops", cost)

@@ -14,6 +14,19 @@ from fnnp_opt.models import default_checkpoint, load_model
 SYSTEM_DIR = Path(DATASETS["fashion-mnist"].default_dir)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--huge", action="store_true", help="also run the tests marked huge (`make test-all`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--huge"):
+        return
+    skip = pytest.mark.skip(reason="a huge builder: its family's smaller members ran; `make test-all` runs it too")
+    for item in items:
+        if "huge" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def fmnist_arrays() -> dict[str, np.ndarray]:
     """The real Fashion-MNIST arrays (from Debian's dataset-fashion-mnist)."""

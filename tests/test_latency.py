@@ -5,6 +5,7 @@ Timing tests assert ratios and cache behaviour, never absolute times.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -20,15 +21,29 @@ from fnnp_opt.cli import app
 from fnnp_opt.config import Constraint, resolve
 from fnnp_opt.errors import BudgetError, UsageError
 from fnnp_opt.models import create_model, find_classifier
-from fnnp_opt.pipeline import prepare
+from fnnp_opt.pipeline import prepare, uniform_cost, uniform_ratios
 from fnnp_opt.search import Evaluator
 
 runner = CliRunner()
 
 
 def _latency_study(tmp_path, **flags):
-    cfg = resolve(storage=f"sqlite:///{tmp_path}/s.db", **{"latency": "0.8x", **flags})
+    # one thread: two on a 2-core machine shared with another process stall on each other's stragglers
+    cfg = resolve(storage=f"sqlite:///{tmp_path}/s.db", **{"latency": "0.97x", "latency_threads": 1, **flags})
     return prepare(cfg, with_data=False)
+
+
+def _reachable(tmp_path, **flags) -> tuple[str, float]:
+    """A --latency target and tolerance inside what this machine reaches.
+
+    How much faster a pruned ResNet-20 runs at 28x28 differs from one CPU to the next (0.55x here, 0.68x to
+    0.92x on a CI machine), so a fixed target would test the machine, not the code. The table built here is
+    cached beside the storage, so the study that follows reuses it and sees the same reach.
+    """
+    p = _latency_study(tmp_path, **flags)
+    lowest = uniform_cost(p, p.space.max_rate) / p.budget.base
+    assert lowest < 0.99, f"pruning every group by {p.space.max_rate} should be predicted faster, got {lowest:.3f}x"
+    return f"{(1 + lowest) / 2:.3f}x", (1 - lowest) / 5
 
 
 def _random_plans(p, n: int, seed: int = 1) -> list[dict[str, int]]:
@@ -95,17 +110,19 @@ def test_the_table_is_built_once_and_reused_from_its_cache(tmp_path, monkeypatch
     doc = json.loads(files[0].read_text())
     assert doc["setting"]["batch"] == 1 and len(doc["entries"]) == len(first.latency.entries) > 10
 
+    assert [f.name[:7] for f in (tmp_path / "latency-cache").glob("layout-*.json")] == ["layout-"]
     timed = []
-    real = L.measure_ms
-    monkeypatch.setattr(L, "measure_ms", lambda *a, **k: timed.append(a) or real(*a, **k))
+    real = L.compare_ms
+    monkeypatch.setattr(L, "compare_ms", lambda *a, **k: timed.append(a) or real(*a, **k))
     again = _latency_study(tmp_path)
-    assert timed == []  # every layer and every calibration network came from the cache
+    assert timed == []  # the layout, every layer and every calibration network came from the cache
     assert again.latency.setting == first.latency.setting
     for plan in _random_plans(first, 5):
         assert again.latency.predict(plan) == pytest.approx(first.latency.predict(plan))
 
     _latency_study(tmp_path, latency_batch=2)  # another setting: its own table
     assert len(list((tmp_path / "latency-cache").glob("latency-*.json"))) == 2
+    assert len(list((tmp_path / "latency-cache").glob("layout-*.json"))) == 2
 
 
 def test_a_prediction_agrees_with_a_direct_measurement(tmp_path):
@@ -113,16 +130,18 @@ def test_a_prediction_agrees_with_a_direct_measurement(tmp_path):
     table = p.latency
     errors = []
     for plan in _random_plans(p, 6, seed=7):
-        measured = L.measure_ms(L.deploy_form(p.pruner.prune_counts(plan)), p.input_shape, table.setting)
+        measured, _ = table.measure(p.pruner.prune_counts(plan))  # as the search times a candidate
         errors.append(abs(table.predict(plan) / measured - 1))
     assert np.median(errors) < 0.3, errors  # loose: a shared 2-core CI machine is noisy
     most = p.pruner.counts(p.space.uniform(p.space.max_rate))
-    assert table.predict(most) < 0.9 * table.predict({})  # pruning is predicted to pay
+    assert table.predict(most) < 0.99 * table.predict({})  # pruning is predicted to pay (how much: the CPU's say)
 
 
 @pytest.fixture(scope="module")
 def latency_prepared(tmp_path_factory):
-    return _latency_study(tmp_path_factory.mktemp("lat"), latency="0.6x", latency_tolerance=0.05)
+    where = tmp_path_factory.mktemp("lat")
+    target, tolerance = _reachable(where)
+    return _latency_study(where, latency=target, latency_tolerance=tolerance)
 
 
 def _evaluator(p, mode, fit_budget=False) -> Evaluator:
@@ -137,7 +156,7 @@ def _evaluator(p, mode, fit_budget=False) -> Evaluator:
 def test_every_constraint_mode_handles_a_latency_violation(latency_prepared, mode):
     p = latency_prepared
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial({d.param: 0.0 for d in p.space.dims})  # the unpruned network: far above 0.6x
+    study.enqueue_trial({d.param: 0.0 for d in p.space.dims})  # the unpruned network: above the window
     study.optimize(_evaluator(p, mode), n_trials=1)
     t = study.trials[0]
     assert t.user_attrs["feasible"] is False and t.user_attrs["latency_ms"] > p.budget.high
@@ -156,9 +175,33 @@ def test_fit_budget_moves_a_draw_into_the_latency_window(latency_prepared):
     study.enqueue_trial({d.param: 0.0 for d in p.space.dims})
     study.optimize(_evaluator(p, Constraint.reject, fit_budget=True), n_trials=1)
     t = study.trials[0]
-    assert t.state is optuna.trial.TrialState.COMPLETE and t.user_attrs["feasible"] is True
-    assert p.budget.contains(t.user_attrs["latency_ms"])
-    assert t.user_attrs["latency_measured_ms"] > 0  # every evaluated candidate is also timed directly
+    assert p.budget.contains(t.user_attrs["latency_ms"])  # moved into the window it was predicted in
+    assert t.user_attrs["latency_measured_ms"] > 0  # every candidate predicted inside is also timed directly
+    if t.state is not optuna.trial.TrialState.COMPLETE:  # a slow spell can put the measurement outside
+        assert "measured latency" in t.user_attrs["reject_reason"]
+    else:
+        assert t.user_attrs["feasible"] is True and p.budget.contains(t.user_attrs["latency_measured_ms"])
+
+
+@pytest.mark.parametrize("mode", [Constraint.reject, Constraint.constrain])
+def test_a_candidate_predicted_inside_but_measured_outside_the_window_is_infeasible(latency_prepared, mode):
+    p = latency_prepared
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({d.param: r for d in p.space.dims for r in uniform_ratios(p)[:1]})  # predicted inside
+    evaluator = _evaluator(p, mode)
+    table = copy.copy(p.latency)
+    table.measure = lambda model, runs=30: (p.budget.high * 1.1, 0.0)  # as a slow spell of the machine would
+    evaluator.latency = table
+    study.optimize(evaluator, n_trials=1)
+    t = study.trials[0]
+    assert p.budget.contains(t.user_attrs["latency_ms"]) and t.user_attrs["latency_measured_ms"] > p.budget.high
+    assert t.user_attrs["feasible"] is False and "measured latency" in t.user_attrs["reject_reason"]
+    assert "abn_accuracy" not in t.user_attrs  # rejected before it was scored
+    if mode is Constraint.reject:
+        assert t.state is optuna.trial.TrialState.PRUNED
+    else:
+        assert t.constraints["latency"] == pytest.approx(t.user_attrs["violation"], abs=1e-6)
+        assert t.constraints["latency"] > 0 and t.value < 0
 
 
 def test_round_to_auto_keeps_multiples_of_the_vector_width():
@@ -227,7 +270,9 @@ def test_a_latency_study_runs_end_to_end_and_records_its_latencies(tmp_path, sma
     from conftest import SMALL_RUN
 
     storage, out = f"sqlite:///{tmp_path}/s.db", tmp_path / "out"
-    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--epochs", "0", "--latency", "0.8x", "--onnx"]
+    target, tolerance = _reachable(tmp_path)  # the run below reuses this table from the cache
+    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--epochs", "0", "--latency", target, "--onnx"]
+    args += ["--latency-tolerance", f"{tolerance:.4f}", "--latency-threads", "1"]
     res = runner.invoke(app, [*args, "--storage", storage, "--output", str(out)])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
@@ -236,7 +281,7 @@ def test_a_latency_study_runs_end_to_end_and_records_its_latencies(tmp_path, sma
     lat = card["latency"]
     assert lat["measured_ms"] > 0 and lat["predicted_ms"] > 0 and lat["window_ms"][0] < lat["target_ms"]
     assert card["onnx"]["max_abs_diff"] < 1e-3 and (out / "pruned.onnx").is_file()
-    study = optuna.load_study(study_name="resnet20-fashion-mnist-latency0.8x", storage=storage)
+    study = optuna.load_study(study_name=f"resnet20-fashion-mnist-latency{target}", storage=storage)
     assert study.user_attrs["latency"]["batch"] == 1 and study.user_attrs["latency"]["base_ms"] > 0
     timed = [t for t in study.trials if "latency_measured_ms" in t.user_attrs]
     assert len(timed) >= 2 and all(t.user_attrs["latency_ms"] > 0 for t in timed)

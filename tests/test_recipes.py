@@ -37,8 +37,15 @@ def test_the_paper_experiments_are_all_there():
     assert read_recipe("resnet50-imagenet-1G").paper["top1"] == 74.2
 
 
+# Recipes that differ from one that runs end to end by their budget alone: run with --huge (`make test-all`);
+# by default only their budget is checked against what their R reaches (test_a_sibling_recipes_budget_is_reachable).
+SIBLINGS = {"resnet50-imagenet-2G", "resnet50-imagenet-3G"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", RECIPE_NAMES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.huge) if n in SIBLINGS else n for n in RECIPE_NAMES]
+)
 def test_every_recipe_runs_on_tiny_data_of_its_format(name, tmp_path, request):
     recipe = read_recipe(name)
     dataset = recipe.config["dataset"]
@@ -61,6 +68,16 @@ def test_every_recipe_runs_on_tiny_data_of_its_format(name, tmp_path, request):
     if recipe.paper:  # the paper's figure beside the measured one
         assert f"paper, {recipe.paper['source']}: {recipe.paper['flops']} FLOPs" in printed
         assert "| this run:" in printed
+
+
+@pytest.mark.parametrize("name", sorted(SIBLINGS))
+def test_a_sibling_recipes_budget_is_reachable(name, tmp_path):
+    from fnnp_opt.pipeline import prepare, uniform_ratios
+
+    cfg = resolve(name, storage=f"sqlite:///{tmp_path}/s.db", device="cpu")
+    p = prepare(cfg, with_data=False)  # raises BudgetError when R cannot reach the window
+    (r,) = uniform_ratios(p)
+    assert 0 < r <= p.space.max_rate and p.budget.contains(p.flops.macs(p.pruner.counts(p.space.uniform(r))))
 
 
 def test_recipes_command_lists_them_with_the_papers_figures():

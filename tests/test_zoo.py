@@ -20,7 +20,9 @@ from fnnp_opt.space import SearchSpace
 UNTRACEABLE = {"shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"}
 # The smallest square input each builder runs on, where it is above 32 px.
 MIN_SIZE = {"alexnet": 64, "inception_v3": 96}
-# Builders that take over 10 s here (big weights, long graphs); still run in CI, skippable with -m "not slow".
+# Builders that take over 10 s here (big weights, long graphs): the largest of families whose smaller members run
+# by default (convnext_tiny, densenet121, efficientnet_b0, regnet_x_400mf, resnext50, vgg11, ...) and go through the
+# same code. `pytest --huge` (`make test-all`) runs them too: about 4 minutes more.
 HEAVY = {
     "convnext_base",
     "convnext_large",
@@ -43,7 +45,7 @@ PRUNABLE = [n for n in torchvision_builders() if n not in UNSUPPORTED and n not 
 
 
 def _case(name: str):
-    return pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name
+    return pytest.param(name, marks=pytest.mark.huge) if name in HEAVY else name
 
 
 @pytest.mark.parametrize("name", [_case(n) for n in PRUNABLE])
