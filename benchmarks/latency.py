@@ -2,7 +2,7 @@
 
 Three parts, each writing its rows to ``docs/latency/<part>.json``; ``report`` turns them into
 ``docs/latency.md``. Every time is a median of warm passes, the base and the pruned network timed
-side by side, pass by pass (``fnnp_opt.latency.compare_ms``), so the figures are ratios from one run.
+side by side, in turns of 5 passes (``fnnp_opt.latency.compare_ms``), so the figures are ratios from one run.
 
 * ``speed``: the default ResNet-20 (its shipped Fashion-MNIST weights; the pruned network is the
   winner of the default 30-trial ABN search, as ``make demo`` delivers it), ResNet-56 (CIFAR, 32 px)
@@ -269,7 +269,8 @@ def report() -> None:
         "speed-up is base time / pruned time, both in the same form (a column). *Eager* is PyTorch with each "
         "BatchNorm folded into its conv (what `fnnp-opt run` reports and `--latency` budgets), in NCHW or "
         "channels-last; *not folded* is the trained module as is, in its faster layout; *onnxruntime* runs "
-        "the export of `--onnx` (BN folded) on the same threads.",
+        "the export of `--onnx` (BN folded) on the same threads. A part can be rerun for some models alone "
+        "(`--models`); the README's section *Faster where it runs* says which commit each part comes from.",
         "",
     ]
     speed = _load("speed")
@@ -338,8 +339,11 @@ def report() -> None:
 
 
 def _load(part: str) -> list[dict]:
+    """A part's rows, the models in MODELS' order (a rerun of one model appends its rows)."""
     path = OUT / f"{part}.json"
-    return json.loads(path.read_text()) if path.is_file() else []
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    order = list(MODELS)
+    return sorted(rows, key=lambda r: order.index(r["model"]) if r.get("model") in order else -1)
 
 
 def main() -> None:
@@ -373,6 +377,8 @@ def main() -> None:
         else:
             report()
             continue
+        if part in ("speed", "round"):  # a rerun of some models keeps the other models' rows
+            rows = [r for r in _load(part) if r["model"] not in models] + rows
         (OUT / f"{part}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -76,6 +76,21 @@ def call(fn: Callable[..., T], *args, **kwargs) -> T:
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to resume", highlight=False)
         raise typer.Exit(130) from None
+    except Exception as exc:  # a library that, interrupted mid-write, raises its own error while handling Ctrl-C
+        if isinstance(exc, (typer.Exit, typer.Abort)) or not _raised_by_ctrl_c(exc):
+            raise
+        console.print("interrupted; run the same command again to resume", highlight=False)
+        raise typer.Exit(130) from None
+
+
+def _raised_by_ctrl_c(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _stop_on_sigterm(signum, frame) -> None:
@@ -413,6 +428,10 @@ def _flags(options: dict) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' * (n > 1)}"
+
+
 def _print_summary(r) -> None:
     from rich.table import Table
 
@@ -442,7 +461,7 @@ def _print_summary(r) -> None:
 
     b, p = r.base, r.pruned
     table = Table(
-        title=f"base vs pruned: test set, FLOPs as MACs, median CPU times ({b['threads']} threads, BN folded, "
+        title=f"base vs pruned: test set, FLOPs as MACs, median CPU times ({_threads(b['threads'])}, BN folded, "
         "each in its faster layout)"
     )
     for col in ("", "test acc", "FLOPs", "params", "CPU 1 image", f"CPU {b['batch_images']} images"):
@@ -472,7 +491,7 @@ def _print_summary(r) -> None:
         lat = r.latency
         inside = "inside" if lat["within_window"] else "[yellow]outside[/yellow]"
         out.print(
-            f"latency budget ({lat['device']}, {lat['threads']} threads, batch {lat['batch']}, {lat['layout']}): "
+            f"latency budget ({lat['device']}, {_threads(lat['threads'])}, batch {lat['batch']}, {lat['layout']}): "
             f"measured {lat['measured_ms']:.3f} ms, {inside} the window [{lat['window_ms'][0]:.3f}, "
             f"{lat['window_ms'][1]:.3f}] ms; predicted {lat['predicted_ms'] or float('nan'):.3f} ms"
             + (
@@ -537,7 +556,8 @@ def _print_front(r) -> None:
     out.print(table)
     files = " + ".join(str(f) for f in r.front_files)
     out.print(
-        f"front written to {files}; fine-tune a point with `fnnp-opt finetune --study-name {r.study_name} --trial N`"
+        f"front written to {files}; fine-tune a point with "
+        f"`fnnp-opt finetune --study-name {r.study_name} --storage {r.storage} --trial N`"
     )
 
 

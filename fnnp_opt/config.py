@@ -220,6 +220,11 @@ class RunConfig:
             raise UsageError(f"--seed must be a whole number in [0, 2**32), got {self.seed!r}")
         check_tolerance(self.flops_tolerance)
         self._check_latency()
+        if self.onnx and self.objective is Objective.pareto:
+            raise UsageError(
+                "--onnx exports the delivered network, and --objective pareto delivers none (it writes the front); "
+                "fine-tune a point with `fnnp-opt finetune ... --trial N`, then `fnnp-opt export <its folder> --onnx`"
+            )
         if self.onnx:
             from fnnp_opt.export import require_onnx
 

@@ -231,6 +231,13 @@ def check_reachable(p: Prepared) -> None:
     lowest = uniform_cost(p, space.max_rate)  # FLOPs (and, nearly, latency) fall in every ratio
     if lowest <= budget.high:
         return
+    if p.latency is not None and lowest >= budget.base:
+        raise BudgetError(
+            f"the latency table predicts the network pruned by {space.max_rate} everywhere at {f(lowest)}, no faster "
+            f"than the base's {f(budget.base)}: either pruning does not pay at this setting (try a larger "
+            f"--latency-batch), or timing on {p.latency.setting.describe()} is unreliable here (a busy machine? "
+            "retry with --latency-threads 1, or when the machine is idle)"
+        )
     lo, hi = space.max_rate, 0.99
     if uniform_cost(p, hi) > budget.high:
         hint = f"no --max-rate below 1 reaches it; raise {budget.option}"

@@ -468,3 +468,21 @@ def test_a_layer_that_cannot_be_pruned_gets_an_exclude_hint_that_works(small_fmn
     res = runner.invoke(app, ["space", "--model", "usermodels:fixed_width", "--flops", "0.7", "--exclude", hint])
     assert res.exit_code == 0, res.output
     assert "ratio.stem" in res.output and f"ratio.{hint}" not in res.output
+
+
+def test_an_error_raised_while_handling_ctrl_c_still_exits_130():
+    import typer
+
+    from fnnp_opt.cli import call
+
+    def interrupted_mid_write():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("this session's transaction has been rolled back")  # as sqlalchemy may
+
+    with pytest.raises(typer.Exit) as stop:
+        call(interrupted_mid_write)
+    assert stop.value.exit_code == 130
+    with pytest.raises(RuntimeError):  # an error of its own is not an interruption
+        call(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))

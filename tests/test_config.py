@@ -56,3 +56,8 @@ def test_distillation_is_on_by_default_wherever_there_is_a_fine_tune():
     assert not resolve(epochs=0).distills()  # the default asks for nothing a 0-epoch run cannot do
     with pytest.raises(UsageError, match="--distill distils during the fine-tune, but --epochs is 0"):
         resolve(distill=True, epochs=0)
+
+
+def test_onnx_with_a_pareto_study_is_refused_with_what_to_run_instead():
+    with pytest.raises(UsageError, match=r"--objective pareto delivers none.*export <its folder> --onnx"):
+        resolve(objective="pareto", flops="0.2:0.8", onnx=True)

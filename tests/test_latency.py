@@ -90,6 +90,14 @@ def test_compare_ms_ranks_a_wider_layer_slower():
     assert t_wide > 2 * t_narrow
 
 
+def test_a_network_left_in_channels_last_is_timed_in_the_layout_asked_for(base_model):
+    evaluated = copy.deepcopy(base_model).to(memory_format=torch.channels_last)  # as accuracy() leaves it
+    for cl, layout in ((False, torch.contiguous_format), (True, torch.channels_last)):
+        model, x = L._placed(copy.deepcopy(evaluated), (1, 1, 28, 28), L.Setting(), cl)
+        convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert x.is_contiguous(memory_format=layout) and all(w.is_contiguous(memory_format=layout) for w in convs)
+
+
 def test_parse_latency():
     assert L.parse_latency("0.5x", 4.0) == pytest.approx(2.0)
     assert L.parse_latency("3ms", 4.0) == pytest.approx(3.0)
@@ -204,6 +212,17 @@ def test_a_candidate_predicted_inside_but_measured_outside_the_window_is_infeasi
         assert t.constraints["latency"] > 0 and t.value < 0
 
 
+def test_a_table_that_predicts_pruning_no_faster_says_what_to_try(latency_prepared):
+    from dataclasses import replace
+
+    from fnnp_opt.pipeline import check_reachable
+
+    table = copy.copy(latency_prepared.latency)
+    table.predict = lambda removed: 2.0 * latency_prepared.budget.base  # as two stalled threads time it
+    with pytest.raises(BudgetError, match=r"no faster than the base's .*--latency-threads 1"):
+        check_reachable(replace(latency_prepared, latency=table))
+
+
 def test_round_to_auto_keeps_multiples_of_the_vector_width():
     cfg = resolve(round_to="auto", max_rate=0.8)
     step = cfg.resolved_round_to()
@@ -221,7 +240,7 @@ def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
     slow = {"flops": 50, "latency_ms": 0.9, "batch_ms": 5.5}  # 1.11x at batch 1: 11% of a 100% gain
     assert L.speed_warnings(base, fast) == []
     (warning,) = L.speed_warnings(base, slow)
-    assert "at 1 image" in warning and "1.11x faster for 2.00x fewer MACs" in warning
+    assert "at 1 image" in warning and "runs 1.11x the base's speed for 2.00x fewer MACs" in warning
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
