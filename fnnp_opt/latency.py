@@ -172,19 +172,12 @@ def compare_ms(
     shapes = input_shape if isinstance(input_shape, list) else [input_shape] * len(models)
     with threads(setting.threads):
         placed = [_placed(copy.deepcopy(m), x, setting, cl) for m, x, cl in zip(models, shapes, layouts)]
-
-        def call(m: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-            def run() -> None:
-                m(x)
-                _sync(setting.device)
-
-            return run
-
-        return _in_blocks([call(m, x) for m, x in placed], runs, warmup, budget_s, quantile)
+        calls = [lambda m=m, x=x: (m(x), _sync(setting.device)) for m, x in placed]
+        return _in_blocks(calls, runs, warmup, budget_s, quantile)
 
 
 def _in_blocks(
-    calls: list[Callable[[], None]], runs: int, warmup: int, budget_s: float, quantile: float
+    calls: list[Callable[[], object]], runs: int, warmup: int, budget_s: float, quantile: float
 ) -> list[float]:
     """Time each of ``calls`` (a synchronous pass) side by side in turns of ``BLOCK`` passes, after a warm-up:
     the ``quantile`` of each one's ms. The first pass of each turn pays for the switch and is not counted."""
@@ -214,11 +207,6 @@ def onnx_ms(
     x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
     feed = {"images": x}
     return _in_blocks([lambda s=s: s.run(None, feed) for s in sessions], runs, 0, budget_s, 0.5)
-
-
-def measure_ms(model: nn.Module, input_shape: tuple[int, ...], setting: Setting = Setting(), **kw) -> float:
-    """Wall time of one forward pass in milliseconds, the median unless ``quantile`` (see :func:`compare_ms`)."""
-    return compare_ms([model], input_shape, setting, **kw)[0]
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
