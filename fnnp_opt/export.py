@@ -85,8 +85,12 @@ def read_recipe(path: Path) -> tuple[dict, Path]:
         doc = json.loads(recipe.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{recipe} is not valid JSON ({exc}); re-export the model") from None
-    if doc.get("format") != FORMAT:
-        raise CheckpointError(f"{recipe} has format {doc.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(f"{recipe} has format {found!r}, expected {FORMAT!r}; re-export the model")
+    missing = [k for k in ("model", "in_channels", "num_classes", "layers") if k not in doc]
+    if missing:
+        raise CheckpointError(f"{recipe} lacks {', '.join(missing)}; it is not a complete export, re-export the model")
     return doc, recipe.with_name("pruned.safetensors")
 
 

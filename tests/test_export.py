@@ -40,3 +40,13 @@ def test_bad_exports_are_reported(base_model, tmp_path):
     (tmp_path / "e" / "pruned.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="could not be read"):
         fnnp_opt.load_pruned(tmp_path / "e")
+
+
+@pytest.mark.parametrize("text", ["[]", '{"format": "fnnp-opt/pruned-v1"}'])
+def test_a_wrong_shaped_recipe_is_one_clear_error(tmp_path, text):
+    from fnnp_opt.errors import CheckpointError
+    from fnnp_opt.export import read_recipe
+
+    (tmp_path / "pruned.json").write_text(text)
+    with pytest.raises(CheckpointError, match="re-export the model"):
+        read_recipe(tmp_path)
