@@ -88,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    cfg = resolve(flops=args.flops, max_rate=args.max_rate, seed=args.seed, device="cpu")
+    cfg = resolve(flops=args.flops, max_rate=args.max_rate, seed=args.seed, device="cpu", abn_batches=100)
     name = f"correlate-{cfg.model}-{cfg.dataset}-flops{args.flops}"
     try:
         study = optuna.load_study(study_name=name, storage=args.storage)

@@ -37,7 +37,7 @@ def cmd_run(args) -> None:
 
     results = Path(args.out) / "results.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
-    cfg = resolve(model=args.model, flops=args.flops, device="cpu")
+    cfg = resolve(model=args.model, flops=args.flops, device="cpu", abn_batches=100)  # as measured
     p = prepare(cfg)
     ratio = uniform_ratios(p)[0]
     test = p.splits.test_batches(cfg.eval_batch_size)

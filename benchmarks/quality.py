@@ -64,6 +64,7 @@ def _config(args, seed: int):
         seed=seed,
         score_steps=args.score_steps,
         device="cpu",
+        abn_batches=100,  # the paper's calibration, as every row was measured
     )
 
 

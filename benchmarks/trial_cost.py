@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/trial_cost.py [--trials 10] [--storage sqlite:///...]
 
-Runs the real study loop (default options, a fresh SQLite storage in a temporary
-folder unless --storage is given) and prints the median seconds per evaluated trial,
-split into strategy (suggest, with its storage writes), pruning, FLOPs counting,
-storage (user attributes, trial creation and completion), PBN scoring, ABN
-calibration and ABN scoring. Rejected draws are timed too, and their cost is shown
-per evaluated trial, since every evaluated candidate pays for the draws rejected
-before it. Timings are ratios measured in one run; absolute seconds vary by machine.
+Runs the real study loop of `fnnp-opt run` with its default options (a fresh SQLite storage
+in a temporary folder unless --storage is given; the uniform strategy queued first; early
+stopping; no PBN unless --pbn) and prints the median seconds per evaluated trial, split into
+strategy (suggest, with its storage writes), pruning, FLOPs counting, storage (user
+attributes, step reports, trial creation and completion), PBN scoring (with --pbn), ABN
+calibration and ABN scoring. Rejected draws are timed too, and their cost is shown per
+evaluated trial, since every evaluated candidate pays for the draws rejected before it.
+The last line does the same with sums over the whole search instead of medians: the share of the
+study's wall time that is not a forward pass. Timings are ratios measured in one run; absolute
+seconds vary by machine.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import time
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from _clock import TrialClock
@@ -26,33 +30,35 @@ from _clock import TrialClock
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
-from fnnp_opt.pipeline import prepare
+from fnnp_opt.pipeline import make_evaluator, prepare, settle, uniform_ratios
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10, help="evaluated candidates to time")
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default: a fresh SQLite file)")
+    ap.add_argument("--pbn", action="store_true", help="also score with stale statistics (run --pbn)")
+    ap.add_argument("--abn-batches", type=int, default=None, help="calibration batches (default: run's)")
+    for flag in ("--model", "--dataset", "--data-dir", "--checkpoint"):
+        ap.add_argument(flag, default=None, help="as in `fnnp-opt run` (default: run's)")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--search-per-class", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    cfg = resolve(device="cpu")
+    tmp = tempfile.mkdtemp()
+    url = args.storage or f"sqlite:///{tmp}/bench.db"
+    given = ("model", "dataset", "data_dir", "checkpoint", "image_size", "search_per_class", "device", "pbn")
+    flags = {k: getattr(args, k) for k in given}
+    cfg = settle(resolve(storage=url, n_trials=args.trials, abn_batches=args.abn_batches, workers=1, **flags))
     t = time.perf_counter()
     p = prepare(cfg)
     prepare_s = time.perf_counter() - t
-    tmp = tempfile.mkdtemp()
-    storage = St.open_storage(args.storage or f"sqlite:///{tmp}/bench.db")
+    storage = St.open_storage(url)
     study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
-    study.sampler = S.make_sampler(cfg.sampler, cfg.seed)
-    evaluator = S.Evaluator(
-        p.pruner,
-        p.space,
-        p.budget,
-        p.flops,
-        p.splits.calibration,
-        p.splits.search_batches(cfg.eval_batch_size),
-        slots=St.Slots(study, args.trials),
-    )
+    S.enqueue_uniform(study, p.space, uniform_ratios(p))
+    evaluator = make_evaluator(cfg, p, study)
 
     clock = TrialClock(evaluator)
 
@@ -68,24 +74,37 @@ def main() -> None:
     done = [t for t in trials if t.state is TrialState.COMPLETE]
     rejected = [t for t in trials if t.state is TrialState.PRUNED]
     parts = ("strategy", "prune", "flops", "storage", "pbn_score", "abn_calibrate", "abn_score")
+    parts = parts if cfg.pbn else tuple(k for k in parts if k != "pbn_score")
     rows = {k: [] for k in parts}
     for t in done:
         tm = dict(t.user_attrs["timings"])
         tm["storage"] += clock.outside(t.number)  # trial creation and completion
         for k in parts:
             rows[k].append(tm[k])
+    images = [t.user_attrs["images_scored"] for t in done]
+    calibrated = sum(len(y) for _, y in evaluator.calibration)
+    floor = _floor(p, evaluator)
+    stopped = sum(bool(t.user_attrs.get("stopped_early")) for t in done)
     med = {k: statistics.median(v) for k, v in rows.items()}
     reject_wall = statistics.median(clock.walls[t.number] for t in rejected) if rejected else 0.0
     per_eval_rejects = len(rejected) / len(done)
     overhead = med["strategy"] + med["prune"] + med["flops"] + med["storage"]
-    forward = med["pbn_score"] + med["abn_calibrate"] + med["abn_score"]
+    forward = sum(med[k] for k in ("pbn_score", "abn_calibrate", "abn_score") if k in med)
     total = overhead + forward
 
-    print(f"default setup: {len(p.space)} dimensions, budget {p.budget.describe()}")
+    print(f"{cfg.model} on {cfg.dataset} ({p.device}): {len(p.space)} dimensions, budget {p.budget.describe()}")
+    print(
+        f"ABN {cfg.calibration_batches()} x {cfg.abn_batch_size} images, early stopping "
+        f"{'on' if cfg.stops_early() else 'off'}, PBN {'on' if cfg.pbn else 'off'}, {torch.get_num_threads()} threads"
+    )
     print(f"prepare (data, model, space, budget) once per study: {prepare_s:.2f} s")
     print(
         f"{len(done)} evaluated, {len(rejected)} rejected draws ({len(rejected) / len(trials):.0%}), "
         f"search wall {search_s:.1f} s"
+    )
+    print(
+        f"{stopped} of {len(done)} stopped early; images scored: median {statistics.median(images):.0f}, "
+        f"mean {statistics.mean(images):.0f} of {len(p.splits.search)}"
     )
     print("\nmedian seconds per evaluated trial")
     for k in parts:
@@ -101,9 +120,45 @@ def main() -> None:
     )
     amortised = overhead + reject_wall * per_eval_rejects
     print(
-        f"overhead with rejected draws amortised: {amortised:.4f} s "
+        f"overhead with rejected draws amortised (medians): {amortised:.4f} s "
         f"= {amortised / (total + reject_wall * per_eval_rejects):.1%} of the search time per candidate"
     )
+    # the same over the whole search: every second of the study's wall that is not a forward pass
+    passes = sum(sum(rows[k]) for k in ("pbn_score", "abn_calibrate", "abn_score") if k in rows)
+    print(
+        f"the whole search: {search_s:.1f} s, of which forward passes {passes:.1f} s; everything else "
+        f"(draws, rejected draws, pruning, counting, storage, sampler) {search_s - passes:.1f} s "
+        f"= {(search_s - passes) / search_s:.1%}; {search_s / len(done):.3f} s per evaluated candidate"
+    )
+
+    achieved = (calibrated * len(done) + sum(images)) / search_s
+    print(
+        f"images through the network: {achieved:.0f}/s over the whole search (calibration + scoring of every "
+        f"evaluated trial / wall) against a floor of {floor:.0f}/s for the same passes timed alone "
+        f"= {achieved / floor:.0%} of the floor"
+    )
+
+
+def _floor(p, evaluator) -> float:
+    """Images per second of the forward passes alone: the uniform candidate calibrated and scored in full (BN
+    folded, as trials are) on the study's own batches, best of three."""
+    import math
+
+    from fnnp_opt.evaluate import accuracy, calibrate_bn
+    from fnnp_opt.latency import fold_bn
+
+    ratio = uniform_ratios(p)[0]
+    model = p.pruner.prune({d.root: ratio for d in p.space.dims}).to(p.device)
+    n = sum(len(y) for _, y in evaluator.calibration) + sum(len(y) for _, y in evaluator.search)
+    best = math.inf
+    for _ in range(3):
+        t = time.perf_counter()
+        calibrate_bn(model, evaluator.calibration, p.device, amp=evaluator.amp)
+        accuracy(fold_bn(model), evaluator.search, p.device, amp=evaluator.amp)
+        if p.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return n / best
 
 
 if __name__ == "__main__":

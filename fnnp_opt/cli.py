@@ -311,12 +311,19 @@ def run(
         Optional[int],
         Opt(
             help="Search processes on this machine sharing the study (one storage; exactly --n-trials "
-            "evaluations in all). Across machines, run the same command on each with a PostgreSQL --storage. "
-            "[default: 1]"
+            "evaluations in all), cores // N torch threads each. Across machines, run the same command on each with "
+            "a PostgreSQL --storage. [default: one per CPU core, at most 8 (single-threaded processes score the most "
+            "candidates per minute: docs/speed.md); 1 on CUDA and with --latency]"
         ),
     ] = None,
     seed: Annotated[Optional[int], Opt(help="Base seed of sampling, calibration and fine-tuning. [default: 0]")] = None,
-    abn_batches: Annotated[Optional[int], Opt(help="Adaptive-BN calibration batches. [default: 100]")] = None,
+    abn_batches: Annotated[
+        Optional[int],
+        Opt(
+            help="Adaptive-BN calibration batches; the ranking has settled by 10 on both shipped bases "
+            "(docs/speed.md), the paper uses 100. [default: 10 for a new study; a resumed study keeps its own]"
+        ),
+    ] = None,
     abn_batch_size: Annotated[Optional[int], Opt(help="Images per calibration batch. [default: 64]")] = None,
     search_size: SearchSize = None,
     search_per_class: SearchPerClass = None,
@@ -325,6 +332,32 @@ def run(
         Opt(
             help="Images per batch when scoring and testing (no effect on results), and of the batch timing. "
             "[default: 128]"
+        ),
+    ] = None,
+    early_stop: Annotated[
+        Optional[bool],
+        Opt(
+            "--early-stop/--no-early-stop",
+            help="Score the search split in steps of 256 images and stop a candidate once Optuna's WilcoxonPruner "
+            "finds it below the best so far; its value is then its running accuracy, stored with images_scored. "
+            "Only with --score abn and one budget. [default: on for a new study; a resumed study keeps its own]",
+        ),
+    ] = None,
+    pbn: Annotated[
+        Optional[bool],
+        Opt(
+            "--pbn/--no-pbn",
+            help="Also score every candidate with its stale BN statistics (pbn_accuracy, one more pass over the "
+            "search split); a diagnostic that chooses nothing. `fnnp-opt correlate` always records it. "
+            "[default: off]",
+        ),
+    ] = None,
+    amp: Annotated[
+        Optional[bool],
+        Opt(
+            "--amp/--no-amp",
+            help="On CUDA, run the calibration and scoring passes under bf16 autocast (fp16 on GPUs without bf16). "
+            "No effect on CPU. [default: on]",
         ),
     ] = None,
     score: Annotated[

@@ -51,6 +51,13 @@ class Score(str, Enum):
 
 
 DEFAULT_FLOPS = {Objective.accuracy: "0.5", Objective.pareto: "0.2:0.8"}
+# ABN calibration batches of a new study: where the ranking has saturated on both shipped bases (Spearman >= 0.99
+# against 100 batches at every budget measured, docs/speed.md); the paper's 100 is --abn-batches 100
+DEFAULT_ABN_BATCHES = 10
+# On CPU, single-threaded search processes score more candidates per minute than one process with every core as
+# torch threads (1.37x on 2 cores, benchmarks/workers.py, docs/speed.md); past this many processes the cores go
+# to threads
+MAX_AUTO_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -78,11 +85,17 @@ class RunConfig:
     min_channels: int = 1  # no group keeps fewer channels
     exclude: tuple[str, ...] = ()  # glob patterns of layer names never pruned (e.g. "features.0.*")
     # adaptive-BN evaluation
-    abn_batches: int = 100  # calibration batches (the paper's 100)
+    # calibration batches; None: a resumed study's stored count, else DEFAULT_ABN_BATCHES (the paper's: 100)
+    abn_batches: int | None = None
     abn_batch_size: int = 64  # images per calibration batch
     search_size: int | None = None  # images held out from the training file to score candidates (None: dataset's)
     search_per_class: int | None = None  # ... or this many per class (None: the dataset's; ImageNet: 10)
     eval_batch_size: int = 128  # batch size when scoring (no effect on results; 128 is fastest on CPUs)
+    # stop scoring a candidate once it is clearly below the best so far (the rule of Optuna's WilcoxonPruner over
+    # fixed steps of the search split, fnnp_opt.early_stop); None: a resumed study's stored choice, else on
+    early_stop: bool | None = None
+    pbn: bool = False  # also score each candidate with its stale statistics (PBN, a diagnostic; correlate always does)
+    amp: bool = True  # on CUDA, score candidates under bf16 autocast (fp16 where bf16 is missing); no effect on CPU
     # the candidate score
     score: Score = Score.abn  # a trial's value: ABN accuracy, or ABN + a short fine-tune (abn-ft)
     score_steps: int = 100  # SGD steps of abn-ft's short fine-tune (batch --batch-size, peak lr --lr, cosine)
@@ -93,7 +106,8 @@ class RunConfig:
     fit_budget: bool = False  # project every draw into the window before it is evaluated
     objective: Objective = Objective.accuracy
     n_trials: int = 30  # evaluated (feasible) candidates in the study, in total across resumes
-    workers: int = 1  # search processes on this machine sharing the study
+    # search processes on this machine sharing the study; None: on CPU one per core (at most MAX_AUTO_WORKERS), else 1
+    workers: int | None = None
     max_draws: int = 5000  # stop drawing after this many rejected candidates in one session
     seed: int = 0  # base seed of sampling, fine-tuning and calibration
     storage: str | None = None  # Optuna storage URL; None = sqlite:///studies/fnnp.db
@@ -114,6 +128,26 @@ class RunConfig:
     output: str | None = None  # export folder; None = runs/<study name>
     onnx: bool = False  # also export pruned.onnx, checked against PyTorch in onnxruntime (the onnx extra)
     device: str = "auto"  # torch device
+
+    def resolved_workers(self) -> int:
+        """``--workers``, or the default: one search process per CPU core, at most :data:`MAX_AUTO_WORKERS`; one
+        on CUDA (one device) and under ``--latency`` (candidates are timed, which needs quiet cores)."""
+        import os
+
+        if self.workers is not None:
+            return self.workers
+        if self.latency is not None or resolve_device(self.device).startswith("cuda"):
+            return 1
+        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+
+    def calibration_batches(self) -> int:
+        """``--abn-batches``, or the default of a new study (:data:`DEFAULT_ABN_BATCHES`)."""
+        return DEFAULT_ABN_BATCHES if self.abn_batches is None else self.abn_batches
+
+    def stops_early(self) -> bool:
+        """Whether candidates are scored with early stopping: asked for (or the default), and the score is ABN
+        accuracy in one window (the pruner compares against one best trial; abn-ft's value is not ABN's)."""
+        return self.early_stop is not False and self.score is Score.abn and self.objective is Objective.accuracy
 
     def distills(self) -> bool:
         """Whether the fine-tune distils from the unpruned network (the default, unless --no-distill)."""
@@ -175,13 +209,15 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         if self.search_size is not None and self.search_per_class is not None:
             raise UsageError("--search-size and --search-per-class both size the search split; pass one of them")
+        for name in ("abn_batches", "workers"):  # None: left to the study or the machine
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         for name in (
-            "abn_batches",
             "abn_batch_size",
             "eval_batch_size",
             "n_trials",
             "max_draws",
-            "workers",
             "epochs",
             "batch_size",
         ):

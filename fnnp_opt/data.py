@@ -111,7 +111,7 @@ class DataSplits:
     test: TensorSet | FolderSet  # the test file; final report only
     calibration: Iterable[Batch]  # ABN batches drawn from the train part (re-iterable, fixed)
     train_idx: torch.Tensor  # indices of the train part in the training file
-    search_idx: torch.Tensor  # indices of the search split in the training file
+    search_idx: torch.Tensor  # indices of the search split in the training file, in its scoring order
     calib_idx: torch.Tensor  # indices of the calibration images in the training file
     fingerprint: str  # digest of the data and of the split parameters
     augment: Augment | None = field(default=None)  # batch augmentation of in-memory sets
@@ -271,7 +271,11 @@ class _DecodedBatches:
 
 
 def split_indices(labels: np.ndarray, search_size: int | None, search_per_class: int | None, seed: int) -> np.ndarray:
-    """Indices of the search split: ``search_per_class`` images of every class, or ``search_size`` at random."""
+    """Indices of the search split: ``search_per_class`` images of every class, or ``search_size`` at random.
+
+    They come in one fixed shuffled order (seeded by ``seed``): the order every candidate is scored in, so
+    that any prefix of the split, where early stopping ends a score, mixes the classes.
+    """
     n = len(labels)
     if search_per_class is not None:
         rng = np.random.default_rng(seed)
@@ -284,11 +288,11 @@ def split_indices(labels: np.ndarray, search_size: int | None, search_per_class:
                     f"({len(members)} images); lower it"
                 )
             picked.append(rng.permutation(members)[:search_per_class])
-        return np.sort(np.concatenate(picked))
+        return rng.permutation(np.concatenate(picked))
     if not search_size or not 0 < search_size < n:
         raise UsageError(f"--search-size must be in (0, {n}) for this training file, got {search_size}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[:search_size].sort().values.numpy()
+    return perm[:search_size].numpy()
 
 
 def load_splits(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -22,7 +22,8 @@ from fnnp_opt.config import Objective, RunConfig, Score, resolve_device
 from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
-from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers
+from fnnp_opt.early_stop import make_pruner
+from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers, resident
 from fnnp_opt.export import check_writable, save_onnx, save_pruned
 from fnnp_opt.latency import (
     LatencyTable,
@@ -112,6 +113,8 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL) -
     latency table is built (or read from its cache) here, with ``progress``.
     """
     device = resolve_device(cfg.device)
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every candidate repeats the same input shapes
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
     info = resolve_dataset(cfg.dataset, data_dir, cfg.image_size)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(cfg.model, cfg.dataset)
@@ -160,7 +163,7 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL) -
             data_dir,
             search_size=cfg.search_size,
             search_per_class=cfg.search_per_class,
-            abn_batches=cfg.abn_batches,
+            abn_batches=cfg.calibration_batches(),
             abn_batch_size=cfg.abn_batch_size,
             calib_seed=cfg.seed,
             image_size=cfg.image_size,
@@ -363,6 +366,14 @@ def open_study(cfg: RunConfig, p: Prepared, base_accuracy: float | None = None) 
     """
     url, name = cfg.resolved_storage(), cfg.resolved_study_name()
     storage = St.open_storage(url)
+    try:
+        return _open_study(cfg, p, storage, url, name, base_accuracy)
+    except BaseException:  # a refused resume leaves no -wal or -shm file beside a SQLite database
+        storage.engine.dispose()
+        raise
+
+
+def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_accuracy: float | None):
     with St.name_lock(storage, name):  # several workers may start at once
         study = St.existing_study(storage, name)
         if study is not None:
@@ -381,16 +392,22 @@ def open_study(cfg: RunConfig, p: Prepared, base_accuracy: float | None = None) 
     return study
 
 
-def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL):
-    """Run this process's share of the search; returns its :class:`SearchReport`."""
+def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL) -> S.Evaluator:
+    """The objective of this process's trials, with the study's sampler and pruner set for ``cfg``.
+
+    On CUDA the calibration and search batches are moved to the device once, here, for every candidate.
+    """
     study.sampler = S.make_sampler(cfg.sampler, S.session_seed(cfg.seed, St.next_session(study)), cfg.objective)
-    evaluator = S.Evaluator(
+    early = cfg.stops_early()
+    if early:
+        study.pruner = make_pruner()
+    return S.Evaluator(
         p.pruner,
         p.space,
         p.budget,
         p.flops,
-        p.splits.calibration,
-        p.splits.search_batches(cfg.eval_batch_size),
+        resident(p.splits.calibration, p.device),
+        resident(p.splits.search_batches(cfg.eval_batch_size), p.device),
         p.device,
         mode=cfg.resolved_constraint(),
         fit_budget=cfg.fit_budget,
@@ -400,7 +417,15 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
         finetune=make_scorer(p) if cfg.score is Score.abn_ft else None,
         base_accuracy=study.user_attrs.get("base_accuracy"),
         latency=p.latency,
+        early_stop=early,
+        pbn=cfg.pbn,
+        amp=cfg.amp,
     )
+
+
+def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL):
+    """Run this process's share of the search; returns its :class:`SearchReport`."""
+    evaluator = make_evaluator(cfg, p, study, progress)
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
 
@@ -425,7 +450,7 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress = NU
 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-    before = {t.number for t in study.trials}
+    before = {t.number for t in study.trials if t.state is not TrialState.WAITING}  # queued ones run now
     procs = [ctx.Process(target=_worker, args=(cfg, threads), daemon=True) for _ in range(cfg.workers)]
     for proc in procs:
         proc.start()
@@ -561,6 +586,17 @@ def deliver(
     }
 
 
+def settle(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the settings it leaves to its study filled in: a resumed study's stored values (so a study
+    made under an older default resumes as it was made), else the defaults of a new study."""
+    left = [key for key in St.STUDY_SETTINGS if getattr(cfg, key) is None]
+    if not left:
+        return cfg
+    stored = St.stored_settings(cfg.resolved_storage(), cfg.resolved_study_name())
+    fresh = {"abn_batches": cfg.calibration_batches(), "early_stop": True}
+    return replace(cfg, **{key: stored.get(key, fresh[key]) for key in left})
+
+
 def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     """The whole pipeline; resumes the study and the fine-tune when run again."""
     seconds: dict[str, float] = {}
@@ -568,61 +604,66 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
     output = cfg.resolved_output()
     check_writable(output, folder=True)
     St.check_writable(cfg.resolved_storage())
+    cfg = settle(cfg)
     p = prepare(cfg, progress=progress)
     study = open_study(cfg, p, check_base(p))
-    result = RunResult(cfg.resolved_study_name(), St.redact(cfg.resolved_storage()), S.SearchReport(), p.budget)
-    result.score_label = score_label(cfg, p.model)
-    seconds["prepare"] = time.perf_counter() - t0
+    try:  # the storage is closed however the run ends: a SQLite file then holds everything (WAL checkpointed)
+        result = RunResult(cfg.resolved_study_name(), St.redact(cfg.resolved_storage()), S.SearchReport(), p.budget)
+        result.score_label = score_label(cfg, p.model)
+        seconds["prepare"] = time.perf_counter() - t0
 
-    t = time.perf_counter()
-    if cfg.workers > 1:
-        result.report = search_parallel(cfg, study, progress)
-    else:
-        result.report = search(cfg, p, study, progress)
-    seconds["search"] = time.perf_counter() - t
-    report = result.report
-    result.stage_seconds = seconds
-    if report.total_evaluated == 0:
-        raise FnnpError(
-            f"no candidate landed in the window {p.budget.describe()} after {report.rejected} draws; "
-            "widen --flops-tolerance or change --flops / --max-rate, or pass --fit-budget"
-        )
-    if report.stopped_early:
-        log.warning(
-            "stopped after %d rejected draws with %d of %d candidates evaluated",
-            report.rejected,
-            report.total_evaluated,
-            cfg.n_trials,
-        )
-    if cfg.objective is Objective.pareto:
-        result.front = front_rows(study)
-        result.front_files = write_front(study, result.front, p.budget, output)
-        return result
-
-    best, rerank_score = S.best_trial(study), None
-    if cfg.rerank:
         t = time.perf_counter()
-        result.rerank = rerank(
-            study,
-            p.pruner,
-            p.splits.calibration,
-            make_scorer(p),
-            cfg.rerank,
-            lambda trial: trial_ratios(p.space, trial),
-            progress,
-        )
-        seconds["rerank"] = time.perf_counter() - t
-        best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
-        rerank_score = {result.rerank.key: result.rerank.scores[best.number]}
-    result.best_trial, result.best_abn = best.number, best.values[0]
-    result.delivered_by = St.claim_delivery(study, best.number)
-    if result.delivered_by is not None:
+        workers = cfg.resolved_workers()
+        if workers > 1:
+            result.report = search_parallel(replace(cfg, workers=workers), study, progress)
+        else:
+            result.report = search(cfg, p, study, progress)
+        seconds["search"] = time.perf_counter() - t
+        report = result.report
+        result.stage_seconds = seconds
+        if report.total_evaluated == 0:
+            raise FnnpError(
+                f"no candidate landed in the window {p.budget.describe()} after {report.rejected} draws; "
+                "widen --flops-tolerance or change --flops / --max-rate, or pass --fit-budget"
+            )
+        if report.stopped_early:
+            log.warning(
+                "stopped after %d rejected draws with %d of %d candidates evaluated",
+                report.rejected,
+                report.total_evaluated,
+                cfg.n_trials,
+            )
+        if cfg.objective is Objective.pareto:
+            result.front = front_rows(study)
+            result.front_files = write_front(study, result.front, p.budget, output)
+            return result
+
+        best, rerank_score = S.best_trial(study), None
+        if cfg.rerank:
+            t = time.perf_counter()
+            result.rerank = rerank(
+                study,
+                p.pruner,
+                p.splits.calibration,
+                make_scorer(p),
+                cfg.rerank,
+                lambda trial: trial_ratios(p.space, trial),
+                progress,
+            )
+            seconds["rerank"] = time.perf_counter() - t
+            best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
+            rerank_score = {result.rerank.key: result.rerank.scores[best.number]}
+        result.best_trial, result.best_abn = best.number, best.values[0]
+        result.delivered_by = St.claim_delivery(study, best.number)
+        if result.delivered_by is not None:
+            return result
+        d = deliver(cfg, p, study, best, output, progress, rerank_score)
+        result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
+        result.distilled, result.latency, result.onnx = d["distilled"], d["latency"], d["onnx"]
+        seconds.update(d["seconds"])
         return result
-    d = deliver(cfg, p, study, best, output, progress, rerank_score)
-    result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
-    result.distilled, result.latency, result.onnx = d["distilled"], d["latency"], d["onnx"]
-    seconds.update(d["seconds"])
-    return result
+    finally:
+        St.close(study)
 
 
 def finetune_trial(

@@ -58,8 +58,23 @@ def base_model(shipped_checkpoint) -> torch.nn.Module:
     return model
 
 
+def without(args: list[str], *flags: str) -> list[str]:
+    """``args`` with each of ``flags`` and the value after it left out."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 # Options that make `fnnp-opt run` take seconds on the small copy.
 SMALL_RUN = [
+    "--workers",  # one search process: the tests stay in-process and fast (--workers 2 is tested on its own)
+    "1",
     "--n-trials",
     "2",
     "--abn-batches",

@@ -20,7 +20,7 @@ from fnnp_opt.cli import app
 from fnnp_opt.data import load_splits
 from fnnp_opt.evaluate import accuracy
 
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, without
 
 runner = CliRunner()
 
@@ -71,7 +71,8 @@ def test_stock_optuna_cli_lists_trials_with_attributes(small_fmnist, tmp_path):
     done = [t for t in trials if t["state"] == "COMPLETE"]
     assert len(done) == 2
     attrs = done[0]["user_attrs"]
-    assert attrs["feasible"] is True and "pbn_accuracy" in attrs and "flops" in attrs and "channels" in attrs
+    assert attrs["feasible"] is True and "images_scored" in attrs and "flops" in attrs and "channels" in attrs
+    assert "pbn_accuracy" not in attrs  # PBN is recorded when asked (--pbn)
 
 
 def test_existing_study_with_other_data_is_refused_and_kept(small_fmnist, tmp_path, fmnist_arrays):
@@ -285,7 +286,7 @@ def test_pareto_run_reports_a_front_and_finetune_delivers_any_point(small_fmnist
     res = runner.invoke(
         app,
         ["run", "--objective", "pareto", "--sampler", "nsga2", "--flops", "0.3:0.8", "--output", str(tmp_path / "p")]
-        + [a for a in SMALL_RUN if a not in ("--n-trials", "2", "--flops-tolerance", "0.05")]
+        + without(SMALL_RUN, "--n-trials", "--flops-tolerance")
         + ["--n-trials", "8", *common],
     )
     assert res.exit_code == 0, res.output
@@ -361,7 +362,7 @@ def _one_error_line(res, code, message, tmp_path):
 
 
 def test_a_model_without_normalisation_runs_with_a_warning_and_plain_accuracy(small_fmnist, tmp_path):
-    res = _user_run("no_norm", small_fmnist, tmp_path, "--epochs", "0")
+    res = _user_run("no_norm", small_fmnist, tmp_path, "--epochs", "0", "--pbn")
     assert res.exit_code == 0, res.output
     printed = " ".join(res.output.split())
     assert "no normalisation layer that keeps running statistics: ABN recomputes nothing" in printed
@@ -431,6 +432,36 @@ def test_a_resume_with_another_setting_names_the_flag_and_both_values(small_fmni
     res = _run(["--data-dir", str(small_fmnist), "--epochs", "0", "--max-rate", "0.7"], tmp_path)
     assert res.exit_code == 1 and "--max-rate: stored 0.6, now 0.7" in " ".join(res.output.split()), res.output
     assert (tmp_path / "study.db").read_bytes() == before
+
+
+def test_a_study_made_under_older_defaults_resumes_with_its_stored_calibration_and_scoring(small_fmnist, tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    args = without(SMALL_RUN, "--abn-batches") + [
+        "--epochs",
+        "0",
+        "--data-dir",
+        str(small_fmnist),
+    ]
+    common = ["run", *args, "--storage", storage, "--output", str(tmp_path / "out")]
+    # an older release's study: 20 calibration batches (its default then), and no early_stop setting at all
+    assert runner.invoke(app, [*common, "--abn-batches", "20", "--no-early-stop"]).exit_code == 0
+    study = optuna.load_study(study_name=None, storage=storage)
+    config = dict(study.user_attrs["config"])
+    del config["early_stop"]
+    study.set_user_attr("config", config)
+
+    res = runner.invoke(app, [*common, "--n-trials", "4"])  # no --abn-batches: the stored 20 wins over 10
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name=None, storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and "abn_accuracy" in t.user_attrs]
+    assert len(done) == 4 and study.user_attrs["config"]["abn_batches"] == 20
+    assert all(not t.intermediate_values for t in done)  # resumed as it was made: scored without early stopping
+
+    from fnnp_opt.config import resolve
+    from fnnp_opt.pipeline import settle
+
+    fresh = settle(resolve(storage=storage, study_name="fresh"))  # a new study in the same storage: the defaults
+    assert fresh.abn_batches == 10 and fresh.early_stop is True
 
 
 def test_a_module_under_two_names_exports_and_reloads_bit_identically(small_fmnist, tmp_path):

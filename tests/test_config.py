@@ -61,3 +61,23 @@ def test_distillation_is_on_by_default_wherever_there_is_a_fine_tune():
 def test_onnx_with_a_pareto_study_is_refused_with_what_to_run_instead():
     with pytest.raises(UsageError, match=r"--objective pareto delivers none.*export <its folder> --onnx"):
         resolve(objective="pareto", flops="0.2:0.8", onnx=True)
+
+
+def test_workers_default_to_one_process_per_cpu_core_and_one_when_timing(monkeypatch):
+    import os
+
+    from fnnp_opt.config import MAX_AUTO_WORKERS
+
+    for cores, want in ((1, 1), (2, 2), (64, MAX_AUTO_WORKERS)):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        assert resolve(device="cpu").resolved_workers() == want
+    assert resolve(device="cpu", latency="0.8x").resolved_workers() == 1  # timed candidates need quiet cores
+    assert resolve(device="cpu", workers=3).resolved_workers() == 3
+
+
+def test_calibration_and_early_stopping_are_left_to_the_study_until_settled():
+    cfg = resolve()
+    assert cfg.abn_batches is None and cfg.early_stop is None and cfg.calibration_batches() == 10
+    assert cfg.stops_early() and not resolve(early_stop=False).stops_early()
+    assert not resolve(score="abn-ft").stops_early() and not resolve(objective="pareto").stops_early()
+    assert resolve(abn_batches=100).calibration_batches() == 100

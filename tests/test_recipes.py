@@ -51,7 +51,7 @@ def test_every_recipe_runs_on_tiny_data_of_its_format(name, tmp_path, request):
     dataset = recipe.config["dataset"]
     fixture, extra = TINY[dataset]
     data_dir = request.getfixturevalue(fixture)
-    args = ["run", "--recipe", name, "--data-dir", str(data_dir), *extra]
+    args = ["run", "--recipe", name, "--data-dir", str(data_dir), "--workers", "1", *extra]
     if dataset != "fashion-mnist":  # no weights ship for these: random ones stand in
         info = get_dataset_info(dataset)
         classes = 3 if dataset == "imagenet" else info.num_classes
@@ -133,7 +133,17 @@ def test_a_user_model_given_as_module_callable_runs_end_to_end(small_fmnist, tmp
     assert "ratio.body.0" in res.output and "ratio.body.3" in res.output and "head" not in res.output
     args = ["run", *common, "--data-dir", str(small_fmnist), "--search-size", "300", "--n-trials", "2"]
     args += ["--abn-batches", "2", "--abn-batch-size", "16", "--epochs", "1", "--batch-size", "512"]
-    args += ["--round-to", "4", "--output", str(tmp_path / "out"), "--device", "cpu", "--no-check-base"]
+    args += [
+        "--round-to",
+        "4",
+        "--output",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--no-check-base",
+        "--workers",
+        "1",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "out" / "pruned.json").read_text())

@@ -17,9 +17,9 @@ import fnnp_opt.storage as St
 from fnnp_opt.config import resolve
 from fnnp_opt.pipeline import make_scorer, prepare, run, trial_ratios
 
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, without
 
-SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0)
+SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
 
 
 def _fresh(url: str, name: str) -> optuna.Study:
@@ -100,7 +100,7 @@ def test_kill_9_in_the_rerank_and_in_the_distilled_fine_tune_then_resume(small_f
     """`run --rerank 3 --distill` killed with SIGKILL while re-scoring, and again while fine-tuning, then finished."""
     url = f"sqlite:///{tmp_path}/study.db"
     out = tmp_path / "out"
-    small = [a for a in SMALL_RUN if a not in ("--n-trials", "2", "--epochs", "1")]
+    small = without(SMALL_RUN, "--n-trials", "--epochs")
     cmd = [sys.executable, str(Path(__file__).parents[1] / "cli.py"), "run", *small]
     cmd += ["--n-trials", "4", "--rerank", "3", "--score-steps", "20", "--distill", "--epochs", "2"]
     cmd += ["--storage", url, "--output", str(out), "--data-dir", str(small_fmnist)]

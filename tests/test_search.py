@@ -14,7 +14,7 @@ from fnnp_opt.errors import StorageError
 from fnnp_opt.evaluate import NonFiniteError
 from fnnp_opt.pipeline import prepare, run, uniform_macs
 
-SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0)
+SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +49,22 @@ def test_outside_the_window_is_rejected_before_evaluation(prepared, monkeypatch)
     assert "outside" in t.user_attrs["reject_reason"]
 
 
-def test_inside_the_window_records_scores_and_attributes(prepared):
+@pytest.mark.parametrize("pbn", [False, True])
+def test_inside_the_window_records_scores_and_attributes_and_pbn_only_when_asked(prepared, pbn):
     r = _uniform_in_window(prepared)
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({d.param: r for d in prepared.space.dims})
-    study.optimize(_evaluator(prepared), n_trials=1)
+    study.optimize(_evaluator(prepared, pbn=pbn), n_trials=1)
     t = study.trials[0]
     assert t.state is TrialState.COMPLETE and 0.0 <= t.value <= 1.0
     a = t.user_attrs
     assert a["feasible"] is True and prepared.budget.contains(a["flops"])
-    assert 0.0 <= a["pbn_accuracy"] <= 1.0
-    assert set(a["timings"]) >= {"strategy", "prune", "flops", "pbn_score", "abn_calibrate", "abn_score", "storage"}
+    assert a["abn_accuracy"] == t.value and a["images_scored"] == 300 and "stopped_early" not in a
+    assert set(a["timings"]) >= {"strategy", "prune", "flops", "abn_calibrate", "abn_score", "storage"}
     assert set(a["channels"]) == {d.name for d in prepared.space.dims}
+    assert ("pbn_accuracy" in a) is pbn and ("pbn_score" in a["timings"]) is pbn
+    if pbn:
+        assert 0.0 <= a["pbn_accuracy"] <= 1.0 and a["pbn_accuracy"] != a["abn_accuracy"]
 
 
 def test_abn_ft_score_is_the_value_and_abn_is_kept_beside_it(prepared):
