@@ -338,8 +338,9 @@ def run(
         Optional[bool],
         Opt(
             "--early-stop/--no-early-stop",
-            help="Score the search split in steps of 256 images and stop a candidate once Optuna's WilcoxonPruner "
-            "finds it below the best so far; its value is then its running accuracy, stored with images_scored. "
+            help="Score the search split in steps of 256 images and stop a candidate once a one-sided Wilcoxon test "
+            "(the rule of Optuna's WilcoxonPruner) finds it below the best so far; its value is then its running "
+            "accuracy, stored with images_scored. "
             "Only with --score abn and one budget. [default: on for a new study; a resumed study keeps its own]",
         ),
     ] = None,
