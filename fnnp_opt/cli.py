@@ -847,7 +847,7 @@ def dashboard(
     port: Annotated[int, Opt(help="Port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard for a storage (on 127.0.0.1 unless --host says otherwise)."""
-    from fnnp_opt.storage import serve_dashboard
+    from fnnp_opt.dashboard import serve_dashboard
 
     call(serve_dashboard, storage, host, port, lambda url: out.print(f"optuna-dashboard on {url} (Ctrl-C stops)"))
 

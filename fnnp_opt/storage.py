@@ -25,7 +25,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import ContextManager, Iterator
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -497,24 +497,3 @@ def set_finished_trial_user_attr(study: optuna.Study, trial, key: str, value) ->
     with storage.engine.begin() as conn:
         conn.execute(delete(Attr).where(Attr.trial_id == trial._trial_id, Attr.key == key))
         conn.execute(insert(Attr).values(trial_id=trial._trial_id, key=key, value_json=json.dumps(value)))
-
-
-# --------------------------------------------------------------------------- dashboard
-
-
-def serve_dashboard(url: str, host: str, port: int, announce: Callable[[str], None] = lambda u: None) -> None:
-    """Serve optuna-dashboard for an existing storage; blocks until interrupted."""
-    import optuna_dashboard
-
-    check_exists(url)
-    storage = open_storage(url)
-    try:
-        server = optuna_dashboard.wsgi(storage)
-        from wsgiref.simple_server import make_server
-
-        httpd = make_server(host, port, server)
-    except OSError as exc:
-        raise StorageError(f"cannot serve on {host}:{port} ({exc.strerror}); pass another --port or --host") from None
-    announce(f"http://{host}:{port}/")
-    with httpd:
-        httpd.serve_forever()

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import fnnp_opt.finetune as ft
 from fnnp_opt.data import load_splits
@@ -126,6 +127,7 @@ def test_distill_loss_is_cross_entropy_plus_scaled_kl():
 
 THIN_NET = """
 import torch
+from torch import nn
 from fnnp_opt.data import TensorSet
 from fnnp_opt.finetune import FitConfig, fit
 from fnnp_opt.models import default_checkpoint, load_model
@@ -143,13 +145,46 @@ print("trained")
 """
 
 
-def test_a_network_with_3_channel_layers_trains_without_crashing():
-    """A ResNet-20 candidate of a 15% search (R 0.8) whose residual stage keeps 3 channels: oneDNN's CPU
-    backward corrupted the heap on it (glibc abort) within 30 steps; it now trains through torch's kernels."""
+STRIDED_1X1 = """
+import torch
+from torch import nn
+from torch import nn
+from fnnp_opt.data import TensorSet
+from fnnp_opt.finetune import FitConfig, fit
+
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 11, 1, stride=2), nn.Flatten(),
+                    nn.Linear(11 * 14 * 14, 10))
+g = torch.Generator().manual_seed(0)
+data = TensorSet(torch.randn(64 * 30, 1, 28, 28, generator=g), torch.randint(0, 10, (64 * 30,), generator=g))
+fit(net, data, FitConfig(1, 0.02, 64, seed=0))
+print("trained")
+"""
+
+
+@pytest.mark.parametrize("script", [THIN_NET, STRIDED_1X1], ids=["resnet20-3-channels", "strided-1x1-6-to-11"])
+def test_a_thin_strided_1x1_conv_trains_without_crashing(script):
+    """Networks whose strided 1x1 conv has fewer than 8 input channels: a ResNet-20 candidate of a 15% search
+    (R 0.8) and the 6 -> 11 shortcut of another. oneDNN's channels-last CPU backward corrupted the heap on them
+    (glibc abort) within 30 steps; they now train in the contiguous format."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", THIN_NET], capture_output=True, text=True, timeout=300, env=env)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_CHECK_": "3"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and "trained" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_only_thin_strided_1x1_convs_leave_channels_last():
+    cpu = torch.device("cpu")
+
+    def net(cin, k, stride):
+        return nn.Sequential(nn.Conv2d(1, cin, 3), nn.Conv2d(cin, 16, k, stride=stride))
+
+    assert ft.training_format(net(6, 1, 2), cpu) == torch.contiguous_format
+    assert ft.training_format(net(7, 1, (2, 2)), cpu) == torch.contiguous_format
+    assert ft.training_format(net(8, 1, 2), cpu) == torch.channels_last  # 8 input channels: safe
+    assert ft.training_format(net(6, 1, 1), cpu) == torch.channels_last  # stride 1: safe
+    assert ft.training_format(net(6, 3, 2), cpu) == torch.channels_last  # 3x3: safe
+    assert ft.training_format(net(6, 1, 2), torch.device("cuda")) == torch.channels_last
