@@ -42,4 +42,4 @@ dashboard: setup
 	$(BIN)/fnnp-opt dashboard
 
 clean:
-	rm -rf runs studies/*.db studies/latency-cache
+	rm -rf runs studies/*.db studies/*.db-wal studies/*.db-shm studies/*.log studies/*.journal studies/*.lock studies/latency-cache studies/artifacts

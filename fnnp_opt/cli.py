@@ -60,7 +60,12 @@ def bars() -> Iterator[BarProgress]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as p:
+    if not console.is_terminal:  # a log file, a pipe, CI: plain lines at a steady pace instead of bars
+        from fnnp_opt.progress import LineProgress
+
+        yield LineProgress(lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+        return
+    with Progress(*columns, console=console, transient=True) as p:
         yield BarProgress(p)
 
 
@@ -99,17 +104,37 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False,
 ) -> None:
     _state["debug"] = debug
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    handler = RichHandler(console=console, show_path=False, show_time=False)
+    if console.is_terminal:
+        handler, fmt = RichHandler(console=console, show_path=False, show_time=False), "%(message)s"
+    else:  # a log file, a pipe, CI: one timestamped line per event, each trial and epoch among them
+        from fnnp_opt.progress import LOG_LINE
+
+        handler, fmt = logging.StreamHandler(sys.stderr), LOG_LINE
     handler.addFilter(RedactingFilter())  # no storage password reaches the screen
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", handlers=[handler], force=True
-    )
-    logging.getLogger("fnnp_opt").setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format=fmt, handlers=[handler], force=True)
+    quiet = logging.WARNING if console.is_terminal else logging.INFO
+    logging.getLogger("fnnp_opt").setLevel(logging.DEBUG if debug else logging.INFO if verbose else quiet)
+    _check_torchrun(ctx.invoked_subcommand)
+
+
+def _check_torchrun(command: str | None) -> None:
+    """Refuse a command that runs in one process only when torchrun started several (each would do it all)."""
+    from fnnp_opt.distributed import COMMANDS, launched
+
+    if command not in COMMANDS and call(launched) is not None:
+        console.print(
+            f"[red]error:[/red] fnnp-opt {command} runs in one process, but torchrun started several; only "
+            f"{' and '.join(COMMANDS)} run under torchrun: run it without torchrun (or with --nproc-per-node 1)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
 
 def _command_line() -> str:
@@ -172,6 +197,19 @@ DistillOpt = Annotated[
         "with cross-entropy (--no-distill). [default: on, where there is a fine-tune]",
     ),
 ]
+ArtifactDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Optuna artifact store (a folder) of the delivered files and figures, shown on the winning trial in "
+        "the dashboard. [default: the study's recorded one, else 'artifacts' beside a SQLite or journal file]"
+    ),
+]
+STORAGE_HELP = (
+    "Optuna storage: sqlite:///path.db, postgresql://user@host/db, or an Optuna journal file, given as "
+    "journal:///path.log (journal:////abs/path.log) or as any path ending in .log or .journal."
+)
+StorageOpt = Annotated[Optional[str], typer.Option(help=f"{STORAGE_HELP} [default: sqlite:///studies/fnnp.db]")]
+StoredStorage = Annotated[str, typer.Option(help=STORAGE_HELP)]
 DistillTemperature = Annotated[Optional[float], typer.Option(help="Distillation temperature T > 0. [default: 4.0]")]
 DistillWeight = Annotated[
     Optional[float], typer.Option(help="Share of the distillation term in the loss, in [0, 1]. [default: 0.5]")
@@ -394,9 +432,10 @@ def run(
             "dataset or label order). [default: on]",
         ),
     ] = None,
-    storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
+    storage: StorageOpt = None,
     study_name: Annotated[Optional[str], Opt(help="Study name. [default: <model>-<dataset>-flops<budget>]")] = None,
     output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study name>]")] = None,
+    artifact_dir: ArtifactDir = None,
     onnx: Annotated[
         Optional[bool],
         Opt(
@@ -417,10 +456,13 @@ def run(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures come from fnnp-opt's own log
+    from fnnp_opt.distributed import session
     from fnnp_opt.pipeline import run as run_pipeline
 
-    with bars() as progress:
+    with session(), bars() as progress:  # under torchrun: join its job (fnnp_opt.distributed); else nothing
         result = call(run_pipeline, cfg, progress)
+    if result is None:  # a torchrun process other than rank 0, which prints
+        return
     _print_summary(result)
     if recipe is not None:
         from fnnp_opt.recipes import read_recipe
@@ -431,7 +473,7 @@ def run(
 @app.command()
 def finetune(
     trial: Annotated[int, Opt(help="Number of the evaluated trial to fine-tune (e.g. a point of the Pareto front).")],
-    storage: Annotated[str, Opt(help="Optuna storage URL.")] = "sqlite:///studies/fnnp.db",
+    storage: StoredStorage = "sqlite:///studies/fnnp.db",
     study_name: Annotated[Optional[str], Opt(help="Study name. [default: the storage's only study]")] = None,
     data_dir: DataDir = None,
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs. [default: the study's]")] = None,
@@ -441,15 +483,49 @@ def finetune(
     distill_temperature: DistillTemperature = None,
     distill_weight: DistillWeight = None,
     output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study>/trial-<N>]")] = None,
+    artifact_dir: ArtifactDir = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: the study's]")] = None,
 ) -> None:
     """Fine-tune, test and export any evaluated trial of a stored study."""
     from fnnp_opt.pipeline import finetune_trial
 
+    from fnnp_opt.distributed import session
+
     overrides = {k: v for k, v in _flags(locals()).items() if k not in ("storage", "study_name")}
-    with bars() as progress:
+    with session(), bars() as progress:  # under torchrun: join its job (fnnp_opt.distributed); else nothing
         result = call(finetune_trial, storage, study_name, trial, overrides, progress)
+    if result is None:  # a torchrun process other than rank 0, which prints
+        return
     _print_summary(result)
+
+
+@app.command()
+def report(
+    storage: StoredStorage = "sqlite:///studies/fnnp.db",
+    study_name: Annotated[Optional[str], Opt(help="Study name. [default: the storage's only study]")] = None,
+    output: Annotated[
+        Optional[Path],
+        Opt(help="Folder for the figures and report.md. [default: the study's export, else runs/<study>/report]"),
+    ] = None,
+    upload: Annotated[
+        bool,
+        Opt(
+            "--upload/--no-upload",
+            help="Also put the files into the study's artifact store, on the delivered trial (the dashboard shows "
+            "them); --no-upload only reads the storage.",
+        ),
+    ] = True,
+    artifact_dir: ArtifactDir = None,
+) -> None:
+    """Draw a study's figures (channels per layer, score vs FLOPs, history, importances) and a Markdown summary."""
+    from fnnp_opt.report import report_study
+
+    r = call(report_study, storage, study_name, output, upload, artifact_dir)
+    for name, reason in r.skipped.items():
+        out.print(f"[yellow]skipped[/yellow] {name}: {escape(reason)}", highlight=False)
+    out.print(f"report written to {r.folder}: {', '.join(p.name for p in r.files)}", highlight=False, soft_wrap=True)
+    if r.published is not None:
+        out.print(f"artifacts: {r.published.describe()}", highlight=False, soft_wrap=True)
 
 
 def _flags(options: dict) -> dict:
@@ -554,6 +630,15 @@ def _print_summary(r) -> None:
     out.print(
         f"exported to {r.export}/pruned.json + pruned.safetensors{onnx} (load with fnnp_opt.load_pruned); {stages}"
     )
+    _print_published(r)
+
+
+def _print_published(r) -> None:
+    if r.published is None:
+        return
+    if "report.md" in r.published.artifacts:
+        out.print(f"report: {r.export or r.front_files[0].parent}/report.md and its figures", highlight=False)
+    out.print(f"artifacts: {r.published.describe()} (fnnp-opt dashboard serves them)", highlight=False)
 
 
 def _print_front(r) -> None:
@@ -593,6 +678,7 @@ def _print_front(r) -> None:
         f"front written to {files}; fine-tune a point with "
         f"`fnnp-opt finetune --study-name {r.study_name} --storage {r.storage} --trial N`"
     )
+    _print_published(r)
 
 
 @app.command()
@@ -627,7 +713,7 @@ def correlate(
     abn_batch_size: Annotated[Optional[int], Opt(help="Images per calibration batch. [default: 64]")] = None,
     search_size: SearchSize = None,
     seed: Annotated[Optional[int], Opt(help="Seed of the candidates, calibration and fine-tunes. [default: 0]")] = None,
-    storage: Annotated[Optional[str], Opt(help="Optuna storage URL. [default: sqlite:///studies/fnnp.db]")] = None,
+    storage: StorageOpt = None,
     output: Annotated[Path, Opt(help="Folder for the CSVs and figures.")] = Path("runs/correlate"),
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: auto]")] = None,
 ) -> None:
@@ -842,14 +928,25 @@ def _print_paper(recipe, result) -> None:
 
 @app.command()
 def dashboard(
-    storage: Annotated[str, Opt(help="Optuna storage URL.")] = "sqlite:///studies/fnnp.db",
+    storage: StoredStorage = "sqlite:///studies/fnnp.db",
     host: Annotated[str, Opt(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, Opt(help="Port.")] = 8080,
+    artifact_dir: Annotated[
+        Optional[Path],
+        Opt(help="Artifact store to serve. [default: the one the storage's studies recorded]"),
+    ] = None,
 ) -> None:
-    """Serve optuna-dashboard for a storage (on 127.0.0.1 unless --host says otherwise)."""
+    """Serve optuna-dashboard for a storage and its artifact store (on 127.0.0.1 unless --host says otherwise)."""
     from fnnp_opt.dashboard import serve_dashboard
 
-    call(serve_dashboard, storage, host, port, lambda url: out.print(f"optuna-dashboard on {url} (Ctrl-C stops)"))
+    call(
+        serve_dashboard,
+        storage,
+        host,
+        port,
+        lambda url: out.print(f"optuna-dashboard on {url} (Ctrl-C stops)", highlight=False),
+        artifact_dir,
+    )
 
 
 if __name__ == "__main__":

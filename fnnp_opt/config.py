@@ -126,6 +126,9 @@ class RunConfig:
     check_base: bool = True
     # outputs
     output: str | None = None  # export folder; None = runs/<study name>
+    # Optuna artifact store of the delivered files and figures; None = the one the study recorded, else the folder
+    # "artifacts" beside a SQLite or journal file (./studies/artifacts for a server storage)
+    artifact_dir: str | None = None
     onnx: bool = False  # also export pruned.onnx, checked against PyTorch in onnxruntime (the onnx extra)
     device: str = "auto"  # torch device
 

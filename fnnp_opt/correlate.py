@@ -271,7 +271,9 @@ def _fill_missing(study: optuna.Study, p, batches: _Batches, progress: Progress 
     from fnnp_opt.evaluate import calibrate_bn
 
     todo = [
-        (t, [c for c in batches.scorers if c not in t.user_attrs]) for t in study.trials if "candidate" in t.user_attrs
+        (t, [c for c in batches.scorers if c not in St.trial_user_attrs(study, t)])
+        for t in study.trials
+        if "candidate" in t.user_attrs
     ]
     todo = [(t, cols) for t, cols in todo if cols]
     filled: dict[int, dict] = {}
@@ -359,7 +361,7 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
                 advance(1)
         rows = sorted(
             (
-                t.user_attrs | filled.get(t.user_attrs["candidate"], {})
+                St.trial_user_attrs(study, t) | filled.get(t.user_attrs["candidate"], {})
                 for t in study.trials
                 if "candidate" in t.user_attrs and t.user_attrs["candidate"] < wanted
             ),

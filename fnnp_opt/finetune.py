@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fnnp_opt import distributed
 from fnnp_opt.data import Augment, FolderSet, TensorSet
 from fnnp_opt.evaluate import NonFiniteError, run_batches
 from fnnp_opt.progress import NULL, Progress
@@ -65,23 +68,36 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def training_format(model: nn.Module, device: torch.device) -> torch.memory_format:
-    """The memory format to train ``model`` in: channels-last (about 20% faster on CPUs), except on CPU for a
-    network with a strided 1x1 convolution of fewer than 8 input channels, which trains in the contiguous format.
+THIN = 4  # a conv with fewer output channels trains outside oneDNN (below)
+NARROW_STRIDED_1X1 = 8  # ... and so does a strided 1x1 conv with fewer input channels
 
-    oneDNN's channels-last backward of such a convolution writes out of bounds on the heap (torch 2.14.1; the
-    shortcut conv of a thin pruned ResNet-20, 6 -> 11 channels at stride 2 over 28 x 28): glibc aborts the process
-    or it deadlocks. The contiguous kernels of the same library train it correctly, so oneDNN stays in use
-    (training outside oneDNN costs 3-10x; see ``tests/test_finetune.py``).
+
+def onednn_unsafe(model: nn.Module, device: torch.device) -> bool:
+    """Whether training ``model`` on CPU must leave oneDNN: a network with a conv of fewer than :data:`THIN`
+    output channels, or a strided 1x1 conv of fewer than :data:`NARROW_STRIDED_1X1` input channels.
+
+    oneDNN's CPU convolution backward (torch 2.14.1) corrupts the heap or divides by zero on such thin pruned
+    networks (candidates of a 15% ResNet-20 search at R 0.8: a 6 -> 11 shortcut at stride 2 over 28 x 28; layers
+    kept at 3 channels), killing the process; the contiguous format does not avoid it, since a 1x1 conv's weight
+    is laid out as channels-last either way. Those networks train through torch's own kernels, 3-10x slower;
+    every other network keeps oneDNN. ``tests/test_finetune.py`` trains both cases.
     """
-    risky = device.type == "cpu" and any(
-        isinstance(m, nn.Conv2d)
-        and m.kernel_size == (1, 1)
-        and max(m.stride) > 1
-        and m.in_channels < 8
+    return device.type == "cpu" and any(
+        isinstance(m, nn.modules.conv._ConvNd)
+        and (
+            m.out_channels < THIN
+            or (all(k == 1 for k in m.kernel_size) and max(m.stride) > 1 and m.in_channels < NARROW_STRIDED_1X1)
+        )
         for m in model.modules()
     )
-    return torch.contiguous_format if risky else torch.channels_last
+
+
+@contextmanager
+def _without_onednn():
+    with warnings.catch_warnings():  # the flag's setter warns about Intel-GPU TF32, on every CPU
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
 
 
 def fit(
@@ -103,9 +119,20 @@ def fit(
     later call with the same ``tag`` resumes after the last finished epoch. With a
     ``teacher`` and ``distill``, the loss is :func:`distill_loss`; the teacher runs in eval
     mode without gradients and is left unchanged.
+
+    Under torchrun (:func:`fnnp_opt.distributed.session`), every process calls this with the same arguments: the
+    model is wrapped in DistributedDataParallel after the checkpoint is loaded, each process trains on its rows of
+    every global batch of ``cfg.batch_size``, and rank 0 alone writes the checkpoint, whose state is global (it
+    resumes with any process count).
     """
     device = torch.device(device)
-    memory_format = training_format(model, device)
+    group = distributed.current()  # None in a plain run, which the lines for a group leave unchanged
+    if group is not None:
+        device = group.device(device)
+        group.check_batch(cfg.batch_size)
+        threads_before = group.use_training_threads()
+    unsafe = onednn_unsafe(model, device)
+    memory_format = torch.contiguous_format if unsafe else torch.channels_last  # channels-last: ~20% faster on CPU
     model.to(device=device)
     if teacher is not None and distill is not None:
         teacher_was_training = teacher.training
@@ -139,9 +166,10 @@ def fit(
             log.info("resuming training after epoch %d from %s", start, checkpoint)
         else:
             log.warning("ignoring %s: it belongs to a different run", checkpoint)
+    net = model if group is None else group.wrap(model, device, memory_format)  # DDP: after the load
 
     for epoch in range(start, cfg.epochs):
-        model.train()
+        net.train()
         loss_sum, steps = 0.0, 0
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -151,23 +179,31 @@ def fit(
                     teacher_logits = teacher(x)
             else:
                 teacher_logits = None
-            loss = distill_loss(model(x), y, teacher_logits, distill)
+            loss = distill_loss(net(x), y, teacher_logits, distill)
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"training loss became {loss.item()} in epoch {epoch + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if group is None:
+                loss.backward()
+            else:  # weighted by this process's share, DDP's mean gradient is the global batch's
+                (loss * group.share(len(y), cfg.batch_size)).backward()
             opt.step()
             sched.step()
-            loss_sum += loss.item()
+            loss_sum += loss.item() if group is None else loss.item() * len(y) / cfg.batch_size
             steps += 1
 
-        batches = train.shuffled(cfg.batch_size, gen, augment)
-        run_batches(
-            model, batches, device, step, progress, f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch, memory_format
-        )
+        batches = train.shuffled(cfg.batch_size, gen, augment)  # global batches, the same in every process
+        if group is not None:
+            batches = group.shard(batches)
+        with _without_onednn() if unsafe else nullcontext():
+            what = f"epoch {epoch + 1}/{cfg.epochs}"
+            run_batches(model, batches, device, step, progress, what, steps_per_epoch, memory_format)
+        if group is not None:
+            loss_sum = group.sum(loss_sum)  # the global batches' mean losses
+            group.average_buffers(model)  # BN running statistics: their mean over the processes
         history.append(loss_sum / max(steps, 1))
         log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, history[-1])
-        if checkpoint is not None:
+        if checkpoint is not None and (group is None or group.main):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic(
                 {
@@ -181,6 +217,9 @@ def fit(
                 },
                 checkpoint,
             )
+    if group is not None:
+        group.check_same(model)
+        torch.set_num_threads(threads_before)
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     if teacher is not None:

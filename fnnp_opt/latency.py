@@ -652,9 +652,9 @@ def _tuples_item(v):
 
 def cache_dir(storage_url: str) -> Path:
     """Where latency tables are cached: beside a SQLite or journal file, else ``./studies``."""
-    from fnnp_opt.storage import sqlite_path
+    from fnnp_opt.storage import storage_file
 
-    path = sqlite_path(storage_url)
+    path = storage_file(storage_url)
     return (path.parent if path is not None else Path("studies")) / "latency-cache"
 
 

@@ -16,6 +16,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from fnnp_opt import artifacts as A
+from fnnp_opt import distributed
+from fnnp_opt import dashboard as D
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import Objective, RunConfig, Score, resolve_device
@@ -103,14 +106,15 @@ def make_scorer(p: Prepared) -> Scorer:
     return Scorer.build(short_finetune(cfg), p.splits.train, search, p.splits.augment, p.device)
 
 
-def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL) -> Prepared:
+def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, latency_table: bool = True) -> Prepared:
     """Load model and data, derive the search space and the budget, and check reachability.
 
     Everything the model alone decides (its outputs, the space, the budget window, the batch
     sizes its normalisation layers accept) is checked before any data file is read, so a
     mistyped command fails at once. ``with_data=False`` skips the dataset files (``splits`` is
     then None): the space and the budget depend on the model alone. With ``--latency`` the
-    latency table is built (or read from its cache) here, with ``progress``.
+    latency table is built (or read from its cache) here, with ``progress``; ``latency_table=False``
+    skips it (a torchrun follower, which only fine-tunes: the budget is then left open, [0, base]).
     """
     device = resolve_device(cfg.device)
     if torch.device(device).type == "cuda":
@@ -145,7 +149,7 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL) -
     else:  # the window is known once the base is timed
         budget = Budget(base_macs, base_macs, 0, base_macs)
     p = Prepared(cfg, device, None, model, digest, pruner, space, budget, base_params, input_shape, flops)
-    if cfg.latency is not None:
+    if cfg.latency is not None and latency_table:
         p.latency = study_table(cfg, model, flops, pruner, space, device, progress)
         p.budget = make_latency_budget(cfg.latency, cfg.latency_tolerance, p.latency.base_ms)
     check_reachable(p)
@@ -279,6 +283,7 @@ class RunResult:
     score_label: str = "ABN accuracy"  # what best_abn is
     latency: dict | None = None  # --latency: the winner timed directly against its window
     onnx: dict | None = None  # --onnx: onnxruntime's agreement with PyTorch and its times (ms by batch)
+    published: A.Published | None = None  # the delivered files and figures in the study's artifact store
 
 
 def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
@@ -369,7 +374,7 @@ def open_study(cfg: RunConfig, p: Prepared, base_accuracy: float | None = None) 
     try:
         return _open_study(cfg, p, storage, url, name, base_accuracy)
     except BaseException:  # a refused resume leaves no -wal or -shm file beside a SQLite database
-        storage.engine.dispose()
+        St.close_storage(storage)
         raise
 
 
@@ -381,6 +386,7 @@ def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_
             if base_accuracy is not None and "base_accuracy" not in study.user_attrs:  # made before it was kept
                 study.set_user_attr("base_accuracy", base_accuracy)
             log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
+            _describe_study(cfg, p, study)
             return study
         directions = ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
         study = St.create_study(storage, name, p.fingerprint(), cfg.to_dict(), p.space, p.budget, directions)
@@ -389,7 +395,28 @@ def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_
         if p.latency is not None:  # the setting it was timed in, the base's latency and the table's fit
             study.set_user_attr("latency", p.latency.describe())
         S.enqueue_uniform(study, p.space, uniform_ratios(p))
+        _describe_study(cfg, p, study)
     return study
+
+
+def _describe_study(cfg: RunConfig, p: Prepared, study: optuna.Study) -> None:
+    """What the dashboard shows of the study: its objectives' names, its note and where its artifacts go."""
+    label = score_label(cfg, p.model)
+    note = D.study_note(
+        model=cfg.model,
+        dataset=cfg.dataset,
+        budget=(f"latency {cfg.latency} ({p.budget.describe()})" if p.latency is not None else p.budget.describe()),
+        score=label,
+        dims=p.space.describe(),
+        max_rate=p.space.max_rate,
+        search_images=len(p.splits.search),
+        calibration=f"{cfg.abn_batches} batches of {cfg.abn_batch_size} training images",
+        sampler=cfg.sampler.value,
+        n_trials=cfg.n_trials,
+        base_accuracy=study.user_attrs.get("base_accuracy"),
+    )
+    D.describe(study, D.metric_names(label, cfg.objective is Objective.pareto, p.latency is not None), note)
+    A.record(study, A.store_dir(cfg.resolved_storage(), cfg.artifact_dir, study))
 
 
 def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL) -> S.Evaluator:
@@ -429,10 +456,18 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
 
-def _worker(cfg: RunConfig, threads: int) -> None:
-    """One of ``--workers`` search processes (started by :func:`search_parallel`)."""
+def _worker(cfg: RunConfig, threads: int, log_level: int = logging.WARNING) -> None:
+    """One of ``--workers`` search processes (started by :func:`search_parallel`); it logs its trials as plain
+    lines at the parent's ``log_level``."""
     import optuna
 
+    from fnnp_opt.progress import LOG_LINE
+    from fnnp_opt.redact import RedactingFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.WARNING, format=LOG_LINE, handlers=[handler], force=True)
+    logging.getLogger("fnnp_opt").setLevel(log_level)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -451,7 +486,8 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress = NU
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     before = {t.number for t in study.trials if t.state is not TrialState.WAITING}  # queued ones run now
-    procs = [ctx.Process(target=_worker, args=(cfg, threads), daemon=True) for _ in range(cfg.workers)]
+    level = logging.getLogger("fnnp_opt").getEffectiveLevel()
+    procs = [ctx.Process(target=_worker, args=(cfg, threads, level), daemon=True) for _ in range(cfg.workers)]
     for proc in procs:
         proc.start()
     try:
@@ -490,6 +526,52 @@ def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:
     return space.from_params(trial.params)
 
 
+@dataclass(frozen=True)
+class Winner:
+    """What rank 0 hands the other torchrun processes: the candidate to fine-tune and how."""
+
+    cfg: RunConfig  # rank 0's resolved configuration (settled from the study)
+    study_name: str
+    trial: optuna.trial.FrozenTrial
+    output: Path  # the export folder: its finetune.pt holds the epoch checkpoint
+
+
+def finetune_winner(cfg: RunConfig, p: Prepared, study_name: str, trial, output: Path, progress: Progress = NULL):
+    """Prune ``trial``'s candidate, recompute its BN statistics (ABN) and fine-tune it, resuming from
+    ``output/finetune.pt``. Under torchrun every process runs this together. Returns ``(pruned network, ratios
+    {root: ratio}, Distill or None, training loss per epoch)``."""
+    log.info("fine-tuning trial %d for %d epochs%s", trial.number, cfg.epochs, " (distilled)" if cfg.distills() else "")
+    ratios = trial_ratios(p.space, trial)
+    pruned = p.pruner.prune(ratios)
+    calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
+    fit_cfg = FitConfig(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed)
+    distill = Distill(cfg.distill_temperature, cfg.distill_weight) if cfg.distills() else None
+    losses = fit(
+        pruned,
+        p.splits.train,
+        fit_cfg,
+        augment=p.splits.augment,
+        device=p.device,
+        checkpoint=output / "finetune.pt",
+        tag=f"{study_name}|{trial.number}|{sorted(trial.params.items())}",
+        progress=progress,
+        teacher=p.model if distill else None,
+        distill=distill,
+    )
+    return pruned, ratios, distill, losses
+
+
+def follow(group: distributed.Group) -> None:
+    """A torchrun process other than rank 0: wait for rank 0's :class:`Winner` (while it searches, perhaps for
+    hours), then fine-tune it with rank 0. Touches no storage and writes nothing."""
+    winner = group.receive()
+    if winner is None:  # rank 0 has nothing to fine-tune (a Pareto front, another worker delivers) or failed
+        return None
+    p = prepare(winner.cfg, latency_table=False)  # the same network and data as rank 0's, nothing timed
+    finetune_winner(winner.cfg, p, winner.study_name, winner.trial, winner.output)
+    return None
+
+
 def deliver(
     cfg: RunConfig,
     p: Prepared,
@@ -505,24 +587,10 @@ def deliver(
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    log.info("fine-tuning trial %d for %d epochs%s", trial.number, cfg.epochs, " (distilled)" if cfg.distills() else "")
-    ratios = trial_ratios(p.space, trial)
-    pruned = p.pruner.prune(ratios)
-    calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
-    fit_cfg = FitConfig(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed)
-    distill = Distill(cfg.distill_temperature, cfg.distill_weight) if cfg.distills() else None
-    losses = fit(
-        pruned,
-        p.splits.train,
-        fit_cfg,
-        augment=p.splits.augment,
-        device=p.device,
-        checkpoint=output / "finetune.pt",
-        tag=f"{study.study_name}|{trial.number}|{sorted(trial.params.items())}",
-        progress=progress,
-        teacher=p.model if distill else None,
-        distill=distill,
-    )
+    group = distributed.current()
+    if group is not None:  # under torchrun, the other processes fine-tune the winner with this one
+        group.publish(Winner(cfg, study.study_name, trial, output))
+    pruned, ratios, distill, losses = finetune_winner(cfg, p, study.study_name, trial, output, progress)
     seconds["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -586,6 +654,21 @@ def deliver(
     }
 
 
+def publish(cfg: RunConfig, study: optuna.Study, trial, output: Path, report: bool = True) -> A.Published:
+    """Write the study's report into ``output`` (:mod:`fnnp_opt.report`) unless ``report`` is False, and put it
+    and the export of ``trial`` (None: a Pareto study's front) into the study's artifact store, on the trial."""
+    files = A.export_files(output)
+    if report:
+        from fnnp_opt.report import write_report
+
+        written = write_report(study, output)
+        files += written.files
+    folder = A.store_dir(cfg.resolved_storage(), cfg.artifact_dir, study)
+    published = A.publish(study, trial, files, folder)
+    log.info("artifacts: %s", published.describe())
+    return published
+
+
 def settle(cfg: RunConfig) -> RunConfig:
     """``cfg`` with the settings it leaves to its study filled in: a resumed study's stored values (so a study
     made under an older default resumes as it was made), else the defaults of a new study."""
@@ -597,8 +680,15 @@ def settle(cfg: RunConfig) -> RunConfig:
     return replace(cfg, **{key: stored.get(key, fresh[key]) for key in left})
 
 
-def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
-    """The whole pipeline; resumes the study and the fine-tune when run again."""
+def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
+    """The whole pipeline; resumes the study and the fine-tune when run again.
+
+    Under torchrun (:func:`fnnp_opt.distributed.session`) rank 0 runs it all and the others only join the
+    fine-tune (:func:`follow`); they return None.
+    """
+    group = distributed.current()
+    if group is not None and not group.main:
+        return follow(group)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     output = cfg.resolved_output()
@@ -636,6 +726,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         if cfg.objective is Objective.pareto:
             result.front = front_rows(study)
             result.front_files = write_front(study, result.front, p.budget, output)
+            result.published = publish(cfg, study, None, output)
             return result
 
         best, rerank_score = S.best_trial(study), None
@@ -661,6 +752,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
         result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
         result.distilled, result.latency, result.onnx = d["distilled"], d["latency"], d["onnx"]
         seconds.update(d["seconds"])
+        result.published = publish(cfg, study, best, output)
         return result
     finally:
         St.close(study)
@@ -668,22 +760,24 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult:
 
 def finetune_trial(
     storage: str, study_name: str | None, trial_number: int, overrides: dict, progress: Progress = NULL
-) -> RunResult:
-    """`fnnp-opt finetune`: fine-tune, test and export any evaluated trial of a stored study (a Pareto point)."""
+) -> RunResult | None:
+    """`fnnp-opt finetune`: fine-tune, test and export any evaluated trial of a stored study (a Pareto point).
+
+    Under torchrun, rank 0 reads the study and exports; the others only join the fine-tune and return None.
+    """
     from dataclasses import fields, replace
 
     from fnnp_opt.config import resolve
 
+    group = distributed.current()
+    if group is not None and not group.main:
+        return follow(group)
+
     St.check_exists(storage)
     St.check_writable(storage)
     store = St.open_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
-    if study_name is None and len(names) == 1:
-        study_name = names[0]
-    study = St.existing_study(store, study_name) if study_name else None
-    if study is None:
-        listed = ", ".join(names) or "none"
-        raise UsageError(f"no study {study_name!r} in {St.redact(storage)} (it holds: {listed}); pass --study-name")
+    study = St.pick_study(store, storage, study_name)
+    study_name = study.study_name
     stored = study.user_attrs.get("config")
     if stored is None:
         raise StorageError(
@@ -706,6 +800,7 @@ def finetune_trial(
     St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())
     trial = by_number[trial_number]
     d = deliver(cfg, p, study, trial, output, progress)
+    published = publish(cfg, study, trial, output, report=False)  # the study's report shows its own winner
     return RunResult(
         study_name,
         St.redact(storage),
@@ -722,6 +817,7 @@ def finetune_trial(
         score_label=score_label(cfg, p.model),
         latency=d["latency"],
         onnx=d["onnx"],
+        published=published,
     )
 
 

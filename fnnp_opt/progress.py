@@ -1,15 +1,18 @@
 """The narrow interface through which long library work reports progress.
 
 The library never prints. It calls ``progress.task(description, total)`` and advances
-the returned handle; the CLI passes an implementation that draws progress bars.
+the returned handle; the CLI passes an implementation that draws progress bars on a
+terminal, and :class:`LineProgress` (plain lines at a steady pace) elsewhere.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractContextManager, contextmanager
 from typing import Callable, Iterator, Protocol
 
 Advance = Callable[[int], None]
+LOG_LINE = "%(asctime)s %(levelname)s %(message)s"  # a log line off a terminal (files, pipes, CI, search workers)
 
 
 class Progress(Protocol):
@@ -29,3 +32,41 @@ class NullProgress:
 
 
 NULL = NullProgress()
+
+
+class LineProgress:
+    """Progress as plain lines, for logs, pipes and CI (where bars are not drawn).
+
+    A task prints ``description k/n (p%), elapsed`` at most every ``every_s`` seconds while it advances, and a
+    final line when it ends, if it printed before. Tasks shorter than ``every_s`` print nothing, so the
+    per-candidate passes of a search stay quiet while the search itself reports k/n.
+    """
+
+    def __init__(self, emit: Callable[[str], None], every_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.emit, self.every_s, self.clock = emit, every_s, clock
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Advance]:
+        start = last = self.clock()
+        done, printed = 0, False
+
+        def line(what: str = "") -> str:
+            of = f"/{total} ({done / total:.0%})" if total else ""
+            return f"{description}: {done}{of}{what}, {_clock(self.clock() - start)}"
+
+        def advance(n: int = 1) -> None:
+            nonlocal done, last, printed
+            done += n
+            now = self.clock()
+            if now - last >= self.every_s:
+                self.emit(line())
+                last, printed = now, True
+
+        yield advance
+        if printed:
+            self.emit(line(" done"))
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"

@@ -8,8 +8,10 @@ ledger in the study's user attributes, ``rerank:abn_ft<steps>``::
     {"recipe": "...", "scores": {"12": 0.8731, ...}, "claims": {"7": "host:pid", ...}}
 
 and is copied onto its trial as the user attribute ``abn_ft<steps>``, where optuna-dashboard
-shows it. A process claims a candidate under the study lock before scoring it, so no two
-processes score the same one; the claim of a dead process (``kill -9``) is taken over.
+shows it (a journal file cannot change a finished trial: there it goes into the study's
+``trial_attrs:abn_ft<steps>``, read back by :func:`fnnp_opt.storage.trial_user_attrs`). A
+process claims a candidate under the study lock before scoring it, so no two processes score
+the same one; the claim of a dead process (``kill -9``) is taken over.
 A ledger made with another short fine-tune (``recipe``) is started afresh.
 """
 
@@ -53,7 +55,7 @@ def ledger_name(scorer: Scorer) -> str:
 
 
 def _ledger(study: optuna.Study, name: str, recipe: str) -> dict:
-    stored = study._storage.get_study_user_attrs(study._study_id).get(name)
+    stored = study.user_attrs.get(name)  # a copy: a journal's replay hands out its own dicts
     if stored is None or stored.get("recipe") != recipe:
         if stored is not None:
             log.warning(
@@ -80,12 +82,14 @@ def _claim(study: optuna.Study, name: str, recipe: str, numbers: list[int]) -> t
 
 
 def _record(study: optuna.Study, name: str, recipe: str, trial: FrozenTrial, key: str, score: float) -> None:
+    # the trial's copy first, the ledger last: a process killed between the two re-scores the trial on resume
+    # (and rewrites the copy), where the other order would leave a score in the ledger and none on the trial
+    St.set_finished_trial_user_attr(study, trial, key, score)
     with St.study_lock(study):
         ledger = _ledger(study, name, recipe)
         ledger["scores"][str(trial.number)] = score
         ledger["claims"].pop(str(trial.number), None)
         study.set_user_attr(name, ledger)
-    St.set_finished_trial_user_attr(study, trial, key, score)
 
 
 def rerank(

@@ -1,13 +1,16 @@
 """Study storage: opening it, resuming safely, surviving dead workers, and sharing one study among many.
 
 Any number of processes, on one machine or several, may run the same study: they
-share an Optuna RDB storage (SQLite on one machine, PostgreSQL across machines).
+share an Optuna RDB storage (SQLite on one machine, PostgreSQL across machines) or an
+Optuna journal file (:mod:`fnnp_opt.journal`: ``journal:///path.log``, or a path ending in
+``.log`` or ``.journal``).
 
 * Heartbeats: a running trial proves every ``HEARTBEAT_S`` that its worker lives; one
   silent for ``GRACE_S`` is failed and queued again (``RetryHeartbeatStaleTrialCallback``).
+  Optuna keeps them for RDB storages, fnnp-opt for journal files, behind the same interface.
 * Exactly ``n_trials``: before a candidate is evaluated, its worker claims one of the
   study's ``n_trials`` evaluation slots under a study-wide lock (an advisory lock on
-  PostgreSQL, a file lock beside a SQLite file). A worker finding every slot taken by
+  PostgreSQL, a file lock beside a SQLite or journal file). A worker finding every slot taken by
   a running trial waits, since that trial may yet die and free its slot.
 * One delivery: the process that fine-tunes the winner claims it first, so no two
   workers fine-tune it twice.
@@ -28,10 +31,13 @@ from pathlib import Path
 from typing import ContextManager, Iterator
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from fnnp_opt.errors import StorageError
+from fnnp_opt import journal as J
+from fnnp_opt.errors import StorageError, UsageError
 from fnnp_opt.flops import Budget
 from fnnp_opt.redact import redact, scrub
 from fnnp_opt.space import SearchSpace
@@ -54,37 +60,56 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def check_exists(url: str) -> None:
-    """Raise :class:`StorageError` when ``url`` is a SQLite file that does not exist (opening it would create it)."""
-    path = sqlite_path(url)
+    """Raise :class:`StorageError` when ``url`` is a SQLite or journal file that does not exist (opening it would
+    create it), or a path that cannot hold a journal."""
+    path = storage_file(url)
+    if J.journal_path(url) is not None:
+        J.check_file(path, url)
     if path is not None and not path.is_file():
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
 
 
 def check_writable(url: str) -> None:
-    """Raise :class:`StorageError` when this user could not write the SQLite storage ``url``.
+    """Raise :class:`StorageError` when this user could not write the SQLite or journal storage ``url``.
 
     SQLite needs the database file writable and its folder too (its journal goes there, and
-    fnnp-opt's lock file ``<db>.lock``); a folder that does not exist yet needs its nearest
-    existing parent writable. Checked before anything is loaded, so a refusal leaves the
+    fnnp-opt's lock file ``<db>.lock``); a journal file likewise (Optuna's append lock
+    ``<journal>.lock`` and fnnp-opt's ``.fnnp-lock`` and ``.fnnp-append-lock`` go beside it), and it must be a
+    journal (:func:`fnnp_opt.journal.check_file`). A folder that does not exist yet needs its
+    nearest existing parent writable. Checked before anything is loaded, so a refusal leaves the
     storage untouched. Other storages are checked when they are opened.
     """
-    path = sqlite_path(url)
+    path = storage_file(url)
     if path is None:
         return
+    journal = J.journal_path(url) is not None
+    if journal:
+        J.check_file(path, url)
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    lock = path.with_name(path.name + ".lock")
-    for target, what in ((path, "the database file"), (lock, "its lock file")):
+    if not folder.is_dir():
+        raise StorageError(f"storage {url}: {folder} is not a folder; pass another --storage")
+    if journal:
+        locks = (J.lock_path(path), J.append_lock_path(path))
+        files = [(path, "the journal file"), *((lock, "its lock file") for lock in locks)]
+    else:
+        files = [(path, "the database file"), (path.with_name(path.name + ".lock"), "its lock file")]
+    for target, what in files:
         if target.exists() and not os.access(target, os.W_OK):
             raise StorageError(
                 f"storage {url}: {what} {target} is read-only for this user; make it writable "
                 "(chmod u+w) or pass another --storage"
             )
     if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        beside = (
+            "Optuna and fnnp-opt keep their lock files beside the journal"
+            if journal
+            else "SQLite keeps its journal and fnnp-opt its lock file beside the database"
+        )
         raise StorageError(
-            f"storage {url}: the folder {folder} is not writable for this user (SQLite keeps its journal and "
-            "fnnp-opt its lock file beside the database); make it writable or pass another --storage"
+            f"storage {url}: the folder {folder} is not writable for this user ({beside}); make it writable or "
+            "pass another --storage"
         )
 
 
@@ -102,11 +127,20 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def open_storage(url: str, write_ahead: bool = True) -> RDBStorage:
-    """Open an Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried.
+def open_storage(url: str, write_ahead: bool = True) -> BaseStorage:
+    """Open an Optuna RDB storage, or a journal file, with heartbeats, so a killed worker's trial is failed and
+    retried.
 
     A SQLite file is switched to a write-ahead log (:func:`_write_ahead`) unless ``write_ahead`` is
-    False (a read that must leave the file as it found it)."""
+    False (a read that must leave the file as it found it). A journal file
+    (:func:`fnnp_opt.journal.journal_path`) is opened with fnnp-opt's heartbeats
+    (:class:`fnnp_opt.journal.HeartbeatJournalStorage`), and created when missing."""
+    journal = J.journal_path(url)
+    if journal is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        return J.open_journal(journal, url, HEARTBEAT_S, GRACE_S, retry)
     url = _with_driver(url)
     path = sqlite_path(url)
     if path is not None:
@@ -165,13 +199,27 @@ def _write_ahead(storage: RDBStorage) -> None:
         pass
 
 
-def existing_study(storage: RDBStorage, name: str) -> optuna.Study | None:
+def existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
     """Load study ``name`` when it exists in ``storage``, else None (creates nothing)."""
     try:
         storage.get_study_id_from_name(name)
     except KeyError:
         return None
     return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+
+
+def pick_study(storage, url: str, name: str | None) -> optuna.Study:
+    """Study ``name`` of ``storage`` (at ``url``), or its only study when ``name`` is None; :class:`UsageError`
+    naming the studies it holds when there is no such study or several to choose from."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name is None and len(names) == 1:
+        name = names[0]
+    study = existing_study(storage, name) if name else None
+    if study is None:
+        held = ", ".join(names) or "none"
+        what = f"no study {name!r}" if name else f"{len(names)} studies"
+        raise UsageError(f"{what} in {redact(url)} (it holds: {held}); pass one of them as --study-name")
+    return study
 
 
 # Settings a run leaves to its study (None in RunConfig) when they are not given: a resumed study keeps its
@@ -182,7 +230,7 @@ STUDY_SETTINGS = {"abn_batches": 100, "early_stop": False}
 def stored_settings(url: str, name: str) -> dict:
     """The :data:`STUDY_SETTINGS` of stored study ``name`` in ``url`` (an older study's: the behaviour it had then),
     or {} when the study does not exist yet. Creates nothing."""
-    path = sqlite_path(url)
+    path = storage_file(url)
     if path is not None and not path.is_file():
         return {}
     storage = open_storage(url, write_ahead=False)
@@ -190,7 +238,7 @@ def stored_settings(url: str, name: str) -> dict:
         study = existing_study(storage, name)
         config = (study.user_attrs.get("config") or {}) if study is not None else None
     finally:  # close its connections: a refused run leaves no -wal or -shm file beside the database
-        storage.engine.dispose()
+        close_storage(storage)
     if config is None:
         return {}
     return {key: config.get(key, before) for key, before in STUDY_SETTINGS.items()}
@@ -260,7 +308,7 @@ def check_fingerprint(
 
 
 def create_study(
-    storage: RDBStorage,
+    storage: BaseStorage,
     name: str,
     fingerprint: dict,
     config: dict,
@@ -287,18 +335,24 @@ def create_study(
 def close(study: optuna.Study) -> None:
     """Close this process's connections to the study's storage. For SQLite the last one to close folds the
     write-ahead log into the database file, so the file alone holds the study again (to copy or commit)."""
-    backend = _backend(study)
-    if isinstance(backend, RDBStorage):
-        backend.engine.dispose()
+    close_storage(_backend(study))
+
+
+def close_storage(storage: BaseStorage) -> None:
+    """Close this process's connections to ``storage`` (an RDB storage's; a journal file holds none open)."""
+    if isinstance(storage, RDBStorage):
+        storage.engine.dispose()
 
 
 def _backend(study: optuna.Study):
-    return getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    """The study's storage under Optuna's cache (an RDB storage is wrapped in one; a journal is not)."""
+    return study._storage._backend if isinstance(study._storage, _CachedStorage) else study._storage
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Optuna's check for trials whose heartbeat went stale (it also runs before each trial)."""
-    if isinstance(_backend(study), RDBStorage):
+    """Optuna's check for trials whose heartbeat went stale (it also runs before each trial): an RDB storage's
+    heartbeats, or a journal file's (:class:`fnnp_opt.journal.HeartbeatJournalStorage`)."""
+    if is_heartbeat_enabled(study._storage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -352,6 +406,8 @@ def study_lock(study: optuna.Study) -> ContextManager[None]:
 
 def name_lock(storage, name: str) -> ContextManager[None]:
     """The lock of study ``name`` in ``storage`` (the study need not exist yet)."""
+    if isinstance(storage, J.HeartbeatJournalStorage):
+        return _file_lock(J.lock_path(storage.path))
     if not isinstance(storage, RDBStorage):
         return nullcontext()
     url = str(storage.engine.url)
@@ -484,7 +540,10 @@ def set_finished_trial_user_attr(study: optuna.Study, trial, key: str, value) ->
 
     Writes the same row as ``Trial.set_user_attr`` in the RDB storage (SQLite, PostgreSQL), so
     optuna-dashboard and every process that loads the study afterwards see it. This process's
-    cached copy of the trial does not: read the value back from where it was computed.
+    cached copy of the trial does not: read the value back from where it was computed, or through
+    :func:`trial_user_attrs`. A journal file cannot change a finished trial: there the value goes
+    into the study's user attribute ``trial_attrs:<key>``, keyed by trial number (under the study
+    lock; do not call this while holding it), which :func:`trial_user_attrs` reads.
     """
     import json
 
@@ -492,8 +551,41 @@ def set_finished_trial_user_attr(study: optuna.Study, trial, key: str, value) ->
     from sqlalchemy import delete, insert
 
     storage = _backend(study)
+    if J.is_journal(storage):
+        with study_lock(study):
+            J.set_finished_user_attr(study, trial.number, key, value)
+        return
     if not isinstance(storage, RDBStorage):
         raise StorageError(f"cannot annotate finished trials in a {type(storage).__name__}; use an RDB --storage")
     with storage.engine.begin() as conn:
         conn.execute(delete(Attr).where(Attr.trial_id == trial._trial_id, Attr.key == key))
         conn.execute(insert(Attr).values(trial_id=trial._trial_id, key=key, value_json=json.dumps(value)))
+
+
+def set_finished_trial_system_attr(study: optuna.Study, trial_id: int, key: str, value) -> None:
+    """Set system attribute ``key`` of finished trial ``trial_id`` in an RDB storage (an artifact's record, which
+    ``optuna.artifacts.upload_artifact`` writes and Optuna's API refuses once a trial is finished)."""
+    import json
+
+    from optuna.storages._rdb.models import TrialSystemAttributeModel as Attr
+    from sqlalchemy import delete, insert
+
+    storage = _backend(study)
+    if not isinstance(storage, RDBStorage):
+        raise StorageError(f"cannot annotate finished trials in a {type(storage).__name__}; use an RDB --storage")
+    with storage.engine.begin() as conn:
+        conn.execute(delete(Attr).where(Attr.trial_id == trial_id, Attr.key == key))
+        conn.execute(insert(Attr).values(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+
+
+def storage_file(url: str) -> Path | None:
+    """The file of a SQLite or journal storage, else None (a server storage)."""
+    return sqlite_path(url) or J.journal_path(url)
+
+
+def trial_user_attrs(study: optuna.Study, trial) -> dict:
+    """The user attributes of ``trial`` (a FrozenTrial of ``study``), with those :func:`set_finished_trial_user_attr`
+    recorded after it finished on a journal file (an RDB storage holds them on the trial itself)."""
+    if J.is_journal(_backend(study)):
+        return {**trial.user_attrs, **J.finished_user_attrs(study, trial.number)}
+    return dict(trial.user_attrs)

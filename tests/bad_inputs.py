@@ -108,6 +108,10 @@ CASES = [
     _c("an output path under a file", "--output|{files}/a-file/out", 1, "which is a file; choose another path"),
     _c("an output path that cannot be created", "--output|/proc/version/out", 1, "choose another path"),
     _c("a storage folder under a file", "--storage|sqlite:///{files}/a-file/s.db", 1, "is not a folder"),
+    _c("a journal file under a file", "--storage|{files}/a-file/s.log", 1, "a-file is not a folder"),
+    _c("a folder as journal file", "--storage|journal:///{files}", 1, "is a folder, not a journal file"),
+    _c("a file that is not a journal", "--storage|journal:///{files}/broken.toml", 1, "is not an Optuna journal file"),
+    _c("a journal URL without a path", "--storage|journal:///", 1, "names no journal file"),
     _c("an unknown storage kind", "--storage|nosuchdb://localhost/x", 1, "could not be opened"),
     _c(
         "an unreachable database server (its password masked)",

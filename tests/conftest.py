@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,12 @@ def random_checkpoint(path: Path, model: str, in_channels: int, num_classes: int
     state = create_model(model, in_channels, num_classes).state_dict()
     save_file(unique_tensors(state), str(path))  # a module under two names is saved once
     return path
+
+
+# Off a terminal (CliRunner, a pipe) the work done before an error is logged as timestamped INFO lines.
+INFO_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO ")
+
+
+def message_lines(output: str) -> list[str]:
+    """The non-empty lines of a command's output that are not INFO log lines: its message, or its error."""
+    return [line for line in output.splitlines() if line.strip() and not INFO_LINE.match(line)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from bad_inputs import CASES, expand, make_files
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, message_lines
 from typer.testing import CliRunner
 
 from fnnp_opt.cli import app
@@ -49,7 +49,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, files, study_db, small_
     output = [] if "--output" in args else ["--output", str(tmp_path / "out")]
     res = runner.invoke(app, ["run", *storage, *output, *args])
     assert res.exit_code == case.code, res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
+    lines = message_lines(res.output)
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.output, res.output
     assert case.message in " ".join(res.output.split())
     assert db.read_bytes() == before

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from fnnp_opt.cli import app
 from fnnp_opt.data import load_splits
 from fnnp_opt.evaluate import accuracy
 
-from conftest import SMALL_RUN, without
+from conftest import SMALL_RUN, message_lines, without
 
 runner = CliRunner()
 
@@ -355,7 +357,7 @@ def _user_run(name, small_fmnist, tmp_path, *extra):
 
 def _one_error_line(res, code, message, tmp_path):
     assert res.exit_code == code, res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
+    lines = message_lines(res.output)
     assert len(lines) == 1 and lines[0].startswith("error:"), res.output
     assert message in " ".join(res.output.split())
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "out").exists()
@@ -517,3 +519,24 @@ def test_an_error_raised_while_handling_ctrl_c_still_exits_130():
     assert stop.value.exit_code == 130
     with pytest.raises(RuntimeError):  # an error of its own is not an interruption
         call(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_run_through_a_pipe_logs_every_trial_and_epoch(small_fmnist, tmp_path, workers):
+    """Off a terminal (a log file, CI) there are no bars: each evaluated trial, each epoch and the search's k/n
+    are plain lines, from the search workers too."""
+    args = without(SMALL_RUN, "--workers", "--n-trials", "--epochs")
+    cmd = [sys.executable, str(Path(__file__).parents[1] / "cli.py"), "run", *args, "--workers", workers]
+    cmd += ["--n-trials", "3", "--epochs", "2", "--data-dir", str(small_fmnist)]
+    cmd += ["--storage", f"sqlite:///{tmp_path}/study.db", "--output", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr
+    trials = re.findall(r"INFO trial (\d+): ABN (0\.\d{4}).*FLOPs", log)
+    study = optuna.load_study(study_name="resnet20-fashion-mnist-flops0.5", storage=f"sqlite:///{tmp_path}/study.db")
+    evaluated = {t.number: t.user_attrs["abn_accuracy"] for t in study.trials if t.user_attrs.get("abn_accuracy")}
+    assert {int(n): float(a) for n, a in trials} == {n: round(a, 4) for n, a in evaluated.items()}
+    assert len(evaluated) == 3
+    assert re.search(r"INFO epoch 1/2: loss \d", log) and re.search(r"INFO epoch 2/2: loss \d", log)
+    assert "\x1b[" not in log and "━" not in log  # no escape codes, no bars

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
@@ -17,36 +20,78 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_dashboard_serves_the_study_on_loopback(tmp_path):
-    url = f"sqlite:///{tmp_path}/d.db"
-    optuna.create_study(study_name="shown", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+@contextmanager
+def _dashboard(url: str, *extra: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`fnnp-opt dashboard` on a free loopback port, once it answers."""
     port = _free_port()
     cli = Path(__file__).parents[1] / "cli.py"
     proc = subprocess.Popen(
-        [sys.executable, str(cli), "dashboard", "--storage", url, "--port", str(port)],
+        [sys.executable, str(cli), "dashboard", "--storage", url, "--port", str(port), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        body = None
-        for _ in range(60):
+        for _ in range(120):
             time.sleep(0.5)
             try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read().decode()
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read()
                 break
             except OSError:
                 assert proc.poll() is None, proc.stdout.read()
-        assert body is not None and '"shown"' in body
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _get(port: int, path: str) -> bytes:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10).read()
+
+
+@pytest.mark.slow
+def test_dashboard_shows_metric_names_note_and_the_winners_downloadable_artifacts(small_fmnist, tmp_path):
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+    from conftest import SMALL_RUN
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    out = tmp_path / "out"
+    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--storage", url, "--output", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    exported = json.loads((out / "pruned.json").read_text())
+    winner = exported["study"]["trial"]
+    with _dashboard(url) as (port, _):
+        (summary,) = json.loads(_get(port, "/api/studies"))["study_summaries"]
+        study = json.loads(_get(port, f"/api/studies/{summary['study_id']}?after=0"))
+        assert study["objective_names"] == ["ABN accuracy"]  # from Study.set_metric_names
+        note = study["note"]["body"]
+        assert "Budget" in note and "resnet20" in note and "uniform L1" in note
+        (trial,) = [t for t in study["trials"] if t["number"] == winner]
+        files = {a["filename"]: a for a in trial["artifacts"]}
+        assert {"pruned.json", "pruned.safetensors", "report.md", "allocation.png", "history.png"} <= set(files)
+        for name in ("pruned.json", "pruned.safetensors", "allocation.png"):
+            got = _get(port, f"/artifacts/{summary['study_id']}/{trial['trial_id']}/{files[name]['artifact_id']}")
+            assert got == (out / name).read_bytes()
+    # the store sits beside the database and the study records it
+    stored = optuna.load_study(study_name=summary["study_name"], storage=url).user_attrs["artifact_store"]
+    assert Path(stored) == (tmp_path / "artifacts").resolve() and len(list(Path(stored).iterdir())) == len(files)
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_on_loopback(tmp_path):
+    url = f"sqlite:///{tmp_path}/d.db"
+    optuna.create_study(study_name="shown", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with _dashboard(url) as (port, proc):
+        body = _get(port, "/api/studies").decode()
+        assert '"shown"' in body
         with socket.socket() as s:  # bound to loopback only
             s.settimeout(1)
             addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
             for addr in addrs:
                 assert s.connect_ex((addr, port)) != 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_dashboard_refuses_a_missing_storage(tmp_path):

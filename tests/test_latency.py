@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 from torch import nn
+from conftest import message_lines
 from typer.testing import CliRunner
 
 from fnnp_opt import latency as L
@@ -278,7 +279,7 @@ def test_a_missing_onnx_extra_is_one_line(monkeypatch, tmp_path):
     for args in (["export", str(tmp_path), "--onnx"], ["run", "--onnx", "--storage", f"sqlite:///{tmp_path}/s.db"]):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, res.output
-        lines = [line for line in res.output.splitlines() if line.strip()]
+        lines = message_lines(res.output)
         assert len(lines) == 1 and "pip install 'fnnp-opt[onnx]'" in " ".join(res.output.split()), res.output
     assert list(tmp_path.iterdir()) == []
 

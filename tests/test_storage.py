@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import PG_PASSWORD, SMALL_RUN
+from conftest import PG_PASSWORD, SMALL_RUN, message_lines
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -273,7 +273,7 @@ def test_a_storage_this_user_cannot_write_is_refused_untouched(case, small_fmnis
             cwd=root,
         )
         assert proc.returncode == 1, proc.stdout + proc.stderr
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        lines = message_lines(proc.stdout + proc.stderr)
         assert len(lines) == 1 and "for this user" in lines[0] and "Traceback" not in proc.stderr, lines
         assert db.read_bytes() == before and not out.exists()
     finally:

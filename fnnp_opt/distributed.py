@@ -1,0 +1,332 @@
+"""Fine-tuning in several processes under torchrun: the environment, the process groups, rank roles and sharding.
+
+``torchrun --nproc-per-node N -m fnnp_opt.cli run|finetune ...`` starts N copies of the command. Rank 0 does
+everything a plain run does (the search, the study, the checkpoints, the test, the export, the summary); the
+other ranks (*followers*) touch no storage and write nothing: they wait for rank 0's winner, build and load the
+same pruned network, and fine-tune it with rank 0 under DistributedDataParallel.
+
+* **Waiting.** The winner travels over a gloo process group whose timeout is :data:`WAIT_TIMEOUT` (7 days), so a
+  search of hours is waited out; followers poll the pending receive (no CPU spent, Ctrl-C and SIGTERM honoured).
+  If rank 0 fails, torchrun stops the others at once, so the long timeout never decides a failure.
+* **Training collectives** (gradients, the epoch's loss, BN statistics) run over a second group, gloo on CPU and
+  NCCL on CUDA, whose timeout is :data:`TRAIN_TIMEOUT` (30 min): a hang in the fine-tune fails, it does not wait.
+* **Batches.** Every process draws the same global batch of ``--batch-size`` images from the same seeded
+  generator (the same shuffle and the same random crops and flips) and keeps its rows (:func:`rows`). Each
+  process's loss is weighted by its share (:meth:`Group.share`), so DDP's averaged gradient is the gradient of the
+  global batch's mean loss, as in one process.
+* **BatchNorm.** Each process normalises with its own rows' statistics (per-rank BN: SyncBatchNorm does not run on
+  CPU). The running statistics are averaged over the processes after every epoch (:meth:`Group.average_buffers`),
+  so every rank, the checkpoint and the export hold the same ones.
+* **Threads.** torchrun sets ``OMP_NUM_THREADS=1`` for every process when it starts more than one; fnnp-opt reads a
+  ``1`` as that default and fine-tunes with ``cores // processes on this node`` threads per process (any other
+  ``OMP_NUM_THREADS`` is kept). Rank 0 searches and reports with all the node's cores, which are otherwise idle.
+
+Outside torchrun, or under torchrun with one process, :func:`session` yields None and nothing changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterable, Iterator, Mapping
+
+from fnnp_opt.errors import FnnpError, UsageError
+
+log = logging.getLogger(__name__)
+
+WAIT_TIMEOUT = timedelta(days=7)  # followers wait this long for rank 0's winner (the search may take hours)
+TRAIN_TIMEOUT = timedelta(minutes=30)  # a collective of the fine-tune that takes longer has hung
+POLL_SECONDS = 0.5  # how often a waiting follower looks at its pending receive
+COMMANDS = ("run", "finetune")  # the commands that run under torchrun with several processes
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a torchrun job, as torchrun's environment variables give it."""
+
+    rank: int  # RANK, in [0, world_size): rank 0 searches, writes and prints
+    world_size: int  # WORLD_SIZE: processes in the job (every node)
+    local_rank: int  # LOCAL_RANK: this process's index on its node (its GPU on CUDA)
+    local_world_size: int  # LOCAL_WORLD_SIZE: processes on this node (they share its cores)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launched(environ: Mapping[str, str] = os.environ) -> Launch | None:
+    """This process's :class:`Launch` under torchrun with two or more processes; None otherwise (a plain run)."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    if not all(n in environ for n in names):
+        return None
+    try:
+        rank, world, local, local_world = (int(environ[n]) for n in names)
+    except ValueError:
+        got = ", ".join(f"{n}={environ[n]!r}" for n in names)
+        raise UsageError(f"torchrun's variables must be integers, got {got}; start fnnp-opt with torchrun") from None
+    if world < 2:
+        return None
+    if not (0 <= rank < world and 0 <= local < local_world <= world):
+        raise UsageError(
+            f"torchrun's variables must satisfy 0 <= RANK < WORLD_SIZE and 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= "
+            f"WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}, LOCAL_WORLD_SIZE={local_world}; "
+            "start fnnp-opt with torchrun"
+        )
+    return Launch(rank, world, local, local_world)
+
+
+def node_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: taskset and cpusets narrow it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def choose_threads(launch: Launch, environ: Mapping[str, str], cores: int) -> tuple[int, int, str]:
+    """Torch threads per process: ``(fine-tune threads, rank 0's search and report threads, why)``.
+
+    A user's ``OMP_NUM_THREADS`` other than 1 is kept for both. A 1 is what torchrun sets for every process when it
+    starts more than one (fnnp-opt cannot tell it from the user's), so the fine-tune gets ``cores //`` the processes
+    on the node, and rank 0's search (while the others wait) every core.
+    """
+    given = environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 1:
+        return int(given), int(given), f"OMP_NUM_THREADS={given}"
+    share = max(1, cores // launch.local_world_size)
+    why = f"{cores} cores // {launch.local_world_size} processes on this node"
+    return share, cores, why + ("; torchrun's OMP_NUM_THREADS=1 replaced" if given == "1" else "")
+
+
+def rows(n: int, rank: int, world: int) -> slice:
+    """The rows of a global batch of ``n`` images that process ``rank`` of ``world`` takes: consecutive, in rank
+    order, sizes within one of each other (``n // world`` or one more); together they cover the batch once."""
+    return slice(rank * n // world, (rank + 1) * n // world)
+
+
+class Group:
+    """The job's process groups as this process sees them: rank roles, the winner's hand-over, sharding, and the
+    collectives of the fine-tune. Made by :func:`session`."""
+
+    def __init__(self, launch: Launch, train_threads: int, search_threads: int) -> None:
+        self.launch = launch
+        self.train_threads, self.search_threads = train_threads, search_threads
+        self._published = False
+        self._train_group = None  # the training collectives' group, made by the first fine-tune
+        self._device = None  # the fine-tune's device (the training collectives' tensors live there)
+
+    @property
+    def rank(self) -> int:
+        return self.launch.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.world_size
+
+    @property
+    def main(self) -> bool:
+        return self.launch.main
+
+    # ------------------------------------------------------------------ the hand-over from rank 0
+
+    def publish(self, payload: object) -> None:
+        """Rank 0: send ``payload`` (anything picklable; None: nothing to fine-tune) to every other process.
+        Once per session."""
+        import torch
+        import torch.distributed as dist
+
+        if not self.main or self._published:
+            raise FnnpError(f"only rank 0 publishes, once (rank {self.rank}, published: {self._published})")
+        self._published = True
+        data = torch.frombuffer(bytearray(pickle.dumps(payload)), dtype=torch.uint8)
+        dist.broadcast(torch.tensor([len(data)], dtype=torch.int64), src=0)
+        dist.broadcast(data, src=0)
+
+    def receive(self) -> object:
+        """A follower: wait (up to :data:`WAIT_TIMEOUT`) for rank 0's payload and return it.
+
+        The wait polls a pending receive, so Python stays responsive: SIGTERM and Ctrl-C stop it at once.
+        """
+        import torch
+        import torch.distributed as dist
+
+        size = torch.zeros(1, dtype=torch.int64)
+        pending = dist.broadcast(size, src=0, async_op=True)
+        while not pending.is_completed():
+            time.sleep(POLL_SECONDS)
+        pending.wait()  # raises if rank 0 went away
+        data = torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(data, src=0)
+        return pickle.loads(data.numpy().tobytes())  # from rank 0 of this job, not from a file
+
+    # ------------------------------------------------------------------ the fine-tune
+
+    def device(self, device) -> "torch.device":  # noqa: F821
+        """The device this process fine-tunes on: ``device`` on CPU; on CUDA, the GPU of its local rank."""
+        import torch
+
+        device = torch.device(device)
+        if device.type != "cuda":
+            return device
+        if device.index is not None and device.index != self.launch.local_rank:
+            raise UsageError(
+                f"--device {device} under torchrun: each process uses the GPU of its local rank (cuda:"
+                f"{self.launch.local_rank} here); pass --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        torch.cuda.set_device(self.launch.local_rank)
+        return torch.device("cuda", self.launch.local_rank)
+
+    def check_batch(self, batch_size: int) -> None:
+        """Raise :class:`UsageError` when a global batch leaves some process no image."""
+        if batch_size < self.world_size:
+            raise UsageError(
+                f"--batch-size {batch_size} is split over {self.world_size} processes (torchrun), so some process "
+                f"would get no image of a batch; pass --batch-size {self.world_size} or more, or start fewer processes"
+            )
+
+    def wrap(self, model, device, memory_format):
+        """``model`` (built and loaded, on ``device``) in ``memory_format``, wrapped in DistributedDataParallel over
+        the training group. DDP starts every process from rank 0's parameters and buffers."""
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = torch.device(device)
+        if self._train_group is None:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            self._train_group = dist.new_group(backend=backend, timeout=TRAIN_TIMEOUT)
+        self._device = device
+        model.to(memory_format=memory_format)  # before wrapping: DDP's buckets follow the parameters' layout
+        ids = [device.index] if device.type == "cuda" else None
+        # parameters and buffers start as rank 0's; then each rank keeps its own BN statistics (no sync at every
+        # forward), averaged after each epoch
+        return DistributedDataParallel(
+            model, device_ids=ids, process_group=self._train_group, forward_sync_buffers=False
+        )
+
+    def shard(self, batches: Iterable[tuple]) -> Iterator[tuple]:
+        """This process's rows (:func:`rows`) of every global batch ``(x, y)`` of ``batches``."""
+        for x, y in batches:
+            take = rows(len(y), self.rank, self.world_size)
+            yield x[take], y[take]
+
+    def share(self, rows_here: int, batch_size: int) -> float:
+        """The weight of this process's mean loss over ``rows_here`` of a global ``batch_size``: DDP averages the
+        processes' gradients, so ``rows_here * world / batch_size`` makes the average the global mean's gradient."""
+        return rows_here * self.world_size / batch_size
+
+    def sum(self, value: float) -> float:
+        """``value`` summed over the processes."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self._device)
+        dist.all_reduce(t, group=self._train_group)
+        return float(t.item())
+
+    def average_buffers(self, model) -> None:
+        """Replace every floating-point buffer of ``model`` (BatchNorm's running mean and variance) by its mean over
+        the processes; integer buffers (batches counted) are equal everywhere and left as they are."""
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf, group=self._train_group)
+                buf.div_(self.world_size)
+
+    def check_same(self, model) -> None:
+        """Raise :class:`FnnpError` unless every process holds bit-identical parameters and buffers."""
+        import torch
+        import torch.distributed as dist
+
+        mine = torch.tensor(list(state_digest(model)), dtype=torch.uint8, device=self._device)
+        every = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(every, mine, group=self._train_group)
+        differ = [r for r, d in enumerate(every) if not torch.equal(d, every[0])]
+        if differ:
+            raise FnnpError(
+                f"after the fine-tune, the weights of ranks {differ} differ from rank 0's: the processes diverged "
+                "(a bug); rerun without torchrun, and report it"
+            )
+
+    def use_training_threads(self) -> int:
+        """Run :attr:`train_threads` torch threads from now on; returns the count before (to restore after)."""
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.train_threads)
+        return before
+
+
+def state_digest(model) -> bytes:
+    """SHA-256 of every tensor of ``model``'s state dict (names, shapes, dtypes, values): equal digests mean
+    bit-identical weights."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+_current: Group | None = None
+
+
+def current() -> Group | None:
+    """The :class:`Group` of the open :func:`session`; None in a plain run (no torchrun, or one process)."""
+    return _current
+
+
+@contextmanager
+def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
+    """Join the torchrun job this process belongs to, for the block; yield its :class:`Group`, or None outside
+    torchrun (or with one process), where nothing changes.
+
+    Sets the torch threads (:func:`choose_threads`, logged) and quiets the followers' info logs. When the block ends
+    on rank 0 without a winner published (nothing to fine-tune, or an error), None is published so the followers
+    end too. The process groups are destroyed at the end.
+    """
+    global _current
+    launch = launched(environ)
+    if launch is None:
+        yield None
+        return
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=WAIT_TIMEOUT)  # env:// from torchrun; the winner's hand-over
+    train, search, why = choose_threads(launch, environ, node_cores())
+    group = Group(launch, train, search)
+    torch.set_num_threads(search if launch.main else train)
+    if launch.main:
+        log.info(
+            "torchrun: %d processes (%d on this node); fine-tune threads per process: %d (%s); rank 0's search "
+            "and report: %d",
+            launch.world_size,
+            launch.local_world_size,
+            train,
+            why,
+            search,
+        )
+    else:  # rank 0 reports; the others only warn
+        fnnp_log = logging.getLogger("fnnp_opt")
+        fnnp_log.setLevel(max(fnnp_log.getEffectiveLevel(), logging.WARNING))
+    _current = group
+    try:
+        yield group
+    finally:
+        _current = None
+        if launch.main and not group._published:
+            try:  # the followers end too; if they are gone already (torchrun stopping the job), never mind
+                group.publish(None)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("could not tell the other processes to stop: %s", exc)
+        dist.destroy_process_group()
