@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import statistics
 import tempfile
 import time
@@ -112,7 +113,6 @@ def postgres() -> Iterator[tuple[str, Callable[[str], None]]]:
     and a function that creates a database on it."""
     import glob
     import os
-    import shutil
     import socket
     import subprocess
 
@@ -167,6 +167,7 @@ def main() -> None:
                     if kind == "postgresql":
                         createdb(where.name.replace("-", "_"))
                     runs[kind, workers].append(measure(_url(kind, where, server), workers, args.trials))
+                    shutil.rmtree(where)
     print(f"{args.trials} trials per worker, {args.rounds} rounds; ms per trial")
     print("  wall: the study's wall time / its trials (median of the rounds); worker: a worker's mean; rejected,")
     print("  evaluated: medians of each kind; p99: the 99th percentile of all trials (waits for a lock)")
