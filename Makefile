@@ -1,5 +1,5 @@
 # One command sets everything up and runs the demo; one more runs the tests.
-#   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run`
+#   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run --rerank 5`
 #   make test   the same set-up, then the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,7 +30,7 @@ setup: $(BIN)/fnnp-opt $(FMNIST)
 dataset: $(FMNIST)
 
 demo: setup
-	$(BIN)/fnnp-opt run
+	$(BIN)/fnnp-opt run --rerank 5
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -16,7 +16,17 @@ For a shipped base (``--model``), at one FLOPs budget, for each seed:
   - ``pbn_winner``: the best stale-statistics score of the same N;
   - ``random``: one of the N, picked by the seed without looking at scores;
   - ``uniform``: the same ratio in every group, at the budget's target (uniform L1);
+  - ``eagleeye_run``, ``rerank_run`` and ``abn_ft_run``: the same as `fnnp-opt run` does them
+    (the default, ``--rerank K``, ``--score abn-ft``), where uniform L1 is trial 0 of every study
+    and so one more candidate in the pool (index -1 of ``candidates.jsonl``);
+  - ``rerank_u``: a variant tried and not adopted in `run`: the rerank with uniform L1 re-scored
+    beside the top K;
   - ``base``: the unpruned base, fine-tuned the same way.
+
+A method whose pick was already fine-tuned under the same seed (the uniform strategy, or a candidate
+another method picked) reuses that row's test accuracy, marked ``reused``: a fine-tune is a function
+of the network and the seed (single-threaded CPU; rows that picked the same candidate agree to
+every digit).
 
 Each row records the method's search cost: the wall seconds of the scores it used and how many
 ABN and short fine-tune evaluations it took. Rows land one at a time, so a run resumes.
@@ -34,11 +44,28 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).parents[1] / "docs" / "quality"
-METHODS = ("eagleeye", "rerank", "abn_ft", "pbn_winner", "random", "uniform", "base")
+METHODS = (
+    "eagleeye",
+    "eagleeye_run",
+    "rerank",
+    "rerank_run",
+    "abn_ft",
+    "abn_ft_run",
+    "rerank_u",
+    "pbn_winner",
+    "random",
+    "uniform",
+    "base",
+)
+UNIFORM = -1  # the uniform strategy's index in candidates.jsonl
 LABELS = {
     "eagleeye": "EagleEye winner (best ABN of N)",
     "rerank": "rerank: top K by ABN re-scored with abn-ft",
     "abn_ft": "best abn-ft of N (--score abn-ft)",
+    "eagleeye_run": "fnnp-opt run (the default): best ABN of N and uniform L1",
+    "rerank_run": "--rerank K as run does it: top K by ABN of N and uniform L1",
+    "abn_ft_run": "--score abn-ft as run does it: best abn-ft of N and uniform L1",
+    "rerank_u": "tried, not in run: top K by ABN and uniform L1, re-scored with abn-ft",
     "pbn_winner": "PBN winner (best stale-BN score of N)",
     "random": "random candidate in the window",
     "uniform": "uniform L1 (same ratio everywhere)",
@@ -87,8 +114,10 @@ def _finetune_test(p, cfg, model, args, seed: int) -> float:
     return accuracy(model, p.splits.test_batches(cfg.eval_batch_size), p.device)
 
 
-def _scores(args, p, cfg, seed: int, candidates: list, need_ft: set[int]) -> dict[int, dict]:
-    """PBN, ABN (every candidate) and abn-ft (those in ``need_ft``) of the candidates, cached in candidates.jsonl."""
+def _scores(args, p, cfg, seed: int, candidates: list, need_ft: set[int], uniform: list) -> dict[int, dict]:
+    """PBN, ABN (every candidate) and abn-ft (those in ``need_ft``) of the candidates, cached in candidates.jsonl.
+
+    Index ``UNIFORM`` (-1) is the ``uniform`` strategy."""
     from fnnp_opt.evaluate import abn_accuracy, accuracy
     from fnnp_opt.pipeline import make_scorer
     from fnnp_opt.score import abn_ft_key, rescore
@@ -102,7 +131,7 @@ def _scores(args, p, cfg, seed: int, candidates: list, need_ft: set[int]) -> dic
             cached.setdefault(r["index"], {}).update(r)
     search = p.splits.search_batches(cfg.eval_batch_size)
     scorer = None
-    for i, ratios in enumerate(candidates):
+    for i, ratios in [*enumerate(candidates), (UNIFORM, uniform)]:
         row = cached.setdefault(i, {**ident, "index": i})
         fresh = {}
         if "abn" not in row:
@@ -126,37 +155,59 @@ def _scores(args, p, cfg, seed: int, candidates: list, need_ft: set[int]) -> dic
 
 
 def _picks(args, seed: int, scores: dict[int, dict], n: int, methods: list[str]) -> dict[str, tuple[int, dict]]:
-    """Each of ``methods``' candidate index and its search cost (seconds, ABN and short fine-tune evaluations)."""
+    """Each of ``methods``' candidate index and its search cost (seconds, ABN and short fine-tune evaluations).
+
+    The ``*_run`` methods choose from what `fnnp-opt run` has: the N candidates and uniform L1 (trial 0 of every
+    study, index ``UNIFORM``)."""
     import numpy as np
 
     from fnnp_opt.score import abn_ft_key
 
     key = abn_ft_key(args.score_steps)
-    idx = list(range(n))
-    abn_s = sum(scores[i]["abn_s"] for i in idx)
-    by_abn = sorted(idx, key=lambda i: (-scores[i]["abn"], i))
+    drawn = list(range(n))
 
-    def best(pool, k):
-        return max(pool, key=lambda i: (scores[i][k], -i))
+    def by(pool, k):  # best first; ties go to the earlier trial, and uniform L1 is trial 0
+        return sorted(pool, key=lambda i: (-scores[i][k], i))
+
+    def seconds(pool, k):  # rescore() calibrates too, so an abn-ft's seconds include that candidate's ABN
+        return sum(scores[i][f"{k}_s"] for i in pool)
+
+    def cost(search_s, abn_evals, ft_evals):
+        return {"search_s": search_s, "abn_evals": abn_evals, "ft_evals": ft_evals}
 
     out = {}
     for m in methods:
-        if m == "eagleeye":
-            out[m] = by_abn[0], {"search_s": abn_s, "abn_evals": n, "ft_evals": 0}
-        elif m == "rerank":
-            top = by_abn[: args.rerank]
-            ft_s = sum(scores[i][f"{key}_s"] for i in top)
-            out[m] = best(top, key), {"search_s": abn_s + ft_s, "abn_evals": n, "ft_evals": len(top)}
-        elif m == "abn_ft":  # rescore() calibrates too, so its seconds include the ABN of each candidate
-            out[m] = (
-                best(idx, key),
-                {"search_s": sum(scores[i][f"{key}_s"] for i in idx), "abn_evals": n, "ft_evals": n},
-            )
+        pool = [UNIFORM, *drawn] if m.endswith("_run") else drawn
+        if m.removesuffix("_run") == "eagleeye":
+            out[m] = by(pool, "abn")[0], cost(seconds(pool, "abn"), len(pool), 0)
+        elif m.removesuffix("_run") == "rerank":
+            top = by(pool, "abn")[: args.rerank]
+            out[m] = by(top, key)[0], cost(seconds(pool, "abn") + seconds(top, key), len(pool), len(top))
+        elif m.removesuffix("_run") == "abn_ft":
+            out[m] = by(pool, key)[0], cost(seconds(pool, key), len(pool), len(pool))
+        elif m == "rerank_u":
+            top = [UNIFORM, *by(drawn, "abn")[: args.rerank]]
+            out[m] = by(top, key)[0], cost(seconds(drawn, "abn") + seconds(top, key), n, len(top))
         elif m == "pbn_winner":
-            out[m] = best(idx, "pbn"), {"search_s": sum(scores[i]["pbn_s"] for i in idx), "abn_evals": 0, "ft_evals": 0}
+            out[m] = by(drawn, "pbn")[0], cost(seconds(drawn, "pbn"), 0, 0)
         elif m == "random":
-            out[m] = int(np.random.default_rng(seed).integers(n)), {"search_s": 0.0, "abn_evals": 0, "ft_evals": 0}
+            out[m] = int(np.random.default_rng(seed).integers(n)), cost(0.0, 0, 0)
     return out
+
+
+def _need_ft(args, scores: dict[int, dict], n: int, methods: list[str]) -> set[int]:
+    """The candidates (``UNIFORM`` among them) whose abn-ft ``methods`` read."""
+    drawn = list(range(n))
+    top = sorted(drawn, key=lambda i: (-scores[i]["abn"], i))[: args.rerank]
+    top_run = sorted([UNIFORM, *drawn], key=lambda i: (-scores[i]["abn"], i))[: args.rerank]
+    need = {
+        "abn_ft": set(drawn),
+        "abn_ft_run": {UNIFORM, *drawn},
+        "rerank": set(top),
+        "rerank_run": set(top_run),
+        "rerank_u": {UNIFORM, *top},
+    }
+    return set().union(*(need.get(m, set()) for m in methods))
 
 
 def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
@@ -171,24 +222,29 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
     p = prepare(cfg)
     candidates = draw_candidates(p, args.candidates, seed=candidate_seed(seed, args.flops))
     n = len(candidates)
-    scores = _scores(args, p, cfg, seed, candidates, set())  # ABN first: it decides which need abn-ft
-    need_ft = set(range(n)) if "abn_ft" in todo else set()
-    if "rerank" in todo:
-        need_ft |= set(sorted(range(n), key=lambda i: (-scores[i]["abn"], i))[: args.rerank])
-    if need_ft:
-        scores = _scores(args, p, cfg, seed, candidates, need_ft)
-    picks = _picks(args, seed, scores, n, todo)
     uniform = uniform_ratios(p)[0]
+    uniform_strategy = p.space.uniform(uniform)
+    scores = _scores(args, p, cfg, seed, candidates, set(), uniform_strategy)  # ABN first: it decides the rest
+    need_ft = _need_ft(args, scores, n, todo)
+    if need_ft:
+        scores = _scores(args, p, cfg, seed, candidates, need_ft, uniform_strategy)
+    picks = _picks(args, seed, scores, n, todo)
+    key = (args.model, args.flops, args.candidates, args.epochs, args.distill)
+    earlier: dict[int, dict] = {}  # strategy index -> the first row that fine-tuned it under this seed
+    for r in _rows(Path(args.out) / "results.jsonl"):
+        if _key(r) == key and r["seed"] == seed and _strategy(r) is not None:
+            earlier.setdefault(_strategy(r), r)
     rows = []
     for method in todo:
         if method in picks:
             index, cost = picks[method]
-            strategy = candidates[index]
+            strategy = uniform_strategy if index == UNIFORM else candidates[index]
         else:
-            index, cost, strategy = None, {"search_s": 0.0, "abn_evals": 0, "ft_evals": 0}, p.space.uniform(uniform)
+            index, cost, strategy = None, {"search_s": 0.0, "abn_evals": 0, "ft_evals": 0}, uniform_strategy
         t = time.perf_counter()
         model = copy.deepcopy(p.model) if method == "base" else p.pruner.prune(strategy)
         macs, params = count(model, p.input_shape)
+        same = earlier.get(UNIFORM if method == "uniform" else index) if method != "base" else None
         row = {
             "model": args.model,
             "flops_budget": args.flops,
@@ -199,23 +255,32 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
             "distill": args.distill,
             "flops_ratio": macs / p.budget.base,
             "params": params,
-            "test": _finetune_test(p, cfg, model, args, seed),
+            "test": same["test"] if same else _finetune_test(p, cfg, model, args, seed),
             "seconds": time.perf_counter() - t,
             **cost,
         }
+        if same:
+            row["reused"] = same["method"]
         if index is not None:
-            row |= {"index": index, "abn": scores[index]["abn"], "pbn": scores[index]["pbn"]}
-        if method in ("rerank", "abn_ft"):
-            row |= {"score_steps": args.score_steps, "rerank": args.rerank if method == "rerank" else None}
+            row |= {"index": index, "abn": scores[index]["abn"], "pbn": scores[index].get("pbn")}
+        if method.removesuffix("_run") in ("rerank", "abn_ft") or method == "rerank_u":
+            row |= {"score_steps": args.score_steps, "rerank": args.rerank if method.startswith("rerank") else None}
         if method == "uniform":
             row["ratio"] = uniform
         if method == "base":
             row["test_as_shipped"] = accuracy(p.model, p.splits.test_batches(cfg.eval_batch_size), p.device)
         rows.append(row)
+        if _strategy(row) is not None:
+            earlier.setdefault(_strategy(row), row)
         with open(Path(args.out) / "results.jsonl", "a") as fh:  # a row lands whole or not at all
             fh.write(json.dumps(row) + "\n")
         print(f"{args.model} seed {seed} {method}: test {row['test']:.4f} ({row['flops_ratio']:.3f} FLOPs)", flush=True)
     return rows
+
+
+def _strategy(r: dict) -> int | None:
+    """The index of the strategy a row fine-tuned (``UNIFORM`` for uniform L1; None for the base)."""
+    return UNIFORM if r["method"] == "uniform" else r.get("index")
 
 
 def _key(r: dict) -> tuple:
@@ -261,6 +326,33 @@ def _cost(rs: list[dict], method: str) -> str:
     return f"| {secs:.0f} | {mine[0]['abn_evals']} | {mine[0]['ft_evals']} |"
 
 
+def summary(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Markdown: each method's margin over uniform L1 (points; mean, then per seed) in every distilled setting."""
+    settings = [g for g in sorted(groups) if g[4] and len({r["seed"] for r in groups[g]}) > 1]
+    if not settings:
+        return []
+    head = " | ".join(f"{model} {float(budget):.0%}" for model, budget, *_ in settings)
+    lines = [
+        "",
+        "## Summary: minus uniform L1, in points (mean; per seed)",
+        "",
+        f"| method | {head} |",
+        "|---|" + "---|" * len(settings),
+    ]
+    for method in METHODS:
+        if method in ("uniform", "base"):
+            continue
+        cells = []
+        for g in settings:
+            m = margins(groups[g], method, "uniform")
+            wins = len(m) > 1 and all(v > 0 for v in m) and statistics.mean(m) > statistics.stdev(m)
+            cell = f"{100 * statistics.mean(m):+.2f} ({', '.join(f'{100 * v:+.2f}' for v in m)})" if m else ""
+            cells.append(f"**{cell}**" if wins else cell)
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    lines += ["", "Bold: beats uniform L1 on every seed, by a mean margin above the margin's sd."]
+    return lines
+
+
 def cmd_report(args) -> None:
     rows = _rows(Path(args.out) / "results.jsonl")
     if not rows:
@@ -284,6 +376,7 @@ def cmd_report(args) -> None:
         "Search cost: the wall seconds of the scores the method used (2-core CPU, one single-threaded",
         "process that shared the cores with other work, so compare them as ratios), and its ABN and short",
         "fine-tune (abn-ft) evaluations.",
+        *summary(groups),
     ]
     for (model, budget, n, epochs, distill), rs in sorted(groups.items()):
         seeds = sorted({r["seed"] for r in rs})
@@ -324,6 +417,12 @@ def cmd_report(args) -> None:
         if steps is not None:
             lines.append(
                 f"abn-ft: {steps} SGD steps of 128 images from the ABN state" + (f"; rerank K = {k}." if k else ".")
+            )
+        reused = sorted({LABELS[r["method"]].split(":")[0] for r in rs if r.get("reused")})
+        if reused:
+            lines.append(
+                f"Reused tests ({'; '.join(reused)}): a pick that another row fine-tuned under the same seed takes "
+                "that row's test (the same network, fine-tune and seed; `reused` in results.jsonl names the row)."
             )
         if shipped is not None:
             lines.append(f"The base as shipped, without the extra fine-tune: {shipped:.4f}.")

@@ -127,7 +127,8 @@ def _check_torchrun(command: str | None) -> None:
     """Refuse a command that runs in one process only when torchrun started several (each would do it all)."""
     from fnnp_opt.distributed import COMMANDS, launched
 
-    if command not in COMMANDS and call(launched) is not None:
+    launch = call(launched)  # torchrun's variables, checked here for every command: one line on a bad one
+    if command not in COMMANDS and launch is not None:
         console.print(
             f"[red]error:[/red] fnnp-opt {command} runs in one process, but torchrun started several; only "
             f"{' and '.join(COMMANDS)} run under torchrun: run it without torchrun (or with --nproc-per-node 1)",
@@ -456,9 +457,10 @@ def run(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures come from fnnp-opt's own log
-    from fnnp_opt.distributed import session
+    from fnnp_opt.distributed import check_batch_size, session
     from fnnp_opt.pipeline import run as run_pipeline
 
+    call(check_batch_size, cfg.batch_size)  # under torchrun, before the search rather than after it
     with session(), bars() as progress:  # under torchrun: join its job (fnnp_opt.distributed); else nothing
         result = call(run_pipeline, cfg, progress)
     if result is None:  # a torchrun process other than rank 0, which prints

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,9 @@ def metric_names(score: str, pareto: bool, latency: bool) -> list[str]:
 def describe(study: optuna.Study, names: list[str], note: str) -> None:
     """Name ``study``'s objectives and write its note, where they differ from what is stored."""
     if study.metric_names != names:
-        study.set_metric_names(names)
+        with warnings.catch_warnings():  # experimental in Optuna, and stable in use since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     from optuna_dashboard import save_note
     from optuna_dashboard._note import get_note_from_system_attrs
 

@@ -81,6 +81,22 @@ def launched(environ: Mapping[str, str] = os.environ) -> Launch | None:
     return Launch(rank, world, local, local_world)
 
 
+def check_batch_size(batch_size: int, environ: Mapping[str, str] = os.environ) -> None:
+    """Raise :class:`UsageError` when torchrun started more processes than a global batch of ``batch_size`` has
+    images (some process would get none). ``run`` checks it before its search, which would otherwise end in it."""
+    launch = launched(environ)
+    if launch is not None:
+        _check_batch(batch_size, launch.world_size)
+
+
+def _check_batch(batch_size: int, world_size: int) -> None:
+    if batch_size < world_size:
+        raise UsageError(
+            f"--batch-size {batch_size} is split over {world_size} processes (torchrun), so some process would get "
+            f"no image of a batch; pass --batch-size {world_size} or more, or start fewer processes"
+        )
+
+
 def node_cores() -> int:
     """CPU cores this process may run on (its affinity mask: taskset and cpusets narrow it)."""
     try:
@@ -184,11 +200,7 @@ class Group:
 
     def check_batch(self, batch_size: int) -> None:
         """Raise :class:`UsageError` when a global batch leaves some process no image."""
-        if batch_size < self.world_size:
-            raise UsageError(
-                f"--batch-size {batch_size} is split over {self.world_size} processes (torchrun), so some process "
-                f"would get no image of a batch; pass --batch-size {self.world_size} or more, or start fewer processes"
-            )
+        _check_batch(batch_size, self.world_size)
 
     def wrap(self, model, device, memory_format):
         """``model`` (built and loaded, on ``device``) in ``memory_format``, wrapped in DistributedDataParallel over

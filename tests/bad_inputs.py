@@ -23,10 +23,15 @@ class Case:
     args: tuple[str, ...]  # `fnnp-opt run` options
     code: int  # exit code: 2 for a wrong option value, 1 for a file or storage that cannot be used
     message: str  # a fragment of the one-line error
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set for the run (torchrun's)
 
 
-def _c(what: str, args: str, code: int, message: str) -> Case:
-    return Case(what, tuple(args.split("|")), code, message)
+def _c(what: str, args: str, code: int, message: str, env: str = "") -> Case:
+    env_vars = tuple(tuple(v.split("=", 1)) for v in env.split())
+    return Case(what, tuple(args.split("|")) if args else (), code, message, env_vars)
+
+
+TORCHRUN = "WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=2"
 
 
 CASES = [
@@ -44,6 +49,10 @@ CASES = [
     _c("abn-ft without steps", "--score|abn-ft|--score-steps|0", 2, "needs a short fine-tune, but --score-steps is 0"),
     _c("a short fine-tune longer than an epoch", "--score|abn-ft|--score-steps|1000000", 2, "exceed the train part's"),
     _c("rerank more than the trials", "--rerank|5|--n-trials|2", 2, "K <= n-trials must hold"),
+    # torchrun's environment (tests/test_distributed.py runs the real launcher)
+    _c("torchrun variables that are not numbers", "", 2, "variables must be integers", f"RANK=zero {TORCHRUN}"),
+    _c("a rank outside torchrun's world", "", 2, "0 <= RANK < WORLD_SIZE", f"RANK=2 {TORCHRUN}"),
+    _c("a batch smaller than the torchrun processes", "--batch-size|1", 2, "over 2 processes", f"RANK=0 {TORCHRUN}"),
     # rates, tolerances, budgets
     _c("NaN learning rate", "--lr|nan", 2, "--lr must be positive and finite, got nan"),
     _c("zero learning rate", "--lr|0", 2, "--lr must be positive and finite, got 0.0"),
@@ -185,11 +194,12 @@ def write_docs(rows: list[tuple[Case, str]], path: Path, tmp: Path) -> None:
         "`tests/test_bad_input.py` checks case by case. `<data>` is a small Fashion-MNIST copy,",
         "`<files>` a folder of broken files the script writes, and `<tmp>` the folder holding both.",
         "",
-        "| mistake | `fnnp-opt run` options | exit | message |",
+        "| mistake | `fnnp-opt run` options (environment first) | exit | message |",
         "|---|---|---|---|",
     ]
     for case, line in rows:
-        opts = " ".join(case.args).replace("{files}", "<files>").replace("{data}", "<data>").replace("|", "\\|")
+        opts = " ".join([*(f"{k}={v}" for k, v in case.env), *case.args])
+        opts = opts.replace("{files}", "<files>").replace("{data}", "<data>").replace("|", "\\|")
         msg = line.removeprefix("error: ").replace(str(tmp), "<tmp>").replace("|", "\\|")
         lines.append(f"| {case.what} | `{opts}` | {case.code} | {msg} |")
     path.write_text("\n".join(lines) + "\n")
@@ -201,6 +211,8 @@ def main() -> None:
     import tempfile
 
     from typer.testing import CliRunner
+
+    from conftest import message_lines
 
     from fnnp_opt.cli import app
     from fnnp_opt.data import DATASETS, load_fashion_mnist, write_idx
@@ -217,8 +229,8 @@ def main() -> None:
     rows = []
     for case in CASES:
         args = ["run", "--storage", f"sqlite:///{tmp}/s.db", "--output", str(tmp / "out"), *expand(case, data, files)]
-        res = CliRunner().invoke(app, args)
-        line = " ".join(res.output.split())
+        res = CliRunner().invoke(app, args, env=dict(case.env))
+        line = " ".join(" ".join(message_lines(res.output)).split())  # the error, without INFO log lines
         print(f"{res.exit_code} {line}")
         rows.append((case, line))
     write_docs(rows, Path(__file__).parents[1] / "docs" / "errors.md", tmp)

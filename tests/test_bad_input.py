@@ -47,7 +47,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, files, study_db, small_
     args = expand(case, small_fmnist, files)
     storage = [] if "--storage" in args else ["--storage", f"sqlite:///{db}"]
     output = [] if "--output" in args else ["--output", str(tmp_path / "out")]
-    res = runner.invoke(app, ["run", *storage, *output, *args])
+    res = runner.invoke(app, ["run", *storage, *output, *args], env=dict(case.env))
     assert res.exit_code == case.code, res.output
     lines = message_lines(res.output)
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.output, res.output

@@ -540,3 +540,4 @@ def test_a_run_through_a_pipe_logs_every_trial_and_epoch(small_fmnist, tmp_path,
     assert len(evaluated) == 3
     assert re.search(r"INFO epoch 1/2: loss \d", log) and re.search(r"INFO epoch 2/2: loss \d", log)
     assert "\x1b[" not in log and "━" not in log  # no escape codes, no bars
+    assert "Warning" not in log, log  # no Python warning (Optuna's experimental APIs) reaches a user's log

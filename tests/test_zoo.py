@@ -22,19 +22,26 @@ UNTRACEABLE = {"shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
 MIN_SIZE = {"alexnet": 64, "inception_v3": 96}
 # Builders that take over 10 s here (big weights, long graphs): the largest of families whose smaller members run
 # by default (convnext_tiny, densenet121, efficientnet_b0, regnet_x_400mf, resnext50, vgg11, ...) and go through the
-# same code. `pytest --huge` (`make test-all`) runs them too: about 4 minutes more.
+# same code. `pytest --huge` (`make test-all`) runs them too: about 6 minutes more (the six largest ResNet,
+# EfficientNet and RegNet members joined the list at 12-28 s each, 1.9 min together in one quiet run).
 HEAVY = {
     "convnext_base",
     "convnext_large",
     "densenet161",
     "densenet169",
     "densenet201",
+    "efficientnet_b5",
+    "efficientnet_b6",
     "efficientnet_b7",
     "efficientnet_v2_l",
     "efficientnet_v2_m",
+    "regnet_x_16gf",
     "regnet_x_32gf",
     "regnet_y_128gf",
+    "regnet_y_16gf",
     "regnet_y_32gf",
+    "resnet101",
+    "resnet152",
     "resnext101_32x8d",
     "resnext101_64x4d",
     "wide_resnet101_2",
