@@ -112,8 +112,12 @@ def fit(
     progress: Progress = NULL,
     teacher: nn.Module | None = None,
     distill: Distill | None = None,
+    log_epochs: bool = True,
 ) -> list[float]:
     """Train ``model`` in place and return the mean training loss of each epoch.
+
+    Each epoch's loss is logged at INFO (the plain log lines off a terminal); ``log_epochs=False`` logs it at
+    DEBUG, for the short fine-tunes of a score, which are not the fine-tune a user waits for.
 
     When ``checkpoint`` is given, the state is saved there after every epoch and a
     later call with the same ``tag`` resumes after the last finished epoch. With a
@@ -202,7 +206,9 @@ def fit(
             loss_sum = group.sum(loss_sum)  # the global batches' mean losses
             group.average_buffers(model)  # BN running statistics: their mean over the processes
         history.append(loss_sum / max(steps, 1))
-        log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, history[-1])
+        log.log(
+            logging.INFO if log_epochs else logging.DEBUG, "epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, history[-1]
+        )
         if checkpoint is not None and (group is None or group.main):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic(

@@ -74,7 +74,15 @@ class Scorer:
         ``calibrated`` (a pruned network after ABN) is left unchanged.
         """
         student = copy.deepcopy(calibrated)
-        fit(student, self.images, self.short.fit_config(), augment=self.augment, device=self.device, progress=progress)
+        fit(
+            student,
+            self.images,
+            self.short.fit_config(),
+            augment=self.augment,
+            device=self.device,
+            progress=progress,
+            log_epochs=False,  # a score's short fine-tune: its loss is no news on the screen
+        )
         return accuracy(student, self.search, self.device)
 
 

@@ -57,3 +57,17 @@ def test_the_short_fine_tune_raises_a_broken_candidate(splits, base_model):
 
 def test_the_attribute_name_carries_the_steps():
     assert abn_ft_key(100) == "abn_ft100"
+
+
+def test_a_scores_short_fine_tune_logs_no_epoch_line_and_a_fine_tune_does(splits, base_model, caplog):
+    """Off a terminal each fine-tune epoch is an INFO line; a score's 100-step fine-tune per candidate is not one."""
+    import logging
+
+    from fnnp_opt.finetune import FitConfig, fit
+
+    with caplog.at_level(logging.INFO, logger="fnnp_opt"):
+        _scorer(splits, steps=2)(copy.deepcopy(base_model))
+        assert not [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+        fit(copy.deepcopy(base_model), splits.train.subset(64, 0), FitConfig(epochs=1, batch_size=32))
+    epochs = [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [(r.levelno, r.getMessage().split(":")[0]) for r in epochs] == [(logging.INFO, "epoch 1/1")]
