@@ -244,7 +244,7 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
         t = time.perf_counter()
         model = copy.deepcopy(p.model) if method == "base" else p.pruner.prune(strategy)
         macs, params = count(model, p.input_shape)
-        same = earlier.get(UNIFORM if method == "uniform" else index) if method != "base" else None
+        same = earlier.get(_strategy({"method": method, "index": index}))  # None for the base
         row = {
             "model": args.model,
             "flops_budget": args.flops,

@@ -181,14 +181,11 @@ def test_run_and_finetune_under_torchrun(small_fmnist, tmp_path):
     common = ["--data-dir", str(small_fmnist), "--storage", url]
     cli = [*TORCHRUN, "-m", "fnnp_opt.cli", "-v"]
     env = {**os.environ, "COLUMNS": "200"}
-    res = subprocess.run(
-        [*cli, "run", *without(SMALL_RUN, "--epochs"), "--epochs", "2", *common, "--output", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+
+    res = torchrun("run", *without(SMALL_RUN, "--epochs"), "--epochs", "2", *common, "--output", str(tmp_path / "out"))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert out.count("exported to") == 1 and out.count("torchrun: 2 processes") == 1
@@ -201,15 +198,7 @@ def test_run_and_finetune_under_torchrun(small_fmnist, tmp_path):
 
     study = optuna.load_study(study_name=card["study"]["name"], storage=url)
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 2  # one search, not one per process
-    res = subprocess.run(
-        [*cli, "finetune", "--storage", url, "--trial", "0", "--epochs", "1", "--output", str(tmp_path / "t0")]
-        + ["--data-dir", str(small_fmnist)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
+    res = torchrun("finetune", *common, "--trial", "0", "--epochs", "1", "--output", str(tmp_path / "t0"))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert out.count("exported to") == 1 and json.loads((tmp_path / "t0" / "pruned.json").read_text())
