@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).parents[1] / "docs" / "quality"
+STUDIES = Path(__file__).parents[1] / "runs" / "quality-studies"  # the sampled methods' own studies
 METHODS = (
     "eagleeye",
     "eagleeye_run",
@@ -52,12 +53,16 @@ METHODS = (
     "abn_ft",
     "abn_ft_run",
     "rerank_u",
+    "tpe_ft_run",
+    "cmaes_ft_run",
     "pbn_winner",
     "random",
     "uniform",
     "base",
 )
 UNIFORM = -1  # the uniform strategy's index in candidates.jsonl
+SAMPLERS = {"tpe_ft_run": "tpe", "cmaes_ft_run": "cmaes"}  # methods that search with a sampler of their own
+DEFAULT_METHODS = [m for m in METHODS if m not in SAMPLERS]  # the sampled ones are asked for with --methods
 LABELS = {
     "eagleeye": "EagleEye winner (best ABN of N)",
     "rerank": "rerank: top K by ABN re-scored with abn-ft",
@@ -66,6 +71,8 @@ LABELS = {
     "rerank_run": "--rerank K as run does it: top K by ABN of N and uniform L1",
     "abn_ft_run": "--score abn-ft as run does it: best abn-ft of N and uniform L1",
     "rerank_u": "tried, not in run: top K by ABN and uniform L1, re-scored with abn-ft",
+    "tpe_ft_run": "TPE with --fit-budget and --score abn-ft: best abn-ft of uniform L1 and N",
+    "cmaes_ft_run": "CMA-ES with --fit-budget and --score abn-ft: best abn-ft of uniform L1 and N",
     "pbn_winner": "PBN winner (best stale-BN score of N)",
     "random": "random candidate in the window",
     "uniform": "uniform L1 (same ratio everywhere)",
@@ -210,6 +217,50 @@ def _need_ft(args, scores: dict[int, dict], n: int, methods: list[str]) -> set[i
     return set().union(*(need.get(m, set()) for m in methods))
 
 
+def _sampled(args, seed: int, method: str) -> tuple[dict | None, dict, dict]:
+    """``method``'s search, as `fnnp-opt run --sampler S --fit-budget --score abn-ft --n-trials N+1` does it (uniform
+    L1 is trial 0): (the winner's ratios, or None when uniform L1 won; its trial's attributes; the search cost).
+
+    The study lives in ``runs/quality-studies/`` (SQLite), so a killed search resumes; its cost is the evaluated
+    trials' wall time, whichever session ran them."""
+    import fnnp_opt.search as S
+    import fnnp_opt.storage as St
+    from fnnp_opt.config import resolve
+    from fnnp_opt.pipeline import check_base, open_study, prepare, search, trial_ratios
+
+    folder = STUDIES
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{args.model}-{args.flops}-seed{seed}-{method}-steps{args.score_steps}"
+    cfg = resolve(
+        model=args.model,
+        flops=args.flops,
+        max_rate=args.max_rate,
+        seed=seed,
+        score_steps=args.score_steps,
+        device="cpu",
+        abn_batches=100,
+        score="abn-ft",
+        sampler=SAMPLERS[method],
+        fit_budget=True,
+        n_trials=args.candidates + 1,
+        storage=f"sqlite:///{folder / name}.db",
+        study_name=name,
+    )
+    p = prepare(cfg)
+    study = open_study(cfg, p, check_base(p))
+    try:
+        report = search(cfg, p, study)
+        trials = S.evaluated(study)
+        best = S.best_trial(study)
+        seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+        cost = {"search_s": seconds, "abn_evals": len(trials), "ft_evals": len(trials)}
+        uniform = best.user_attrs.get("strategy") == "uniform"
+        print(f"{method} seed {seed}: {report.total_evaluated} trials, trial {best.number} wins", flush=True)
+        return None if uniform else trial_ratios(p.space, best), {"trial": best.number, "abn_ft": best.values[0]}, cost
+    finally:
+        St.close(study)
+
+
 def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
     import copy
 
@@ -236,7 +287,12 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
             earlier.setdefault(_strategy(r), r)
     rows = []
     for method in todo:
-        if method in picks:
+        found = {}
+        if method in SAMPLERS:
+            strategy, found, cost = _sampled(args, seed, method)
+            index = UNIFORM if strategy is None else None  # uniform L1's fine-tune is shared with its row
+            strategy = uniform_strategy if strategy is None else strategy
+        elif method in picks:
             index, cost = picks[method]
             strategy = uniform_strategy if index == UNIFORM else candidates[index]
         else:
@@ -263,7 +319,10 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
             row["reused"] = same["method"]
         if index is not None:
             row |= {"index": index, "abn": scores[index]["abn"], "pbn": scores[index].get("pbn")}
-        if method.removesuffix("_run") in ("rerank", "abn_ft") or method == "rerank_u":
+        if found:
+            row |= {"sampler": SAMPLERS[method], "trial": found["trial"], "abn_ft": found["abn_ft"]}
+            row["strategy"] = {k: round(v, 6) for k, v in strategy.items()}
+        if method.removesuffix("_run") in ("rerank", "abn_ft") or method in ("rerank_u", *SAMPLERS):
             row |= {"score_steps": args.score_steps, "rerank": args.rerank if method.startswith("rerank") else None}
         if method == "uniform":
             row["ratio"] = uniform
@@ -443,7 +502,12 @@ def main() -> None:
     run.add_argument("--distill", action="store_true", help="fine-tune every method with --distill")
     run.add_argument("--score-steps", type=int, default=100, help="abn-ft's short fine-tune (default: 100)")
     run.add_argument("--rerank", type=int, default=5, help="K of the rerank method (default: 5)")
-    run.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS), help="comma-separated")
+    run.add_argument(
+        "--methods",
+        type=lambda s: s.split(","),
+        default=DEFAULT_METHODS,
+        help=f"comma-separated (default: all but {', '.join(SAMPLERS)}, each a search of its own)",
+    )
     run.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     run.add_argument("--out", default=str(OUT))
     rep = sub.add_parser("report", help="write the table")

@@ -12,11 +12,12 @@ import math
 import shlex
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -25,7 +26,34 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fnnp_opt.errors import FnnpError
 from fnnp_opt.redact import RedactingFilter, redact
 
+
+class _Commands(typer.core.TyperGroup):
+    """fnnp-opt's commands, their options' help made to say what it means: Typer reads help as Rich markup, which
+    would drop a ``[default: 30]`` or the ``[onnx]`` of ``fnnp-opt[onnx]``, so brackets are escaped; and `run`
+    shows the :class:`RunConfig` default of each option left as None (for a recipe to set) whose help states none."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        from dataclasses import MISSING, fields
+        from enum import Enum
+
+        from fnnp_opt.config import RunConfig
+
+        super().__init__(*args, **kwargs)
+        defaults = {f.name: f.default for f in fields(RunConfig) if f.default not in (MISSING, None, ())}
+        for command in self.commands.values():
+            for param in command.params:
+                help_text = getattr(param, "help", None) or ""
+                if command.name == "run" and param.name in defaults and "[default" not in help_text:
+                    value = (
+                        defaults[param.name].value if isinstance(defaults[param.name], Enum) else defaults[param.name]
+                    )
+                    param.show_default = ("on" if value else "off") if isinstance(value, bool) else str(value)
+                if help_text:
+                    param.help = escape(help_text)
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     help="Search per-layer filter-pruning ratios with adaptive-BN evaluation (EagleEye) on Optuna.",
@@ -86,6 +114,16 @@ def call(fn: Callable[..., T], *args, **kwargs) -> T:
             raise
         console.print("interrupted; run the same command again to resume", highlight=False)
         raise typer.Exit(130) from None
+
+
+@contextmanager
+def _torchrun_job() -> Iterator:
+    """Under torchrun, join its job for the block (:func:`fnnp_opt.distributed.session`); else nothing. A job
+    that cannot be joined is one line, as any other error."""
+    from fnnp_opt.distributed import session
+
+    with ExitStack() as stack:
+        yield call(stack.enter_context, session())
 
 
 def _raised_by_ctrl_c(exc: BaseException) -> bool:
@@ -457,11 +495,11 @@ def run(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures come from fnnp-opt's own log
-    from fnnp_opt.distributed import check_batch_size, session
+    from fnnp_opt.distributed import check_batch_size
     from fnnp_opt.pipeline import run as run_pipeline
 
     call(check_batch_size, cfg.batch_size)  # under torchrun, before the search rather than after it
-    with session(), bars() as progress:  # under torchrun: join its job (fnnp_opt.distributed); else nothing
+    with _torchrun_job(), bars() as progress:
         result = call(run_pipeline, cfg, progress)
     if result is None:  # a torchrun process other than rank 0, which prints
         return
@@ -491,10 +529,8 @@ def finetune(
     """Fine-tune, test and export any evaluated trial of a stored study."""
     from fnnp_opt.pipeline import finetune_trial
 
-    from fnnp_opt.distributed import session
-
     overrides = {k: v for k, v in _flags(locals()).items() if k not in ("storage", "study_name")}
-    with session(), bars() as progress:  # under torchrun: join its job (fnnp_opt.distributed); else nothing
+    with _torchrun_job(), bars() as progress:
         result = call(finetune_trial, storage, study_name, trial, overrides, progress)
     if result is None:  # a torchrun process other than rank 0, which prints
         return

@@ -61,21 +61,40 @@ class Launch:
 
 
 def launched(environ: Mapping[str, str] = os.environ) -> Launch | None:
-    """This process's :class:`Launch` under torchrun with two or more processes; None otherwise (a plain run)."""
+    """This process's :class:`Launch` under torchrun with two or more processes; None otherwise (a plain run).
+
+    Raises :class:`UsageError` when torchrun's variables are half there (some of RANK, WORLD_SIZE, LOCAL_RANK,
+    LOCAL_WORLD_SIZE set, or MASTER_ADDR and MASTER_PORT missing for two or more processes), not integers, or
+    inconsistent: a job that could not be joined would otherwise end in a traceback, or run alone unnoticed.
+    """
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-    if not all(n in environ for n in names):
+    present = [n for n in names if n in environ]
+    if not present:
         return None
+    if len(present) < len(names):
+        missing = ", ".join(n for n in names if n not in environ)
+        raise UsageError(
+            f"torchrun sets {', '.join(names)} together, but {missing} is unset (set: {', '.join(present)}); "
+            "start fnnp-opt with torchrun, or unset them for a plain run"
+        )
     try:
         rank, world, local, local_world = (int(environ[n]) for n in names)
     except ValueError:
         got = ", ".join(f"{n}={environ[n]!r}" for n in names)
         raise UsageError(f"torchrun's variables must be integers, got {got}; start fnnp-opt with torchrun") from None
-    if world < 2:
-        return None
     if not (0 <= rank < world and 0 <= local < local_world <= world):
         raise UsageError(
             f"torchrun's variables must satisfy 0 <= RANK < WORLD_SIZE and 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= "
             f"WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}, LOCAL_WORLD_SIZE={local_world}; "
+            "start fnnp-opt with torchrun"
+        )
+    if world < 2:
+        return None
+    missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(n)]
+    if missing or not environ["MASTER_PORT"].isdigit():
+        got = f"{' and '.join(missing)} unset" if missing else f"MASTER_PORT={environ['MASTER_PORT']!r}"
+        raise UsageError(
+            f"torchrun's {world} processes meet at MASTER_ADDR:MASTER_PORT (a host and a port number), got {got}; "
             "start fnnp-opt with torchrun"
         )
     return Launch(rank, world, local, local_world)
@@ -314,7 +333,15 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=WAIT_TIMEOUT)  # env:// from torchrun; the winner's hand-over
+    try:  # env:// from torchrun; the winner's hand-over
+        dist.init_process_group("gloo", timeout=WAIT_TIMEOUT)
+    except (RuntimeError, ValueError, OSError) as exc:  # torch's DistNetworkError and DistStoreError among them
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FnnpError(
+            f"process {launch.rank} of {launch.world_size} could not join torchrun's job at "
+            f"{environ.get('MASTER_ADDR')}:{environ.get('MASTER_PORT')} ({first}); start fnnp-opt with torchrun, "
+            "and check that rank 0's host and port are reachable"
+        ) from exc
     train, search, why = choose_threads(launch, environ, node_cores())
     group = Group(launch, train, search)
     torch.set_num_threads(search if launch.main else train)

@@ -66,6 +66,7 @@ def save_pruned(model, folder: Path, card: dict) -> Path:
     tmp_w, tmp_r = weights.with_suffix(".safetensors.tmp"), recipe.with_suffix(".json.tmp")
     save_file(unique_tensors(model.state_dict()), str(tmp_w))
     tmp_r.write_text(json.dumps(doc, indent=2) + "\n")
+    os.chmod(tmp_w, tmp_r.stat().st_mode & 0o777)  # safetensors writes 0600; the weights are as readable as the recipe
     os.replace(tmp_w, weights)
     os.replace(tmp_r, recipe)
     return recipe
@@ -96,10 +97,16 @@ def read_recipe(path: Path) -> tuple[dict, Path]:
 
 def load_pruned(path: Path):
     """Rebuild a pruned network from an export folder (or its ``pruned.json``), without pickle."""
+    from fnnp_opt.errors import CheckpointError
     from fnnp_opt.models import create_model, load_weights, read_state_dict
     from fnnp_opt.prune import apply_shapes
 
     doc, weights = read_recipe(path)
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{weights} does not exist beside {weights.with_name('pruned.json')}; the export is incomplete: pass a "
+            "folder that `fnnp-opt run` or `fnnp-opt finetune` wrote whole, or write it again with `fnnp-opt finetune`"
+        )
     model = create_model(doc["model"], doc["in_channels"], doc["num_classes"])
     apply_shapes(model, doc["layers"])
     load_weights(model, read_state_dict(weights), str(weights))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,10 @@ UNSUPPORTED: dict[str, str] = {
     "swin_v2_t": "Torch-Pruning's group building runs for minutes without finishing (shifted-window attention)",
     "swin_v2_s": "Torch-Pruning's group building runs for minutes without finishing (shifted-window attention)",
     "swin_v2_b": "Torch-Pruning's group building runs for minutes without finishing (shifted-window attention)",
+    **{
+        f"shufflenet_v2_{v}": "Torch-Pruning cannot trace its channel shuffle (a view, transpose and chunk)"
+        for v in ("x0_5", "x1_0", "x1_5", "x2_0")
+    },
     **{
         f"vit_{v}": "prunes, but the pruned model's forward fails: torchvision's VisionTransformer reshapes "
         "with its stored hidden_dim"
@@ -449,16 +454,32 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise CheckpointError(f"checkpoint {path} {what}; pass an existing weights file to --checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    safetensors = path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
+    if not safetensors and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a legacy pickle
+        raise CheckpointError(
+            f"checkpoint {path} is neither a safetensors file nor a torch.save file (it starts with {head[:8]!r}); "
+            "pass a safetensors file or a state_dict saved with torch.save"
+        )
     try:
-        if path.suffix == ".safetensors":
+        if safetensors:
             from safetensors.torch import load_file
 
             obj = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise many different types
+        text = str(exc)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:  # torch's advice (drop weights_only) is not ours to give: it runs the file's code
+            raise CheckpointError(
+                f"checkpoint {path} pickles the Python object {found.group(1)}, which fnnp-opt does not load (it "
+                "would run code from the file); save model.state_dict() with torch.save, or as safetensors, and "
+                "pass that"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}); "
+            f"checkpoint {path} could not be read ({type(exc).__name__}: {(text.splitlines() or [''])[0][:160]}); "
             "pass a safetensors file or a state_dict saved with torch.save"
         ) from None
     state = _find_state(obj)

@@ -247,7 +247,12 @@ def check_reachable(p: Prepared) -> None:
         )
     lo, hi = space.max_rate, 0.99
     if uniform_cost(p, hi) > budget.high:
-        hint = f"no --max-rate below 1 reaches it; raise {budget.option}"
+        cfg, round_to = p.cfg, p.cfg.resolved_round_to()
+        rules = [f"--min-channels {cfg.min_channels}"] if cfg.min_channels > 1 else []
+        rules += [f"--round-to {round_to}"] if round_to > 1 else []
+        rules += [f"--exclude {','.join(cfg.exclude)}"] if cfg.exclude else []
+        kept = f"{' and '.join(rules)} keep too many channels: relax them, or " if rules else ""
+        hint = f"no --max-rate below 1 reaches it; {kept}raise {budget.option}"
     else:
         for _ in range(20):
             mid = (lo + hi) / 2

@@ -266,6 +266,10 @@ _FINGERPRINT_FLAGS = {
 }
 
 
+def _shown(value) -> str:
+    return "the default" if value is None else repr(value)  # a setting left to its default is stored as None
+
+
 def _changes(key: str, stored: dict, now: dict, stored_config: dict | None, config: dict | None) -> list[str]:
     """What differs in fingerprint entry ``key``, named by flag (``--max-rate: stored 0.6, now 0.7``) where
     the stored run settings tell, else by the entry itself."""
@@ -278,7 +282,7 @@ def _changes(key: str, stored: dict, now: dict, stored_config: dict | None, conf
             if isinstance(b, list):
                 b = tuple(b)
             if a != b:
-                named.append(f"--{flag.replace('_', '-')}: stored {a!r}, now {b!r}")
+                named.append(f"--{flag.replace('_', '-')}: stored {_shown(a)}, now {_shown(b)}")
     if named:
         return named
     what = {"weights": "the base weights (sha256 prefix)", "data": "the data split", "space": "the layer groups"}

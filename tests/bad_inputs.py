@@ -31,7 +31,7 @@ def _c(what: str, args: str, code: int, message: str, env: str = "") -> Case:
     return Case(what, tuple(args.split("|")) if args else (), code, message, env_vars)
 
 
-TORCHRUN = "WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=2"
+TORCHRUN = "WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500"
 
 
 CASES = [
@@ -52,6 +52,14 @@ CASES = [
     # torchrun's environment (tests/test_distributed.py runs the real launcher)
     _c("torchrun variables that are not numbers", "", 2, "variables must be integers", f"RANK=zero {TORCHRUN}"),
     _c("a rank outside torchrun's world", "", 2, "0 <= RANK < WORLD_SIZE", f"RANK=2 {TORCHRUN}"),
+    _c("torchrun variables half set", "", 2, "LOCAL_RANK, LOCAL_WORLD_SIZE is unset", "RANK=0 WORLD_SIZE=2"),
+    _c(
+        "torchrun without its meeting point",
+        "",
+        2,
+        "MASTER_ADDR and MASTER_PORT unset",
+        "RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=2",
+    ),
     _c("a batch smaller than the torchrun processes", "--batch-size|1", 2, "over 2 processes", f"RANK=0 {TORCHRUN}"),
     # rates, tolerances, budgets
     _c("NaN learning rate", "--lr|nan", 2, "--lr must be positive and finite, got nan"),
@@ -74,6 +82,7 @@ CASES = [
     _c("negative FLOPs", "--flops|-3", 2, "--flops must be a fraction"),
     _c("FLOPs above the base", "--flops|40M", 2, "above the base model's"),
     _c("an unreachable budget", "--flops|0.05|--max-rate|0.3", 2, "cannot be reached with ratios in [0, 0.3]"),
+    _c("a channel floor above every layer", "--min-channels|100", 2, "--min-channels 100 keep too many channels"),
     _c("latency in words", "--latency|fast", 2, "--latency must be a positive fraction of the base's latency"),
     _c("latency above the base", "--latency|2x", 2, "a fraction of the base's latency must be at most 1x"),
     _c("latency and FLOPs budgets together", "--latency|0.5x|--flops|0.5", 2, "are both budgets"),

@@ -541,3 +541,14 @@ def test_a_run_through_a_pipe_logs_every_trial_and_epoch(small_fmnist, tmp_path,
     assert re.search(r"INFO epoch 1/2: loss \d", log) and re.search(r"INFO epoch 2/2: loss \d", log)
     assert "\x1b[" not in log and "━" not in log  # no escape codes, no bars
     assert "Warning" not in log, log  # no Python warning (Optuna's experimental APIs) reaches a user's log
+
+
+def test_help_shows_every_default_and_bracketed_text():
+    res = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    text = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 0
+    assert "resumes. [default: 30]" in text  # written in the help (Rich markup would drop it)
+    assert "[default: 0.6]" in text and "[default: 0.02]" in text  # --max-rate, --flops-tolerance
+    assert "[default: random]" in text or "paper's choice (default)" in text  # --sampler
+    assert "rejected; the trial keeps both the suggested and the applied ratios. [default: off]" in text  # RunConfig's
+    assert "pip install 'fnnp-opt[onnx]'" in text

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,14 @@ HERE = Path(__file__).parent
 
 
 def test_launched_reads_torchrun_variables_and_a_single_process_changes_nothing():
-    env = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    env = {
+        "RANK": "1",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "1",
+    }
     assert launched(env) == Launch(rank=1, world_size=4, local_rank=1, local_world_size=2)
     assert not launched(env).main and launched({**env, "RANK": "0"}).main
     assert launched({}) is None  # no torchrun
@@ -41,6 +49,15 @@ def test_launched_reads_torchrun_variables_and_a_single_process_changes_nothing(
         launched({**env, "RANK": "4"})
     with pytest.raises(UsageError, match="must be integers"):
         launched({**env, "RANK": "x"})
+    with pytest.raises(UsageError, match="WORLD_SIZE=-1"):  # not a plain run in disguise
+        launched({**env, "RANK": "0", "WORLD_SIZE": "-1"})
+    with pytest.raises(UsageError, match="LOCAL_RANK, LOCAL_WORLD_SIZE is unset"):  # half a torchrun environment
+        launched({"RANK": "0", "WORLD_SIZE": "2"})
+    no_master = {k: v for k, v in env.items() if not k.startswith("MASTER")}
+    with pytest.raises(UsageError, match="MASTER_ADDR and MASTER_PORT unset"):
+        launched(no_master)
+    with pytest.raises(UsageError, match="MASTER_PORT='http'"):
+        launched({**env, "MASTER_PORT": "http"})
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -63,13 +80,29 @@ def test_threads_replace_torchruns_default_of_one_but_keep_the_users():
 def test_commands_of_one_process_refuse_several_torchrun_processes(monkeypatch):
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))  # the CLI's handler writes to the runner's stream
-    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+    torchrun = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    for k, v in {**torchrun, "MASTER_PORT": "29500"}.items():
         monkeypatch.setenv(k, v)
     res = CliRunner().invoke(app, ["models"])
     assert res.exit_code == 2 and "only run and finetune run under torchrun" in res.output
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert CliRunner().invoke(app, ["models"]).exit_code == 0
+
+
+def test_a_torchrun_job_that_cannot_be_joined_is_one_line(monkeypatch, tmp_path):
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    with socket.socket() as busy:  # rank 0 cannot open its store on a port that is taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+        for k, v in {**env, "MASTER_PORT": str(busy.getsockname()[1])}.items():
+            monkeypatch.setenv(k, v)
+        res = CliRunner().invoke(app, ["finetune", "--trial", "0", "--storage", f"sqlite:///{tmp_path}/none.db"])
+    assert res.exit_code == 1 and "could not join torchrun's job" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "none.db").exists()
 
 
 # --------------------------------------------------------------------------- two processes against one

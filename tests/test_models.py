@@ -125,7 +125,7 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
 
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": create_model("resnet20", 1, 10)}, tmp_path / "module.pt")  # a pickled module
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"pickles the Python object \S+ResNet\S*, which fnnp-opt does not load"):
         read_state_dict(tmp_path / "module.pt")
 
 
@@ -135,8 +135,15 @@ def test_a_lightning_style_prefix_and_an_empty_file_are_handled(tmp_path):
     loaded, _ = load_model("resnet20", 1, 10, tmp_path / "l.ckpt")  # LightningModule holding self.model
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="neither a safetensors file nor a torch.save file"):
         read_state_dict(tmp_path / "empty.pt")
+    (tmp_path / "notes.md").write_text("# my model\n")  # a text file passed by mistake
+    with pytest.raises(CheckpointError, match=r"it starts with b'# my mod'"):
+        read_state_dict(tmp_path / "notes.md")
+    save_file(model.state_dict(), str(tmp_path / "weights.bin"))  # safetensors under another suffix
+    assert read_state_dict(tmp_path / "weights.bin").keys() == model.state_dict().keys()
+    torch.save(model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert read_state_dict(tmp_path / "legacy.pt").keys() == model.state_dict().keys()
 
 
 def test_a_user_module_that_fails_to_import_is_one_error(tmp_path, monkeypatch):

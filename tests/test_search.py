@@ -157,6 +157,11 @@ def test_a_study_made_with_other_settings_is_refused(small_fmnist, tmp_path):
     assert len(optuna.load_study(study_name="s", storage=url).trials) == before
 
 
+def test_a_setting_left_to_its_default_is_named_as_such():
+    changes = St._changes("data", {"data": "a"}, {"data": "b"}, {"search_size": None}, {"search_size": 500})
+    assert changes == ["--search-size: stored the default, now 500"]
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypatch):
     monkeypatch.setattr(St, "HEARTBEAT_S", 1)
