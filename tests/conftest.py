@@ -60,6 +60,21 @@ def base_model(shipped_checkpoint) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory, small_fmnist) -> Path:
+    """``study.db``: a real study of `fnnp-opt run` with :data:`SMALL_RUN` and ``--epochs 0`` on the small copy,
+    made once. A test copies it into its own folder before it reads it, resumes it or is refused by it."""
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    folder = tmp_path_factory.mktemp("searched")
+    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--epochs", "0"]
+    res = CliRunner().invoke(app, [*args, "--storage", f"sqlite:///{folder}/study.db", "--output", str(folder / "out")])
+    assert res.exit_code == 0, res.output
+    return folder / "study.db"
+
+
 def without(args: list[str], *flags: str) -> list[str]:
     """``args`` with each of ``flags`` and the value after it left out."""
     out, skip = [], False

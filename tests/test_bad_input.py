@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from bad_inputs import CASES, expand, make_files
-from conftest import SMALL_RUN, message_lines
+from conftest import message_lines
 from typer.testing import CliRunner
 
 from fnnp_opt.cli import app
@@ -21,16 +21,6 @@ def files(tmp_path_factory, fmnist_arrays) -> Path:
     return make_files(tmp_path_factory.mktemp("broken"), (fmnist_arrays["train_x"], fmnist_arrays["train_y"]))
 
 
-@pytest.fixture(scope="module")
-def study_db(tmp_path_factory, small_fmnist) -> Path:
-    """A storage holding a real study of the default run, which every refused command must leave as it was."""
-    folder = tmp_path_factory.mktemp("study")
-    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--epochs", "0"]
-    res = runner.invoke(app, [*args, "--storage", f"sqlite:///{folder}/s.db", "--output", str(folder / "out")])
-    assert res.exit_code == 0, res.output
-    return folder / "s.db"
-
-
 def test_the_table_is_large_and_documented():
     assert len(CASES) >= 30
     assert len({c.what for c in CASES}) == len(CASES)
@@ -40,9 +30,9 @@ def test_the_table_is_large_and_documented():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])
-def test_bad_input_is_one_line_and_touches_nothing(case, files, study_db, small_fmnist, tmp_path):
+def test_bad_input_is_one_line_and_touches_nothing(case, files, searched, small_fmnist, tmp_path):
     db = tmp_path / "s.db"
-    shutil.copy(study_db, db)
+    shutil.copy(searched, db)  # a real study of the default run, which every refused command must leave as it was
     before = db.read_bytes()
     args = expand(case, small_fmnist, files)
     storage = [] if "--storage" in args else ["--storage", f"sqlite:///{db}"]

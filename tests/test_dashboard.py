@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,17 +51,10 @@ def _get(port: int, path: str) -> bytes:
 
 
 @pytest.mark.slow
-def test_dashboard_shows_metric_names_note_and_the_winners_downloadable_artifacts(small_fmnist, tmp_path):
-    from typer.testing import CliRunner
-
-    from fnnp_opt.cli import app
-    from conftest import SMALL_RUN
-
+def test_dashboard_shows_metric_names_note_and_the_winners_downloadable_artifacts(searched, tmp_path):
+    shutil.copy(searched, tmp_path / "study.db")  # the dashboard reads a copy; the artifacts stay beside the original
     url = f"sqlite:///{tmp_path}/study.db"
-    out = tmp_path / "out"
-    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--storage", url, "--output", str(out)]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
+    out = searched.parent / "out"
     exported = json.loads((out / "pruned.json").read_text())
     winner = exported["study"]["trial"]
     with _dashboard(url) as (port, _):
@@ -77,7 +71,7 @@ def test_dashboard_shows_metric_names_note_and_the_winners_downloadable_artifact
             assert got == (out / name).read_bytes()
     # the store sits beside the database and the study records it
     stored = optuna.load_study(study_name=summary["study_name"], storage=url).user_attrs["artifact_store"]
-    assert Path(stored) == (tmp_path / "artifacts").resolve() and len(list(Path(stored).iterdir())) == len(files)
+    assert Path(stored) == (searched.parent / "artifacts").resolve() and len(list(Path(stored).iterdir())) == len(files)
 
 
 @pytest.mark.slow
