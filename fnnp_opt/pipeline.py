@@ -797,9 +797,11 @@ def finetune_trial(
     if trial_number not in by_number:
         raise UsageError(
             f"trial {trial_number} of study {study_name!r} was not evaluated (only evaluated trials can be "
-            f"fine-tuned); pick one of the front printed by `fnnp-opt run`, e.g. {sorted(by_number)[:5]}"
+            f"fine-tuned); pick an evaluated one (the front printed by `fnnp-opt run --objective pareto`, the "
+            f"dashboard, or `optuna trials`), e.g. {sorted(by_number)[:5]}"
         )
-    output = Path(cfg.output) if cfg.output else Path("runs") / study_name / f"trial-{trial_number}"
+    given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
+    output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"
     check_writable(output, folder=True)
     p = prepare(cfg)
     St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())

@@ -555,3 +555,15 @@ def test_help_shows_every_default_and_bracketed_text():
     assert "[default: random]" in text or "paper's choice (default)" in text  # --sampler
     assert "rejected; the trial keeps both the suggested and the applied ratios. [default: off]" in text  # RunConfig's
     assert "pip install 'fnnp-opt[onnx]'" in text
+
+
+def test_finetune_without_output_leaves_the_runs_delivery_alone(searched, tmp_path, monkeypatch):
+    shutil.copy(searched, tmp_path / "study.db")
+    delivered = {f.name: f.read_bytes() for f in (searched.parent / "out").iterdir() if f.is_file()}
+    monkeypatch.chdir(tmp_path)  # the default folder, runs/<study>/trial-<N>, is relative
+    args = ["finetune", "--storage", f"sqlite:///{tmp_path}/study.db", "--trial", "0", "--epochs", "0"]
+    res = runner.invoke(app, [*args, "--artifact-dir", str(tmp_path / "artifacts")])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "runs" / "resnet20-fashion-mnist-flops0.5" / "trial-0" / "pruned.json").read_text())
+    assert card["study"]["trial"] == 0
+    assert {f.name: f.read_bytes() for f in (searched.parent / "out").iterdir() if f.is_file()} == delivered
