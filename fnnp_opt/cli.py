@@ -968,7 +968,7 @@ def _print_paper(recipe, result) -> None:
 def dashboard(
     storage: StoredStorage = "sqlite:///studies/fnnp.db",
     host: Annotated[str, Opt(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
-    port: Annotated[int, Opt(help="Port.")] = 8080,
+    port: Annotated[int, Opt(help="Port.", min=1, max=65535)] = 8080,
     artifact_dir: Annotated[
         Optional[Path],
         Opt(help="Artifact store to serve. [default: the one the storage's studies recorded]"),

@@ -343,11 +343,14 @@ def load_recipe(path: Path) -> dict:
     """Read a TOML recipe: a flat table of RunConfig fields (extra tables such as [paper] are kept aside)."""
     path = recipe_path(path)
     if not path.is_file():
-        raise UsageError(f"recipe {path} does not exist; `fnnp-opt recipes` lists the shipped ones")
+        what = "is a folder, not a TOML file" if path.is_dir() else "does not exist"
+        raise UsageError(f"recipe {path} {what}; `fnnp-opt recipes` lists the shipped ones")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"recipe {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe {path} is not text (not UTF-8); pass a TOML recipe file") from None
     return data
 
 

@@ -165,3 +165,19 @@ def test_bad_model_specs_fail_in_one_line(tmp_path):
         import re
 
         assert re.search(message, res.output.replace("\n", " ")), res.output
+
+
+def test_a_recipe_that_is_binary_or_a_folder_is_one_clear_error(tmp_path):
+    from fnnp_opt.errors import UsageError
+
+    (tmp_path / "bin.toml").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(UsageError, match="is not text \\(not UTF-8\\); pass a TOML recipe file"):
+        resolve(tmp_path / "bin.toml")
+    (tmp_path / "folder.toml").mkdir()
+    with pytest.raises(UsageError, match="is a folder, not a TOML file"):
+        resolve(tmp_path / "folder.toml")
+
+
+def test_the_dashboard_refuses_a_port_out_of_range(tmp_path):
+    res = CliRunner().invoke(app, ["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db", "--port", "99999"])
+    assert res.exit_code == 2 and "65535" in res.output and "Traceback" not in res.output
