@@ -151,6 +151,7 @@ def save_onnx(model, input_shape: tuple[int, ...], path: Path, check_batch: int 
 
     path = Path(path)
     check_writable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # as --output folders are made
     deployed = deploy_form(model).cpu()
     batch = torch.export.Dim("batch", min=1, max=65536)
     example = torch.randn(2, *input_shape[1:])

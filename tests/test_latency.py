@@ -262,15 +262,16 @@ def test_onnx_export_of_a_pruned_network_matches_pytorch(tmp_path, name):
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    r = save_onnx(pruned, (1, 1, size, size), tmp_path / "m.onnx")
+    out = tmp_path / "new" / "m.onnx"  # its folder is made, as an --output folder is
+    r = save_onnx(pruned, (1, 1, size, size), out)
     assert r["max_abs_diff"] <= ONNX_ATOL + 1e-3 and r["ort_ms"][1] > 0
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.randn(5, 1, size, size)  # a batch size it was not exported with
     got = session.run(None, {"images": x.numpy()})[0]
     with torch.no_grad():
         want = pruned.eval()(x).numpy()
     assert np.all(np.abs(got - want) <= ONNX_ATOL + ONNX_RTOL * np.abs(want))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]  # no temporary file left
 
 
 def test_a_missing_onnx_extra_is_one_line(monkeypatch, tmp_path):
