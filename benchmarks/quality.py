@@ -401,6 +401,8 @@ def summary(groups: dict[tuple, list[dict]]) -> list[str]:
     for method in METHODS:
         if method in ("uniform", "base"):
             continue
+        if not any(margins(groups[g], method, "uniform") for g in settings):
+            continue  # measured in no setting shown (an opt-in method)
         cells = []
         for g in settings:
             m = margins(groups[g], method, "uniform")
