@@ -14,7 +14,9 @@ from urllib.parse import unquote
 # scheme://user:password@host -- the password runs from the first ':' after '//' to the last '@' of the
 # authority (a password may hold an unescaped '@'); and ?password=... / &password=... in the query
 _USERINFO = re.compile(r"(?P<head>://[^:/@\s]*):(?P<password>[^/\s]*)@")
-_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<password>[^&\s'\"]*)", re.IGNORECASE)
+_QUERY = re.compile(
+    r"(?P<head>[?&]\w*(?:password|passwd|pwd|secret|token)\w*=)(?P<password>[^&\s'\"]*)", re.IGNORECASE
+)  # password=, sslpassword=, client_secret=, access_token= ...
 
 
 def redact(text: str) -> str:
@@ -27,7 +29,9 @@ def scrub(text: str, url: str) -> str:
     """``text`` (an error message, say) with the password of ``url`` replaced by ``***`` wherever it appears,
     in the URL or on its own (raw or percent-decoded)."""
     secrets = [m["password"] for rx in (_USERINFO, _QUERY) for m in rx.finditer(url) if m["password"]]
-    for secret in {v for s in secrets for v in (s, unquote(s))}:
+    # a password holding an unescaped '@' is split there by the driver, which may then show its tail as a host
+    pieces = [p for s in secrets for p in s.split("@") if len(p) >= 3] if any("@" in s for s in secrets) else []
+    for secret in {v for s in [*secrets, *pieces] for v in (s, unquote(s))}:
         # whole tokens only: a short password must not blank out letters of other words
         text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
     return redact(text)

@@ -48,3 +48,11 @@ def test_log_records_are_redacted(caplog):
     finally:
         log.filters.clear()
     assert "hunter2" not in caplog.text and "postgresql://u:***@h/db" in caplog.text
+
+
+def test_any_secret_query_parameter_and_an_unescaped_at_are_masked():
+    assert redact("postgresql://u@h/db?sslpassword=S3cr3t&x=1") == "postgresql://u@h/db?sslpassword=***&x=1"
+    assert redact("x://h/db?client_secret=abc&access_token=def") == "x://h/db?client_secret=***&access_token=***"
+    url = "postgresql://u:S3cr3t@Tail9@127.0.0.1:1/db"  # libpq reads password 'S3cr3t', host 'Tail9@127.0.0.1'
+    shown = scrub(f'could not translate host name "Tail9@127.0.0.1" to address ({url})', url)
+    assert "S3cr3t" not in shown and "Tail9" not in shown and "127.0.0.1" in shown
