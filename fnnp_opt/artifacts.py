@@ -65,6 +65,23 @@ def store_dir(storage_url: str, artifact_dir: str | Path | None = None, study: o
     return default_dir(storage_url)
 
 
+def check_store(folder: Path) -> None:
+    """Raise :class:`StorageError` unless ``folder`` could be made (or is) an artifact store this user writes;
+    creates nothing. `run` and `finetune` check an explicit ``--artifact-dir`` first, so a bad one is refused
+    before the search, and never recorded on the study."""
+    folder = Path(folder).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"artifact store {folder} is a file, not a folder; pass another --artifact-dir")
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StorageError(f"artifact store {folder} cannot be made: {parent} is a file; pass another --artifact-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        what = "is not writable for this user" if parent == folder else f"cannot be made: {parent} is not writable"
+        raise StorageError(f"artifact store {folder} {what}; pass another --artifact-dir")
+
+
 def open_store(folder: Path) -> AtomicFileSystemArtifactStore:
     """The store in ``folder``, created if missing; :class:`StorageError` when it cannot be."""
     if folder.exists() and not folder.is_dir():

@@ -699,6 +699,8 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
     output = cfg.resolved_output()
     check_writable(output, folder=True)
     St.check_writable(cfg.resolved_storage())
+    if cfg.artifact_dir is not None:
+        A.check_store(Path(cfg.artifact_dir))
     cfg = settle(cfg)
     p = prepare(cfg, progress=progress)
     study = open_study(cfg, p, check_base(p))
@@ -803,6 +805,8 @@ def finetune_trial(
     given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
     output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"
     check_writable(output, folder=True)
+    if cfg.artifact_dir is not None:
+        A.check_store(Path(cfg.artifact_dir))
     p = prepare(cfg)
     St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())
     trial = by_number[trial_number]

@@ -57,3 +57,28 @@ def test_a_store_that_cannot_be_made_is_refused_in_one_line(tmp_path):
         A.open_store(tmp_path / "file")
     with pytest.raises(StorageError, match="pass another --artifact-dir"):
         A.open_store(tmp_path / "file" / "sub")
+
+
+def test_a_bad_artifact_dir_is_refused_before_the_search_and_never_recorded(small_fmnist, searched, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from conftest import SMALL_RUN
+    from fnnp_opt.cli import app
+
+    shutil.copy(searched, tmp_path / "study.db")
+    before = (tmp_path / "study.db").read_bytes()
+    (tmp_path / "a-file").write_text("not a folder")
+    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--epochs", "0", "--output", str(tmp_path / "out")]
+    res = CliRunner().invoke(
+        app, [*args, "--storage", f"sqlite:///{tmp_path}/study.db", "--artifact-dir", str(tmp_path / "a-file" / "x")]
+    )
+    assert res.exit_code == 1 and "pass another --artifact-dir" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(
+        app, [*args, "--storage", f"sqlite:///{tmp_path}/study.db", "--artifact-dir", str(tmp_path / "a-file")]
+    )
+    assert res.exit_code == 1 and "is a file, not a folder" in res.output
+    assert (tmp_path / "study.db").read_bytes() == before and not (tmp_path / "out").exists()
+    with pytest.raises(StorageError, match="cannot be made"):
+        A.check_store(tmp_path / "a-file" / "deeper" / "x")
