@@ -88,7 +88,8 @@ def _rows(path: Path) -> list[dict]:
     return rows
 
 
-def _config(args, seed: int):
+def _config(args, seed: int, **flags):
+    """The run settings every row shares (``flags`` adds to them: a sampled method's search)."""
     from fnnp_opt.config import resolve
 
     return resolve(
@@ -99,6 +100,7 @@ def _config(args, seed: int):
         score_steps=args.score_steps,
         device="cpu",
         abn_batches=100,  # the paper's calibration, as every row was measured
+        **flags,
     )
 
 
@@ -225,20 +227,14 @@ def _sampled(args, seed: int, method: str) -> tuple[dict | None, dict, dict]:
     trials' wall time, whichever session ran them."""
     import fnnp_opt.search as S
     import fnnp_opt.storage as St
-    from fnnp_opt.config import resolve
     from fnnp_opt.pipeline import check_base, open_study, prepare, search, trial_ratios
 
     folder = STUDIES
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{args.model}-{args.flops}-seed{seed}-{method}-steps{args.score_steps}"
-    cfg = resolve(
-        model=args.model,
-        flops=args.flops,
-        max_rate=args.max_rate,
-        seed=seed,
-        score_steps=args.score_steps,
-        device="cpu",
-        abn_batches=100,
+    cfg = _config(
+        args,
+        seed,
         score="abn-ft",
         sampler=SAMPLERS[method],
         fit_budget=True,
