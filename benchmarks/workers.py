@@ -21,7 +21,8 @@ import time
 import optuna
 
 from fnnp_opt.config import resolve
-from fnnp_opt.pipeline import open_study, prepare, search_parallel, settle
+from fnnp_opt.pipeline import open_study, prepare, settle
+from fnnp_opt.workers import search_parallel
 
 
 def one(workers: int, trials: int) -> float:

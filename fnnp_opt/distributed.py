@@ -5,6 +5,9 @@ everything a plain run does (the search, the study, the checkpoints, the test, t
 other ranks (*followers*) touch no storage and write nothing: they wait for rank 0's winner, build and load the
 same pruned network, and fine-tune it with rank 0 under DistributedDataParallel.
 
+* **Joining.** Every process joins the job within :data:`JOIN_TIMEOUT` (5 min; torchrun starts them together), and
+  waits for it in a side thread, so Ctrl-C and SIGTERM stop a join that cannot succeed (variables set by hand with no
+  peer, a port that answers something else); torch's C++ retry log of the join goes to the debug log.
 * **Waiting.** The winner travels over a gloo process group whose timeout is :data:`WAIT_TIMEOUT` (7 days), so a
   search of hours is waited out; followers poll the pending receive (no CPU spent, Ctrl-C and SIGTERM honoured).
   If rank 0 fails, torchrun stops the others at once, so the long timeout never decides a failure.
@@ -40,6 +43,7 @@ from fnnp_opt.errors import FnnpError, UsageError
 
 log = logging.getLogger(__name__)
 
+JOIN_TIMEOUT = timedelta(minutes=5)  # every process of the job joins within this (torchrun starts them together)
 WAIT_TIMEOUT = timedelta(days=7)  # followers wait this long for rank 0's winner (the search may take hours)
 TRAIN_TIMEOUT = timedelta(minutes=30)  # a collective of the fine-tune that takes longer has hung
 POLL_SECONDS = 0.5  # how often a waiting follower looks at its pending receive
@@ -153,6 +157,7 @@ class Group:
         self.launch = launch
         self.train_threads, self.search_threads = train_threads, search_threads
         self._published = False
+        self._wait_group = None  # the hand-over's group (timeout WAIT_TIMEOUT), made by session
         self._train_group = None  # the training collectives' group, made by the first fine-tune
         self._device = None  # the fine-tune's device (the training collectives' tensors live there)
 
@@ -180,8 +185,8 @@ class Group:
             raise FnnpError(f"only rank 0 publishes, once (rank {self.rank}, published: {self._published})")
         self._published = True
         data = torch.frombuffer(bytearray(pickle.dumps(payload)), dtype=torch.uint8)
-        dist.broadcast(torch.tensor([len(data)], dtype=torch.int64), src=0)
-        dist.broadcast(data, src=0)
+        dist.broadcast(torch.tensor([len(data)], dtype=torch.int64), src=0, group=self._wait_group)
+        dist.broadcast(data, src=0, group=self._wait_group)
 
     def receive(self) -> object:
         """A follower: wait (up to :data:`WAIT_TIMEOUT`) for rank 0's payload and return it.
@@ -192,12 +197,12 @@ class Group:
         import torch.distributed as dist
 
         size = torch.zeros(1, dtype=torch.int64)
-        pending = dist.broadcast(size, src=0, async_op=True)
+        pending = dist.broadcast(size, src=0, group=self._wait_group, async_op=True)
         while not pending.is_completed():
             time.sleep(POLL_SECONDS)
         pending.wait()  # raises if rank 0 went away
         data = torch.empty(int(size), dtype=torch.uint8)
-        dist.broadcast(data, src=0)
+        dist.broadcast(data, src=0, group=self._wait_group)
         return pickle.loads(data.numpy().tobytes())  # from rank 0 of this job, not from a file
 
     # ------------------------------------------------------------------ the fine-tune
@@ -316,6 +321,48 @@ def current() -> Group | None:
     return _current
 
 
+def _join() -> None:
+    """``init_process_group`` (gloo, env://) with :data:`JOIN_TIMEOUT`, run in a daemon thread while this thread
+    polls it: torch's store connect blocks in C++ (past its timeout when the port answers something else), where no
+    signal reaches Python. Raises what the join raised, :class:`TimeoutError` past the timeout (the thread is left
+    to the process's exit), and KeyboardInterrupt/SystemExit from Ctrl-C/SIGTERM meanwhile. torch's C++ log of the
+    join (retries, with their stack frames) is written to the debug log, not the screen."""
+    import tempfile
+    import threading
+
+    import torch.distributed as dist
+
+    outcome: list[BaseException | None] = []
+
+    def join() -> None:
+        try:
+            dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001  (handed to the waiting thread)
+            outcome.append(exc)
+
+    deadline = time.monotonic() + JOIN_TIMEOUT.total_seconds() + 10  # the store's own timeout fires first
+    with tempfile.TemporaryFile() as cpp_log:
+        stderr = os.dup(2)
+        os.dup2(cpp_log.fileno(), 2)  # c10's logger writes to fd 2
+        try:
+            thread = threading.Thread(target=join, name="fnnp-torchrun-join", daemon=True)
+            thread.start()
+            while not outcome and time.monotonic() < deadline:
+                thread.join(POLL_SECONDS)
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+            cpp_log.seek(0)
+            text = cpp_log.read().decode(errors="replace").strip()
+            if text:
+                log.debug("torch's log while joining torchrun's job:\n%s", text)
+    if not outcome:
+        raise TimeoutError(f"no answer in {JOIN_TIMEOUT.total_seconds():.0f} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 @contextmanager
 def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
     """Join the torchrun job this process belongs to, for the block; yield its :class:`Group`, or None outside
@@ -333,9 +380,9 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
     import torch
     import torch.distributed as dist
 
-    try:  # env:// from torchrun; the winner's hand-over
-        dist.init_process_group("gloo", timeout=WAIT_TIMEOUT)
-    except (RuntimeError, ValueError, OSError) as exc:  # torch's DistNetworkError and DistStoreError among them
+    try:  # env:// from torchrun
+        _join()
+    except (RuntimeError, ValueError, OSError, TimeoutError) as exc:  # torch's DistNetworkError and DistStoreError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FnnpError(
             f"process {launch.rank} of {launch.world_size} could not join torchrun's job at "
@@ -344,6 +391,7 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
         ) from exc
     train, search, why = choose_threads(launch, environ, node_cores())
     group = Group(launch, train, search)
+    group._wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)  # every process is up: no wait here
     torch.set_num_threads(search if launch.main else train)
     if launch.main:
         log.info(

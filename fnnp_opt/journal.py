@@ -20,6 +20,9 @@ What fnnp-opt adds to Optuna's ``JournalStorage`` (:class:`HeartbeatJournalStora
   ``failed_trial`` and ``retry_history``). Two processes failing the same trial at once: the
   journal replays the first FAIL and refuses the second (``UpdateFinishedTrialError``), so the
   trial is retried once. The clocks of machines sharing a journal file must agree (NTP).
+* A torn last line (a writer killed in the middle of an append) is cut off when the file is opened
+  (:func:`mend_torn_tail`): Optuna's reader skips it, but its next append would join it into one broken
+  line in the middle of the file, and every later read would fail.
 * User attributes of finished trials, which the journal refuses (its replay drops updates of a
   finished trial): kept in study user attributes, one per attribute key,
   ``trial_attrs:<key>`` = ``{"<trial number>": value}`` (:func:`set_finished_user_attr`,
@@ -37,6 +40,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -50,6 +55,8 @@ from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
 from fnnp_opt.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 SCHEME = "journal:///"
 SUFFIXES = (".log", ".journal")  # a plain path with one of these endings is a journal file
@@ -148,6 +155,47 @@ def check_file(path: Path, url: str) -> None:
         )
 
 
+def mend_torn_tail(path: Path, lock: BaseJournalFileLock) -> int:
+    """Cut a torn last line off journal ``path``; return the bytes cut (0 when its last line is whole).
+
+    A writer killed in the middle of an append leaves a last line without its end. Optuna's reader skips such a
+    line, so the operation was never seen by anyone, but the next append would be written onto it, one broken
+    line in the middle of the file. The check and the cut hold the append ``lock``, so an append in flight is
+    never taken for a torn one. A file this user cannot write is left as it is (reading it is safe)."""
+    if not (path.is_file() and _torn(path)) or not os.access(path, os.W_OK):
+        return 0
+    lock.acquire()
+    try:
+        with open(path, "rb+") as fh:
+            if not _torn(path):
+                return 0
+            size = fh.seek(0, os.SEEK_END)
+            keep = size
+            while keep > 0:  # back to the end of the last whole line
+                start = max(0, keep - (1 << 16))
+                fh.seek(start)
+                at = fh.read(keep - start).rfind(b"\n")
+                if at >= 0:
+                    keep = start + at + 1
+                    break
+                keep = start
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        lock.release()
+    log.warning("%s ended in a torn line (a writer killed mid-append); cut its %d bytes", path, size - keep)
+    return size - keep
+
+
+def _torn(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's ``JournalStorage`` over a ``JournalFileBackend``, with heartbeats (see the module docstring)."""
 
@@ -158,7 +206,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         grace_s: int,
         stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None,
     ) -> None:
-        super().__init__(JournalFileBackend(str(path), lock_obj=QueuedAppendLock(Path(path))))
+        lock = QueuedAppendLock(Path(path))
+        mend_torn_tail(Path(path), lock)
+        super().__init__(JournalFileBackend(str(path), lock_obj=lock))
         self.path = Path(path)
         self.heartbeat_s = heartbeat_s
         self.grace_s = grace_s

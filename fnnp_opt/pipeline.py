@@ -14,14 +14,13 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from fnnp_opt import artifacts as A
 from fnnp_opt import distributed
 from fnnp_opt import dashboard as D
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
-from fnnp_opt.config import Objective, RunConfig, Score, resolve_device
+from fnnp_opt.config import Objective, RunConfig, Score, check_batch_fits, resolve_device
 from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
@@ -44,6 +43,7 @@ from fnnp_opt.prune import Pruner, Shaping
 from fnnp_opt.rerank import RerankReport, rerank
 from fnnp_opt.score import Scorer, ShortFinetune
 from fnnp_opt.space import SearchSpace
+from fnnp_opt.workers import search_parallel
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,8 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
             calib_seed=cfg.seed,
             image_size=cfg.image_size,
         )
-        if cfg.epochs > 0 and cfg.batch_size > len(p.splits.train):
-            raise UsageError(
-                f"--batch-size {cfg.batch_size} is larger than the train part's {len(p.splits.train)} images, so "
-                f"an epoch would have no step; pass --batch-size {min(128, len(p.splits.train))} or less"
-            )
+        if cfg.epochs > 0:
+            check_batch_fits(cfg.batch_size, len(p.splits.train))
         if cfg.score is Score.abn_ft or cfg.rerank:
             check_score_steps(cfg, len(p.splits.train))
     return p
@@ -459,69 +456,6 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
     """Run this process's share of the search; returns its :class:`SearchReport`."""
     evaluator = make_evaluator(cfg, p, study, progress)
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
-
-
-def _worker(cfg: RunConfig, threads: int, log_level: int = logging.WARNING) -> None:
-    """One of ``--workers`` search processes (started by :func:`search_parallel`); it logs its trials as plain
-    lines at the parent's ``log_level``."""
-    import optuna
-
-    from fnnp_opt.progress import LOG_LINE
-    from fnnp_opt.redact import RedactingFilter
-
-    handler = logging.StreamHandler()
-    handler.addFilter(RedactingFilter())
-    logging.basicConfig(level=logging.WARNING, format=LOG_LINE, handlers=[handler], force=True)
-    logging.getLogger("fnnp_opt").setLevel(log_level)
-    torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        p = prepare(cfg)
-        study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
-        search(cfg, p, study)
-    except KeyboardInterrupt:  # Ctrl-C reaches every worker; the parent reports it
-        raise SystemExit(130) from None
-
-
-def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress = NULL) -> S.SearchReport:
-    """Run ``cfg.workers`` search processes on this machine against the study's storage, and wait for them."""
-    import multiprocessing as mp
-    import os
-
-    ctx = mp.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-    before = {t.number for t in study.trials if t.state is not TrialState.WAITING}  # queued ones run now
-    level = logging.getLogger("fnnp_opt").getEffectiveLevel()
-    procs = [ctx.Process(target=_worker, args=(cfg, threads, level), daemon=True) for _ in range(cfg.workers)]
-    for proc in procs:
-        proc.start()
-    try:
-        with progress.task(f"search ({cfg.workers} workers)", cfg.n_trials) as advance:
-            shown = 0
-            while any(proc.is_alive() for proc in procs):
-                now = len(S.evaluated(study))
-                advance(now - shown)
-                shown = now
-                time.sleep(1.0)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-    dead = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
-    if dead:
-        log.warning("search workers %s exited with codes %s", dead, [procs[i].exitcode for i in dead])
-    report = S.SearchReport(total_evaluated=len(S.evaluated(study)))
-    for t in study.get_trials(deepcopy=False):
-        if t.number in before or t.state is TrialState.RUNNING:
-            continue
-        if St.is_evaluated(t):
-            report.evaluated += 1
-        elif t.state is TrialState.FAIL:
-            report.failed += 1
-        elif not t.user_attrs.get(S.SURPLUS):
-            report.rejected += 1
-    return report
 
 
 def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:

@@ -12,6 +12,9 @@ Optuna journal file (:mod:`fnnp_opt.journal`: ``journal:///path.log``, or a path
   study's ``n_trials`` evaluation slots under a study-wide lock (an advisory lock on
   PostgreSQL, a file lock beside a SQLite or journal file). A worker finding every slot taken by
   a running trial waits, since that trial may yet die and free its slot.
+* One runner per queued trial: SQLite ignores ``SELECT ... FOR UPDATE``, so two processes could both move one
+  queued (WAITING) trial to RUNNING and run it twice; on a SQLite file that move is made under the file lock
+  (:class:`SQLiteStorage`).
 * One delivery: the process that fine-tunes the winner claims it first, so no two
   workers fine-tune it twice.
 """
@@ -153,7 +156,7 @@ def open_storage(url: str, write_ahead: bool = True) -> BaseStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            storage = RDBStorage(
+            storage = (RDBStorage if path is None else SQLiteStorage)(
                 url,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
@@ -170,6 +173,22 @@ def open_storage(url: str, write_ahead: bool = True) -> BaseStorage:
                 f"storage {redact(url)!r} could not be opened ({type(exc).__name__}: {msg}); {fix}pass a reachable "
                 "URL such as sqlite:///studies/fnnp.db or postgresql://user@127.0.0.1/db"
             ) from None
+
+
+class SQLiteStorage(RDBStorage):
+    """Optuna's RDB storage of a SQLite file, where a queued trial is taken by one process only.
+
+    Optuna takes a queued trial by reading it ``FOR UPDATE`` and setting it RUNNING if it is still WAITING; SQLite
+    has no row locks, so two processes can read WAITING together and both run the trial (seen with ``--workers 2``
+    on a resume: the second to finish fails with "Cannot tell a COMPLETE trial"). Here that read-and-set runs under
+    the file lock beside the database (the study lock's file), which orders the processes."""
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        if state is not TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        path = sqlite_path(str(self.engine.url))
+        with _file_lock(path.with_name(path.name + ".lock")):
+            return super().set_trial_state_values(trial_id, state, values)
 
 
 def _write_ahead(storage: RDBStorage) -> None:
@@ -290,24 +309,29 @@ def _changes(key: str, stored: dict, now: dict, stored_config: dict | None, conf
 
 
 def check_fingerprint(
-    study: optuna.Study, fingerprint: dict[str, str], storage_url: str, config: dict | None = None
+    study: optuna.Study,
+    fingerprint: dict[str, str],
+    storage_url: str,
+    config: dict | None = None,
+    other: str = "--study-name",
 ) -> None:
     """Raise :class:`StorageError` when a stored study was made with another model, data or space.
 
     ``config`` (the run's settings, :meth:`RunConfig.to_dict`) lets the message name each flag
-    that differs from the stored study's, with both values.
+    that differs from the stored study's, with both values. ``other`` is the option that chooses
+    another study (``correlate`` names its studies itself: ``--storage``).
     """
     stored = study.user_attrs.get("fingerprint")
     where = f"study {study.study_name!r} in {redact(storage_url)}"
     if stored is None:
-        raise StorageError(f"{where} was not created by fnnp-opt; pass another --study-name")
+        raise StorageError(f"{where} was not created by fnnp-opt; pass another {other}")
     keys = [k for k, v in fingerprint.items() if stored.get(k) != v]
     if keys:
         stored_config = study.user_attrs.get("config")
         diff = [c for k in keys for c in _changes(k, stored, fingerprint, stored_config, config)]
         raise StorageError(
             f"{where} was created with different settings ({'; '.join(dict.fromkeys(diff))}); "
-            "pass a new --study-name, or the original options to resume it"
+            f"pass a new {other}, or the original options to resume it"
         )
 
 

@@ -13,6 +13,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 
 import ddp_fit
 from conftest import SMALL_RUN, without
+from fnnp_opt import distributed
 from fnnp_opt.cli import app
 from fnnp_opt.distributed import Launch, choose_threads, launched, rows
 from fnnp_opt.errors import UsageError
@@ -103,6 +106,30 @@ def test_a_torchrun_job_that_cannot_be_joined_is_one_line(monkeypatch, tmp_path)
     assert res.exit_code == 1 and "could not join torchrun's job" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.parametrize("port", ["nobody", "answers something else"])
+def test_a_follower_that_cannot_join_stops_within_the_join_timeout(monkeypatch, tmp_path, port):
+    """Rank 1 with no rank 0: torch's store connect retries (no server) or blocks in C++ past its own timeout (a
+    socket that accepts and never answers); either way one line within JOIN_TIMEOUT, no C++ frames on the screen."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(distributed, "JOIN_TIMEOUT", timedelta(seconds=2))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if port != "nobody":
+            sock.listen()
+        env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+        for k, v in {**env, "MASTER_PORT": str(sock.getsockname()[1])}.items():
+            monkeypatch.setenv(k, v)
+        if port == "nobody":
+            sock.close()
+        start = time.monotonic()
+        res = CliRunner().invoke(app, ["finetune", "--trial", "0", "--storage", f"sqlite:///{tmp_path}/none.db"])
+        took = time.monotonic() - start
+    assert res.exit_code == 1 and "process 1 of 2 could not join torchrun's job" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "frame #" not in res.output
+    assert took < 2 + 10 + 5  # the join's timeout, the poll's grace, slack for a loaded machine
 
 
 # --------------------------------------------------------------------------- two processes against one

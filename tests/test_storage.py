@@ -85,6 +85,38 @@ def test_queued_trials_come_before_fresh_draws(tmp_path):
     assert slots.claim(queued)
 
 
+_POP = """
+import sys, time, warnings
+import optuna
+import fnnp_opt.storage as St
+warnings.simplefilter("ignore")
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="q", storage=St.open_storage(sys.argv[1]))
+while time.time() < float(sys.argv[2]):  # both processes start asking at once
+    pass
+print(" ".join(str(study.ask().number) for _ in range(int(sys.argv[3]))))
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_processes_never_take_the_same_queued_trial(tmp_path, kind):
+    """Optuna alone on SQLite lets both take one WAITING trial now and then (no row locks): 11 of 200 here."""
+    url = f"sqlite:///{tmp_path}/q.db" if kind == "sqlite" else f"journal:///{tmp_path}/q.log"
+    study = optuna.create_study(study_name="q", storage=St.open_storage(url))
+    for i in range(160):
+        study.enqueue_trial({"x": float(i)})
+    St.close_storage(study._storage)
+    start = str(time.time() + 4)  # after both have imported optuna and opened the storage
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _POP, url, start, "80"], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    taken = [proc.communicate(timeout=120)[0].split() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert len(taken[0]) == len(taken[1]) == 80
+    assert not set(taken[0]) & set(taken[1])
+
+
 def test_one_delivery_per_winner(tmp_path):
     study = _study(tmp_path)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -211,6 +243,76 @@ def test_workers_flag_survives_a_killed_worker(small_fmnist, tmp_path):
     assert (tmp_path / "out" / "pruned.json").is_file()
     best = max((t for t in study.trials if St.is_evaluated(t)), key=lambda t: (t.value, -t.number))
     assert study.user_attrs["result"]["trial"] == best.number  # the parent delivered the winner, once
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"  # a zombie nobody reaped yet
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_workers_stop_on_ctrl_c_and_with_their_parent_and_the_resume_is_clean(small_fmnist, tmp_path):
+    """`--workers 2`: Ctrl-C (SIGINT to the whole foreground group), during the workers' start-up or mid-trial, ends
+    in one line and 130; kill -9 of the parent stops its workers though trials remain; the resume (queued retries and
+    all) completes exactly n with no worker error."""
+    n = 16
+    storage = f"sqlite:///{tmp_path}/w.db"
+    args = _run_args(small_fmnist, storage, n, "--workers", "2", "--epochs", "0", "--output", str(tmp_path / "out"))
+
+    def children(proc):
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        return [int(c) for c in found]
+
+    def start(until_a_trial: bool):
+        """Start the run; return it once its workers exist (and, with ``until_a_trial``, one evaluates a trial)."""
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        end = time.monotonic() + 240
+        while time.monotonic() < end:
+            time.sleep(0.2)
+            owners = {f"{socket.gethostname()}:{pid}" for pid in children(proc)}
+            if len(owners) >= 2 and not until_a_trial:
+                return proc, children(proc)
+            try:
+                study = optuna.load_study(study_name="shared", storage=storage)
+            except KeyError:
+                continue
+            if any(t.user_attrs.get("worker") in owners for t in study.get_trials(states=(TrialState.RUNNING,))):
+                return proc, children(proc)
+        proc.kill()
+        raise AssertionError("no worker was seen")
+
+    for until_a_trial in (False, True):
+        proc, _ = start(until_a_trial)
+        try:
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130 and "interrupted" in out, out
+        assert "Traceback" not in out and "Process" not in out, out
+
+    proc, workers = start(until_a_trial=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    end = time.monotonic() + 30
+    while not all(map(_gone, workers)) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert all(map(_gone, workers)), [pid for pid in workers if not _gone(pid)]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len([t for t in study.trials if St.is_evaluated(t)]) < n  # they stopped; they did not finish the study
+
+    done = subprocess.run(args, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "exited with codes" not in done.stderr, done.stderr
+    study = optuna.load_study(study_name="shared", storage=storage)
+    evaluated = [t for t in study.trials if St.is_evaluated(t)]
+    assert len(evaluated) == n
+    assert len({tuple(sorted(t.params.items())) for t in evaluated}) == n  # none evaluated twice
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
 def test_a_postgres_password_reaches_no_study_export_or_screen(postgres_url, small_fmnist, tmp_path):

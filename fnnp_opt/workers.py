@@ -1,0 +1,143 @@
+"""``--workers N``: N search processes on this machine, sharing the study through its storage.
+
+The parent spawns the workers, shows their progress from the study, and waits for them; each worker runs a plain
+search (:func:`fnnp_opt.pipeline.search`) with ``cores // N`` threads, and the study's slots
+(:class:`fnnp_opt.storage.Slots`) stop them at exactly ``n_trials`` evaluated candidates. The parent then fine-tunes
+the winner as a one-process run does.
+
+Stopping:
+
+* **Ctrl-C** reaches every process of the terminal's group. A worker fails its trial in flight (Optuna marks it
+  FAIL) and exits with 130; the parent forwards its own SIGINT (for a SIGTERM, or a ``kill -INT`` of the parent
+  alone), waits up to :data:`STOP_S` for each worker, and kills one that hangs. A resume continues the study.
+* A worker is spawned ignoring SIGINT and takes it once its handler is in place, the first thing it does (this
+  module imports nothing heavy), so a Ctrl-C during its start-up cannot print a traceback half-way through an
+  import; the parent repeats its SIGINT until the worker has taken it. Later ones are ignored while it stops.
+* **kill -9 of the parent**: each worker watches its parent and stops as on Ctrl-C, instead of searching on alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the parent imports these anyway; a worker imports them after its SIGINT handler is in place
+    import optuna
+
+    from fnnp_opt.config import RunConfig
+    from fnnp_opt.progress import Progress
+    from fnnp_opt.search import SearchReport
+
+log = logging.getLogger(__name__)
+
+STOP_S = 30.0  # after Ctrl-C, how long a worker may take to fail its trial and exit before it is killed
+WATCH_S = 1.0  # how often a worker looks whether its parent lives
+
+
+def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | None = None) -> SearchReport:
+    """Run ``cfg.workers`` search processes on this machine against ``study``'s storage, wait for them, and report
+    what they did (the trials made while they ran)."""
+    import multiprocessing as mp
+
+    from optuna.trial import TrialState
+
+    from fnnp_opt import search as S
+    from fnnp_opt import storage as St
+    from fnnp_opt.progress import NULL
+
+    progress = progress or NULL
+    ctx = mp.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    before = {t.number for t in study.trials if t.state is not TrialState.WAITING}  # queued ones run now
+    level = logging.getLogger("fnnp_opt").getEffectiveLevel()
+    procs = [
+        ctx.Process(target=_worker, args=(cfg, threads, level, os.getpid()), daemon=True) for _ in range(cfg.workers)
+    ]
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: the workers start ignoring it
+        try:
+            for proc in procs:
+                proc.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        with progress.task(f"search ({cfg.workers} workers)", cfg.n_trials) as advance:
+            shown = 0
+            while any(proc.is_alive() for proc in procs):
+                now = len(S.evaluated(study))
+                advance(now - shown)
+                shown = now
+                time.sleep(1.0)
+    finally:
+        _stop(procs)
+    dead = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
+    if dead:
+        log.warning("search workers %s exited with codes %s", dead, [procs[i].exitcode for i in dead])
+    report = S.SearchReport(total_evaluated=len(S.evaluated(study)))
+    for t in study.get_trials(deepcopy=False):
+        if t.number in before or t.state is TrialState.RUNNING:
+            continue
+        if St.is_evaluated(t):
+            report.evaluated += 1
+        elif t.state is TrialState.FAIL:
+            report.failed += 1
+        elif not t.user_attrs.get(S.SURPLUS):
+            report.rejected += 1
+    return report
+
+
+def _stop(procs: list) -> None:
+    """Stop the workers still alive as Ctrl-C does (each fails its trial and exits), killing one that takes more
+    than :data:`STOP_S`; then reap them all."""
+    procs = [proc for proc in procs if proc.pid is not None]  # a Ctrl-C may come before the last one started
+    end = time.monotonic() + STOP_S
+    while any(proc.is_alive() for proc in procs) and time.monotonic() < end:
+        for proc in procs:  # again and again: a worker still starting up ignores it until its handler is in place
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.2)
+    for proc in procs:
+        if proc.is_alive():
+            log.warning("search worker %d did not stop in %.0f s; killing it", proc.pid, STOP_S)
+            proc.kill()
+        proc.join()
+
+
+def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int) -> None:
+    """One search process (see the module docstring); logs its trials as plain lines at the parent's
+    ``log_level``; exits with 130 when stopped."""
+
+    def stop(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one is enough: more would cut the trial's clean-up short
+        raise KeyboardInterrupt
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        threading.Thread(target=watch_parent, name="fnnp-watch-parent", daemon=True).start()
+        import optuna
+        import torch
+
+        from fnnp_opt import storage as St
+        from fnnp_opt.pipeline import prepare, search
+        from fnnp_opt.progress import LOG_LINE
+        from fnnp_opt.redact import RedactingFilter
+
+        handler = logging.StreamHandler()
+        handler.addFilter(RedactingFilter())
+        logging.basicConfig(level=logging.WARNING, format=LOG_LINE, handlers=[handler], force=True)
+        logging.getLogger("fnnp_opt").setLevel(log_level)
+        torch.set_num_threads(threads)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        p = prepare(cfg)
+        study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
+        search(cfg, p, study)
+    except KeyboardInterrupt:  # the parent reports it
+        raise SystemExit(130) from None
