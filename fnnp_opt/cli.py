@@ -14,7 +14,7 @@ import signal
 import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional, TypeVar
+from typing import Annotated, Callable, Iterator, NoReturn, Optional, TypeVar
 
 import typer
 import typer.core
@@ -48,6 +48,8 @@ class _Commands(typer.core.TyperGroup):
                         defaults[param.name].value if isinstance(defaults[param.name], Enum) else defaults[param.name]
                     )
                     param.show_default = ("on" if value else "off") if isinstance(value, bool) else str(value)
+                if "[default" in help_text:  # the help says it already (a shared option with the same default)
+                    param.show_default = False
                 if help_text:
                     param.help = escape(help_text)
 
@@ -60,7 +62,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-_state = {"debug": False}
+_state: dict = {"debug": False, "command": None}  # --debug, and the command being run
 T = TypeVar("T")
 
 
@@ -107,13 +109,23 @@ def call(fn: Callable[..., T], *args, **kwargs) -> T:
         console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        console.print("interrupted; run the same command again to resume", highlight=False)
-        raise typer.Exit(130) from None
+        _interrupted()
     except Exception as exc:  # a library that, interrupted mid-write, raises its own error while handling Ctrl-C
         if isinstance(exc, (typer.Exit, typer.Abort)) or not _raised_by_ctrl_c(exc):
             raise
+        _interrupted()
+
+
+RESUMABLE = ("train", "run", "finetune", "correlate")  # the commands whose work a second call continues
+
+
+def _interrupted() -> NoReturn:
+    """Say that Ctrl-C (or SIGTERM) stopped the command, and how to go on; exit with 130."""
+    if _state["command"] in RESUMABLE:
         console.print("interrupted; run the same command again to resume", highlight=False)
-        raise typer.Exit(130) from None
+    else:
+        console.print("stopped", highlight=False)
+    raise typer.Exit(130)
 
 
 @contextmanager
@@ -146,7 +158,7 @@ def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"], _state["command"] = debug, ctx.invoked_subcommand
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if console.is_terminal:
         handler, fmt = RichHandler(console=console, show_path=False, show_time=False), "%(message)s"
@@ -249,10 +261,14 @@ STORAGE_HELP = (
 )
 StorageOpt = Annotated[Optional[str], typer.Option(help=f"{STORAGE_HELP} [default: sqlite:///studies/fnnp.db]")]
 StoredStorage = Annotated[str, typer.Option(help=STORAGE_HELP)]
-DistillTemperature = Annotated[Optional[float], typer.Option(help="Distillation temperature T > 0. [default: 4.0]")]
-DistillWeight = Annotated[
-    Optional[float], typer.Option(help="Share of the distillation term in the loss, in [0, 1]. [default: 0.5]")
+_TEMPERATURE, _WEIGHT = "Distillation temperature T > 0.", "Share of the distillation term in the loss, in [0, 1]."
+DistillTemperature = Annotated[Optional[float], typer.Option(help=f"{_TEMPERATURE} [default: 4.0]")]
+DistillWeight = Annotated[Optional[float], typer.Option(help=f"{_WEIGHT} [default: 0.5]")]
+StudysDistill = Annotated[  # finetune: what the study's run used, unless given
+    Optional[bool], typer.Option("--distill/--no-distill", help="As `run --distill`. [default: the study's]")
 ]
+StudysTemperature = Annotated[Optional[float], typer.Option(help=f"{_TEMPERATURE} [default: the study's]")]
+StudysWeight = Annotated[Optional[float], typer.Option(help=f"{_WEIGHT} [default: the study's]")]
 
 
 @app.command()
@@ -262,7 +278,7 @@ def train(
     data_dir: DataDir = None,
     image_size: ImageSize = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (cosine schedule).")] = 0.1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
     search_size: SearchSize = None,
@@ -519,9 +535,9 @@ def finetune(
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs. [default: the study's]")] = None,
     lr: Annotated[Optional[float], Opt(help="Fine-tune peak learning rate. [default: the study's]")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Fine-tune batch size. [default: the study's]")] = None,
-    distill: DistillOpt = None,
-    distill_temperature: DistillTemperature = None,
-    distill_weight: DistillWeight = None,
+    distill: StudysDistill = None,
+    distill_temperature: StudysTemperature = None,
+    distill_weight: StudysWeight = None,
     output: Annotated[Optional[Path], Opt(help="Export folder. [default: runs/<study>/trial-<N>]")] = None,
     artifact_dir: ArtifactDir = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu, cuda[:N]. [default: the study's]")] = None,
@@ -770,7 +786,7 @@ def correlate(
         flags["max_rate"] = CORRELATE_MAX_RATE
     cfg = call(resolve, recipe, **flags)
     settings = CorrelateSettings(
-        budgets=tuple(b.strip() for b in flops.split(",") if b.strip()),
+        budgets=tuple(call(_items, flops, "--flops", "0.75,0.5,0.25")),
         candidates=tuple(call(_ints, candidates, "--candidates")),
         sweep=tuple(call(_ints, sweep, "--sweep")),
         score_steps=tuple(call(_ints, score_steps, "--score-steps")),
@@ -826,11 +842,24 @@ def correlate(
     out.print("written: " + ", ".join(str(f) for f in result.files), soft_wrap=True)
 
 
+def _items(text: str, option: str, example: str) -> list[str]:
+    """The comma-separated values of ``option``; :class:`UsageError` for an empty one (``0.5,,0.3``)."""
+    from fnnp_opt.errors import UsageError
+
+    if not text.strip():  # none given (the default of --score-steps)
+        return []
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        raise UsageError(f"{option} {text!r} has an empty value between its commas; write them like {example}")
+    return items
+
+
 def _ints(text: str, option: str) -> list[int]:
     from fnnp_opt.errors import UsageError
 
+    items = _items(text, option, "1,5,10")
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in items]
     except ValueError:
         raise UsageError(f"{option} takes whole numbers separated by commas, like 1,5,10, got {text!r}") from None
 

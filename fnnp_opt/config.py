@@ -253,10 +253,8 @@ class RunConfig:
             raise UsageError(f"--distill-temperature must be positive, got {self.distill_temperature}")
         if not 0 <= self.distill_weight <= 1:
             raise UsageError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise UsageError(f"--lr must be positive and finite, got {self.lr}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise UsageError(f"--seed must be a whole number in [0, 2**32), got {self.seed!r}")
+        check_lr(self.lr)
+        check_seed(self.seed)
         check_tolerance(self.flops_tolerance)
         self._check_latency()
         if self.onnx and self.objective is Objective.pareto:
@@ -433,6 +431,28 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
     if cfg.latency is None:
         cfg = replace(cfg, flops=cfg.resolved_flops())
     return cfg.validate()
+
+
+def check_lr(lr: float) -> None:
+    """Raise :class:`UsageError` unless the peak learning rate ``lr`` is positive and finite."""
+    if not lr > 0 or not math.isfinite(lr):
+        raise UsageError(f"--lr must be positive and finite, got {lr}; pass a value such as 0.02")
+
+
+def check_seed(seed: int) -> None:
+    """Raise :class:`UsageError` unless ``seed`` is a whole number in [0, 2**32) (what NumPy's generators take)."""
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be a whole number in [0, 2**32), got {seed!r}")
+
+
+def check_batch_fits(batch_size: int, train_images: int) -> None:
+    """Raise :class:`UsageError` when a batch of ``batch_size`` is larger than the ``train_images`` (an epoch would
+    have no step: the loader drops the last, partial batch)."""
+    if batch_size > train_images:
+        raise UsageError(
+            f"--batch-size {batch_size} is larger than the train part's {train_images} images, so an epoch would "
+            f"have no step; pass --batch-size {min(128, train_images)} or less"
+        )
 
 
 def check_study_name(name: str | None) -> None:

@@ -39,6 +39,7 @@ from fnnp_opt.constraints import fit_to_budget
 from fnnp_opt.correlation import METRICS, Coefficient, Noise, coefficient, noise, with_interval
 from fnnp_opt.errors import UsageError
 from fnnp_opt.evaluate import accuracy, bn_momentum, calibration_mode, run_batches
+from fnnp_opt.export import check_writable
 from fnnp_opt.finetune import FitConfig, fit
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.score import Scorer, ShortFinetune, abn_ft_key
@@ -303,7 +304,7 @@ def _study(cfg: RunConfig, settings: CorrelateSettings, p, budget: str) -> optun
         if study is None:
             study = St.create_study(storage, name, fingerprint, cfg.to_dict(), p.space, p.budget)
         else:
-            St.check_fingerprint(study, fingerprint, cfg.resolved_storage(), cfg.to_dict())
+            St.check_fingerprint(study, fingerprint, cfg.resolved_storage(), cfg.to_dict(), other="--storage")
     return study
 
 
@@ -325,6 +326,7 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
 
     settings.validate()
     St.check_writable(cfg.resolved_storage())
+    check_writable(Path(settings.output), folder=True)  # before hours of measuring, not after
     cfg = replace(cfg, abn_batches=max(settings.sweep))
     top = f"abn_{max(settings.sweep)}"  # the full calibration: the trial's value
     result = CorrelateResult()

@@ -52,10 +52,6 @@ def save_pruned(model, folder: Path, card: dict) -> Path:
     whatever ``card`` adds (config, strategy, metrics). Files are written to temporary
     names first, so an interrupted export leaves the previous one intact.
     """
-    import json
-
-    from safetensors.torch import save_file
-
     from fnnp_opt.prune import layer_shapes
 
     folder = Path(folder)
@@ -63,13 +59,29 @@ def save_pruned(model, folder: Path, card: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     weights, recipe = folder / "pruned.safetensors", folder / "pruned.json"
     doc = {"format": FORMAT, **card, "layers": layer_shapes(model)}
-    tmp_w, tmp_r = weights.with_suffix(".safetensors.tmp"), recipe.with_suffix(".json.tmp")
-    save_file(unique_tensors(model.state_dict()), str(tmp_w))
-    tmp_r.write_text(json.dumps(doc, indent=2) + "\n")
-    os.chmod(tmp_w, tmp_r.stat().st_mode & 0o777)  # safetensors writes 0600; the weights are as readable as the recipe
-    os.replace(tmp_w, weights)
-    os.replace(tmp_r, recipe)
+    save_weights_and_card(model, weights, recipe, doc)
     return recipe
+
+
+def save_weights_and_card(model, weights: Path, card_path: Path, card: dict) -> None:
+    """Write ``model``'s state (safetensors) to ``weights`` and ``card`` (JSON) to ``card_path``, each first to a
+    temporary name and then moved into place, so an interrupted write leaves the previous pair intact and never a
+    half-written file. The weights get the card's file mode (the umask's; safetensors alone writes 0600)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tmp_w, tmp_c = weights.with_name(weights.name + ".tmp"), card_path.with_name(card_path.name + ".tmp")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_file(unique_tensors(model.state_dict()), str(tmp_w))
+        tmp_c.write_text(json.dumps(card, indent=2) + "\n")
+        os.chmod(tmp_w, tmp_c.stat().st_mode & 0o777)
+        os.replace(tmp_w, weights)
+        os.replace(tmp_c, card_path)
+    finally:
+        tmp_w.unlink(missing_ok=True)
+        tmp_c.unlink(missing_ok=True)
 
 
 def read_recipe(path: Path) -> tuple[dict, Path]:
@@ -109,7 +121,13 @@ def load_pruned(path: Path):
         )
     model = create_model(doc["model"], doc["in_channels"], doc["num_classes"])
     apply_shapes(model, doc["layers"])
-    load_weights(model, read_state_dict(weights), str(weights))
+    load_weights(
+        model,
+        read_state_dict(weights),
+        str(weights),
+        f"they are not the weights of {weights.with_name('pruned.json')}: write the export again with `fnnp-opt "
+        "finetune`",
+    )
     return model.eval()
 
 

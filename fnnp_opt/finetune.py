@@ -62,6 +62,21 @@ def distill_loss(
     return (1 - distill.weight) * ce + distill.weight * t * t * kl
 
 
+def _read_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """The epoch checkpoint at ``path``, or None (with a warning) when it cannot be read: a damaged file only costs
+    the epochs it held, and the next epoch replaces it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (pickle, zip and torch errors alike)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("ignoring %s: it is not a readable checkpoint (%s); training from the first epoch", path, first)
+        return None
+    if not isinstance(state, dict):
+        log.warning("ignoring %s: it holds a %s, not a checkpoint; training from the first epoch", path, type(state))
+        return None
+    return state
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -159,8 +174,8 @@ def fit(
     start, history = 0, []
     tag = f"{tag}|{sorted(asdict(cfg).items())}" + (f"|distill{sorted(asdict(distill).items())}" if distill else "")
 
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    state = _read_checkpoint(checkpoint, device) if checkpoint is not None and checkpoint.is_file() else None
+    if state is not None:
         if state.get("tag") == tag:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -252,16 +267,16 @@ def train_base(
     The search split is held out exactly as a study holds it out, so a shipped base
     model has never seen the images that score candidates. Returns the card.
     """
-    import json
     import time
 
-    from safetensors.torch import save_file
-
+    from fnnp_opt.config import check_batch_fits, check_lr, check_seed
     from fnnp_opt.data import load_splits, resolve_dataset
     from fnnp_opt.evaluate import accuracy
-    from fnnp_opt.export import check_writable, unique_tensors
+    from fnnp_opt.export import check_writable, save_weights_and_card
     from fnnp_opt.models import check_input, create_model
 
+    check_lr(cfg.lr)
+    check_seed(cfg.seed)
     output = Path(output)
     check_writable(output)
     info = resolve_dataset(dataset, data_dir, image_size)
@@ -277,6 +292,7 @@ def train_base(
         abn_batches=1,
         abn_batch_size=1,
     )
+    check_batch_fits(cfg.batch_size, len(splits.train))
     t0 = time.perf_counter()
     history = fit(
         model,
@@ -291,7 +307,6 @@ def train_base(
     minutes = (time.perf_counter() - t0) / 60
     test_acc = accuracy(model, splits.test_batches(500), device, progress, "test")
     model.cpu()
-    save_file(unique_tensors(model.state_dict()), str(output))
     card = {
         "model": model_name,
         "dataset": dataset,
@@ -304,6 +319,6 @@ def train_base(
         "train_minutes_this_session": round(minutes, 1),
         "torch": torch.__version__,
     }
-    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    save_weights_and_card(model, output, output.with_suffix(".json"), card)
     output.with_suffix(".resume.pt").unlink(missing_ok=True)
     return card

@@ -113,6 +113,11 @@ def make_budget(text: str, tolerance: float, base: int) -> Budget:
     if ":" not in str(text):
         check_tolerance(tolerance)
     budget = make_window(text, tolerance, base, parse_flops, "--flops 0.2:0.8")
+    if not budget.ranged and budget.target >= base:
+        raise BudgetError(
+            f"--flops {text!r} keeps all of the base model's {human(base)}: nothing to prune; pass a "
+            "fraction below 1 like 0.5"
+        )
     return replace(budget, low=int(budget.low), high=int(budget.high))
 
 

@@ -501,8 +501,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` strictly, naming the keys that differ on mismatch.
+def load_weights(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    remedy: str = "pass the checkpoint trained for this --model and --dataset",
+) -> None:
+    """Load ``state`` into ``model`` strictly; on a mismatch, raise :class:`CheckpointError` naming the keys that
+    differ and ending with ``remedy``.
 
     A key the file lacks is taken from another key when the model registers both for one tensor
     (a module under two names, saved once).
@@ -539,10 +545,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
             parts.append(f"unexpected {_few(unexpected)}")
         if shapes:
             parts.append(f"shape mismatch {_few(shapes)}")
-        raise CheckpointError(
-            f"checkpoint {source} does not fit the model: {'; '.join(parts)}; "
-            "pass the checkpoint trained for this --model and --dataset"
-        )
+        raise CheckpointError(f"checkpoint {source} does not fit the model: {'; '.join(parts)}; {remedy}")
     ordered = type(own)(state)
     ordered._metadata = getattr(own, "_metadata", {})  # module versions, which some modules' loaders require
     model.load_state_dict(ordered)

@@ -197,10 +197,32 @@ def test_train_writes_weights_and_a_card_that_run_accepts(small_fmnist, tmp_path
     card = json.loads((tmp_path / "a.json").read_text())
     assert card["fit"]["epochs"] == 1 and 0.0 < card["test_accuracy"] <= 1.0
     assert card["train_images"] == 2700 and card["held_out_search_images"] == 300
+    mode = (tmp_path / "a.json").stat().st_mode & 0o777
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == mode  # the umask's, as the card (not 0600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors", "b.json", "b.safetensors"]
     res = _run(
         ["--data-dir", str(small_fmnist), "--checkpoint", str(tmp_path / "a.safetensors"), "--epochs", "0"], tmp_path
     )
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "0"], "--lr must be positive and finite, got 0.0"),
+        (["--lr", "nan"], "--lr must be positive and finite, got nan"),
+        (["--seed", "-1"], "--seed must be a whole number in [0, 2**32), got -1"),
+        (["--batch-size", "100000"], "--batch-size 100000 is larger than the train part's 2700 images"),
+    ],
+)
+def test_train_refuses_bad_values_in_one_line_and_writes_nothing(small_fmnist, tmp_path, args, message):
+    out = tmp_path / "base.safetensors"
+    res = runner.invoke(
+        app, ["train", "--data-dir", str(small_fmnist), "--search-size", "300", "--output", str(out), *args]
+    )
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
 
 
 def test_space_prints_the_dimensions_and_the_hit_rate():  # needs the model only, no data files
@@ -520,6 +542,24 @@ def test_an_error_raised_while_handling_ctrl_c_still_exits_130():
     assert stop.value.exit_code == 130
     with pytest.raises(RuntimeError):  # an error of its own is not an interruption
         call(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+
+@pytest.mark.parametrize("command, said", [("dashboard", "stopped"), ("report", "stopped"), ("run", "resume")])
+def test_ctrl_c_offers_a_resume_only_where_the_command_resumes(monkeypatch, tmp_path, command, said):
+    import fnnp_opt.dashboard as D
+    import fnnp_opt.pipeline as P
+    import fnnp_opt.report as R
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "serve_dashboard", ctrl_c)
+    monkeypatch.setattr(R, "report_study", ctrl_c)
+    monkeypatch.setattr(P, "run", ctrl_c)
+    res = runner.invoke(app, [command, "--storage", f"sqlite:///{tmp_path}/s.db"])
+    assert res.exit_code == 130 and res.output.strip().splitlines() == [
+        "interrupted; run the same command again to resume" if said == "resume" else "stopped"
+    ], res.output
 
 
 @pytest.mark.slow

@@ -87,6 +87,21 @@ def test_candidate_counts_must_match_the_budgets(small_fmnist, tmp_path):
     res = runner.invoke(app, _args(small_fmnist, tmp_path, "3,3,3"))
     assert res.exit_code != 0
     assert "one per budget" in " ".join(res.output.split()) and not (tmp_path / "out").exists()
+    res = runner.invoke(app, [a if a != "0.5,0.3" else "0.5,,0.3" for a in _args(small_fmnist, tmp_path, 3)])
+    assert res.exit_code == 2 and "--flops '0.5,,0.3' has an empty value between its commas" in res.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_measuring(small_fmnist, tmp_path):
+    """Checked before the first candidate (root writes anywhere, so the unwritable place here is under a file)."""
+    (tmp_path / "a-file").write_text("")
+    args = [
+        a if a != str(tmp_path / "out") else str(tmp_path / "a-file" / "out") for a in _args(small_fmnist, tmp_path, 3)
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "lies under" in res.output and "which is a file" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no study either
 
 
 def test_draws_are_in_the_window_distinct_and_seeded(small_fmnist):

@@ -67,6 +67,21 @@ def test_checkpoint_of_another_run_is_ignored(train_part, tmp_path):
     assert len(losses) == 1  # trained afresh instead of resuming a different run
 
 
+@pytest.mark.parametrize("content", [b"garbage, not a checkpoint", "a list"])
+def test_an_unreadable_checkpoint_is_ignored_with_a_warning_and_replaced(train_part, tmp_path, caplog, content):
+    train, aug = train_part
+    ckpt = tmp_path / "ft.pt"
+    if content == "a list":
+        torch.save([1, 2], ckpt)
+    else:
+        ckpt.write_bytes(content)
+    cfg = FitConfig(epochs=1, batch_size=64)
+    losses = fit(create_model("resnet20", 1, 10), train, cfg, augment=aug, checkpoint=ckpt, tag="a")
+    assert len(losses) == 1  # trained from the first epoch
+    assert any(f"ignoring {ckpt}" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # the next epoch's checkpoint replaced it
+
+
 def _pair(seed: int = 0):
     torch.manual_seed(seed)
     init = create_model("resnet20", 1, 10).state_dict()
