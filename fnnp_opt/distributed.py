@@ -382,6 +382,10 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
 
     try:  # env:// from torchrun
         _join()
+        # the join's timeout is also its store's: give the store back the long wait (the followers load their data
+        # after rank 0's search, and later groups meet through it), and make the winner's hand-over group
+        dist.distributed_c10d._get_default_store().set_timeout(WAIT_TIMEOUT)
+        wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)  # every process is up: no wait here
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:  # torch's DistNetworkError and DistStoreError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FnnpError(
@@ -391,7 +395,7 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
         ) from exc
     train, search, why = choose_threads(launch, environ, node_cores())
     group = Group(launch, train, search)
-    group._wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)  # every process is up: no wait here
+    group._wait_group = wait_group
     torch.set_num_threads(search if launch.main else train)
     if launch.main:
         log.info(

@@ -65,8 +65,9 @@ def save_pruned(model, folder: Path, card: dict) -> Path:
 
 def save_weights_and_card(model, weights: Path, card_path: Path, card: dict) -> None:
     """Write ``model``'s state (safetensors) to ``weights`` and ``card`` (JSON) to ``card_path``, each first to a
-    temporary name and then moved into place, so an interrupted write leaves the previous pair intact and never a
-    half-written file. The weights get the card's file mode (the umask's; safetensors alone writes 0600)."""
+    temporary name and then moved into place, so neither is ever half-written. (The two moves are not one: a stop
+    between them leaves the new weights beside the old card, which :func:`load_pruned` refuses by name.) The
+    weights get the card's file mode (the umask's; safetensors alone writes 0600)."""
     import json
 
     from safetensors.torch import save_file

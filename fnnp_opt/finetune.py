@@ -16,6 +16,7 @@ from torch import nn
 
 from fnnp_opt import distributed
 from fnnp_opt.data import Augment, FolderSet, TensorSet
+from fnnp_opt.errors import CheckpointError
 from fnnp_opt.evaluate import NonFiniteError, run_batches
 from fnnp_opt.progress import NULL, Progress
 
@@ -63,11 +64,17 @@ def distill_loss(
 
 
 def _read_checkpoint(path: Path, device: torch.device) -> dict | None:
-    """The epoch checkpoint at ``path``, or None (with a warning) when it cannot be read: a damaged file only costs
-    the epochs it held, and the next epoch replaces it."""
+    """The epoch checkpoint at ``path``, or None (with a warning) when it is damaged: that only costs the epochs it
+    held, and the next epoch replaces it. :class:`CheckpointError` when the system cannot read it (permissions, an
+    I/O error): that file is left alone."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (pickle, zip and torch errors alike)
+    except OSError as exc:  # the file is there but cannot be read: not damage, and not to be overwritten
+        raise CheckpointError(
+            f"epoch checkpoint {path} cannot be read ({exc.strerror or exc}); make it readable, or remove it to "
+            "train from the first epoch"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (damage: unpickling, zip and torch format errors alike)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         log.warning("ignoring %s: it is not a readable checkpoint (%s); training from the first epoch", path, first)
         return None

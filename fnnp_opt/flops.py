@@ -90,7 +90,7 @@ def parse_flops(text: str, base: int) -> int:
         target = value * base
     elif not suffix and value < 1000:
         raise BudgetError(
-            f"--flops {text!r} is neither a fraction in (0, 1] nor a count; write 0.5 for half, or 62.23M"
+            f"--flops {text!r} is neither a fraction in (0, 1) nor a count; write 0.5 for half, or 62.23M"
         )
     else:
         target = value * _SUFFIX[suffix]

@@ -20,9 +20,9 @@ What fnnp-opt adds to Optuna's ``JournalStorage`` (:class:`HeartbeatJournalStora
   ``failed_trial`` and ``retry_history``). Two processes failing the same trial at once: the
   journal replays the first FAIL and refuses the second (``UpdateFinishedTrialError``), so the
   trial is retried once. The clocks of machines sharing a journal file must agree (NTP).
-* A torn last line (a writer killed in the middle of an append) is cut off when the file is opened
-  (:func:`mend_torn_tail`): Optuna's reader skips it, but its next append would join it into one broken
-  line in the middle of the file, and every later read would fail.
+* A torn last line (a writer killed in the middle of an append) is cut off before the next append
+  (:func:`cut_torn_tail`, under the append lock): Optuna's reader skips it, but the append would join
+  it into one broken line in the middle of the file, and every later read would fail.
 * User attributes of finished trials, which the journal refuses (its replay drops updates of a
   finished trial): kept in study user attributes, one per attribute key,
   ``trial_attrs:<key>`` = ``{"<trial number>": value}`` (:func:`set_finished_user_attr`,
@@ -93,9 +93,11 @@ def append_lock_path(path: Path) -> Path:
 class QueuedAppendLock(BaseJournalFileLock):
     """Optuna's symlink lock of a journal file, taken while holding a kernel file lock (``flock``) that fnnp-opt's
     processes wait on in a queue: no polling among them, and the kernel frees it when its holder dies. Stock
-    Optuna writers, which know only the symlink, are excluded by it as before."""
+    Optuna writers, which know only the symlink, are excluded by it as before. Once both are held, a torn last
+    line is cut (:func:`cut_torn_tail`), so the append that follows lands on a line of its own."""
 
     def __init__(self, path: Path) -> None:
+        self._path = Path(path)
         self._optuna = JournalFileSymlinkLock(str(path))
         self._queue = append_lock_path(path)
         self._held: IO | None = None
@@ -109,6 +111,11 @@ class QueuedAppendLock(BaseJournalFileLock):
             fh.close()  # closing releases the flock
             raise
         self._held = fh
+        try:
+            cut_torn_tail(self._path)  # before this append joins a torn line left by a killed writer
+        except BaseException:
+            self.release()
+            raise
         return True
 
     def release(self) -> None:
@@ -155,45 +162,38 @@ def check_file(path: Path, url: str) -> None:
         )
 
 
-def mend_torn_tail(path: Path, lock: BaseJournalFileLock) -> int:
+def cut_torn_tail(path: Path) -> int:
     """Cut a torn last line off journal ``path``; return the bytes cut (0 when its last line is whole).
 
     A writer killed in the middle of an append leaves a last line without its end. Optuna's reader skips such a
-    line, so the operation was never seen by anyone, but the next append would be written onto it, one broken
-    line in the middle of the file. The check and the cut hold the append ``lock``, so an append in flight is
-    never taken for a torn one. A file this user cannot write is left as it is (reading it is safe)."""
-    if not (path.is_file() and _torn(path)) or not os.access(path, os.W_OK):
-        return 0
-    lock.acquire()
+    line, so no process ever saw that operation, but the next append would be written onto it: one broken line in
+    the middle of the file, which no read gets past. Call it holding the append lock (:class:`QueuedAppendLock`
+    does, before every append), so an append in flight is never taken for a torn one."""
     try:
-        with open(path, "rb+") as fh:
-            if not _torn(path):
-                return 0
-            size = fh.seek(0, os.SEEK_END)
-            keep = size
-            while keep > 0:  # back to the end of the last whole line
-                start = max(0, keep - (1 << 16))
-                fh.seek(start)
-                at = fh.read(keep - start).rfind(b"\n")
-                if at >= 0:
-                    keep = start + at + 1
-                    break
-                keep = start
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        lock.release()
+        fh = open(path, "rb+")
+    except FileNotFoundError:
+        return 0
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        keep = size
+        while keep > 0:  # back to the end of the last whole line
+            start = max(0, keep - (1 << 16))
+            fh.seek(start)
+            at = fh.read(keep - start).rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            keep = start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
     log.warning("%s ended in a torn line (a writer killed mid-append); cut its %d bytes", path, size - keep)
     return size - keep
-
-
-def _torn(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        if fh.seek(0, os.SEEK_END) == 0:
-            return False
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) != b"\n"
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -206,9 +206,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         grace_s: int,
         stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None,
     ) -> None:
-        lock = QueuedAppendLock(Path(path))
-        mend_torn_tail(Path(path), lock)
-        super().__init__(JournalFileBackend(str(path), lock_obj=lock))
+        super().__init__(JournalFileBackend(str(path), lock_obj=QueuedAppendLock(Path(path))))
         self.path = Path(path)
         self.heartbeat_s = heartbeat_s
         self.grace_s = grace_s

@@ -181,7 +181,8 @@ class SQLiteStorage(RDBStorage):
     Optuna takes a queued trial by reading it ``FOR UPDATE`` and setting it RUNNING if it is still WAITING; SQLite
     has no row locks, so two processes can read WAITING together and both run the trial (seen with ``--workers 2``
     on a resume: the second to finish fails with "Cannot tell a COMPLETE trial"). Here that read-and-set runs under
-    the file lock beside the database (the study lock's file), which orders the processes."""
+    the file lock beside the database (the study lock's file), which orders the processes. So never take a trial
+    (``study.ask()``) while holding :func:`study_lock`: the second ``flock`` of one file would wait on the first."""
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
         if state is not TrialState.RUNNING:

@@ -8,8 +8,10 @@ the winner as a one-process run does.
 Stopping:
 
 * **Ctrl-C** reaches every process of the terminal's group. A worker fails its trial in flight (Optuna marks it
-  FAIL) and exits with 130; the parent forwards its own SIGINT (for a SIGTERM, or a ``kill -INT`` of the parent
-  alone), waits up to :data:`STOP_S` for each worker, and kills one that hangs. A resume continues the study.
+  FAIL) and exits with 130, and so on SIGTERM; the parent forwards its own SIGINT (for a SIGTERM, or a ``kill
+  -INT`` of the parent alone), waits up to :data:`STOP_S` for the workers, and kills one that hangs. A resume
+  continues the study. A Ctrl-C in the few milliseconds while the parent starts the workers is lost (press it
+  again): the workers must start ignoring it, and the parent shares that setting while it starts them.
 * A worker is spawned ignoring SIGINT and takes it once its handler is in place, the first thing it does (this
   module imports nothing heavy), so a Ctrl-C during its start-up cannot print a traceback half-way through an
   import; the parent repeats its SIGINT until the worker has taken it. Later ones are ignored while it stops.
@@ -91,19 +93,25 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
 
 def _stop(procs: list) -> None:
     """Stop the workers still alive as Ctrl-C does (each fails its trial and exits), killing one that takes more
-    than :data:`STOP_S`; then reap them all."""
+    than :data:`STOP_S`; then reap them all. Another Ctrl-C or SIGTERM meanwhile is ignored: it would cut this short
+    and leave the workers to be killed mid-clean-up."""
     procs = [proc for proc in procs if proc.pid is not None]  # a Ctrl-C may come before the last one started
-    end = time.monotonic() + STOP_S
-    while any(proc.is_alive() for proc in procs) and time.monotonic() < end:
-        for proc in procs:  # again and again: a worker still starting up ignores it until its handler is in place
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        end = time.monotonic() + STOP_S
+        while any(proc.is_alive() for proc in procs) and time.monotonic() < end:
+            for proc in procs:  # again and again: a worker still starting up ignores it until its handler is in
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGINT)
+            time.sleep(0.2)
+        for proc in procs:
             if proc.is_alive():
-                os.kill(proc.pid, signal.SIGINT)
-        time.sleep(0.2)
-    for proc in procs:
-        if proc.is_alive():
-            log.warning("search worker %d did not stop in %.0f s; killing it", proc.pid, STOP_S)
-            proc.kill()
-        proc.join()
+                log.warning("search worker %d did not stop in %.0f s; killing it", proc.pid, STOP_S)
+                proc.kill()
+            proc.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int) -> None:
@@ -111,7 +119,8 @@ def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int) -> None:
     ``log_level``; exits with 130 when stopped."""
 
     def stop(signum, frame) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one is enough: more would cut the trial's clean-up short
+        for sig in (signal.SIGINT, signal.SIGTERM):  # one is enough: more would cut the trial's clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     def watch_parent() -> None:
@@ -119,8 +128,9 @@ def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int) -> None:
             time.sleep(WATCH_S)
         os.kill(os.getpid(), signal.SIGINT)
 
-    signal.signal(signal.SIGINT, stop)
     try:
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)  # `timeout`, Slurm or `docker stop` signal the whole group
         threading.Thread(target=watch_parent, name="fnnp-watch-parent", daemon=True).start()
         import optuna
         import torch

@@ -129,7 +129,7 @@ def test_a_follower_that_cannot_join_stops_within_the_join_timeout(monkeypatch, 
         took = time.monotonic() - start
     assert res.exit_code == 1 and "process 1 of 2 could not join torchrun's job" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1 and "frame #" not in res.output
-    assert took < 2 + 10 + 5  # the join's timeout, the poll's grace, slack for a loaded machine
+    assert took < 2 + 10 + 30  # the join's timeout, the poll's grace, slack for a loaded machine (not 7 days)
 
 
 # --------------------------------------------------------------------------- two processes against one

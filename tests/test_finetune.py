@@ -82,6 +82,23 @@ def test_an_unreadable_checkpoint_is_ignored_with_a_warning_and_replaced(train_p
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # the next epoch's checkpoint replaced it
 
 
+def test_a_checkpoint_the_system_cannot_read_is_refused_and_left_alone(tmp_path, monkeypatch):
+    import errno
+
+    from fnnp_opt.errors import CheckpointError
+
+    ckpt = tmp_path / "ft.pt"
+    ckpt.write_bytes(b"epochs of work")
+
+    def io_error(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(torch, "load", io_error)
+    with pytest.raises(CheckpointError, match=r"cannot be read \(Input/output error\); make it readable"):
+        ft._read_checkpoint(ckpt, torch.device("cpu"))
+    assert ckpt.read_bytes() == b"epochs of work"
+
+
 def _pair(seed: int = 0):
     torch.manual_seed(seed)
     init = create_model("resnet20", 1, 10).state_dict()

@@ -87,14 +87,17 @@ def test_queued_trials_come_before_fresh_draws(tmp_path):
 
 _POP = """
 import sys, time, warnings
+from pathlib import Path
 import optuna
 import fnnp_opt.storage as St
 warnings.simplefilter("ignore")
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-study = optuna.load_study(study_name="q", storage=St.open_storage(sys.argv[1]))
-while time.time() < float(sys.argv[2]):  # both processes start asking at once
-    pass
-print(" ".join(str(study.ask().number) for _ in range(int(sys.argv[3]))))
+url, ready, me, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+study = optuna.load_study(study_name="q", storage=St.open_storage(url))
+(ready / me).touch()
+while len(list(ready.iterdir())) < 2:  # both processes start asking at once
+    time.sleep(0.001)
+print(" ".join(str(study.ask().number) for _ in range(n)))
 """
 
 
@@ -106,10 +109,11 @@ def test_two_processes_never_take_the_same_queued_trial(tmp_path, kind):
     for i in range(160):
         study.enqueue_trial({"x": float(i)})
     St.close_storage(study._storage)
-    start = str(time.time() + 4)  # after both have imported optuna and opened the storage
+    ready = tmp_path / "ready"
+    ready.mkdir()
     procs = [
-        subprocess.Popen([sys.executable, "-c", _POP, url, start, "80"], stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
+        subprocess.Popen([sys.executable, "-c", _POP, url, str(ready), str(i), "80"], stdout=subprocess.PIPE, text=True)
+        for i in range(2)
     ]
     taken = [proc.communicate(timeout=120)[0].split() for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0]
@@ -245,6 +249,13 @@ def test_workers_flag_survives_a_killed_worker(small_fmnist, tmp_path):
     assert study.user_attrs["result"]["trial"] == best.number  # the parent delivered the winner, once
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def _gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"  # a zombie nobody reaped yet
@@ -260,9 +271,9 @@ def test_workers_stop_on_ctrl_c_and_with_their_parent_and_the_resume_is_clean(sm
     storage = f"sqlite:///{tmp_path}/w.db"
     args = _run_args(small_fmnist, storage, n, "--workers", "2", "--epochs", "0", "--output", str(tmp_path / "out"))
 
-    def children(proc):
+    def children(proc):  # the search workers (not multiprocessing's resource tracker)
         found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        return [int(c) for c in found]
+        return [int(c) for c in found if b"spawn_main" in _cmdline(int(c))]
 
     def start(until_a_trial: bool):
         """Start the run; return it once its workers exist (and, with ``until_a_trial``, one evaluates a trial)."""
@@ -274,6 +285,7 @@ def test_workers_stop_on_ctrl_c_and_with_their_parent_and_the_resume_is_clean(sm
             time.sleep(0.2)
             owners = {f"{socket.gethostname()}:{pid}" for pid in children(proc)}
             if len(owners) >= 2 and not until_a_trial:
+                time.sleep(0.5)  # the parent is done starting them; they are still importing
                 return proc, children(proc)
             try:
                 study = optuna.load_study(study_name="shared", storage=storage)
