@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fnnp_opt.errors import FnnpError
-from fnnp_opt.redact import RedactingFilter, redact
+from fnnp_opt.redact import RedactingFilter, redact, redact_url
 
 
 class _Commands(typer.core.TyperGroup):
@@ -189,7 +189,7 @@ def _check_torchrun(command: str | None) -> None:
 
 
 def _command_line() -> str:
-    return redact("fnnp-opt " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    return redact("fnnp-opt " + " ".join(shlex.quote(redact_url(a)) for a in sys.argv[1:]))
 
 
 DataDir = Annotated[

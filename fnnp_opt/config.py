@@ -316,14 +316,14 @@ class RunConfig:
     def to_dict(self) -> dict:
         """The settings as plain values, the storage URL's password shown as ``***``: what studies, exports
         and logs keep."""
-        from fnnp_opt.storage import redact
+        from fnnp_opt.redact import redact_url
 
         d = asdict(self)
         for key, value in d.items():
             if isinstance(value, Enum):
                 d[key] = value.value
         if d["storage"]:
-            d["storage"] = redact(d["storage"])
+            d["storage"] = redact_url(d["storage"])
         return d
 
 

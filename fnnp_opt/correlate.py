@@ -41,6 +41,7 @@ from fnnp_opt.errors import UsageError
 from fnnp_opt.evaluate import accuracy, bn_momentum, calibration_mode, run_batches
 from fnnp_opt.export import check_writable
 from fnnp_opt.finetune import FitConfig, fit
+from fnnp_opt.flops import make_budget
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.score import Scorer, ShortFinetune, abn_ft_key
 
@@ -72,6 +73,8 @@ class CorrelateSettings:
             raise UsageError("--flops needs at least one budget, e.g. --flops 0.75,0.5,0.25")
         if any(":" in b for b in self.budgets):
             raise UsageError(f"--flops {','.join(self.budgets)}: give budgets like 0.5, not ranges")
+        if len(set(self.budgets)) < len(self.budgets):
+            raise UsageError(f"--flops {','.join(self.budgets)} names a budget twice; give each once")
         if len(self.candidates) not in (1, len(self.budgets)):
             raise UsageError(
                 f"--candidates {','.join(map(str, self.candidates))}: give one count, or one per budget "
@@ -332,6 +335,9 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
     result = CorrelateResult()
     for budget in settings.budgets:
         p = prepare(replace(cfg, flops=budget).validate())
+        if budget == settings.budgets[0]:  # every budget now, not each when its turn comes hours later
+            for other in settings.budgets[1:]:
+                make_budget(other, cfg.flops_tolerance, p.budget.base)
         study = _study(cfg, settings, p, budget)
         done = {t.user_attrs["candidate"]: t for t in study.trials if "candidate" in t.user_attrs}
         search = list(p.splits.search_batches(cfg.eval_batch_size))

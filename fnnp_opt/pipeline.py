@@ -558,7 +558,7 @@ def deliver(
         "std": list(info.std),
         "study": {
             "name": study.study_name,
-            "storage": St.redact(cfg.resolved_storage()),
+            "storage": St.redact_url(cfg.resolved_storage()),
             "trial": trial.number,
             "abn_accuracy": trial.user_attrs.get("abn_accuracy", trial.values[0]),
             "value": trial.values[0],  # the study's score: ABN accuracy, or abn-ft with --score abn-ft
@@ -639,7 +639,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
     p = prepare(cfg, progress=progress)
     study = open_study(cfg, p, check_base(p))
     try:  # the storage is closed however the run ends: a SQLite file then holds everything (WAL checkpointed)
-        result = RunResult(cfg.resolved_study_name(), St.redact(cfg.resolved_storage()), S.SearchReport(), p.budget)
+        result = RunResult(cfg.resolved_study_name(), St.redact_url(cfg.resolved_storage()), S.SearchReport(), p.budget)
         result.score_label = score_label(cfg, p.model)
         seconds["prepare"] = time.perf_counter() - t0
 
@@ -722,7 +722,7 @@ def finetune_trial(
     stored = study.user_attrs.get("config")
     if stored is None:
         raise StorageError(
-            f"study {study_name!r} in {St.redact(storage)} was not created by fnnp-opt; pass another --study-name"
+            f"study {study_name!r} in {St.redact_url(storage)} was not created by fnnp-opt; pass another --study-name"
         )
     known = {f.name for f in fields(RunConfig)}
     cfg = resolve(**{k: v for k, v in stored.items() if k in known})
@@ -748,7 +748,7 @@ def finetune_trial(
     published = publish(cfg, study, trial, output, report=False)  # the study's report shows its own winner
     return RunResult(
         study_name,
-        St.redact(storage),
+        St.redact_url(storage),
         S.SearchReport(total_evaluated=len(by_number)),
         p.budget,
         trial_number,

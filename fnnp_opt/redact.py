@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 # scheme://user:password@host -- the password runs from the first ':' after '//' to the last '@' of the
 # authority (a password may hold an unescaped '@'); and ?password=... / &password=... in the query
-_USERINFO = re.compile(r"(?P<head>://[^:/@\s]*):(?P<password>[^/\s]*)@")
+_USERINFO = re.compile(r"(?P<head>://[^:/@\s]*):(?P<password>[^\s]*)@")
 _QUERY = re.compile(
     r"(?P<head>[?&]\w*(?:password|passwd|pwd|secret|token)\w*=)(?P<password>[^&\s'\"]*)", re.IGNORECASE
 )  # password=, sslpassword=, client_secret=, access_token= ...
@@ -25,10 +25,31 @@ def redact(text: str) -> str:
     return _QUERY.sub(lambda m: f"{m['head']}***", text)
 
 
+def _url_password(url: str) -> str | None:
+    """The password of storage ``url`` as a driver splits it: after the user's ':' up to the last '@' before the
+    query, whatever it holds ('/', '@', spaces)."""
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.split("?", 1)[0].rpartition("@")
+    password = userinfo.partition(":")[2] if sep and at else ""
+    return password or None
+
+
+def redact_url(url: str) -> str:
+    """Storage ``url`` with its password shown as ``***``, also one that :func:`redact`'s patterns cannot find in
+    free text (a password holding a space)."""
+    password = _url_password(url)
+    if password is not None:
+        head, _, rest = url.partition("://")
+        user = rest.partition(":")[0]
+        url = f"{head}://{user}:***@{rest[len(user) + 1 + len(password) + 1 :]}"
+    return redact(url)
+
+
 def scrub(text: str, url: str) -> str:
     """``text`` (an error message, say) with the password of ``url`` replaced by ``***`` wherever it appears,
     in the URL or on its own (raw or percent-decoded)."""
     secrets = [m["password"] for rx in (_USERINFO, _QUERY) for m in rx.finditer(url) if m["password"]]
+    secrets += [s for s in [_url_password(url)] if s]
     # a password holding an unescaped '@' is split there by the driver, which may then show its tail as a host
     pieces = [p for s in secrets for p in s.split("@") if len(p) >= 3] if any("@" in s for s in secrets) else []
     for secret in {v for s in [*secrets, *pieces] for v in (s, unquote(s))}:

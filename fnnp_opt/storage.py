@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 from fnnp_opt import journal as J
 from fnnp_opt.errors import StorageError, UsageError
 from fnnp_opt.flops import Budget
-from fnnp_opt.redact import redact, scrub
+from fnnp_opt.redact import redact_url, scrub
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def open_storage(url: str, write_ahead: bool = True) -> BaseStorage:
             msg = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
             fix = "install the database driver its scheme names, or " if isinstance(exc, ImportError) else ""
             raise StorageError(
-                f"storage {redact(url)!r} could not be opened ({type(exc).__name__}: {msg}); {fix}pass a reachable "
+                f"storage {redact_url(url)!r} could not be opened ({type(exc).__name__}: {msg}); {fix}pass a reachable "
                 "URL such as sqlite:///studies/fnnp.db or postgresql://user@127.0.0.1/db"
             ) from None
 
@@ -238,7 +238,7 @@ def pick_study(storage, url: str, name: str | None) -> optuna.Study:
     if study is None:
         held = ", ".join(names) or "none"
         what = f"no study {name!r}" if name else f"{len(names)} studies"
-        raise UsageError(f"{what} in {redact(url)} (it holds: {held}); pass one of them as --study-name")
+        raise UsageError(f"{what} in {redact_url(url)} (it holds: {held}); pass one of them as --study-name")
     return study
 
 
@@ -323,7 +323,7 @@ def check_fingerprint(
     another study (``correlate`` names its studies itself: ``--storage``).
     """
     stored = study.user_attrs.get("fingerprint")
-    where = f"study {study.study_name!r} in {redact(storage_url)}"
+    where = f"study {study.study_name!r} in {redact_url(storage_url)}"
     if stored is None:
         raise StorageError(f"{where} was not created by fnnp-opt; pass another {other}")
     keys = [k for k, v in fingerprint.items() if stored.get(k) != v]

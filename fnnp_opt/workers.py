@@ -91,12 +91,17 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
     return report
 
 
+def _ignore(signum, frame) -> None:
+    """A handler that does nothing. Setting SIG_IGN instead would make Python raise OSError ("Signal 15 ignored due
+    to race condition") for a signal that arrived just before and was not yet handled."""
+
+
 def _stop(procs: list) -> None:
     """Stop the workers still alive as Ctrl-C does (each fails its trial and exits), killing one that takes more
     than :data:`STOP_S`; then reap them all. Another Ctrl-C or SIGTERM meanwhile is ignored: it would cut this short
     and leave the workers to be killed mid-clean-up."""
     procs = [proc for proc in procs if proc.pid is not None]  # a Ctrl-C may come before the last one started
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         end = time.monotonic() + STOP_S
         while any(proc.is_alive() for proc in procs) and time.monotonic() < end:
@@ -120,7 +125,7 @@ def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int) -> None:
 
     def stop(signum, frame) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):  # one is enough: more would cut the trial's clean-up short
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, _ignore)  # not SIG_IGN: Python raises on one already caught but not yet handled
         raise KeyboardInterrupt
 
     def watch_parent() -> None:

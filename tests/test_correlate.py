@@ -89,7 +89,11 @@ def test_candidate_counts_must_match_the_budgets(small_fmnist, tmp_path):
     assert "one per budget" in " ".join(res.output.split()) and not (tmp_path / "out").exists()
     res = runner.invoke(app, [a if a != "0.5,0.3" else "0.5,,0.3" for a in _args(small_fmnist, tmp_path, 3)])
     assert res.exit_code == 2 and "--flops '0.5,,0.3' has an empty value between its commas" in res.output
-    assert not list(tmp_path.iterdir())
+    res = runner.invoke(app, [a if a != "0.5,0.3" else "0.5,0.5" for a in _args(small_fmnist, tmp_path, 3)])
+    assert res.exit_code == 2 and "names a budget twice" in res.output
+    res = runner.invoke(app, [a if a != "0.5,0.3" else "0.5,abc" for a in _args(small_fmnist, tmp_path, 3)])
+    assert res.exit_code == 2 and "got 'abc'" in res.output  # before the first budget's candidates
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("*.db"))
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_measuring(small_fmnist, tmp_path):

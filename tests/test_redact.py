@@ -56,3 +56,12 @@ def test_any_secret_query_parameter_and_an_unescaped_at_are_masked():
     url = "postgresql://u:S3cr3t@Tail9@127.0.0.1:1/db"  # libpq reads password 'S3cr3t', host 'Tail9@127.0.0.1'
     shown = scrub(f'could not translate host name "Tail9@127.0.0.1" to address ({url})', url)
     assert "S3cr3t" not in shown and "Tail9" not in shown and "127.0.0.1" in shown
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "hunter2 x", "p@ss/w rd"])
+def test_a_password_with_a_slash_a_space_or_an_at_is_masked_in_the_url_and_in_messages(password):
+    from fnnp_opt.redact import redact_url
+
+    url = f"postgresql://bob:{password}@127.0.0.1:1/db"
+    assert redact_url(url) == "postgresql://bob:***@127.0.0.1:1/db"
+    assert password not in scrub(f"connection for bob:{password} failed ({password})", url)
