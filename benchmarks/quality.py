@@ -16,6 +16,8 @@ For a shipped base (``--model``), at one FLOPs budget, for each seed:
   - ``pbn_winner``: the best stale-statistics score of the same N;
   - ``random``: one of the N, picked by the seed without looking at scores;
   - ``uniform``: the same ratio in every group, at the budget's target (uniform L1);
+  - ``uniform_top``: uniform L1 at the top of the window (target + tolerance), the most FLOPs any
+    candidate may keep: a searched winner that beats it does not owe its margin to FLOPs;
   - ``eagleeye_run``, ``rerank_run`` and ``abn_ft_run``: the same as `fnnp-opt run` does them
     (the default, ``--rerank K``, ``--score abn-ft``), where uniform L1 is trial 0 of every study
     and so one more candidate in the pool (index -1 of ``candidates.jsonl``);
@@ -58,9 +60,11 @@ METHODS = (
     "pbn_winner",
     "random",
     "uniform",
+    "uniform_top",
     "base",
 )
 UNIFORM = -1  # the uniform strategy's index in candidates.jsonl
+UNIFORM_TOP = -2  # the key of uniform L1 at the window's top among a seed's fine-tuned strategies (not scored)
 SAMPLERS = {"tpe_ft_run": "tpe", "cmaes_ft_run": "cmaes"}  # methods that search with a sampler of their own
 DEFAULT_METHODS = [m for m in METHODS if m not in SAMPLERS]  # the sampled ones are asked for with --methods
 LABELS = {
@@ -76,6 +80,7 @@ LABELS = {
     "pbn_winner": "PBN winner (best stale-BN score of N)",
     "random": "random candidate in the window",
     "uniform": "uniform L1 (same ratio everywhere)",
+    "uniform_top": "uniform L1 at the window's top (the most FLOPs a candidate may keep)",
     "base": "unpruned base, same fine-tune",
 }
 
@@ -263,7 +268,8 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
     from fnnp_opt.correlate import candidate_seed, draw_candidates
     from fnnp_opt.evaluate import accuracy
     from fnnp_opt.flops import count
-    from fnnp_opt.pipeline import prepare, uniform_ratios
+    from fnnp_opt.constraints import uniform_ratio
+    from fnnp_opt.pipeline import prepare, uniform_cost, uniform_ratios
 
     cfg = _config(args, seed)
     p = prepare(cfg)
@@ -293,6 +299,9 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
             strategy = uniform_strategy if index == UNIFORM else candidates[index]
         else:
             index, cost, strategy = None, {"search_s": 0.0, "abn_evals": 0, "ft_evals": 0}, uniform_strategy
+        if method == "uniform_top":
+            top = round(uniform_ratio(lambda r: uniform_cost(p, r), p.budget.high, p.space.max_rate), 6)
+            strategy = p.space.uniform(top)
         t = time.perf_counter()
         model = copy.deepcopy(p.model) if method == "base" else p.pruner.prune(strategy)
         macs, params = count(model, p.input_shape)
@@ -322,6 +331,8 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
             row |= {"score_steps": args.score_steps, "rerank": args.rerank if method.startswith("rerank") else None}
         if method == "uniform":
             row["ratio"] = uniform
+        if method == "uniform_top":
+            row["ratio"] = top
         if method == "base":
             row["test_as_shipped"] = accuracy(p.model, p.splits.test_batches(cfg.eval_batch_size), p.device)
         rows.append(row)
@@ -334,8 +345,9 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
 
 
 def _strategy(r: dict) -> int | None:
-    """The index of the strategy a row fine-tuned (``UNIFORM`` for uniform L1; None for the base)."""
-    return UNIFORM if r["method"] == "uniform" else r.get("index")
+    """The index of the strategy a row fine-tuned (``UNIFORM`` for uniform L1, ``UNIFORM_TOP`` at the window's top;
+    None for the base)."""
+    return {"uniform": UNIFORM, "uniform_top": UNIFORM_TOP}.get(r["method"], r.get("index"))
 
 
 def _key(r: dict) -> tuple:
@@ -381,32 +393,34 @@ def _cost(rs: list[dict], method: str) -> str:
     return f"| {secs:.0f} | {mine[0]['abn_evals']} | {mine[0]['ft_evals']} |"
 
 
-def summary(groups: dict[tuple, list[dict]]) -> list[str]:
-    """Markdown: each method's margin over uniform L1 (points; mean, then per seed) in every distilled setting."""
+def summary(groups: dict[tuple, list[dict]], against: str = "uniform") -> list[str]:
+    """Markdown: each method's margin over ``against`` (uniform L1, or uniform L1 at the window's top; points;
+    mean, then per seed) in every distilled setting with more than one seed."""
     settings = [g for g in sorted(groups) if g[4] and len({r["seed"] for r in groups[g]}) > 1]
+    settings = [g for g in settings if any(r["method"] == against for r in groups[g])]
     if not settings:
         return []
     head = " | ".join(f"{model} {float(budget):.0%}" for model, budget, *_ in settings)
     lines = [
         "",
-        "## Summary: minus uniform L1, in points (mean; per seed)",
+        f"## Summary: minus {LABELS[against].split(' (')[0]}, in points (mean; per seed)",
         "",
         f"| method | {head} |",
         "|---|" + "---|" * len(settings),
     ]
     for method in METHODS:
-        if method in ("uniform", "base"):
+        if method in (against, "base"):
             continue
-        if not any(margins(groups[g], method, "uniform") for g in settings):
+        if not any(margins(groups[g], method, against) for g in settings):
             continue  # measured in no setting shown (an opt-in method)
         cells = []
         for g in settings:
-            m = margins(groups[g], method, "uniform")
+            m = margins(groups[g], method, against)
             wins = len(m) > 1 and all(v > 0 for v in m) and statistics.mean(m) > statistics.stdev(m)
             cell = f"{100 * statistics.mean(m):+.2f} ({', '.join(f'{100 * v:+.2f}' for v in m)})" if m else ""
             cells.append(f"**{cell}**" if wins else cell)
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
-    lines += ["", "Bold: beats uniform L1 on every seed, by a mean margin above the margin's sd."]
+    lines += ["", "Bold: beats it on every seed, by a mean margin above the margin's sd."]
     return lines
 
 
@@ -434,6 +448,7 @@ def cmd_report(args) -> None:
         "process that shared the cores with other work, so compare them as ratios), and its ABN and short",
         "fine-tune (abn-ft) evaluations.",
         *summary(groups),
+        *summary(groups, against="uniform_top"),
     ]
     for (model, budget, n, epochs, distill), rs in sorted(groups.items()):
         seeds = sorted({r["seed"] for r in rs})
