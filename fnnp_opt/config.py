@@ -206,12 +206,7 @@ class RunConfig:
                 f"--round-to must be a whole number >= 1 or auto, got {self.round_to!r}; e.g. --round-to 8"
             )
         Shaping(self.resolved_round_to(), self.min_channels, self.exclude)
-        for name in ("search_size", "search_per_class", "image_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
-        if self.search_size is not None and self.search_per_class is not None:
-            raise UsageError("--search-size and --search-per-class both size the search split; pass one of them")
+        check_split(self.search_size, self.search_per_class, self.image_size)
         for name in ("abn_batches", "workers"):  # None: left to the study or the machine
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -431,6 +426,20 @@ def resolve(recipe: Path | None = None, **flags) -> RunConfig:
     if cfg.latency is None:
         cfg = replace(cfg, flops=cfg.resolved_flops())
     return cfg.validate()
+
+
+def check_split(search_size: int | None, search_per_class: int | None, image_size: int | None = None) -> None:
+    """Raise :class:`UsageError` unless the search split's size (``--search-size`` or ``--search-per-class``, not
+    both) and ``--image-size`` are whole numbers >= 1 where given."""
+    for name, value in (
+        ("search-size", search_size),
+        ("search-per-class", search_per_class),
+        ("image-size", image_size),
+    ):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UsageError(f"--{name} must be a whole number >= 1, got {value!r}")
+    if search_size is not None and search_per_class is not None:
+        raise UsageError("--search-size and --search-per-class both size the search split; pass one of them")
 
 
 def check_lr(lr: float) -> None:

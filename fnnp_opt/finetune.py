@@ -276,7 +276,7 @@ def train_base(
     """
     import time
 
-    from fnnp_opt.config import check_batch_fits, check_lr, check_seed
+    from fnnp_opt.config import check_batch_fits, check_lr, check_seed, check_split
     from fnnp_opt.data import load_splits, resolve_dataset
     from fnnp_opt.evaluate import accuracy
     from fnnp_opt.export import check_writable, save_weights_and_card
@@ -284,6 +284,7 @@ def train_base(
 
     check_lr(cfg.lr)
     check_seed(cfg.seed)
+    check_split(search_size, search_per_class, image_size)
     output = Path(output)
     check_writable(output)
     info = resolve_dataset(dataset, data_dir, image_size)

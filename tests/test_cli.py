@@ -213,6 +213,8 @@ def test_train_writes_weights_and_a_card_that_run_accepts(small_fmnist, tmp_path
         (["--lr", "nan"], "--lr must be positive and finite, got nan"),
         (["--seed", "-1"], "--seed must be a whole number in [0, 2**32), got -1"),
         (["--batch-size", "100000"], "--batch-size 100000 is larger than the train part's 2700 images"),
+        (["--search-per-class", "0"], "--search-per-class must be a whole number >= 1, got 0"),
+        (["--search-per-class", "-3"], "--search-per-class must be a whole number >= 1, got -3"),
     ],
 )
 def test_train_refuses_bad_values_in_one_line_and_writes_nothing(small_fmnist, tmp_path, args, message):
