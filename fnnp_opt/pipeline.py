@@ -730,11 +730,17 @@ def finetune_trial(
         cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None}
     ).validate()
     by_number = {t.number: t for t in S.evaluated(study)}
-    if trial_number not in by_number:
+    if not by_number:
         raise UsageError(
-            f"trial {trial_number} of study {study_name!r} was not evaluated (only evaluated trials can be "
-            f"fine-tuned); pick an evaluated one (the front printed by `fnnp-opt run --objective pareto`, the "
-            f"dashboard, or `optuna trials`), e.g. {sorted(by_number)[:5]}"
+            f"study {study_name!r} has no evaluated trial yet, so there is nothing to fine-tune; run the same "
+            "`fnnp-opt run` command again to resume its search"
+        )
+    if trial_number not in by_number:
+        what = "was not evaluated" if any(t.number == trial_number for t in study.trials) else "does not exist"
+        raise UsageError(
+            f"trial {trial_number} of study {study_name!r} {what} (only evaluated trials can be fine-tuned); pick "
+            "an evaluated one (the front printed by `fnnp-opt run --objective pareto`, the dashboard, or `optuna "
+            f"trials`), e.g. {', '.join(map(str, sorted(by_number)[:5]))}"
         )
     given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
     output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"

@@ -330,7 +330,7 @@ def test_pareto_run_reports_a_front_and_finetune_delivers_any_point(small_fmnist
     card = json.loads((out / "pruned.json").read_text())
     assert card["study"]["trial"] == point and card["metrics"]["pruned"]["flops"] < card["metrics"]["base"]["flops"]
     res = runner.invoke(app, ["finetune", "--storage", url, "--trial", "9999"])
-    assert res.exit_code == 2 and "was not evaluated" in res.output
+    assert res.exit_code == 2 and "trial 9999 of study" in res.output and "does not exist" in res.output
 
 
 def test_finetune_refuses_distillation_without_epochs_and_touches_nothing(searched, tmp_path):
