@@ -39,9 +39,7 @@ def redact_url(url: str) -> str:
     free text (a password holding a space)."""
     password = _url_password(url)
     if password is not None:
-        head, _, rest = url.partition("://")
-        user = rest.partition(":")[0]
-        url = f"{head}://{user}:***@{rest[len(user) + 1 + len(password) + 1 :]}"
+        url = url.replace(f":{password}@", ":***@", 1)
     return redact(url)
 
 

@@ -53,6 +53,11 @@ MAX_RETRY = 3  # retries of a trial whose worker died
 POLL_S = 1.0  # how often a worker waiting for a free slot looks again
 
 
+def sqlite_lock_path(path: Path) -> Path:
+    """The study lock's file beside SQLite database ``path`` (also taken to hand out a queued trial)."""
+    return path.with_name(path.name + ".lock")
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` storage URL; None for other storages and in-memory SQLite."""
     if url.startswith("sqlite:///"):
@@ -97,7 +102,7 @@ def check_writable(url: str) -> None:
         locks = (J.lock_path(path), J.append_lock_path(path))
         files = [(path, "the journal file"), *((lock, "its lock file") for lock in locks)]
     else:
-        files = [(path, "the database file"), (path.with_name(path.name + ".lock"), "its lock file")]
+        files = [(path, "the database file"), (sqlite_lock_path(path), "its lock file")]
     for target, what in files:
         if target.exists() and not os.access(target, os.W_OK):
             raise StorageError(
@@ -187,8 +192,7 @@ class SQLiteStorage(RDBStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
         if state is not TrialState.RUNNING:
             return super().set_trial_state_values(trial_id, state, values)
-        path = sqlite_path(str(self.engine.url))
-        with _file_lock(path.with_name(path.name + ".lock")):
+        with _file_lock(sqlite_lock_path(sqlite_path(str(self.engine.url)))):
             return super().set_trial_state_values(trial_id, state, values)
 
 
@@ -442,7 +446,7 @@ def name_lock(storage, name: str) -> ContextManager[None]:
     url = str(storage.engine.url)
     path = sqlite_path(url)
     if path is not None:
-        return _file_lock(path.with_name(path.name + ".lock"))
+        return _file_lock(sqlite_lock_path(path))
     if storage.engine.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"fnnp-opt:{name}".encode()).digest()[:8], "big", signed=True)
         return _advisory_lock(storage, key)
