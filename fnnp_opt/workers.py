@@ -75,6 +75,8 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
                 time.sleep(1.0)
     finally:
         _stop(procs)
+    if any(proc.exitcode == 130 for proc in procs):  # stopped by a signal the parent did not get (started ignoring
+        raise KeyboardInterrupt  # SIGINT, as a background job of a script does): the run was interrupted too
     dead = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
     if dead:
         log.warning("search workers %s exited with codes %s", dead, [procs[i].exitcode for i in dead])
