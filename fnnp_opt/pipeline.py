@@ -20,7 +20,7 @@ from fnnp_opt import distributed
 from fnnp_opt import dashboard as D
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
-from fnnp_opt.config import Objective, RunConfig, Score, check_batch_fits, resolve_device
+from fnnp_opt.config import Objective, RunConfig, Sampler, Score, check_batch_fits, resolve_device
 from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
@@ -228,6 +228,15 @@ def uniform_ratios(p: Prepared) -> list[float]:
     return [round(uniform_ratio(lambda r: uniform_cost(p, r), t, p.space.max_rate), 6) for t in targets]
 
 
+def sampler_start(kind: Sampler, p: Prepared) -> dict[str, float] | None:
+    """Where CMA-ES starts: the uniform L1 strategy (the middle one of a ranged budget), as Optuna parameters;
+    None for the other samplers, which do not take a start."""
+    if kind is not Sampler.cmaes:
+        return None
+    ratios = uniform_ratios(p)
+    return {d.param: ratios[len(ratios) // 2] for d in p.space.dims}
+
+
 def check_reachable(p: Prepared) -> None:
     """Raise :class:`BudgetError` when no ratio vector in [0, R] lands in the window (the message gives the
     reachable range)."""
@@ -426,7 +435,8 @@ def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: P
 
     On CUDA the calibration and search batches are moved to the device once, here, for every candidate.
     """
-    study.sampler = S.make_sampler(cfg.sampler, S.session_seed(cfg.seed, St.next_session(study)), cfg.objective)
+    seed = S.session_seed(cfg.seed, St.next_session(study))
+    study.sampler = S.make_sampler(cfg.sampler, seed, cfg.objective, sampler_start(cfg.sampler, p))
     early = cfg.stops_early()
     if early:
         study.pruner = make_pruner()

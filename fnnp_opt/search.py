@@ -212,16 +212,25 @@ def session_seed(seed: int, session: int) -> int:
     return int(np.random.SeedSequence([seed, session]).generate_state(1)[0])
 
 
-def make_sampler(kind: Sampler, seed: int, objective: Objective = Objective.accuracy) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler behind ``--sampler``, seeded."""
+def make_sampler(
+    kind: Sampler, seed: int, objective: Objective = Objective.accuracy, start: dict[str, float] | None = None
+) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler behind ``--sampler``, seeded.
+
+    ``start`` ({Optuna parameter name: ratio}) is where CMA-ES centres its first generation; `run` passes the
+    uniform L1 strategy, so the search starts from the baseline and moves away only where that scores better
+    (the EagleEye paper's "start near a good point"). Without it CMA-ES starts at the middle of [0, R]. The
+    other samplers ignore it. Optuna deprecated ``x0`` in 4.9 with no replacement and removes it in 6.0, which
+    pyproject.toml's ``optuna<6`` keeps out."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "`x0` has been deprecated", FutureWarning)
         if kind is Sampler.random:
             return optuna.samplers.RandomSampler(seed=seed)
         if kind is Sampler.tpe:
             return optuna.samplers.TPESampler(seed=seed, multivariate=True)
         if kind is Sampler.cmaes:
-            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+            return optuna.samplers.CmaEsSampler(x0=start, seed=seed, warn_independent_sampling=False)
         if kind is Sampler.qmc:
             return optuna.samplers.QMCSampler(
                 qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False

@@ -12,7 +12,7 @@ import fnnp_opt.storage as St
 from fnnp_opt.config import Sampler, resolve
 from fnnp_opt.errors import StorageError
 from fnnp_opt.evaluate import NonFiniteError
-from fnnp_opt.pipeline import prepare, run, uniform_macs
+from fnnp_opt.pipeline import prepare, run, sampler_start, uniform_macs, uniform_ratios
 
 SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
 
@@ -129,6 +129,23 @@ def test_every_sampler_is_seeded(kind, prepared):
         return [t.params for t in study.trials]
 
     assert draws() == draws()
+
+
+def test_cmaes_starts_from_uniform_l1_and_the_other_samplers_take_no_start(prepared):
+    start = sampler_start(Sampler.cmaes, prepared)
+    uniform = uniform_ratios(prepared)[0]
+    assert start == {d.param: uniform for d in prepared.space.dims}
+    assert all(sampler_start(k, prepared) is None for k in Sampler if k is not Sampler.cmaes)
+
+    def first_generation_mean(ratio: float) -> float:  # trial 0 is CMA-ES's one random start-up draw
+        at = {d.param: ratio for d in prepared.space.dims}
+        study = optuna.create_study(direction="maximize", sampler=S.make_sampler(Sampler.cmaes, 3, start=at))
+        study.optimize(lambda t: sum(prepared.space.suggest(t).values()), n_trials=9)
+        draws = [v for t in study.trials[1:] for v in t.params.values()]
+        return sum(draws) / len(draws)
+
+    for ratio in (0.25, 0.55):  # sigma0 = R / 6 ~ 0.13 around the start; a centre start would sit at R / 2 = 0.4
+        assert abs(first_generation_mean(ratio) - ratio) < 0.06
 
 
 def test_resume_continues_to_the_total_without_replaying(small_fmnist, tmp_path):
