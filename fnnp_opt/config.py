@@ -58,6 +58,8 @@ DEFAULT_ABN_BATCHES = 10
 # torch threads (1.37x on 2 cores, benchmarks/workers.py, docs/speed.md); past this many processes the cores go
 # to threads
 MAX_AUTO_WORKERS = 8
+# the options that only a latency budget (--latency) uses
+LATENCY_OPTIONS = ("latency_tolerance", "latency_batch", "latency_threads", "latency_layout")
 
 
 @dataclass(frozen=True)
@@ -133,15 +135,16 @@ class RunConfig:
     device: str = "auto"  # torch device
 
     def resolved_workers(self) -> int:
-        """``--workers``, or the default: one search process per CPU core, at most :data:`MAX_AUTO_WORKERS`; one
-        on CUDA (one device) and under ``--latency`` (candidates are timed, which needs quiet cores)."""
+        """``--workers``, or the default: one search process per CPU core, at most :data:`MAX_AUTO_WORKERS` and
+        ``--n-trials``; one on CUDA (one device) and under ``--latency`` (candidates are timed, which needs quiet
+        cores)."""
         import os
 
         if self.workers is not None:
             return self.workers
         if self.latency is not None or resolve_device(self.device).startswith("cuda"):
             return 1
-        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS, self.n_trials))
 
     def calibration_batches(self) -> int:
         """``--abn-batches``, or the default of a new study (:data:`DEFAULT_ABN_BATCHES`)."""
@@ -227,6 +230,12 @@ class RunConfig:
             raise UsageError(f"--score-steps must be a whole number >= 0, got {self.score_steps!r}")
         if not isinstance(self.rerank, int) or self.rerank < 0:
             raise UsageError(f"--rerank must be a whole number >= 0 (0: no rerank), got {self.rerank!r}")
+        if self.workers is not None and self.workers > self.n_trials:
+            raise UsageError(
+                f"--workers {self.workers} starts more search processes than the --n-trials {self.n_trials} trials "
+                f"they share (each would load the model and the data for nothing); pass --workers {self.n_trials} "
+                "or less"
+            )
         if self.rerank > self.n_trials:
             raise UsageError(
                 f"--rerank {self.rerank} re-scores the top K of --n-trials {self.n_trials} evaluated candidates, so "
@@ -289,6 +298,14 @@ class RunConfig:
         from fnnp_opt.latency import LAYOUTS, check_latency
 
         if self.latency is None:
+            unused = [f for f in LATENCY_OPTIONS if getattr(self, f) != getattr(RunConfig, f)]
+            if unused:
+                given = ", ".join(f"--{f.replace('_', '-')} {getattr(self, f)}" for f in unused)
+                raise UsageError(
+                    f"{given} set{'s' * (len(unused) == 1)} how a latency budget is timed, but there is no latency "
+                    "budget (--latency); pass --latency 0.5x (say) to search under one, or drop "
+                    f"{'it' if len(unused) == 1 else 'them'}"
+                )
             return
         if self.flops is not None:
             raise UsageError(

@@ -85,8 +85,12 @@ def save_weights_and_card(model, weights: Path, card_path: Path, card: dict) -> 
         tmp_c.unlink(missing_ok=True)
 
 
-def read_recipe(path: Path) -> tuple[dict, Path]:
-    """Return (recipe dict, weights path) for an export folder or its ``pruned.json``."""
+def read_recipe(path: Path, needs: tuple[str, ...] = ()) -> tuple[dict, Path]:
+    """Return (recipe dict, weights path) for an export folder or its ``pruned.json``.
+
+    Raises :class:`CheckpointError` when the file is not a whole fnnp-opt recipe: not JSON, another format, a field
+    the network is rebuilt from missing (or one of ``needs``: ``input_shape``, ``dataset``), or any field of
+    :data:`RECIPE_FIELDS` of the wrong kind."""
     import json
 
     from fnnp_opt.errors import CheckpointError
@@ -96,16 +100,43 @@ def read_recipe(path: Path) -> tuple[dict, Path]:
     if not recipe.is_file():
         raise CheckpointError(f"{recipe} does not exist; pass an export folder written by `fnnp-opt run`")
     try:
-        doc = json.loads(recipe.read_text())
-    except json.JSONDecodeError as exc:
+        doc = json.loads(recipe.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{recipe} is not valid JSON ({exc}); re-export the model") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise CheckpointError(f"{recipe} has format {found!r}, expected {FORMAT!r}; re-export the model")
-    missing = [k for k in ("model", "in_channels", "num_classes", "layers") if k not in doc]
+    missing = [k for k in ("model", "in_channels", "num_classes", "layers", *needs) if k not in doc]
     if missing:
         raise CheckpointError(f"{recipe} lacks {', '.join(missing)}; it is not a complete export, re-export the model")
+    wrong = [f"{k} ({doc[k]!r:.40})" for k, ok in RECIPE_FIELDS.items() if k in doc and not ok(doc[k])]
+    if wrong:
+        raise CheckpointError(
+            f"{recipe} has {', '.join(wrong)} of the wrong kind (edited by hand?); re-export the model with "
+            "`fnnp-opt finetune`"
+        )
     return doc, recipe.with_name("pruned.safetensors")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _shape_entry(v) -> bool:  # one layer of prune.layer_shapes: sizes, or a parameter's shape
+    return isinstance(v, dict) and all(_count(x) or (isinstance(x, list) and all(map(_count, x))) for x in v.values())
+
+
+# the fields of a pruned.json that fnnp-opt reads, and the test each value must pass
+RECIPE_FIELDS = {
+    "model": lambda v: isinstance(v, str) and bool(v),
+    "in_channels": _count,
+    "num_classes": _count,
+    "input_shape": lambda v: isinstance(v, list) and len(v) == 4 and all(map(_count, v)),
+    "dataset": lambda v: isinstance(v, str) and bool(v),
+    "layers": lambda v: isinstance(v, dict) and all(_shape_entry(x) for x in v.values()),
+    "config": lambda v: isinstance(v, dict),
+    "metrics": lambda v: isinstance(v, dict),
+}
 
 
 def load_pruned(path: Path):
@@ -219,7 +250,7 @@ def export_onnx(path: Path, output: Path | None = None) -> tuple[Path, dict]:
     """
     require_onnx()
     path = Path(path)
-    doc, _ = read_recipe(path)
+    doc, _ = read_recipe(path, needs=("input_shape",))
     model = load_pruned(path)
     out = Path(output) if output else (path if path.is_dir() else path.parent) / "pruned.onnx"
     return out, save_onnx(model, tuple(doc["input_shape"]), out, time_batches=(1,))

@@ -786,7 +786,7 @@ def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "aut
     """Reload an export and measure it on its dataset's test set, as `run` reported it."""
     from fnnp_opt.export import load_pruned, read_recipe
 
-    doc, _ = read_recipe(path)
+    doc, _ = read_recipe(path, needs=("input_shape", "dataset"))
     model = load_pruned(path)
     dev = resolve_device(device)
     cfg = doc.get("config", {})

@@ -42,6 +42,8 @@ CASES = [
     _c("zero ABN batches", "--abn-batches|0", 2, "--abn-batches must be a whole number >= 1, got 0"),
     _c("zero ABN batch size", "--abn-batch-size|0", 2, "--abn-batch-size must be a whole number >= 1, got 0"),
     _c("zero workers", "--workers|0", 2, "--workers must be a whole number >= 1, got 0"),
+    _c("more workers than trials", "--workers|9|--n-trials|2", 2, "pass --workers 2 or less"),
+    _c("a latency timing option without a latency budget", "--latency-batch|4", 2, "but there is no latency budget"),
     _c("zero search images", "--search-size|0", 2, "--search-size must be a whole number >= 1, got 0"),
     _c("a batch larger than the train part", "--batch-size|100000", 2, "so an epoch would have no step"),
     _c("a search split larger than the data", "--search-size|1000000", 2, "search"),

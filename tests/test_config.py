@@ -73,6 +73,19 @@ def test_workers_default_to_one_process_per_cpu_core_and_one_when_timing(monkeyp
         assert resolve(device="cpu").resolved_workers() == want
     assert resolve(device="cpu", latency="0.8x").resolved_workers() == 1  # timed candidates need quiet cores
     assert resolve(device="cpu", workers=3).resolved_workers() == 3
+    assert resolve(device="cpu", n_trials=3).resolved_workers() == 3  # no process without a trial to run
+    with pytest.raises(UsageError, match="--workers 4 starts more search processes than the --n-trials 3 trials"):
+        resolve(workers=4, n_trials=3)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("latency_batch", 4), ("latency_threads", 2), ("latency_layout", "nchw"), ("latency_tolerance", 0.1)],
+)
+def test_a_latency_timing_option_without_a_latency_budget_is_refused(option, value):
+    with pytest.raises(UsageError, match=f"--{option.replace('_', '-')} {value} sets how a latency budget is timed"):
+        resolve(**{option: value})
+    assert getattr(resolve(latency="0.8x", **{option: value}), option) == value
 
 
 def test_calibration_and_early_stopping_are_left_to_the_study_until_settled():

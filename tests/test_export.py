@@ -12,7 +12,13 @@ from fnnp_opt.prune import Pruner
 
 
 def _card():
-    return {"model": "resnet20", "in_channels": 1, "num_classes": 10, "input_shape": [1, 1, 28, 28]}
+    return {
+        "model": "resnet20",
+        "in_channels": 1,
+        "num_classes": 10,
+        "input_shape": [1, 1, 28, 28],
+        "dataset": "fashion-mnist",
+    }
 
 
 def test_export_reloads_bit_identically(base_model, tmp_path):
@@ -55,3 +61,33 @@ def test_a_wrong_shaped_recipe_is_one_clear_error(tmp_path, text):
     (tmp_path / "pruned.json").write_text(text)
     with pytest.raises(CheckpointError, match="re-export the model"):
         read_recipe(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit, reported",
+    [
+        (lambda d: d.update(in_channels="1"), "in_channels"),
+        (lambda d: d.update(num_classes=True), "num_classes"),
+        (lambda d: d.update(layers=["conv1"]), "layers"),
+        (lambda d: d["layers"]["conv1"].update(out="16"), "layers"),
+        (lambda d: d.update(input_shape=[1, 28, 28]), "input_shape"),
+        (lambda d: d.update(config="fast"), "config"),
+        (lambda d: d.pop("input_shape"), "lacks input_shape"),
+        (lambda d: d.pop("dataset"), "lacks dataset"),
+    ],
+)
+def test_a_hand_edited_recipe_is_refused_by_name_before_anything_is_built(base_model, tmp_path, edit, reported):
+    from fnnp_opt.export import read_recipe
+
+    recipe = save_pruned(base_model, tmp_path, _card())
+    doc = json.loads(recipe.read_text())
+    edit(doc)
+    recipe.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=f"{reported}.*re-export the model"):
+        read_recipe(tmp_path, needs=("input_shape", "dataset"))
+
+
+def test_a_binary_recipe_is_one_clear_error(tmp_path):
+    (tmp_path / "pruned.json").write_bytes(bytes(range(256)))
+    with pytest.raises(CheckpointError, match="not valid JSON.*re-export the model"):
+        fnnp_opt.load_pruned(tmp_path)
