@@ -112,8 +112,16 @@ def serve_dashboard(
     St.check_exists(url)
     storage = St.open_storage(url)
     folder = find_store(url, storage, artifact_dir)
-    if folder is not None and not folder.is_dir():
-        raise StorageError(f"artifact store {folder} is not a folder; pass another --artifact-dir")
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise StorageError(f"artifact store {folder} is a file, not a folder; pass another --artifact-dir")
+    if folder is not None and not folder.exists():
+        if artifact_dir is not None:
+            raise StorageError(
+                f"artifact store {folder} does not exist; pass the --artifact-dir the run used, or leave "
+                "--artifact-dir out (the studies record theirs)"
+            )
+        log.warning("the artifact store %s that the studies recorded is gone; serving them without artifacts", folder)
+        folder = None
     store = FileSystemArtifactStore(folder) if folder is not None else None
     try:
         server = optuna_dashboard.wsgi(storage, artifact_store=store)

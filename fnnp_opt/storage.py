@@ -240,8 +240,12 @@ def pick_study(storage, url: str, name: str | None) -> optuna.Study:
         name = names[0]
     study = existing_study(storage, name) if name else None
     if study is None:
-        held = ", ".join(names) or "none"
-        what = f"no study {name!r}" if name else f"{len(names)} studies"
+        if not names:
+            raise UsageError(
+                f"{redact_url(url)} holds no study yet; start one with `fnnp-opt run --storage {redact_url(url)}`, or "
+                "pass the storage a run wrote"
+            )
+        what, held = (f"no study {name!r}" if name else f"{len(names)} studies"), ", ".join(names)
         raise UsageError(f"{what} in {redact_url(url)} (it holds: {held}); pass one of them as --study-name")
     return study
 

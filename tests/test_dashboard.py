@@ -98,6 +98,25 @@ def test_dashboard_refuses_a_missing_storage(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
+def test_dashboard_refuses_an_artifact_store_that_does_not_exist_and_one_that_is_a_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    url = f"sqlite:///{tmp_path}/d.db"
+    optuna.create_study(study_name="s", storage=url)
+    res = CliRunner().invoke(app, ["dashboard", "--storage", url, "--artifact-dir", str(tmp_path / "nowhere")])
+    assert (
+        res.exit_code == 1
+        and "artifact store" in res.output
+        and "does not exist; pass the --artifact-dir" in (" ".join(res.output.split()))
+    )
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "file").write_text("")
+    res = CliRunner().invoke(app, ["dashboard", "--storage", url, "--artifact-dir", str(tmp_path / "file")])
+    assert res.exit_code == 1 and "is a file, not a folder" in " ".join(res.output.split())
+
+
 def test_dashboard_on_a_busy_port_says_so(tmp_path):
     from typer.testing import CliRunner
 

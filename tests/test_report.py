@@ -184,6 +184,11 @@ def test_bad_inputs_get_one_line_and_touch_nothing(db, tmp_path):
     url = f"sqlite:///{db}"
     before = db.read_bytes()
     _one_line(runner.invoke(app, ["report", "--storage", f"sqlite:///{tmp_path}/no.db"]), 1, "does not exist yet")
+    empty = f"sqlite:///{tmp_path}/empty.db"  # a storage whose only study was deleted
+    optuna.create_study(study_name="gone", storage=empty)
+    optuna.delete_study(study_name="gone", storage=empty)
+    res = runner.invoke(app, ["report", "--storage", empty])
+    _one_line(res, 2, f"{empty} holds no study yet; start one with `fnnp-opt run --storage {empty}`")
     assert not (tmp_path / "no.db").exists()
     res = runner.invoke(app, ["report", "--storage", url, "--study-name", "nope"])
     _one_line(res, 2, f"no study 'nope' in {url} (it holds: {NAME}); pass one of them as --study-name")
