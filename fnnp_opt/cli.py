@@ -135,7 +135,12 @@ def _torchrun_job() -> Iterator:
     from fnnp_opt.distributed import session
 
     with ExitStack() as stack:
-        yield call(stack.enter_context, session())
+        command, _state["command"] = _state["command"], "join"  # Ctrl-C while joining: nothing ran, "stopped"
+        try:
+            group = call(stack.enter_context, session())
+        finally:
+            _state["command"] = command
+        yield group
 
 
 def _raised_by_ctrl_c(exc: BaseException) -> bool:

@@ -58,6 +58,8 @@ DEFAULT_ABN_BATCHES = 10
 # torch threads (1.37x on 2 cores, benchmarks/workers.py, docs/speed.md); past this many processes the cores go
 # to threads
 MAX_AUTO_WORKERS = 8
+# settings a recipe may set that no command-line option does (tests/test_recipes.py keeps this list true)
+RECIPE_ONLY = ("max_draws",)
 # the options that only a latency budget (--latency) uses
 LATENCY_OPTIONS = ("latency_tolerance", "latency_batch", "latency_threads", "latency_layout")
 
@@ -224,7 +226,7 @@ class RunConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
-                opt = "--" + name.replace("_", "-")
+                opt = f"the recipe's {name}" if name in RECIPE_ONLY else "--" + name.replace("_", "-")
                 raise UsageError(f"{opt} must be a whole number >= {0 if name == 'epochs' else 1}, got {value!r}")
         if not isinstance(self.score_steps, int) or self.score_steps < 0:
             raise UsageError(f"--score-steps must be a whole number >= 0, got {self.score_steps!r}")

@@ -307,7 +307,8 @@ def _study(cfg: RunConfig, settings: CorrelateSettings, p, budget: str) -> optun
         if study is None:
             study = St.create_study(storage, name, fingerprint, cfg.to_dict(), p.space, p.budget)
         else:
-            St.check_fingerprint(study, fingerprint, cfg.resolved_storage(), cfg.to_dict(), other="--storage")
+            names = {"abn_batches": "--sweep's largest count (ABN batches)"}
+            St.check_fingerprint(study, fingerprint, cfg.resolved_storage(), cfg.to_dict(), "--storage", names)
     return study
 
 

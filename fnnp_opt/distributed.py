@@ -47,6 +47,7 @@ JOIN_TIMEOUT = timedelta(minutes=5)  # every process of the job joins within thi
 WAIT_TIMEOUT = timedelta(days=7)  # followers wait this long for rank 0's winner (the search may take hours)
 TRAIN_TIMEOUT = timedelta(minutes=30)  # a collective of the fine-tune that takes longer has hung
 POLL_SECONDS = 0.5  # how often a waiting follower looks at its pending receive
+QUIET_JOIN_S = 3.0  # a join that takes longer says what it waits for
 COMMANDS = ("run", "finetune")  # the commands that run under torchrun with several processes
 
 
@@ -348,6 +349,12 @@ def _join() -> None:
         try:
             thread = threading.Thread(target=join, name="fnnp-torchrun-join", daemon=True)
             thread.start()
+            thread.join(QUIET_JOIN_S)
+            if not outcome:  # the others are not up yet: say what this process waits for (on the saved fd 2)
+                where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+                minutes = JOIN_TIMEOUT.total_seconds() / 60
+                text = f"waiting for torchrun's other processes at {where} (up to {minutes:g} min)\n"
+                os.write(stderr, text.encode())
             while not outcome and time.monotonic() < deadline:
                 thread.join(POLL_SECONDS)
         finally:

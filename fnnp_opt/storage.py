@@ -67,9 +67,18 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def _check_not_in_memory(url: str) -> None:
+    if url.split("?")[0] in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
+        raise StorageError(
+            f"storage {url} is in memory: a study there ends with its process (no resume, no dashboard, no "
+            "workers); pass a file such as sqlite:///studies/fnnp.db"
+        )
+
+
 def check_exists(url: str) -> None:
     """Raise :class:`StorageError` when ``url`` is a SQLite or journal file that does not exist (opening it would
-    create it), or a path that cannot hold a journal."""
+    create it), a path that cannot hold a journal, or in-memory SQLite (which holds nothing yet)."""
+    _check_not_in_memory(url)
     path = storage_file(url)
     if J.journal_path(url) is not None:
         J.check_file(path, url)
@@ -85,14 +94,18 @@ def check_writable(url: str) -> None:
     ``<journal>.lock`` and fnnp-opt's ``.fnnp-lock`` and ``.fnnp-append-lock`` go beside it), and it must be a
     journal (:func:`fnnp_opt.journal.check_file`). A folder that does not exist yet needs its
     nearest existing parent writable. Checked before anything is loaded, so a refusal leaves the
-    storage untouched. Other storages are checked when they are opened.
+    storage untouched. Other storages are checked when they are opened. In-memory SQLite is refused: a study
+    there ends with the process (no resume, no dashboard) and cannot be shared by search workers.
     """
+    _check_not_in_memory(url)
     path = storage_file(url)
     if path is None:
         return
     journal = J.journal_path(url) is not None
     if journal:
         J.check_file(path, url)
+    if path.is_dir():
+        raise StorageError(f"storage {url}: {path} is a folder, not a database file; pass a file path in --storage")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -298,9 +311,11 @@ def _shown(value) -> str:
     return "the default" if value is None else repr(value)  # a setting left to its default is stored as None
 
 
-def _changes(key: str, stored: dict, now: dict, stored_config: dict | None, config: dict | None) -> list[str]:
+def _changes(
+    key: str, stored: dict, now: dict, stored_config: dict | None, config: dict | None, names: dict[str, str]
+) -> list[str]:
     """What differs in fingerprint entry ``key``, named by flag (``--max-rate: stored 0.6, now 0.7``) where
-    the stored run settings tell, else by the entry itself."""
+    the stored run settings tell, else by the entry itself. ``names`` renames a setting the command sets itself."""
     named = []
     if stored_config is not None and config is not None:
         for flag in _FINGERPRINT_FLAGS.get(key, ()):
@@ -310,7 +325,8 @@ def _changes(key: str, stored: dict, now: dict, stored_config: dict | None, conf
             if isinstance(b, list):
                 b = tuple(b)
             if a != b:
-                named.append(f"--{flag.replace('_', '-')}: stored {_shown(a)}, now {_shown(b)}")
+                shown = names.get(flag, f"--{flag.replace('_', '-')}")
+                named.append(f"{shown}: stored {_shown(a)}, now {_shown(b)}")
     if named:
         return named
     what = {"weights": "the base weights (sha256 prefix)", "data": "the data split", "space": "the layer groups"}
@@ -323,12 +339,14 @@ def check_fingerprint(
     storage_url: str,
     config: dict | None = None,
     other: str = "--study-name",
+    names: dict[str, str] | None = None,
 ) -> None:
     """Raise :class:`StorageError` when a stored study was made with another model, data or space.
 
     ``config`` (the run's settings, :meth:`RunConfig.to_dict`) lets the message name each flag
     that differs from the stored study's, with both values. ``other`` is the option that chooses
-    another study (``correlate`` names its studies itself: ``--storage``).
+    another study (``correlate`` names its studies itself: ``--storage``). ``names`` says how to name a
+    setting the command derives from another option (``correlate``'s ABN batches come from ``--sweep``).
     """
     stored = study.user_attrs.get("fingerprint")
     where = f"study {study.study_name!r} in {redact_url(storage_url)}"
@@ -337,7 +355,7 @@ def check_fingerprint(
     keys = [k for k, v in fingerprint.items() if stored.get(k) != v]
     if keys:
         stored_config = study.user_attrs.get("config")
-        diff = [c for k in keys for c in _changes(k, stored, fingerprint, stored_config, config)]
+        diff = [c for k in keys for c in _changes(k, stored, fingerprint, stored_config, config, names or {})]
         raise StorageError(
             f"{where} was created with different settings ({'; '.join(dict.fromkeys(diff))}); "
             f"pass a new {other}, or the original options to resume it"

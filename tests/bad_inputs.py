@@ -136,6 +136,8 @@ CASES = [
     _c("a storage folder under a file", "--storage|sqlite:///{files}/a-file/s.db", 1, "is not a folder"),
     _c("a journal file under a file", "--storage|{files}/a-file/s.log", 1, "a-file is not a folder"),
     _c("a folder as journal file", "--storage|journal:///{files}", 1, "is a folder, not a journal file"),
+    _c("a folder as SQLite file", "--storage|sqlite:///{files}", 1, "is a folder, not a database file"),
+    _c("an in-memory SQLite storage", "--storage|sqlite:///:memory:", 1, "is in memory: a study there ends with"),
     _c("a file that is not a journal", "--storage|journal:///{files}/broken.toml", 1, "is not an Optuna journal file"),
     _c("a journal URL without a path", "--storage|journal:///", 1, "names no journal file"),
     _c("an unknown storage kind", "--storage|nosuchdb://localhost/x", 1, "could not be opened"),

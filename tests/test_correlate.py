@@ -82,6 +82,12 @@ def test_correlate_runs_resumes_and_writes_what_it_computed(small_fmnist, tmp_pa
             float(sweep["1"]["spearman_full_calibration"]) - want_agree
         ) < 1e-4
 
+    args = _args(small_fmnist, tmp_path, "4,3")  # another sweep: named by the option correlate has
+    res = runner.invoke(app, args[: args.index("--sweep") + 1] + ["1,2"] + args[args.index("--sweep") + 2 :])
+    printed = " ".join(res.output.split())
+    assert res.exit_code == 1 and "--sweep's largest count (ABN batches): stored 3, now 2" in printed, printed
+    assert "--abn-batches" not in printed and "pass a new --storage" in printed
+
 
 def test_candidate_counts_must_match_the_budgets(small_fmnist, tmp_path):
     res = runner.invoke(app, _args(small_fmnist, tmp_path, "3,3,3"))

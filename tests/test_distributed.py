@@ -262,3 +262,32 @@ def test_run_and_finetune_under_torchrun(small_fmnist, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert out.count("exported to") == 1 and json.loads((tmp_path / "t0" / "pruned.json").read_text())
+
+
+def test_a_join_that_waits_says_so_and_ctrl_c_stops_it_with_nothing_to_resume(tmp_path):
+    """Rank 1 started by hand with no rank 0: after a few quiet seconds it says what it waits for; Ctrl-C ends it in
+    one line ("stopped": nothing ran) with 130, well before the join's timeout."""
+    import signal
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    cli = Path(__file__).parents[1] / "cli.py"
+    cmd = [sys.executable, str(cli), "finetune", "--trial", "0", "--storage", f"sqlite:///{tmp_path}/none.db"]
+    screen = tmp_path / "screen.txt"
+    with open(screen, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and "waiting for" not in screen.read_text():
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    printed = [line for line in screen.read_text().splitlines() if line.strip()]
+    assert printed[:1] == [f"waiting for torchrun's other processes at 127.0.0.1:{port} (up to 5 min)"], printed
+    assert proc.returncode == 130 and printed[1:] == ["stopped"], printed
+    assert not (tmp_path / "none.db").exists()

@@ -181,3 +181,19 @@ def test_a_recipe_that_is_binary_or_a_folder_is_one_clear_error(tmp_path):
 def test_the_dashboard_refuses_a_port_out_of_range(tmp_path):
     res = CliRunner().invoke(app, ["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db", "--port", "99999"])
     assert res.exit_code == 2 and "65535" in res.output and "Traceback" not in res.output
+
+
+def test_a_setting_only_a_recipe_has_is_named_as_the_recipes_key(tmp_path):
+    import inspect
+    from dataclasses import fields
+
+    from fnnp_opt import cli
+    from fnnp_opt.config import RECIPE_ONLY, RunConfig
+    from fnnp_opt.errors import UsageError
+
+    assert set(RECIPE_ONLY) == {f.name for f in fields(RunConfig)} - set(inspect.signature(cli.run).parameters)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("max_draws = 0\n")
+    with pytest.raises(UsageError, match="the recipe's max_draws must be a whole number >= 1, got 0") as err:
+        resolve(recipe)
+    assert "--max-draws" not in str(err.value)
