@@ -461,6 +461,21 @@ def check_split(search_size: int | None, search_per_class: int | None, image_siz
         raise UsageError("--search-size and --search-per-class both size the search split; pass one of them")
 
 
+def check_workers(workers: int | None) -> None:
+    """Raise :class:`UsageError` when ``--workers`` asks for more search processes than this machine has CPU cores:
+    each scores candidates on a core of its own, so one beyond them only slows the others (and holds its own copy
+    of the model and data). Checked where the processes start, not when a stored study's settings are read."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if workers is not None and workers > cores:
+        raise UsageError(
+            f"--workers {workers} is more than this machine's {cores} CPU cores: each search process needs a core "
+            f"of its own; pass --workers {cores} or less (for more, run the same command on other machines, with a "
+            "PostgreSQL --storage)"
+        )
+
+
 def check_lr(lr: float) -> None:
     """Raise :class:`UsageError` unless the peak learning rate ``lr`` is positive and finite."""
     if not lr > 0 or not math.isfinite(lr):

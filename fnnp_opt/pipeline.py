@@ -20,7 +20,7 @@ from fnnp_opt import distributed
 from fnnp_opt import dashboard as D
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
-from fnnp_opt.config import Objective, RunConfig, Sampler, Score, check_batch_fits, resolve_device
+from fnnp_opt.config import Objective, RunConfig, Sampler, Score, check_batch_fits, check_workers, resolve_device
 from fnnp_opt.constraints import uniform_ratio
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
@@ -640,6 +640,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
         return follow(group)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    check_workers(cfg.workers)
     output = cfg.resolved_output()
     check_writable(output, folder=True)
     St.check_writable(cfg.resolved_storage())

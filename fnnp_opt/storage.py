@@ -312,7 +312,12 @@ def _shown(value) -> str:
 
 
 def _changes(
-    key: str, stored: dict, now: dict, stored_config: dict | None, config: dict | None, names: dict[str, str]
+    key: str,
+    stored: dict,
+    now: dict,
+    stored_config: dict | None,
+    config: dict | None,
+    names: dict[str, str] | None = None,
 ) -> list[str]:
     """What differs in fingerprint entry ``key``, named by flag (``--max-rate: stored 0.6, now 0.7``) where
     the stored run settings tell, else by the entry itself. ``names`` renames a setting the command sets itself."""
@@ -325,7 +330,7 @@ def _changes(
             if isinstance(b, list):
                 b = tuple(b)
             if a != b:
-                shown = names.get(flag, f"--{flag.replace('_', '-')}")
+                shown = (names or {}).get(flag, f"--{flag.replace('_', '-')}")
                 named.append(f"{shown}: stored {_shown(a)}, now {_shown(b)}")
     if named:
         return named
@@ -355,7 +360,7 @@ def check_fingerprint(
     keys = [k for k, v in fingerprint.items() if stored.get(k) != v]
     if keys:
         stored_config = study.user_attrs.get("config")
-        diff = [c for k in keys for c in _changes(k, stored, fingerprint, stored_config, config, names or {})]
+        diff = [c for k in keys for c in _changes(k, stored, fingerprint, stored_config, config, names)]
         raise StorageError(
             f"{where} was created with different settings ({'; '.join(dict.fromkeys(diff))}); "
             f"pass a new {other}, or the original options to resume it"

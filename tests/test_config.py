@@ -78,6 +78,19 @@ def test_workers_default_to_one_process_per_cpu_core_and_one_when_timing(monkeyp
         resolve(workers=4, n_trials=3)
 
 
+def test_more_workers_than_cpu_cores_are_refused_where_they_would_start(monkeypatch):
+    import os
+
+    from fnnp_opt.config import check_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    check_workers(4)
+    check_workers(None)  # the automatic count never exceeds the cores
+    with pytest.raises(UsageError, match="--workers 5 is more than this machine's 4 CPU cores.*--workers 4 or less"):
+        check_workers(5)
+    assert resolve(workers=5).workers == 5  # a stored study's settings still read on a smaller machine
+
+
 @pytest.mark.parametrize(
     "option, value",
     [("latency_batch", 4), ("latency_threads", 2), ("latency_layout", "nchw"), ("latency_tolerance", 0.1)],
