@@ -118,12 +118,19 @@ def read_recipe(path: Path, needs: tuple[str, ...] = ()) -> tuple[dict, Path]:
     return doc, recipe.with_name("pruned.safetensors")
 
 
+MAX_SIZE = 1 << 20  # no channel count, class count or image side of a recipe is larger (a hand edit is)
+
+
 def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIZE
 
 
 def _shape_entry(v) -> bool:  # one layer of prune.layer_shapes: sizes, or a parameter's shape
     return isinstance(v, dict) and all(_count(x) or (isinstance(x, list) and all(map(_count, x))) for x in v.values())
+
+
+def _image(v) -> bool:  # [N, C, H, W] of one batch, small enough to build an example input from
+    return isinstance(v, list) and len(v) == 4 and all(map(_count, v)) and v[1] * v[2] * v[3] <= 1 << 26
 
 
 # the fields of a pruned.json that fnnp-opt reads, and the test each value must pass
@@ -131,11 +138,11 @@ RECIPE_FIELDS = {
     "model": lambda v: isinstance(v, str) and bool(v),
     "in_channels": _count,
     "num_classes": _count,
-    "input_shape": lambda v: isinstance(v, list) and len(v) == 4 and all(map(_count, v)),
+    "input_shape": _image,
     "dataset": lambda v: isinstance(v, str) and bool(v),
     "layers": lambda v: isinstance(v, dict) and all(_shape_entry(x) for x in v.values()),
     "config": lambda v: isinstance(v, dict),
-    "metrics": lambda v: isinstance(v, dict),
+    "metrics": lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
 }
 
 

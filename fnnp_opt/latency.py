@@ -703,6 +703,12 @@ def study_table(cfg, model: nn.Module, flops: FlopsModel, pruner, space, device:
     """The latency table of a ``--latency`` study (built, or read from the cache beside ``cfg``'s storage)."""
     from fnnp_opt.prune import layer_shapes
 
+    cores = os.cpu_count() or 1
+    if cfg.latency_threads is not None and cfg.latency_threads > cores:  # torch would crash or crawl
+        raise UsageError(
+            f"--latency-threads {cfg.latency_threads} is more than this machine's {cores} CPU cores; time with "
+            f"--latency-threads {cores} or less (the threads the deployed network will have)"
+        )
     setting = Setting(device, cfg.latency_threads or torch.get_num_threads(), cfg.latency_batch)
     architecture = json.dumps([type(model).__name__, list(flops.input_shape), layer_shapes(model)], sort_keys=True)
     folder = cache_dir(cfg.resolved_storage())

@@ -585,6 +585,15 @@ def report_study(
     store = St.open_storage(storage, write_ahead=upload)
     try:
         study = St.pick_study(store, storage, study_name)
+        if upload and artifact_dir is not None:  # checked before anything is drawn or written
+            A.check_store(Path(artifact_dir))
+            recorded = study.user_attrs.get(A.STORE_ATTR)
+            moved = recorded and Path(recorded).absolute() != Path(artifact_dir).absolute()
+            if moved and Path(recorded).is_dir() and any(Path(recorded).iterdir()):  # the record would orphan them
+                raise StorageError(
+                    f"study {study.study_name!r} keeps its artifacts (the export's files among them) in {recorded}, "
+                    f"not {artifact_dir}; pass --artifact-dir {recorded} or leave it out, or --no-upload"
+                )
         report = write_report(study, Path(output) if output is not None else default_folder(study))
         if upload:
             delivered = (study.user_attrs.get("result") or {}).get("trial")

@@ -95,6 +95,7 @@ CASES = [
         2,
         "cannot be reached with ratios in [0, 0.6]: they reach [",
     ),
+    _c("more timing threads than cores", "--latency|0.8x|--latency-threads|100000", 2, "is more than this machine's"),
     _c("an unknown memory layout", "--latency|0.8x|--latency-layout|nhwc8", 2, "--latency-layout must be one of"),
     _c("round-to in words", "--round-to|eight", 2, "--round-to must be a whole number >= 1 or auto"),
     _c("distillation without a fine-tune", "--distill|--epochs|0", 2, "--distill distils during the fine-tune"),

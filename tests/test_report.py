@@ -247,10 +247,17 @@ def test_a_pareto_study_gets_optunas_pareto_front(small_fmnist, tmp_path):
 def test_report_uploads_its_files_to_the_delivered_trial(made, db, tmp_path):
     from optuna.artifacts import get_all_artifact_meta
 
+    from fnnp_opt import artifacts as A
+
+    recorded = Path(_load(db).user_attrs[A.STORE_ATTR])  # the run's store: its export is there
     store = tmp_path / "store"
-    res = runner.invoke(
-        app, ["report", "--storage", f"sqlite:///{db}", "--output", str(tmp_path / "r"), "--artifact-dir", str(store)]
-    )
+    args = ["report", "--storage", f"sqlite:///{db}", "--output", str(tmp_path / "r")]
+    res = runner.invoke(app, [*args, "--artifact-dir", str(store)])  # moving the record would orphan the export
+    assert res.exit_code == 1 and f"pass --artifact-dir {recorded} or leave it out" in " ".join(res.output.split())
+    assert not store.exists() and not (tmp_path / "r").exists()  # refused before anything was drawn
+    shutil.copytree(recorded, store)  # this test's own copy of the store, recorded on its copy of the study
+    _load(db).set_user_attr(A.STORE_ATTR, str(store))
+    res = runner.invoke(app, [*args, "--artifact-dir", str(store)])
     assert res.exit_code == 0, res.output
     study = _load(db)
     (winner,) = [t for t in study.trials if t.number == study.user_attrs["result"]["trial"]]
