@@ -31,17 +31,17 @@ def worker(steps: int, batch: int, out: Path) -> None:
     from fnnp_opt.config import resolve
     from fnnp_opt.evaluate import calibrate_bn
     from fnnp_opt.finetune import Distill, FitConfig, fit
-    from fnnp_opt.pipeline import prepare, uniform_ratios
+    from fnnp_opt.pipeline import prepare
 
     with distributed.session() as group:
         cfg = resolve(device="cpu")
         p = prepare(cfg)
-        ratio = uniform_ratios(p)[0]
+        plan = p.uniform[0]  # the uniform L1 strategy, {root: ratio}
         train = p.splits.train.subset(steps * batch, seed=0)
         fit_cfg = FitConfig(1, cfg.lr, batch, weight_decay=cfg.weight_decay, seed=cfg.seed)
 
         def finetune(data) -> float:
-            model = p.pruner.prune(p.space.uniform(ratio))
+            model = p.pruner.prune(plan)
             calibrate_bn(model, p.splits.calibration, p.device)
             t = time.perf_counter()
             fit(model, data, fit_cfg, augment=p.splits.augment, device=p.device, teacher=p.model, distill=Distill())
@@ -53,7 +53,7 @@ def worker(steps: int, batch: int, out: Path) -> None:
             threads = group.train_threads if group is not None else torch.get_num_threads()
             processes = group.world_size if group is not None else 1
             row = {"processes": processes, "threads": threads, "steps": steps, "batch": batch, "seconds": seconds}
-            row["uniform_ratio"] = ratio
+            row["uniform_ratio"] = max(plan.values())
             out.write_text(json.dumps(row))
 
 

@@ -33,13 +33,13 @@ def cmd_run(args) -> None:
     from fnnp_opt.config import resolve
     from fnnp_opt.evaluate import accuracy, calibrate_bn
     from fnnp_opt.finetune import Distill, FitConfig, fit
-    from fnnp_opt.pipeline import prepare, uniform_ratios
+    from fnnp_opt.pipeline import prepare
 
     results = Path(args.out) / "results.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
     cfg = resolve(model=args.model, flops=args.flops, device="cpu", abn_batches=100)  # as measured
     p = prepare(cfg)
-    ratio = uniform_ratios(p)[0]
+    plan = p.uniform[0]  # the uniform L1 strategy, {root: ratio}
     test = p.splits.test_batches(cfg.eval_batch_size)
     base_test = accuracy(p.model, test, p.device)
     d = Distill(args.temperature, args.weight)
@@ -51,7 +51,7 @@ def cmd_run(args) -> None:
                 if key in done:
                     continue
                 t = time.perf_counter()
-                model = p.pruner.prune(p.space.uniform(ratio))
+                model = p.pruner.prune(plan)
                 calibrate_bn(model, p.splits.calibration, p.device)
                 distill = d if method == "distill" else None
                 fit(
@@ -69,7 +69,7 @@ def cmd_run(args) -> None:
                     "method": method,
                     "epochs": epochs,
                     "seed": seed,
-                    "uniform_ratio": ratio,
+                    "uniform_ratio": max(plan.values()),
                     "temperature": d.temperature if distill else None,
                     "weight": d.weight if distill else None,
                     "test": accuracy(model, test, p.device),

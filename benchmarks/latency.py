@@ -65,13 +65,13 @@ def _search(p, storage: str):
 
 def _pruned(p, storage: str):
     """The network a study delivers: the search winner on the default, else the uniform L1 plan."""
-    from fnnp_opt.pipeline import trial_ratios, uniform_ratios
+    from fnnp_opt.pipeline import trial_ratios
 
     if p.splits is not None:
         _, best = _search(p, storage)
         return p.pruner.prune(trial_ratios(p.space, best)), f"search winner (trial {best.number})"
-    r = uniform_ratios(p)[0]
-    return p.pruner.prune(p.space.uniform(r)), f"uniform L1, ratio {r:.3f}"
+    plan = p.uniform[0]
+    return p.pruner.prune(plan), f"uniform L1, ratio {max(plan.values()):.3f}"
 
 
 def _ort_ms(models, input_shape, batch: int, threads: int, folder: Path) -> list[float]:

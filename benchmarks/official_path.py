@@ -48,7 +48,7 @@ from fnnp_opt.config import resolve
 from fnnp_opt.correlation import with_interval
 from fnnp_opt.data import load_splits
 from fnnp_opt.evaluate import accuracy, calibrate_bn
-from fnnp_opt.pipeline import make_evaluator, prepare, settle, trial_ratios, uniform_ratios
+from fnnp_opt.pipeline import make_evaluator, prepare, settle, trial_ratios
 
 
 class _Images(Dataset):
@@ -149,7 +149,7 @@ def main() -> None:
     search_full = full.search_batches(cfg.eval_batch_size)
     storage = St.open_storage(cfg.resolved_storage())
     study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
-    S.enqueue_uniform(study, p.space, uniform_ratios(p))  # as the default study: the uniform strategy first
+    S.enqueue_uniform(study, p.space, p.uniform)  # as the default study: the uniform strategy first
     evaluator = make_evaluator(cfg, p, study)
     evaluator.slots = None
     print(

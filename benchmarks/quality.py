@@ -269,14 +269,13 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
     from fnnp_opt.evaluate import accuracy
     from fnnp_opt.flops import count
     from fnnp_opt.constraints import uniform_ratio
-    from fnnp_opt.pipeline import prepare, uniform_cost, uniform_ratios
+    from fnnp_opt.pipeline import prepare, uniform_cost
 
     cfg = _config(args, seed)
     p = prepare(cfg)
     candidates = draw_candidates(p, args.candidates, seed=candidate_seed(seed, args.flops))
     n = len(candidates)
-    uniform = uniform_ratios(p)[0]
-    uniform_strategy = p.space.uniform(uniform)
+    uniform_strategy = p.uniform[0]
     scores = _scores(args, p, cfg, seed, candidates, set(), uniform_strategy)  # ABN first: it decides the rest
     need_ft = _need_ft(args, scores, n, todo)
     if need_ft:

@@ -105,14 +105,14 @@ def run_one(task: tuple) -> dict:
     from fnnp_opt import search as S
     from fnnp_opt import storage as St
     from fnnp_opt.config import Constraint, Sampler
-    from fnnp_opt.pipeline import sampler_start, trial_ratios, uniform_ratios
+    from fnnp_opt.pipeline import sampler_start, trial_ratios
 
     sampler, mode, fit_budget, seed, evals, threads = task
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     p = _prepare(seed)
     study = optuna.create_study(direction="maximize")  # in memory: ask + tell time is the sampler's own
-    S.enqueue_uniform(study, p.space, uniform_ratios(p))
+    S.enqueue_uniform(study, p.space, p.uniform)
     start = sampler_start(Sampler(sampler), p)  # CMA-ES starts from uniform L1, as in `fnnp-opt run`
     study.sampler = S.make_sampler(Sampler(sampler), S.session_seed(seed, 0), start=start)
     space = _TimedSpace(p.space)
@@ -161,12 +161,10 @@ def run_one(task: tuple) -> dict:
 def _uniform_test(seed: int, threads: int) -> dict:
     import torch
 
-    from fnnp_opt.pipeline import uniform_ratios
-
     torch.set_num_threads(threads)
     p = _prepare(seed)
-    r = uniform_ratios(p)[0]
-    return {"uniform": True, "seed": seed, "ratio": r, "test": _short_finetune(p, p.space.uniform(r), seed)}
+    plan = p.uniform[0]
+    return {"uniform": True, "seed": seed, "ratio": max(plan.values()), "test": _short_finetune(p, plan, seed)}
 
 
 def _task(args):

@@ -30,7 +30,7 @@ from _clock import TrialClock
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
-from fnnp_opt.pipeline import make_evaluator, prepare, settle, uniform_ratios
+from fnnp_opt.pipeline import make_evaluator, prepare, settle
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     prepare_s = time.perf_counter() - t
     storage = St.open_storage(url)
     study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
-    S.enqueue_uniform(study, p.space, uniform_ratios(p))
+    S.enqueue_uniform(study, p.space, p.uniform)
     evaluator = make_evaluator(cfg, p, study)
 
     clock = TrialClock(evaluator)
@@ -147,8 +147,7 @@ def _floor(p, evaluator) -> float:
     from fnnp_opt.evaluate import accuracy, calibrate_bn
     from fnnp_opt.latency import fold_bn
 
-    ratio = uniform_ratios(p)[0]
-    model = p.pruner.prune({d.root: ratio for d in p.space.dims}).to(p.device)
+    model = p.pruner.prune(p.uniform[0]).to(p.device)
     n = sum(len(y) for _, y in evaluator.calibration) + sum(len(y) for _, y in evaluator.search)
     best = math.inf
     for _ in range(3):

@@ -910,7 +910,14 @@ def space(
     out.print(f"budget {b.describe()}")
     rate = r.accepted / r.draws
     out.print(f"random sampling: {r.accepted} of {r.draws} draws land in the window ({rate:.1%})")
-    out.print(f"uniform L1 baseline, queued first in every study: ratio {', '.join(f'{u:.4f}' for u in r.uniform)}")
+    if r.uniform:
+        ratios = ", ".join(
+            f"{max(u.values()):.4f}" + ("" if max(u.values()) - min(u.values()) < 5e-7 else " (one channel step apart)")
+            for u in r.uniform
+        )
+        out.print(f"uniform L1 baseline, queued first in every study: ratio {ratios}")
+    for line in r.no_uniform:
+        out.print(f"uniform L1 baseline: {line}")
 
 
 @app.command()

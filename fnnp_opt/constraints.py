@@ -122,3 +122,42 @@ def uniform_ratio(macs_of: Callable[[float], int], target: int, max_rate: float)
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if macs_of(mid) > target else (lo, mid)
     return min((lo, hi), key=lambda r: abs(macs_of(r) - target))
+
+
+def uniform_strategy(
+    cost_of: Callable[[dict[str, float]], float],
+    roots: list[str],
+    target: float,
+    window: tuple[float, float],
+    max_rate: float,
+) -> tuple[dict[str, float] | None, tuple[float, float]]:
+    """The uniform L1 strategy ({root: ratio}) whose cost comes closest to ``target`` inside ``window``.
+
+    One ratio for every group, when one lands in the window. Kept channels are whole numbers and groups of
+    one size change together, so on a small network the cost can jump over the window at one ratio; then the
+    groups that change there change one at a time (smallest cost step first), and the first such plan in the
+    window is the strategy: every group still within one channel step of the same ratio. Returns
+    ``(strategy, (cost just above the jump, cost just below))``; the strategy is None when even that skips the
+    window (the pair then says where the uniform costs lie). The cost falls as ratios rise.
+    """
+    low, high = window
+    at = lambda r: dict.fromkeys(roots, r)  # noqa: E731
+    ratio = uniform_ratio(lambda r: cost_of(at(r)), target, max_rate)
+    for r in (round(ratio, 6), ratio):  # six digits read better, where they keep the plan in the window
+        if low <= cost_of(at(r)) <= high:
+            return at(r), (cost_of(at(r)), cost_of(at(r)))
+    above, below = 0.0, max_rate  # cost(above) > high >= cost(below)
+    for _ in range(50):
+        mid = (above + below) / 2
+        above, below = (mid, below) if cost_of(at(mid)) > high else (above, mid)
+    plan, start = at(above), cost_of(at(above))
+    costs = (start, cost_of(at(below)))
+    steps = sorted((start - cost_of(plan | {k: below}), k) for k in roots)
+    for step, k in steps:
+        if step <= 0:
+            continue
+        plan[k] = below
+        cost = cost_of(plan)
+        if cost <= high:
+            return (plan if cost >= low else None), costs
+    return None, costs

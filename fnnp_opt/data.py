@@ -134,8 +134,9 @@ def _normalise(images: np.ndarray, info: DatasetInfo) -> torch.Tensor:
 
 
 def loader_workers() -> int:
-    """Decoding processes for image folders: one per core, at most 8."""
-    return min(8, os.cpu_count() or 1)
+    """Decoding processes for image folders: one per thread this process computes with (``--workers N`` gives each
+    search process ``cores // N``), at most 8."""
+    return min(8, os.cpu_count() or 1, torch.get_num_threads())
 
 
 class _Images(torch.utils.data.Dataset):
@@ -146,10 +147,6 @@ class _Images(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.idx)
-
-    def subset(self, n: int, seed: int) -> "FolderSet":
-        """``n`` images drawn without replacement (seeded), decoded on the fly like the rest."""
-        return FolderSet(self.source, self.idx[_draw(len(self), n, seed).numpy()], self.info, self.workers)
 
     def __getitem__(self, i: int):
         """Image ``i``; an image that cannot be decoded is skipped with a warning naming it, and the next
@@ -193,6 +190,10 @@ class FolderSet:
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    def subset(self, n: int, seed: int) -> "FolderSet":
+        """``n`` images drawn without replacement (seeded), decoded on the fly like the rest."""
+        return FolderSet(self.source, self.idx[_draw(len(self), n, seed).numpy()], self.info, self.workers)
 
     def _transform(self, train: bool):
         from torchvision import transforms as T

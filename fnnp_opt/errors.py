@@ -46,3 +46,20 @@ class ModelError(UsageError):
 
 class MissingExtraError(UsageError):
     """Raised when an optional feature needs packages that are not installed (an extra of fnnp-opt)."""
+
+
+class TrialError(FnnpError):
+    """Raised when a candidate's evaluation fails on an unexpected error; its trial is marked FAIL in the study."""
+
+    def __init__(self, number: int, cause: BaseException) -> None:
+        super().__init__(f"trial {number} failed: {describe(cause)}")
+        self.number = number
+        self.exit_code = cause.exit_code if isinstance(cause, FnnpError) else 1
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` in one line: an :class:`FnnpError`'s message, or any other error's type and first line."""
+    if isinstance(exc, FnnpError):
+        return str(exc)
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

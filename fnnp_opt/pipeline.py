@@ -21,7 +21,7 @@ from fnnp_opt import dashboard as D
 from fnnp_opt import search as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import Objective, RunConfig, Sampler, Score, check_batch_fits, check_workers, resolve_device
-from fnnp_opt.constraints import uniform_ratio
+from fnnp_opt.constraints import uniform_strategy
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
 from fnnp_opt.early_stop import make_pruner
@@ -64,6 +64,8 @@ class Prepared:
     input_shape: tuple[int, ...]
     flops: FlopsModel
     latency: LatencyTable | None = None  # --latency: predicts a plan's latency; the budget is then in ms
+    uniform: list[dict[str, float]] = field(default_factory=list)  # the uniform L1 strategies, {root: ratio}
+    no_uniform: list[str] = field(default_factory=list)  # why a target has none in the window (one line each)
 
     def cost(self, removed: dict[str, int]) -> float:
         """What the budget limits, for a plan ({root: channels removed}): predicted ms with --latency, else MACs."""
@@ -153,6 +155,7 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
         p.latency = study_table(cfg, model, flops, pruner, space, device, progress)
         p.budget = make_latency_budget(cfg.latency, cfg.latency_tolerance, p.latency.base_ms)
     check_reachable(p)
+    p.uniform, p.no_uniform = uniform_strategies(p)
     if p.latency is not None:
         p.latency.save()
     if not norm_layers(model):
@@ -221,20 +224,47 @@ def uniform_cost(p: Prepared, ratio: float) -> float:
     return p.cost(p.pruner.counts(p.space.uniform(ratio)))
 
 
-def uniform_ratios(p: Prepared) -> list[float]:
-    """The uniform strategies queued first: one at the budget's target, or five spread over a range."""
+def uniform_strategies(p: Prepared) -> tuple[list[dict[str, float]], list[str]]:
+    """The uniform L1 strategies queued first ({root: ratio}): one at the budget's target, or five spread over a
+    range, each inside the window (:func:`fnnp_opt.constraints.uniform_strategy`); and, for a target where none
+    lands in the window, why, in one line."""
     b = p.budget
     targets = [b.low + (b.high - b.low) * (k + 0.5) / 5 for k in range(5)] if b.ranged else [b.target]
-    return [round(uniform_ratio(lambda r: uniform_cost(p, r), t, p.space.max_rate), 6) for t in targets]
+    roots = [d.root for d in p.space.dims]
+    found, missing = [], []
+    for t in targets:
+        plan, (above, below) = uniform_strategy(
+            lambda r: p.cost(p.pruner.counts(r)), roots, t, (b.low, b.high), p.space.max_rate
+        )
+        if plan is not None:
+            found.append(_legible(p, plan))
+        else:
+            missing.append(
+                f"no uniform L1 strategy lands in the window [{b.fmt(b.low)}, {b.fmt(b.high)}]: one ratio everywhere "
+                f"gives {b.fmt(above)} or {b.fmt(below)} (kept channels are whole numbers), and cutting the groups "
+                f"one at a time between the two skips the window too; the study has no uniform baseline (widen "
+                f"{b.option}-tolerance to hold one)"
+            )
+    return found, missing
+
+
+def _legible(p: Prepared, plan: dict[str, float]) -> dict[str, float]:
+    """``plan`` as read in a study: where its groups' ratios differ by a hair (a uniform strategy whose groups were
+    cut one at a time at one ratio), each group's own share of channels removed, which applies the same plan."""
+    if len(set(plan.values())) == 1:
+        return plan
+    removed = p.pruner.counts(plan)
+    shares = {d.root: round(removed[d.root] / d.channels, 6) for d in p.space.dims}
+    return shares if p.pruner.counts(shares) == removed else plan
 
 
 def sampler_start(kind: Sampler, p: Prepared) -> dict[str, float] | None:
     """Where CMA-ES starts: the uniform L1 strategy (the middle one of a ranged budget), as Optuna parameters;
-    None for the other samplers, which do not take a start."""
-    if kind is not Sampler.cmaes:
+    None for the other samplers, which do not take a start, and where no uniform strategy lands in the window."""
+    if kind is not Sampler.cmaes or not p.uniform:
         return None
-    ratios = uniform_ratios(p)
-    return {d.param: ratios[len(ratios) // 2] for d in p.space.dims}
+    plan = p.uniform[len(p.uniform) // 2]
+    return {d.param: plan[d.root] for d in p.space.dims}
 
 
 def check_reachable(p: Prepared) -> None:
@@ -405,7 +435,9 @@ def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_
             study.set_user_attr("base_accuracy", base_accuracy)
         if p.latency is not None:  # the setting it was timed in, the base's latency and the table's fit
             study.set_user_attr("latency", p.latency.describe())
-        S.enqueue_uniform(study, p.space, uniform_ratios(p))
+        S.enqueue_uniform(study, p.space, p.uniform)
+        for line in p.no_uniform:
+            log.warning("%s", line)
         _describe_study(cfg, p, study)
     return study
 
@@ -820,7 +852,8 @@ class SpaceReport:
     lowest: int  # FLOPs with every ratio at R
     draws: int  # random strategies drawn to estimate the acceptance rate
     accepted: int  # of which landed in the window
-    uniform: list[float]  # the uniform strategies queued first in a study (one ratio everywhere)
+    uniform: list[dict[str, float]]  # the uniform L1 strategies queued first in a study, {root: ratio}
+    no_uniform: list[str]  # for a target with no uniform strategy in the window: why
 
 
 def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) -> SpaceReport:
@@ -840,4 +873,4 @@ def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) 
             accepted += p.budget.contains(p.flops.macs(p.pruner.counts(ratios)))
             advance(1)
     lowest = uniform_macs(p, p.space.max_rate)
-    return SpaceReport(rows, p.budget, p.space.max_rate, lowest, draws, accepted, uniform_ratios(p))
+    return SpaceReport(rows, p.budget, p.space.max_rate, lowest, draws, accepted, p.uniform, p.no_uniform)

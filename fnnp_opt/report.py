@@ -257,7 +257,7 @@ def _allocation_figure(f: _Facts):
         if a.uniform is not None:
             ratio = _uniform_ratio(f.uniform)
             pairs.insert(
-                0, (a.uniform, UNIFORM_COLOUR, f"uniform L1 (trial {a.uniform_trial}): ratio {ratio:.3f} everywhere")
+                0, (a.uniform, UNIFORM_COLOUR, f"uniform L1 (trial {a.uniform_trial}): {ratio}")
             )
         width = 0.34 if len(pairs) == 2 else 0.5
         for k, (kept, colour, label) in enumerate(pairs):
@@ -280,10 +280,12 @@ def _allocation_figure(f: _Facts):
     return fig
 
 
-def _uniform_ratio(trial: FrozenTrial) -> float:
-    """The one ratio of a uniform trial (as applied, after --fit-budget)."""
+def _uniform_ratio(trial: FrozenTrial) -> str:
+    """The ratio of a uniform trial (as applied, after --fit-budget), in words: one ratio everywhere, or, where
+    the groups' whole channel counts made the window need it, ratios one channel step apart."""
     ratios = trial.user_attrs.get("ratios") or {k[len(PREFIX) :]: v for k, v in trial.params.items()}
-    return max(ratios.values())
+    low, high = min(ratios.values()), max(ratios.values())
+    return f"ratio {high:.3f} everywhere" if high - low < 5e-7 else f"ratio {high:.3f}, one channel step apart"
 
 
 def _allocation_title(f: _Facts) -> str:
@@ -534,6 +536,11 @@ def _write_summary(f: _Facts, report: Report) -> None:
             f"- **uniform L1** (the same ratio everywhere): trial {u.number}, {f.score_label} {u.values[0]:.4f} "
             f"({gain:+.4f} for the winner), FLOPs {human(u.user_attrs['flops'])}"
         )
+    else:
+        lines.append(
+            "- **uniform L1**: none evaluated in this study (no uniform strategy lands in the window, or its trial "
+            "failed: a resume queues it again)"
+        )
     if base_score is not None:
         lines.append(f"- **unpruned base**: {base_score:.4f} on the search split (before any pruning or ABN)")
     if f.delivered is not None:
@@ -550,9 +557,12 @@ def _write_summary(f: _Facts, report: Report) -> None:
         lines.append("- **test set**: no trial of this study has been fine-tuned and tested yet")
     lines += ["", "## Figures", ""]
     captions = {
-        report.allocation: "Channels kept per layer group: the winner against uniform L1, the base behind.",
+        report.allocation: "Channels kept per layer group: the winner"
+        + (" against uniform L1" if u is not None else "")
+        + ", the base behind.",
         report.scores: (
-            "The Pareto front of score against cost (Optuna's plot), uniform L1 and the winner marked."
+            f"The Pareto front of score against cost (Optuna's plot), {'uniform L1 and ' if u else ''}the winner "
+            "marked."
             if f.pareto
             else f"{f.score_label} of every evaluated candidate against its cost; the budget window shaded."
         ),

@@ -30,6 +30,7 @@ from fnnp_opt.config import Constraint, Objective, Sampler
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import Batch
 from fnnp_opt.early_stop import Reporter, step_batches
+from fnnp_opt.errors import TrialError, describe
 from fnnp_opt.evaluate import NonFiniteError, accuracy, accuracy_in_steps, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
 from fnnp_opt.latency import LatencyTable, fold_bn
@@ -242,10 +243,41 @@ def make_sampler(
     raise ValueError(kind)
 
 
-def enqueue_uniform(study: optuna.Study, space: SearchSpace, ratios: list[float]) -> None:
-    """Queue the uniform strategies (one ratio everywhere): the classic L1 baseline, evaluated first."""
-    for r in ratios:
-        study.enqueue_trial({d.param: r for d in space.dims}, user_attrs={"strategy": "uniform"}, skip_if_exists=True)
+BASELINE = "strategy"  # user attribute of a queued baseline trial: its strategy ("uniform")
+
+
+def enqueue_uniform(study: optuna.Study, space: SearchSpace, strategies: list[dict[str, float]]) -> None:
+    """Queue the uniform strategies ({root: ratio}, one ratio everywhere): the classic L1 baseline, evaluated
+    first."""
+    for plan in strategies:
+        study.enqueue_trial(
+            {d.param: plan[d.root] for d in space.dims}, user_attrs={BASELINE: "uniform"}, skip_if_exists=True
+        )
+
+
+def requeue_failed_baselines(study: optuna.Study) -> int:
+    """Queue again each baseline whose trials all failed (an error, not a kill: a killed trial's retry is queued
+    when it is found dead), so that a resumed study evaluates it; return how many. Call under the study lock."""
+    trials = study.get_trials(deepcopy=False)
+
+    def plan(t: FrozenTrial) -> tuple:
+        return tuple(sorted(t.system_attrs.get("fixed_params", t.params).items()))
+
+    baselines = [t for t in trials if t.user_attrs.get(BASELINE)]
+    alive = {plan(t) for t in baselines if t.state is not TrialState.FAIL}
+    queued = 0
+    for t in baselines:
+        if t.state is TrialState.FAIL and plan(t) not in alive:
+            alive.add(plan(t))
+            study.enqueue_trial(dict(plan(t)), user_attrs={BASELINE: t.user_attrs[BASELINE]})
+            log.warning("trial %d (the %s L1 baseline) failed; queued again", t.number, t.user_attrs[BASELINE])
+            queued += 1
+    return queued
+
+
+def baseline_queued(study: optuna.Study) -> bool:
+    """Whether a baseline waits in the queue (it is evaluated even in a study that holds ``n_trials`` already)."""
+    return any(t.user_attrs.get(BASELINE) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 # --------------------------------------------------------------------------- results
@@ -283,9 +315,11 @@ def optimize(
     report = SearchReport()
     St.fail_stale_trials(study)  # also when no trial runs in this session
     St.recover_dead_trials(study)
+    with St.study_lock(study):
+        requeue_failed_baselines(study)
     last_check = time.monotonic()
     done = len(evaluated(study))
-    if done >= n_trials:
+    if done >= n_trials and not baseline_queued(study):
         report.total_evaluated = done
         return report
 
@@ -314,6 +348,18 @@ def optimize(
                 report.stopped_early = True
                 study.stop()
 
-        study.optimize(objective, callbacks=[callback], catch=(NonFiniteError,), gc_after_trial=False)
+        def run_trial(trial: optuna.Trial) -> float | tuple[float, float]:
+            try:
+                return objective(trial)
+            except (optuna.TrialPruned, NonFiniteError):
+                raise
+            except Exception as exc:  # Optuna marks the trial FAIL; the error names it
+                try:
+                    trial.set_user_attr("fail_reason", describe(exc))
+                except Exception:  # noqa: BLE001  (a storage that failed cannot record why)
+                    pass
+                raise TrialError(trial.number, exc) from exc
+
+        study.optimize(run_trial, callbacks=[callback], catch=(NonFiniteError,), gc_after_trial=False)
     report.total_evaluated = len(evaluated(study))
     return report

@@ -539,15 +539,17 @@ class Slots:
         is held by a running trial, wait: that trial's worker may die, and its slot then
         returns to the study.
         """
-        fresh = "fixed_params" not in self.study._storage.get_trial(trial._trial_id).system_attrs
-        last_check = time.monotonic()
+        stored = self.study._storage.get_trial(trial._trial_id)
+        fresh = "fixed_params" not in stored.system_attrs
+        baseline = bool(stored.user_attrs.get("strategy"))  # a baseline queued again after it failed: evaluated
+        last_check = time.monotonic()  # even in a study that holds n_trials already, so that every study has it
         while True:
             with study_lock(self.study):
                 done, held, queued = self.count(exclude=trial._trial_id)
                 free = self.n_trials - done - held
-                if done >= self.n_trials or (fresh and queued and free <= queued):
+                if not baseline and (done >= self.n_trials or (fresh and queued and free <= queued)):
                     return False
-                if free > 0:
+                if free > 0 or (baseline and done >= self.n_trials):
                     trial.set_user_attr(self.KEY, trial._trial_id)
                     trial.set_user_attr("worker", worker_id())
                     return True

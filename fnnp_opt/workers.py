@@ -56,8 +56,10 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     before = {t.number for t in study.trials if t.state is not TrialState.WAITING}  # queued ones run now
     level = logging.getLogger("fnnp_opt").getEffectiveLevel()
+    failures = ctx.SimpleQueue()  # (worker, exit code, one line) of each worker that stopped on an error
+    # not daemons: a worker's image-folder DataLoader starts processes of its own, which a daemon may not
     procs = [
-        ctx.Process(target=_worker, args=(cfg, threads, level, os.getpid()), daemon=True) for _ in range(cfg.workers)
+        ctx.Process(target=_worker, args=(cfg, threads, level, os.getpid(), k, failures)) for k in range(cfg.workers)
     ]
     try:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: the workers start ignoring it
@@ -77,10 +79,15 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
         _stop(procs)
     if any(proc.exitcode == 130 for proc in procs):  # stopped by a signal the parent did not get (started ignoring
         raise KeyboardInterrupt  # SIGINT, as a background job of a script does): the run was interrupted too
-    dead = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
-    if dead:
+    errors = []
+    while not failures.empty():
+        errors.append(failures.get())
+    dead = [i for i, proc in enumerate(procs) if proc.exitcode != 0 and i not in {k for k, _, _ in errors}]
+    if dead:  # killed, or died in a way that left no message (out of memory)
         log.warning("search workers %s exited with codes %s", dead, [procs[i].exitcode for i in dead])
     report = S.SearchReport(total_evaluated=len(S.evaluated(study)))
+    if errors:
+        _report_failures(errors, cfg.workers, report.total_evaluated, cfg.n_trials)
     for t in study.get_trials(deepcopy=False):
         if t.number in before or t.state is TrialState.RUNNING:
             continue
@@ -91,6 +98,27 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
         elif not t.user_attrs.get(S.SURPLUS):
             report.rejected += 1
     return report
+
+
+def _report_failures(errors: list[tuple[int, int, str]], workers: int, evaluated: int, n_trials: int) -> None:
+    """Raise the first worker error when the search stopped short of ``n_trials`` (the others' are logged); log them
+    all when the other workers finished the search anyway."""
+    from fnnp_opt.errors import FnnpError
+
+    errors = sorted(errors)
+    for k, _, line in errors[1:] if evaluated < n_trials else errors:
+        log.warning("search worker %d of %d stopped: %s", k + 1, workers, line)
+    if evaluated >= n_trials:
+        return
+    k, code, line = errors[0]
+    also = f" ({len(errors) - 1} more workers stopped on errors, logged above)" if len(errors) > 1 else ""
+    error = FnnpError(
+        f"search worker {k + 1} of {workers} stopped: {line}{also}; {evaluated} of {n_trials} candidates are "
+        "evaluated and kept: fix the cause and run the same command again to resume "
+        "(--workers 1 --debug shows the traceback)"
+    )
+    error.exit_code = code
+    raise error
 
 
 def _ignore(signum, frame) -> None:
@@ -121,9 +149,10 @@ def _stop(procs: list) -> None:
             signal.signal(sig, handler)
 
 
-def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int) -> None:
+def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int, index: int, failures) -> None:
     """One search process (see the module docstring); logs its trials as plain lines at the parent's
-    ``log_level``; exits with 130 when stopped."""
+    ``log_level``; exits with 130 when stopped. An error ends it with exit code 1 (or the error's), after putting
+    ``(index, exit code, the error in one line)`` on ``failures`` for the parent to report."""
 
     def stop(signum, frame) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):  # one is enough: more would cut the trial's clean-up short
@@ -158,3 +187,10 @@ def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int) -> None:
         search(cfg, p, study)
     except KeyboardInterrupt:  # the parent reports it
         raise SystemExit(130) from None
+    except Exception as exc:  # the parent reports it, as the error it is
+        from fnnp_opt.errors import FnnpError, describe
+
+        log.debug("search worker %d stopped", index + 1, exc_info=True)
+        code = exc.exit_code if isinstance(exc, FnnpError) else 1
+        failures.put((index, code, describe(exc)))
+        raise SystemExit(code) from None

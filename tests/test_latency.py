@@ -22,7 +22,7 @@ from fnnp_opt.cli import app
 from fnnp_opt.config import Constraint, resolve
 from fnnp_opt.errors import BudgetError, UsageError
 from fnnp_opt.models import create_model, find_classifier
-from fnnp_opt.pipeline import prepare, uniform_cost, uniform_ratios
+from fnnp_opt.pipeline import prepare, uniform_cost
 from fnnp_opt.search import Evaluator
 
 runner = CliRunner()
@@ -196,7 +196,7 @@ def test_fit_budget_moves_a_draw_into_the_latency_window(latency_prepared):
 def test_a_candidate_predicted_inside_but_measured_outside_the_window_is_infeasible(latency_prepared, mode):
     p = latency_prepared
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial({d.param: r for d in p.space.dims for r in uniform_ratios(p)[:1]})  # predicted inside
+    study.enqueue_trial({d.param: p.uniform[0][d.root] for d in p.space.dims})  # predicted inside
     evaluator = _evaluator(p, mode)
     table = copy.copy(p.latency)
     table.measure = lambda model, runs=30: (p.budget.high * 1.1, 0.0)  # as a slow spell of the machine would

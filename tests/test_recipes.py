@@ -72,12 +72,13 @@ def test_every_recipe_runs_on_tiny_data_of_its_format(name, tmp_path, request):
 
 @pytest.mark.parametrize("name", sorted(SIBLINGS))
 def test_a_sibling_recipes_budget_is_reachable(name, tmp_path):
-    from fnnp_opt.pipeline import prepare, uniform_ratios
+    from fnnp_opt.pipeline import prepare
 
     cfg = resolve(name, storage=f"sqlite:///{tmp_path}/s.db", device="cpu")
     p = prepare(cfg, with_data=False)  # raises BudgetError when R cannot reach the window
-    (r,) = uniform_ratios(p)
-    assert 0 < r <= p.space.max_rate and p.budget.contains(p.flops.macs(p.pruner.counts(p.space.uniform(r))))
+    (plan,) = p.uniform
+    assert all(0 < r <= p.space.max_rate for r in plan.values())
+    assert p.budget.contains(p.flops.macs(p.pruner.counts(plan)))
 
 
 def test_recipes_command_lists_them_with_the_papers_figures():
