@@ -20,6 +20,9 @@ same pruned network, and fine-tune it with rank 0 under DistributedDataParallel.
 * **BatchNorm.** Each process normalises with its own rows' statistics (per-rank BN: SyncBatchNorm does not run on
   CPU). The running statistics are averaged over the processes after every epoch (:meth:`Group.average_buffers`),
   so every rank, the checkpoint and the export hold the same ones.
+* **Unused parameters.** Before wrapping, one forward and backward of the first batch (:func:`unused_parameters`)
+  finds the parameters the loss gives no gradient (an auxiliary head, a branch ``forward`` skips); when any process
+  finds some, DDP looks for unused parameters at every step (``find_unused_parameters``), and rank 0 names them.
 * **Threads.** torchrun sets ``OMP_NUM_THREADS=1`` for every process when it starts more than one; fnnp-opt reads a
   ``1`` as that default and fine-tunes with ``cores // processes on this node`` threads per process (any other
   ``OMP_NUM_THREADS`` is kept). Rank 0 searches and reports with all the node's cores, which are otherwise idle.
@@ -37,7 +40,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from fnnp_opt.errors import FnnpError, UsageError
 
@@ -227,9 +230,13 @@ class Group:
         """Raise :class:`UsageError` when a global batch leaves some process no image."""
         _check_batch(batch_size, self.world_size)
 
-    def wrap(self, model, device, memory_format):
+    def wrap(self, model, device, memory_format, probe: Callable[[], "torch.Tensor"] | None = None):  # noqa: F821
         """``model`` (built and loaded, on ``device``) in ``memory_format``, wrapped in DistributedDataParallel over
-        the training group. DDP starts every process from rank 0's parameters and buffers."""
+        the training group. DDP starts every process from rank 0's parameters and buffers.
+
+        ``probe`` (None: no probe) returns the loss of a forward of this process's first batch: the parameters it
+        gives no gradient in any process (:func:`unused_parameters`) make DDP look for unused parameters at every
+        step, which it otherwise refuses at the second step."""
         import torch
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
@@ -240,12 +247,38 @@ class Group:
             self._train_group = dist.new_group(backend=backend, timeout=TRAIN_TIMEOUT)
         self._device = device
         model.to(memory_format=memory_format)  # before wrapping: DDP's buckets follow the parameters' layout
+        unused = self._unused_everywhere(model, probe)
+        if unused:
+            from fnnp_opt.models import _few
+
+            log.info(
+                "torchrun: %d parameters get no gradient from the loss: %s; DistributedDataParallel looks for unused "
+                "parameters at every step",
+                len(unused),
+                _few(unused, 10),
+            )
         ids = [device.index] if device.type == "cuda" else None
         # parameters and buffers start as rank 0's; then each rank keeps its own BN statistics (no sync at every
         # forward), averaged after each epoch
         return DistributedDataParallel(
-            model, device_ids=ids, process_group=self._train_group, forward_sync_buffers=False
+            model,
+            device_ids=ids,
+            process_group=self._train_group,
+            forward_sync_buffers=False,
+            find_unused_parameters=bool(unused),
         )
+
+    def _unused_everywhere(self, model, probe: Callable[[], "torch.Tensor"] | None) -> list[str]:  # noqa: F821
+        """The trainable parameters of ``model`` that ``probe`` gives no gradient in some process (every process
+        must pass DDP the same ``find_unused_parameters``)."""
+        import torch
+        import torch.distributed as dist
+
+        unused = unused_parameters(model, probe) if probe is not None else []
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        flags = torch.tensor([n in unused for n in names], dtype=torch.int32, device=self._device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._train_group)
+        return [n for n, f in zip(names, flags.tolist()) if f]
 
     def shard(self, batches: Iterable[tuple]) -> Iterator[tuple]:
         """This process's rows (:func:`rows`) of every global batch ``(x, y)`` of ``batches``."""
@@ -299,6 +332,33 @@ class Group:
         before = torch.get_num_threads()
         torch.set_num_threads(self.train_threads)
         return before
+
+
+def unused_parameters(model, probe: Callable[[], "torch.Tensor"]) -> list[str]:  # noqa: F821
+    """Names of ``model``'s trainable parameters that get no gradient when the loss ``probe()`` returns (a forward of
+    ``model`` in train mode) is backpropagated once. The model's mode, gradients and buffers (BN statistics) and the
+    random generators (dropout) are left as they were."""
+    import torch
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = [p.grad for _, p in params]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    was_training = model.training
+    gpus = sorted({p.device.index for _, p in params if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=gpus):
+        try:
+            model.train()
+            for _, p in params:
+                p.grad = None
+            probe().backward()
+            return [n for n, p in params if p.grad is None]
+        finally:
+            model.train(was_training)
+            with torch.no_grad():
+                for b, saved in zip(model.buffers(), buffers):
+                    b.copy_(saved)
+            for (_, p), g in zip(params, grads):
+                p.grad = g
 
 
 def state_digest(model) -> bytes:

@@ -17,7 +17,7 @@ from torch import nn
 from fnnp_opt import distributed
 from fnnp_opt.data import Augment, FolderSet, TensorSet
 from fnnp_opt.errors import CheckpointError
-from fnnp_opt.evaluate import NonFiniteError, run_batches
+from fnnp_opt.evaluate import NonFiniteError, run_batches, to_device
 from fnnp_opt.progress import NULL, Progress
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,21 @@ def fit(
             log.info("resuming training after epoch %d from %s", start, checkpoint)
         else:
             log.warning("ignoring %s: it belongs to a different run", checkpoint)
-    net = model if group is None else group.wrap(model, device, memory_format)  # DDP: after the load
+    if group is None:
+        net = model
+    else:  # DDP: after the load; probed on this process's rows of the first global batch (gen left as it is)
+        peek = torch.Generator()
+        peek.set_state(gen.get_state())
+        batches = train.shuffled(cfg.batch_size, peek, augment)
+        first = next(group.shard(batches), None)
+        batches.close()  # an image folder's loader processes end now
+
+        def probe() -> torch.Tensor:
+            x, y = to_device(first, device, memory_format)
+            return distill_loss(model(x), y, None, None)
+
+        with _without_onednn() if unsafe else nullcontext():  # the probe trains as the steps do
+            net = group.wrap(model, device, memory_format, probe if first is not None else None)
 
     for epoch in range(start, cfg.epochs):
         net.train()

@@ -1,13 +1,14 @@
 """Short fine-tunes for tests/test_distributed.py, the same in one process and under torchrun.
 
 ``torchrun --standalone --nproc-per-node 2 tests/ddp_fit.py DATA_DIR OUT [RESUME]`` runs, in every process,
-:func:`fit_tiny` and :func:`fit_pruned` (and, with RESUME, :func:`fit_pruned` from that epoch checkpoint), and
-saves each process's result as ``OUT/<name>-rank<r>.pt`` (training losses and state dict). Rank 0 also keeps a copy
-of every epoch checkpoint (``<checkpoint>.epoch<k>``) for the resume tests.
+:func:`fit_tiny`, :func:`fit_pruned` (and, with RESUME, :func:`fit_pruned` from that epoch checkpoint) and
+:func:`fit_unused`, and saves each process's result as ``OUT/<name>-rank<r>.pt`` (training losses and state dict).
+Rank 0 also keeps a copy of every epoch checkpoint (``<checkpoint>.epoch<k>``) for the resume tests.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -52,6 +53,24 @@ def tiny_net() -> nn.Module:
 def fit_tiny(s, checkpoint: Path | None = None) -> tuple[nn.Module, list[float]]:
     model = tiny_net()
     return model, fit(model, s.train, TINY, augment=s.augment, checkpoint=checkpoint, tag="tiny")
+
+
+class AuxHead(nn.Module):
+    """:func:`tiny_net` with an auxiliary head that ``forward`` never runs: the loss gives its parameters no
+    gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_net()
+        self.aux = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def fit_unused(s) -> tuple[nn.Module, list[float]]:
+    model = AuxHead()
+    return model, fit(model, s.train, TINY, augment=s.augment, tag="unused")
 
 
 class Ghost(nn.Module):
@@ -118,10 +137,12 @@ def main(data_dir: Path, out: Path, resume: Path | None) -> None:
         runs = {"tiny": lambda: fit_tiny(s, out / "tiny.pt"), "pruned": lambda: fit_pruned(s, out / "pruned.pt")}
         if resume is not None:
             runs["resumed"] = lambda: fit_pruned(s, resume)
+        runs["unused"] = lambda: fit_unused(s)
         for name, run in runs.items():
             model, losses = run()
             torch.save({"losses": losses, "state": model.state_dict()}, out / f"{name}-rank{rank}.pt")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # rank 0's log, on stderr
     main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)

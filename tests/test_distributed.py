@@ -1,7 +1,8 @@
 """Fine-tuning under torchrun (fnnp_opt/distributed.py), against the same fine-tunes in one process.
 
 One torchrun job with two CPU processes (``tests/ddp_fit.py``) runs a BN-free net and the shipped ResNet-20 pruned
-to about 50% of its FLOPs, plus a resume of a one-process epoch checkpoint; the references run in this process.
+to about 50% of its FLOPs, a resume of a one-process epoch checkpoint, and a BN-free net with a head its loss does not
+use; the references run in this process.
 """
 
 from __future__ import annotations
@@ -78,6 +79,31 @@ def test_threads_replace_torchruns_default_of_one_but_keep_the_users():
     assert choose_threads(two_here, {}, 16)[:2] == (8, 16)
     assert choose_threads(two_here, {"OMP_NUM_THREADS": "3"}, 16)[:2] == (3, 3)
     assert choose_threads(Launch(0, 8, 0, 8), {}, 2)[0] == 1  # never 0
+
+
+def test_the_probe_names_unused_parameters_and_leaves_the_model_as_it_was(small_fmnist):
+    """One forward and backward in train mode finds the head forward skips; the model's mode, gradients and BN
+    statistics, and the random generator (dropout), are as before."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dropout())
+    model = nn.ModuleDict({"body": body, "fc": nn.Linear(4 * 26 * 26, 10), "aux": nn.Linear(4, 10)})
+    model.eval()
+    model["fc"].weight.grad = torch.ones_like(model["fc"].weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = ddp_fit.splits(small_fmnist).train.batches(8)[0]
+    rng = torch.get_rng_state()
+
+    def probe() -> torch.Tensor:
+        assert model.training  # BN and dropout as in a training step
+        return torch.nn.functional.cross_entropy(model["fc"](model["body"](x)), y)
+
+    assert distributed.unused_parameters(model, probe) == ["aux.weight", "aux.bias"]
+    assert not model.training and torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(model["fc"].weight.grad, torch.ones_like(model["fc"].weight))
+    assert model["aux"].weight.grad is None
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # running statistics included
+    assert distributed.unused_parameters(model["body"], lambda: model["body"](x).sum()) == []
 
 
 def test_commands_of_one_process_refuse_several_torchrun_processes(monkeypatch):
@@ -164,6 +190,7 @@ def runs(small_fmnist, tmp_path_factory):
             "tiny": lambda: ddp_fit.fit_tiny(s),
             "pruned": lambda: ddp_fit.fit_pruned(s, one / "pruned.pt"),
             "ghost": lambda: ddp_fit.fit_pruned(s, ghost=2),
+            "unused": lambda: ddp_fit.fit_unused(s),
         }.items():
             model, losses = fn()
             ref[name] = {"losses": losses, "state": model.state_dict()}
@@ -175,6 +202,7 @@ def runs(small_fmnist, tmp_path_factory):
             timeout=600,
         )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        ref["torchrun"] = {"output": res.stdout + res.stderr}
         # two processes' epoch 1, resumed by one
         shutil.copy(two / "pruned.pt.epoch1", one / "from-two.pt")
         model, losses = ddp_fit.fit_pruned(s, one / "from-two.pt")
@@ -183,7 +211,8 @@ def runs(small_fmnist, tmp_path_factory):
         ddp_fit.restore_save()
     _, start = ddp_fit.pruned_net()
     ref["start"] = {"state": start.state_dict()}
-    return ref, {name: [_load(two / f"{name}-rank{r}.pt") for r in (0, 1)] for name in ("tiny", "pruned", "resumed")}
+    names = ("tiny", "pruned", "resumed", "unused")
+    return ref, {name: [_load(two / f"{name}-rank{r}.pt") for r in (0, 1)] for name in names}
 
 
 def test_both_processes_end_with_bit_identical_weights(runs):
@@ -203,6 +232,22 @@ def test_without_batchnorm_two_processes_compute_what_one_does(runs):
     assert two["tiny"][0]["losses"] == pytest.approx(one["tiny"]["losses"], rel=1e-5)
     for k, v in one["tiny"]["state"].items():
         torch.testing.assert_close(two["tiny"][0]["state"][k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_a_parameter_the_loss_does_not_use_trains_under_torchrun(runs):
+    """An auxiliary head that forward never runs: DDP is told to look for unused parameters (rank 0 names them once,
+    at INFO), the head keeps its initial weights in both processes as in one, and the rest ends where one process
+    ends, to float rounding (both ranks bit-identical: test_both_processes_end_with_bit_identical_weights)."""
+    one, two = runs
+    start = ddp_fit.AuxHead().state_dict()
+    for state in (one["unused"]["state"], two["unused"][0]["state"], two["unused"][1]["state"]):
+        assert all(torch.equal(state[k], start[k]) for k in ("aux.weight", "aux.bias"))
+    assert not torch.equal(two["unused"][0]["state"]["net.0.weight"], start["net.0.weight"])  # the rest trained
+    assert two["unused"][0]["losses"] == pytest.approx(one["unused"]["losses"], rel=1e-5)
+    for k, v in one["unused"]["state"].items():
+        torch.testing.assert_close(two["unused"][0]["state"][k], v, rtol=1e-4, atol=1e-5)
+    output = one["torchrun"]["output"]
+    assert output.count("get no gradient from the loss: aux.weight, aux.bias") == 1, output[-3000:]
 
 
 def test_with_batchnorm_two_processes_differ_from_one_only_by_per_process_statistics(runs):
