@@ -19,12 +19,14 @@ import importlib
 import inspect
 import re
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from fnnp_opt.errors import CheckpointError, ModelError
 
@@ -416,35 +418,43 @@ def file_digest(path: Path) -> str:
 
 # Where training scripts keep the weights inside a checkpoint dict, most specific first.
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
-# Prefixes that wrappers add to every key: DataParallel / DistributedDataParallel, torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _is_state(obj) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+def _tensor_count(obj) -> int:
+    """How many tensors ``obj`` holds, if it is a dict with string keys (the shape of a state dict); else 0."""
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        return 0
+    return sum(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _find_state(obj) -> dict[str, torch.Tensor] | None:
-    """The state dict in a loaded checkpoint: the object itself, a known key, or the one tensor dict it holds."""
-    if _is_state(obj):
-        return obj
+def _find_state(obj) -> dict | None:
+    """The state dict in a loaded checkpoint: the object itself, a known key, or the one dict of tensors it holds.
+
+    A state dict may hold entries that are not tensors (a module's extra state, or a stray value that
+    ``load_state_dict`` refuses by name), so the object itself is the state dict when it holds more
+    tensors than any dict inside it.
+    """
     if not isinstance(obj, dict):
         return None
+    if obj and _tensor_count(obj) == len(obj):
+        return obj
     for key in _STATE_KEYS:
-        if _is_state(obj.get(key)):
+        if _tensor_count(obj.get(key)):
             return obj[key]
-    found = [v for v in obj.values() if _is_state(v)]
-    return found[0] if len(found) == 1 else None
+    nested = [v for v in obj.values() if _tensor_count(v)]
+    if _tensor_count(obj) > max(map(_tensor_count, nested), default=0):
+        return obj
+    return nested[0] if len(nested) == 1 else None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a safetensors file or a ``torch.save`` file, without pickle code.
+def read_state_dict(path: Path) -> dict:
+    """Read a state dict from a safetensors file or a ``torch.save`` file, without pickle code.
 
     Accepted layouts: a plain state dict; a training checkpoint dict holding it under
     ``state_dict``, ``model_state_dict``, ``model``, ``net``, ``network``, ``weights`` or
-    ``params``, or as its only dict of tensors (``{'net': ..., 'acc': 93.1, 'epoch': 199}``). A
-    prefix that DataParallel (``module.``) or torch.compile (``_orig_mod.``) put on every key is
-    removed.
+    ``params``, or as its only dict of tensors (``{'net': ..., 'acc': 93.1, 'epoch': 199}``). The
+    state dict comes back as saved (its keys, any entry that is not a tensor, the module versions
+    torch.save keeps in ``_metadata``): :func:`load_weights` fits it to a model.
 
     Raises:
         CheckpointError: the file is missing or unreadable, holds no state dict (the message names
@@ -484,15 +494,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     state = _find_state(obj)
     if state is None:
-        found = f"a dict with keys {_few(sorted(map(str, obj)), 6)}" if isinstance(obj, dict) else type(obj).__name__
+        if isinstance(obj, dict):
+            found = f"a dict with keys {_few(sorted(map(str, obj)), 6)}" if obj else "an empty dict"
+        else:
+            found = type(obj).__name__
         raise CheckpointError(
             f"checkpoint {path} holds no state_dict of tensors (found {found}); save model.state_dict(), or a "
             f"dict holding it under one of {', '.join(_STATE_KEYS)}"
         )
-    for prefix in _WRAPPER_PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [
+        k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()
+    ]
     if bad:
         raise CheckpointError(
             f"checkpoint {path} holds NaN or inf weights in {_few(bad)}; the training that wrote it diverged: "
@@ -501,54 +513,83 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _strip_wrapper(state: OrderedDict, keys: set[str]) -> str:
+    """Remove, in place, the names that every key of ``state`` starts with (DataParallel's ``module.``,
+    torch.compile's ``_orig_mod.``, a Lightning module's ``model.``, nested ones), as many as bring its keys
+    closest to ``keys``; return what was removed."""
+    names, heads, best, most = list(state), [], [], len(state.keys() & keys)
+    while names and all(isinstance(k, str) and "." in k for k in names):
+        head = names[0].split(".", 1)[0] + "."
+        if not all(k.startswith(head) for k in names):
+            break
+        names, heads = [k[len(head) :] for k in names], [*heads, head]
+        if len(set(names) & keys) > most:
+            best, most = heads, len(set(names) & keys)
+    for head in best:
+        consume_prefix_in_state_dict_if_present(state, head)  # the module versions in _metadata too
+    return "".join(best)
+
+
+def _torch_reasons(exc: Exception) -> str:
+    """Why ``load_state_dict`` refused, in one line: PyTorch's reasons (missing keys, unexpected keys, size
+    mismatches ...) joined, with each list of keys and the list of size mismatches cut after three."""
+    lines = [line.strip().rstrip(".").rstrip() for line in str(exc).splitlines() if line.strip()]
+    if not (lines and lines[0].startswith("Error(s) in loading state_dict")):
+        return f"{type(exc).__name__}: {(lines or [''])[0][:300]}"
+    body = lines[1:]
+    sizes = [i for i, line in enumerate(body) if line.startswith("size mismatch for ")]
+    reasons = []
+    for i, line in enumerate(body):
+        if i in sizes[3:]:
+            continue
+        line = re.sub(r'"[^"]*"(?:, "[^"]*")+', lambda m: _few(re.findall(r'"[^"]*"', m.group(0))), line)[:300]
+        if len(sizes) > 3 and i == sizes[2]:
+            line += f" (+{len(sizes) - 3} more size mismatches)"
+        reasons.append(line)
+    return "; ".join(reasons)
+
+
 def load_weights(
     model: nn.Module,
-    state: dict[str, torch.Tensor],
+    state: dict,
     source: str,
     remedy: str = "pass the checkpoint trained for this --model and --dataset",
 ) -> None:
-    """Load ``state`` into ``model`` strictly; on a mismatch, raise :class:`CheckpointError` naming the keys that
-    differ and ending with ``remedy``.
+    """Load ``state`` into ``model`` with PyTorch's strict ``load_state_dict``: what it accepts loads, and
+    what it refuses raises :class:`CheckpointError`, one line with PyTorch's reasons, ending with ``remedy``.
 
-    A key the file lacks is taken from another key when the model registers both for one tensor
-    (a module under two names, saved once).
+    First the keys are fitted to the model the ways PyTorch leaves to the caller: a name a wrapper put
+    before every key is removed (see :func:`_strip_wrapper`), and a tensor that the model registers under
+    several names (a module under two names, tied weights) but the file holds once, as safetensors must,
+    fills the other names. A state dict saved without module versions (safetensors, a plain dict) is
+    loaded as the model's current versions, except for the norm layers, which read it as PyTorch does: a
+    missing ``num_batches_tracked`` starts at 0. On a refusal the model may hold part of ``state``.
     """
     own = model.state_dict()
-    state = dict(state)
+    versions = getattr(state, "_metadata", None)
+    state = OrderedDict(state)
+    if versions is None:
+        versions = OrderedDict(getattr(own, "_metadata", {}))
+        for name, module in model.named_modules(remove_duplicate=False):
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                versions.pop(name, None)
+    state._metadata = OrderedDict(versions)  # a copy: removing a wrapper's name renames its entries
+    removed = _strip_wrapper(state, set(own))
     tied: dict[tuple, list[str]] = {}
     for k, v in own.items():
-        if v.numel():
+        if isinstance(v, torch.Tensor) and not nn.parameter.is_lazy(v) and v.numel():
             tied.setdefault((v.data_ptr(), v.dtype, tuple(v.shape)), []).append(k)
     for names in tied.values():
         present = [k for k in names if k in state]
         for k in names:
             if present and k not in state:
                 state[k] = state[present[0]]
-    if set(state) != set(own):  # every key under one wrapper's name (Lightning's `model.`, say): drop it
-        heads = {k.split(".", 1)[0] for k in state}
-        if len(heads) == 1 and all("." in k for k in state):
-            inner = {k.split(".", 1)[1]: v for k, v in state.items()}
-            if set(inner) == set(own):
-                state = inner
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatch {_few(shapes)}")
-        raise CheckpointError(f"checkpoint {source} does not fit the model: {'; '.join(parts)}; {remedy}")
-    ordered = type(own)(state)
-    ordered._metadata = getattr(own, "_metadata", {})  # module versions, which some modules' loaders require
-    model.load_state_dict(ordered)
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # RuntimeError for keys and shapes; a module's own loader may raise anything
+        read = f" (its keys read without {removed!r})" if removed else ""
+        reasons = _torch_reasons(exc)
+        raise CheckpointError(f"checkpoint {source}{read} does not fit the model: {reasons}; {remedy}") from None
 
 
 def _few(items: list[str], n: int = 3) -> str:

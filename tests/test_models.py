@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from fnnp_opt.errors import CheckpointError, ModelError
 from fnnp_opt.models import (
@@ -116,10 +121,10 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="could not be read"):
         read_state_dict(tmp_path / "bad.safetensors")
     save_file(create_model("resnet20", 3, 10).state_dict(), str(tmp_path / "rgb.safetensors"))
-    with pytest.raises(CheckpointError, match=r"shape mismatch conv1.weight \(16, 3, 3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"size mismatch for conv1.weight: .* torch.Size\(\[16, 3, 3, 3\]\) from"):
         load_model("resnet20", 1, 10, tmp_path / "rgb.safetensors")
     save_file(create_model("resnet56", 1, 10).state_dict(), str(tmp_path / "r56.safetensors"))
-    with pytest.raises(CheckpointError, match="unexpected layer1.3"):
+    with pytest.raises(CheckpointError, match=r"Unexpected key\(s\) in state_dict: \"layer1.3.*\(\+213 more\)"):
         load_model("resnet20", 1, 10, tmp_path / "r56.safetensors")
 
 
@@ -154,3 +159,158 @@ def test_a_user_module_that_fails_to_import_is_one_error(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModelError, match="module 'broken_mod' cannot be imported .*SyntaxError|invalid syntax"):
         get_model_info("broken_mod:build")
+
+
+# --------------------------------------------------------------------------- checkpoints as PyTorch loads them
+
+
+def _saved(path):
+    """What the file holds, read the safe way."""
+    return load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+
+
+def _unwrapped(*prefixes):
+    """PyTorch's own way to load a wrapper's keys: consume_prefix_in_state_dict_if_present, then load_state_dict."""
+
+    def load(model, path):
+        state = _saved(path)
+        for prefix in prefixes:
+            consume_prefix_in_state_dict_if_present(state, prefix)
+        model.load_state_dict(state)
+
+    return load
+
+
+def _saving(change, safetensors=False):
+    """Write ``change(trained state dict)`` with torch.save, or safetensors' save_file."""
+
+    def write(model, path):
+        obj = change(model.state_dict())
+        save_file(obj, str(path)) if safetensors else torch.save(obj, path)
+
+    return write
+
+
+def _ref(pick=lambda obj: obj):
+    """PyTorch's own load: ``model.load_state_dict(pick(what the file holds))``."""
+    return lambda model, path: model.load_state_dict(pick(_saved(path)))
+
+
+def _tensors(change):
+    return lambda sd: {k: change(k, v) for k, v in sd.items()}
+
+
+def _without(*suffixes):
+    return lambda sd: {k: v for k, v in sd.items() if not k.endswith(suffixes)}
+
+
+def _versioned_without_counts(sd):
+    kept = type(sd)((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+    kept._metadata = sd._metadata  # torch.save keeps the module versions: BatchNorm's 2 needs the counts
+    return kept
+
+
+U = "usermodels:"
+# (id, model, file name, how the user wrote it from the trained model, how PyTorch's own code loads it)
+CHECKPOINT_KINDS = [
+    ("plain", "resnet20", "w.pt", _saving(lambda sd: sd), _ref()),
+    ("state_dict", "resnet20", "w.pt", _saving(lambda sd: {"state_dict": sd, "epoch": 3}),
+     _ref(lambda o: o["state_dict"])),
+    ("model", "resnet20", "w.pt", _saving(lambda sd: {"model": sd, "optimizer": {"state": {}, "param_groups": []}}),
+     _ref(lambda o: o["model"])),
+    ("model_state_dict", "resnet20", "w.pt", _saving(lambda sd: {"model_state_dict": sd, "loss": 0.3}),
+     _ref(lambda o: o["model_state_dict"])),
+    ("ema", "resnet20", "w.pt", _saving(lambda sd: {"ema": sd, "best_acc1": torch.tensor(76.1)}),
+     _ref(lambda o: o["ema"])),
+    ("dataparallel", "resnet20", "w.pt", _saving(lambda sd: {f"module.{k}": v for k, v in sd.items()}),
+     _unwrapped("module.")),
+    ("compiled-ddp", "resnet20", "w.pt", _saving(lambda sd: {f"_orig_mod.module.{k}": v for k, v in sd.items()}),
+     _unwrapped("_orig_mod.", "module.")),
+    ("lightning", "resnet20", "w.ckpt", _saving(lambda sd: {"state_dict": {f"model.{k}": v for k, v in sd.items()}}),
+     lambda m, p: m.load_state_dict({k[6:]: v for k, v in _saved(p)["state_dict"].items()})),
+    ("holder-keys-module", U + "module_holder", "w.pt", _saving(lambda sd: sd), _ref()),
+    ("safetensors-fp16", "resnet20", "w.safetensors",
+     _saving(_tensors(lambda k, v: v.half() if v.is_floating_point() else v), safetensors=True), _ref()),
+    ("bf16", U + "bn1d_head", "w.pt", _saving(_tensors(lambda k, v: v.bfloat16() if v.is_floating_point() else v)),
+     _ref()),
+    ("safetensors-shared", U + "shared_conv", "w.safetensors", lambda m, p: st_save_model(m, str(p)),
+     lambda m, p: st_load_model(m, str(p))),
+    ("tied-torch-save", U + "shared_conv", "w.pt", _saving(lambda sd: sd), _ref()),
+    ("safetensors-no-bn-counts", "resnet20", "w.safetensors", _saving(_without("num_batches_tracked"), True), _ref()),
+    ("dict-no-bn-counts", "resnet20", "w.pt", _saving(lambda sd: dict(_without("num_batches_tracked")(sd))), _ref()),
+    ("bn-counts-shape-1", "resnet20", "w.safetensors",
+     _saving(_tensors(lambda k, v: v.reshape(1) if k.endswith("num_batches_tracked") else v), True), _ref()),
+    ("non-persistent-buffer", U + "non_persistent", "w.pt", _saving(lambda sd: sd), _ref()),
+    ("extra-state", U + "extra_state", "w.pt", _saving(lambda sd: sd), _ref()),
+    ("lazy", U + "lazy_head", "w.pt", _saving(lambda sd: sd), _ref()),
+    # refused by PyTorch
+    ("versioned-no-bn-counts", "resnet20", "w.pt", _saving(_versioned_without_counts), _ref()),
+    ("unexpected", "resnet20", "w.pt", _saving(lambda sd: {**sd, "fc.scale": torch.ones(1)}), _ref()),
+    ("missing", "resnet20", "w.safetensors", _saving(_without("fc.bias"), True), _ref()),
+    ("dataparallel-missing", "resnet20", "w.pt",
+     _saving(lambda sd: {f"module.{k}": v for k, v in sd.items() if k != "fc.bias"}), _unwrapped("module.")),
+    ("shape", "resnet20", "w.pt", _saving(lambda sd: {**sd, "fc.bias": torch.zeros(100)}), _ref()),
+    ("non-tensor-extra", "resnet20", "w.pt", _saving(lambda sd: {**sd, "epoch": 3}), _ref()),
+    ("non-tensor-param", "resnet20", "w.pt", _saving(lambda sd: {**sd, "fc.bias": [0.0] * 10}), _ref()),
+    ("non-persistent-saved", U + "non_persistent", "w.pt", _saving(lambda sd: {**sd, "mean": torch.tensor(0.5)}),
+     _ref()),
+    ("whole-module", "resnet20", "w.pt", lambda m, p: torch.save(m, p), _ref()),
+]
+
+
+def _trained(spec):
+    """The model after a training step's forward: distinct weights, BatchNorm statistics and counts."""
+    torch.manual_seed(1)
+    model = create_model(spec, 1, 10)
+    with torch.no_grad():
+        model(torch.randn(4, 1, 28, 28))  # a lazy layer takes its shape, BatchNorm counts a batch
+        for v in model.state_dict().values():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                v.normal_()
+    if hasattr(model, "temperature"):
+        model.temperature = 2.5
+    return model
+
+
+def _reasons(exc):
+    """PyTorch's reasons for refusing, each cut after its third quoted key."""
+    out = []
+    for line in str(exc).splitlines()[1:]:
+        line = line.strip().rstrip(".").rstrip()
+        keys = re.findall(r'"[^"]*"', line)
+        out.append(line[: line.index(keys[2]) + len(keys[2])] if len(keys) > 3 else line)
+    return out
+
+
+@pytest.mark.parametrize(
+    "spec, name, write, load", [k[1:] for k in CHECKPOINT_KINDS], ids=[k[0] for k in CHECKPOINT_KINDS]
+)
+def test_checkpoints_load_as_pytorch_loads_them(tmp_path, spec, name, write, load):
+    """What load_state_dict accepts loads with the same result; what it refuses is refused with its reasons."""
+    path = tmp_path / name
+    write(_trained(spec), path)
+    torch.manual_seed(2)
+    reference = create_model(spec, 1, 10)
+    try:
+        load(reference, path)
+        refused = None
+    except Exception as exc:  # PyTorch's refusal, whatever its type
+        refused = exc
+    if refused is None:
+        model, _ = load_model(spec, 1, 10, path)
+        ours, theirs = model.state_dict(), reference.state_dict()
+        assert list(ours) == list(theirs)
+        for k, v in theirs.items():
+            if isinstance(v, torch.Tensor):
+                assert ours[k].dtype == v.dtype and torch.equal(ours[k], v), k
+            else:
+                assert ours[k] == v, k
+        return
+    with pytest.raises(CheckpointError) as err:
+        load_model(spec, 1, 10, path)
+    line = str(err.value)
+    assert "\n" not in line
+    if isinstance(refused, RuntimeError):  # load_state_dict's reasons, each in the line
+        assert _reasons(refused) and all(reason in line for reason in _reasons(refused)), (_reasons(refused), line)
+    else:  # weights_only refused the pickled module
+        assert "CifarResNet, which fnnp-opt does not load" in line and "save model.state_dict()" in line

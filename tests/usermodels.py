@@ -93,3 +93,58 @@ class _FixedWidth(nn.Module):
 def fixed_width(num_classes: int = 10) -> nn.Module:
     """A forward that hard-codes one layer's width: that layer cannot be pruned, the others can."""
     return _FixedWidth(num_classes)
+
+
+def lazy_head(num_classes: int = 10) -> nn.Module:
+    """A LazyLinear classifier: its weight has no shape until a batch (or a checkpoint) gives it one."""
+    return nn.Sequential(*_body(nn.BatchNorm2d), nn.LazyLinear(num_classes))
+
+
+class _Calibrated(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body, self.fc = nn.Sequential(*_body(nn.BatchNorm2d)), nn.Linear(32, num_classes)
+        self.temperature = 1.0
+
+    def get_extra_state(self) -> dict:
+        return {"temperature": self.temperature}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.temperature = state["temperature"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x)) / self.temperature
+
+
+def extra_state(num_classes: int = 10) -> nn.Module:
+    """A module whose state dict holds a value that is not a tensor (``_extra_state``: its temperature)."""
+    return _Calibrated(num_classes)
+
+
+class _Normalised(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(0.2860), persistent=False)  # not in the state dict
+        self.net = nn.Sequential(*_body(nn.BatchNorm2d), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x - self.mean)
+
+
+def non_persistent(num_classes: int = 10) -> nn.Module:
+    """A buffer registered with persistent=False: the model has it, its state dict does not."""
+    return _Normalised(num_classes)
+
+
+class _Holder(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.module = nn.Sequential(*_body(nn.BatchNorm2d), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def module_holder(num_classes: int = 10) -> nn.Module:
+    """The network kept as ``self.module``: every key of its own state dict starts with ``module.``."""
+    return _Holder(num_classes)
