@@ -350,7 +350,8 @@ def run(
         Opt(
             help="A latency budget instead of FLOPs: a fraction of the base's measured latency like 0.5x, or "
             "milliseconds like 3ms (a range 0.3x:0.9x for pareto). Timed in the deploy form (BN folded) on "
-            "--device; candidates are predicted from a per-layer table built once and cached beside the storage."
+            "--device, the base in its faster layout as the summary times it; candidates are predicted from a "
+            "per-layer table built once and cached beside the storage."
         ),
     ] = None,
     latency_tolerance: Annotated[
@@ -362,7 +363,10 @@ def run(
     ] = None,
     latency_layout: Annotated[
         Optional[str],
-        Opt(help="nchw, channels-last, or auto: the faster for a typical candidate (every ratio R/2). [default: auto]"),
+        Opt(
+            help="The candidates' layout (the base is timed in its faster one): nchw, channels-last, or auto: the "
+            "faster for a typical candidate (every ratio R/2). [default: auto]"
+        ),
     ] = None,
     max_rate: Annotated[
         Optional[float], Opt(help="R: every pruning ratio lies in [0, R]; must be in (0, 1). [default: 0.6]")
@@ -654,14 +658,15 @@ def _print_summary(r) -> None:
         f"{b['batch_ms'] / p['batch_ms']:.2f}x",
     )
     out.print(table)
-    for warning in speed_warnings(b, p):
+    for warning in speed_warnings(b, p, latency_budget=r.latency is not None):
         out.print(f"[yellow]note:[/yellow] {warning}", highlight=False)
     if r.latency is not None:
         lat = r.latency
         inside = "inside" if lat["within_window"] else "[yellow]outside[/yellow]"
         out.print(
             f"latency budget ({lat['device']}, {_threads(lat['threads'])}, batch {lat['batch']}, {lat['layout']}): "
-            f"measured {lat['measured_ms']:.3f} ms, {inside} the window [{lat['window_ms'][0]:.3f}, "
+            f"measured {lat['measured_ms']:.3f} ms ({lat['measured_ratio']:.2f}x the base's {lat['base_ms']:.3f} ms "
+            f"{short[lat['base_layout']]}), {inside} the window [{lat['window_ms'][0]:.3f}, "
             f"{lat['window_ms'][1]:.3f}] ms; predicted {lat['predicted_ms'] or float('nan'):.3f} ms"
             + (
                 f"; the table's median error over {lat['candidates_timed']} timed candidates: "

@@ -19,6 +19,10 @@ direct measurement takes a second and carries noise. It builds a :class:`Latency
   the intercept holds what pruning cannot remove (per-op dispatch, the stem and the head), the last
   term the elementwise work (ReLU, residual additions) that scales with the kept channels.
 
+The base's time, which a relative budget (``0.7x``) is a fraction of, is its time as deployed and as
+the run's summary reports it (:func:`deployed_ms`): its deploy form in its faster memory layout,
+whatever layout the candidates are timed in.
+
 The table is cached beside the study's storage (:func:`cache_dir`), keyed by the processor, torch's
 version, the setting and the architecture, so every worker and every resumed session reuses it.
 """
@@ -69,7 +73,7 @@ class Setting:
 
     @property
     def layout(self) -> str:
-        return "channels-last" if self.channels_last else "nchw"
+        return layout_name(self.channels_last)
 
     def describe(self) -> str:
         return f"{self.device}, {self.threads} thread{'s' * (self.threads > 1)}, batch {self.batch}, {self.layout}"
@@ -268,31 +272,60 @@ def best_layout(models: list[nn.Module], input_shape: tuple[int, ...], setting: 
     return Setting(setting.device, setting.threads, setting.batch, nhwc < nchw)
 
 
+def layout_name(channels_last: bool) -> str:
+    """A memory layout as settings, studies and exports name it."""
+    return "channels-last" if channels_last else "nchw"
+
+
+def layouts_of(input_shape: tuple[int, ...]) -> list[bool]:
+    """The memory layouts a network taking ``input_shape`` can run in (channels-last or not): both for 4-D inputs."""
+    return [False, True] if len(input_shape) == 4 else [False]
+
+
+def deployed_ms(
+    models: list[nn.Module],
+    input_shape: tuple[int, ...],
+    setting: Setting,
+    fixed: list[nn.Module] | None = None,
+    **timing: float,
+) -> tuple[list[tuple[float, bool]], list[float]]:
+    """Each of ``models`` (deploy forms) as deployed: (its ms in its faster layout, whether that is channels-last).
+
+    This is what "a network's time" means in the run's summary and for the base of a latency budget.
+    Every model is timed in each of :func:`layouts_of` side by side in one :func:`compare_ms` run (``timing``:
+    its ``runs``, ``warmup``, ``budget_s``, ``quantile``), with each of ``fixed`` in the setting's own layout,
+    whose ms come second.
+    """
+    layouts, fixed = layouts_of(input_shape), fixed or []
+    pairs = [(m, cl) for m in models for cl in layouts] + [(m, setting.channels_last) for m in fixed]
+    times = compare_ms([m for m, _ in pairs], input_shape, setting, layouts=[cl for _, cl in pairs], **timing)
+    n = len(layouts)
+    best = [min(zip(times[i : i + n], layouts)) for i in range(0, n * len(models), n)]
+    return best, times[n * len(models) :]
+
+
 def profile(
     base: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batches: Iterable[int], device: str = "cpu"
 ) -> list[dict]:
-    """Base and pruned latency side by side at each batch size, each network in its faster layout.
+    """Base and pruned latency side by side at each batch size, each network as deployed (:func:`deployed_ms`).
 
     Both are timed in their deploy form (BN folded), with torch's current thread count, NCHW and
     channels-last round-robin in one run. One dict per batch: ``batch``, ``threads``, ``base_ms``,
     ``pruned_ms`` (ms), ``base_layout``, ``pruned_layout`` and ``speedup`` (base / pruned).
     """
     models = [deploy_form(base), deploy_form(pruned)]
-    layouts = [False, True] if len(input_shape) == 4 else [False]
     rows = []
     for batch in dict.fromkeys(batches):
         setting = Setting(device, torch.get_num_threads(), batch)
-        pairs = [(m, cl) for m in models for cl in layouts]
-        times = compare_ms([m for m, _ in pairs], input_shape, setting, layouts=[cl for _, cl in pairs])
-        (b_ms, b_cl), (p_ms, p_cl) = (min(zip(times[i : i + len(layouts)], layouts)) for i in (0, len(layouts)))
+        (b_ms, b_cl), (p_ms, p_cl) = deployed_ms(models, input_shape, setting)[0]
         rows.append(
             {
                 "batch": batch,
                 "threads": setting.threads,
                 "base_ms": b_ms,
                 "pruned_ms": p_ms,
-                "base_layout": "channels-last" if b_cl else "nchw",
-                "pruned_layout": "channels-last" if p_cl else "nchw",
+                "base_layout": layout_name(b_cl),
+                "pruned_layout": layout_name(p_cl),
                 "speedup": b_ms / p_ms,
             }
         )
@@ -302,14 +335,20 @@ def profile(
 SPEED_SHARE = 0.6  # warn when the latency gain is below this share of the MACs gain
 
 
-def speed_warnings(base: dict, pruned: dict) -> list[str]:
+def speed_warnings(base: dict, pruned: dict, latency_budget: bool = False) -> list[str]:
     """Where the pruned network's measured speed-up falls short of its MACs speed-up.
 
     ``base`` and ``pruned`` hold ``flops`` and the times ``latency_ms`` (batch 1) and ``batch_ms``
     (``batch_images``). A gain is a speed-up minus 1; a warning is given when the latency gain is
-    less than ``SPEED_SHARE`` of the MACs gain.
+    less than ``SPEED_SHARE`` of the MACs gain. ``latency_budget``: the run searched under a ``--latency``
+    budget already, which the remedies then leave out.
     """
     macs = base["flops"] / pruned["flops"]
+    remedies = (
+        "--round-to auto or a larger batch"
+        if latency_budget
+        else "--round-to auto, a larger batch, or a --latency budget"
+    )
     warnings = []
     for key, label in (("latency_ms", "1 image"), ("batch_ms", f"{base.get('batch_images')} images")):
         speed = base[key] / pruned[key]
@@ -317,7 +356,7 @@ def speed_warnings(base: dict, pruned: dict) -> list[str]:
             warnings.append(
                 f"at {label} the pruned network runs {speed:.2f}x the base's speed for {macs:.2f}x fewer MACs: "
                 f"less than {SPEED_SHARE:.0%} of the MACs gain (per-layer overhead, or channel counts the kernels "
-                "pad; try --round-to auto, a larger batch, or a --latency budget)"
+                f"pad; try {remedies})"
             )
     return warnings
 
@@ -460,7 +499,7 @@ class LatencyTable:
         self.flops = flops
         self.setting = setting
         self.entries = entries  # "<layer key>|<c_in>|<c_out>" -> ms of that layer alone
-        self.fit = fit  # intercept, per_layer, per_melem (the fit's coefficients), base_ms, calibration
+        self.fit = fit  # intercept, per_layer, per_melem (the fit's coefficients), base_ms, base_layout, calibration
         self._grids: dict[_Layer, tuple[list[int], list[int]]] = {}
         self.cache: Path | None = None  # where :meth:`save` writes it
         self.layout_choice: Path | None = None  # where :meth:`save` records an automatic layout choice
@@ -469,15 +508,27 @@ class LatencyTable:
 
     @property
     def base_ms(self) -> float:
-        """The unpruned network's measured latency (ms) in the deploy form."""
+        """The unpruned network's measured latency (ms) as deployed (:func:`deployed_ms`): in its deploy form and
+        in its faster layout (:attr:`base_layout`), which need not be the layout the candidates are timed in."""
         return self.fit["base_ms"]
 
+    @property
+    def base_layout(self) -> str:
+        """The layout :attr:`base_ms` was timed in: the base's faster one."""
+        return self.fit["base_layout"]
+
     def measure(self, model: nn.Module, runs: int = 30) -> tuple[float, float]:
-        """``model`` (a pruned base, not yet in deploy form) timed directly, side by side with the base:
-        (its latency in the table's ms, i.e. ``base_ms`` times the measured ratio; that ratio). A machine
-        busier or idler than when the table was built moves both networks, not the comparison."""
+        """``model`` (a pruned base, not yet in deploy form) timed directly in the table's layout, side by side
+        with the base as deployed (in :attr:`base_layout`): (its latency in the table's ms, i.e. ``base_ms``
+        times the measured ratio; that ratio). A machine busier or idler than when the table was built moves
+        both networks, not the comparison."""
         base_now, model_now = compare_ms(
-            [self.base, deploy_form(model)], self.flops.input_shape, self.setting, runs=runs, quantile=QUIET
+            [self.base, deploy_form(model)],
+            self.flops.input_shape,
+            self.setting,
+            runs=runs,
+            layouts=[self.base_layout == "channels-last", self.setting.channels_last],
+            quantile=QUIET,
         )
         return self.base_ms * model_now / base_now, model_now / base_now
 
@@ -565,7 +616,9 @@ class LatencyTable:
             for a, b in _points(layer, ins, outs)
         }
         missing = sorted(needed - set(table.entries))
-        if missing or fit_key not in stored.get("fits", {}):
+        fits = dict(stored.get("fits", {}))
+        fitted = "base_layout" in fits.get(fit_key, {})  # a fit stored without it timed the base in one layout only
+        if missing or not fitted:
             log.info(
                 "latency table (%s): timing %d layer shapes and %d whole networks",
                 setting.describe(),
@@ -580,8 +633,7 @@ class LatencyTable:
             for layer_key, points in by_layer.items():
                 table._time_side_by_side(_Layer(**_tuples(json.loads(layer_key))), points)
                 advance(len(points))
-        fits = dict(stored.get("fits", {}))
-        if fit_key in fits:
+        if fitted:
             table.fit = fits[fit_key]
         else:
             table.fit = table._fit(base, prune_counts, plans, progress)
@@ -615,15 +667,19 @@ class LatencyTable:
             for plan in plans:
                 models.append(deploy_form(base if not plan else prune_counts(plan)))
                 advance(1)
-        # side by side, so that the fit sees the networks' differences, not the machine's drift between them
-        measured = compare_ms(models, input_shape, self.setting, runs=60, budget_s=4.0, quantile=QUIET)
+        # side by side, so that the fit sees the networks' differences, not the machine's drift between them; the
+        # base also as deployed, the budget's reference, which the candidates' layout may not be
+        [(base_ms, base_cl)], measured = deployed_ms(  # models[0]: the base (plans[0] is {})
+            [models[0]], input_shape, self.setting, fixed=models, runs=60, budget_s=4.0, quantile=QUIET
+        )
         rows = [[1.0, *self.features(plan)] for plan in plans]
         coef, _ = nnls(np.array(rows), np.array(measured))
         fit = {
             "intercept": float(coef[0]),
             "per_layer": float(coef[1]),
             "per_melem": float(coef[2]),
-            "base_ms": measured[0],
+            "base_ms": base_ms,
+            "base_layout": layout_name(base_cl),
         }
         predicted = np.array(rows) @ coef
         fit["calibration_error"] = float(np.median(np.abs(predicted - measured) / measured))
@@ -631,7 +687,8 @@ class LatencyTable:
 
     def describe(self) -> dict:
         """What a study stores about its table: the setting, the fit and its size."""
-        return {**self.setting.to_dict(), **{k: round(v, 6) for k, v in self.fit.items()}, "entries": len(self.entries)}
+        fit = {k: round(v, 6) if isinstance(v, float) else v for k, v in self.fit.items()}
+        return {**self.setting.to_dict(), **fit, "entries": len(self.entries)}
 
 
 def _points(layer: _Layer, ins: list[int], outs: list[int]) -> Iterator[tuple[int, int]]:
@@ -731,9 +788,11 @@ def study_table(cfg, model: nn.Module, flops: FlopsModel, pruner, space, device:
     table = LatencyTable.build(model, flops, pruner.prune_counts, plans, setting, cache, progress)
     table.layout_choice = choice
     log.info(
-        "latency (%s): base %.3f ms measured; the table's fit misses its %d calibration networks by %.1f%% (median)",
+        "latency (%s): base %.3f ms measured (%s, its faster layout); the table's fit misses its %d calibration "
+        "networks by %.1f%% (median)",
         setting.describe(),
         table.base_ms,
+        table.base_layout,
         len(plans),
         100 * table.fit["calibration_error"],
     )

@@ -89,7 +89,10 @@ class Prepared:
         if self.latency is None:
             return f"{self.budget.low}-{self.budget.high}"
         s = self.latency.setting  # the measured window moves a little between sessions; its recipe does not
-        return f"latency{self.cfg.latency}+-{self.cfg.latency_tolerance}|{s.device}|{s.threads}|{s.batch}|{s.layout}"
+        return (
+            f"latency{self.cfg.latency}+-{self.cfg.latency_tolerance}|{s.device}|{s.threads}|{s.batch}|{s.layout}"
+            "|base deployed"  # of the base in its faster layout (studies made before were of the base in s.layout)
+        )
 
     def _shaping(self) -> str:
         s = self.pruner.shaping
@@ -367,6 +370,7 @@ def _winner_latency(p: Prepared, study: optuna.Study, pruned: torch.nn.Module, t
         "target_ms": b.target,
         "window_ms": [b.low, b.high],
         "base_ms": b.base,
+        "base_layout": table.base_layout,  # the base as deployed, as the summary's speed-up times it
         "predicted_ms": trial.user_attrs.get("latency_ms"),
         "measured_ms": measured,
         "measured_ratio": ratio,  # of the base, timed side by side now
@@ -585,7 +589,7 @@ def deliver(
     base = {"test_accuracy": base_acc, "flops": p.flops.base, "params": p.base_params, **times[0]}
     macs, params = count(pruned, p.input_shape)
     result_pruned = {"test_accuracy": pruned_acc, "flops": macs, "params": params, **times[1]}
-    for warning in speed_warnings(base, result_pruned):  # the CLI prints them under its summary
+    for warning in speed_warnings(base, result_pruned, p.latency is not None):  # the CLI prints them under its summary
         log.info("%s", warning)
     latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
     seconds["report"] = time.perf_counter() - t

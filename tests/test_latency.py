@@ -242,6 +242,71 @@ def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
     assert L.speed_warnings(base, fast) == []
     (warning,) = L.speed_warnings(base, slow)
     assert "at 1 image" in warning and "runs 1.11x the base's speed for 2.00x fewer MACs" in warning
+    assert warning.endswith("a larger batch, or a --latency budget)")
+    (warning,) = L.speed_warnings(base, slow, latency_budget=True)  # a --latency run has one
+    assert "--latency" not in warning and warning.endswith("try --round-to auto or a larger batch)")
+
+
+def _padding_clock(models, input_shape, setting=L.Setting(), layouts=None, **timing) -> list[float]:
+    """:func:`L.compare_ms` on a machine that times alike every time: 10 ns a weight in NCHW; in channels-last 40%
+    less where every conv's output channels are multiples of 8, else 20% more (kernels that pad). The base (16, 32
+    and 64 channels) then runs faster in channels-last, a pruned ResNet-20 (11, 23, ...) in NCHW, as on this CPU."""
+    layouts = layouts or [setting.channels_last] * len(models)
+
+    def ms(model: nn.Module, channels_last: bool) -> float:
+        convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        factor = (0.6 if all(c % 8 == 0 for c in convs) else 1.2) if channels_last else 1.0
+        return 1e-5 * factor * sum(w.numel() for w in model.parameters())
+
+    return [ms(m, cl) for m, cl in zip(models, layouts)]
+
+
+def test_a_relative_latency_budget_is_a_fraction_of_the_base_as_the_summary_times_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "compare_ms", _padding_clock)
+    p = _latency_study(tmp_path, latency="0.8x")  # layout auto: the candidates' (NCHW), not the base's
+    typical = p.pruner.prune(p.space.uniform(p.space.max_rate / 2))
+    (row,) = L.profile(p.model, typical, p.input_shape, [1])  # as the run's summary times base and pruned
+    assert (row["base_layout"], row["pruned_layout"]) == ("channels-last", "nchw")
+    assert p.budget.base == pytest.approx(row["base_ms"])  # 0.8x of the base as deployed, not in NCHW
+    assert p.budget.target == pytest.approx(0.8 * row["base_ms"])
+    assert p.latency.predict({}) > p.budget.base  # the unpruned network in the candidates' layout is slower
+    _, ratio = p.latency.measure(typical)  # as the delivered network is checked against its window
+    assert ratio == pytest.approx(1 / row["speedup"])  # the budget line's ratio is the summary's speed-up
+    cached = json.loads(next((tmp_path / "latency-cache").glob("latency-*.json")).read_text())
+    (fit,) = cached["fits"].values()  # what the study's later sessions and workers resolve the budget against
+    assert (fit["base_ms"], fit["base_layout"]) == (pytest.approx(row["base_ms"]), "channels-last")
+
+
+def test_a_fit_cached_before_the_base_was_timed_as_deployed_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "compare_ms", _padding_clock)
+    first = _latency_study(tmp_path)
+    path = next((tmp_path / "latency-cache").glob("latency-*.json"))
+    doc = json.loads(path.read_text())
+    for fit in doc["fits"].values():  # as an earlier version cached it: the base in the candidates' layout
+        fit["base_ms"] = first.latency.predict({})
+        del fit["base_layout"]
+    path.write_text(json.dumps(doc))
+    again = _latency_study(tmp_path)
+    assert again.latency.base_layout == "channels-last" and again.budget.base == pytest.approx(first.budget.base)
+
+
+def test_the_summary_of_a_latency_run_does_not_suggest_a_latency_budget(tmp_path, small_fmnist, monkeypatch):
+    from conftest import SMALL_RUN
+
+    monkeypatch.setattr(L, "compare_ms", _padding_clock)  # the pruned network gains far less than its MACs
+    args = ["run", *SMALL_RUN, "--data-dir", str(small_fmnist), "--epochs", "0", "--latency", "0.8x"]
+    args += ["--latency-tolerance", "0.1", "--latency-threads", "1", "--storage", f"sqlite:///{tmp_path}/s.db"]
+    res = runner.invoke(app, [*args, "--output", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "note: at 1 image the pruned network runs" in text and "--latency budget" not in text
+    assert "try --round-to auto or a larger batch)" in text
+    card = json.loads((tmp_path / "out" / "pruned.json").read_text())
+    base, pruned, lat = card["metrics"]["base"], card["metrics"]["pruned"], card["latency"]
+    assert lat["base_ms"] == pytest.approx(base["latency_ms"]) and lat["base_layout"] == base["latency_layout"]
+    speedup = base["latency_ms"] / pruned["latency_ms"]
+    assert lat["measured_ratio"] == pytest.approx(1 / speedup)  # the budget line agrees with the table
+    assert f"({lat['measured_ratio']:.2f}x the base's {lat['base_ms']:.3f} ms NHWC)" in text
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
