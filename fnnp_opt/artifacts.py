@@ -5,6 +5,11 @@ The store is Optuna's core :class:`optuna.artifacts.FileSystemArtifactStore`, by
 Optuna does not record where a study's store is, so fnnp-opt keeps it in the study's ``artifact_store`` user
 attribute; `fnnp-opt dashboard` serves that store, and the files download from the winning trial's page.
 
+A SQLite or journal file may be moved or copied with its folder: the study also records the file it was beside
+(``artifact_storage``), and a store recorded inside that file's folder is found at the same place beside the file
+where it is now. A copy therefore writes into its own store, never into the original's: a copy of the file alone
+starts a store beside itself and takes the copies of its files along from the store it was copied from.
+
 Where they go: onto the winning trial on SQLite and PostgreSQL (fnnp-opt writes the finished trial's artifact
 row, which Optuna's API refuses once a trial is finished), onto the study on a journal, whose log cannot annotate
 a finished trial. Uploading again (a resumed run) rewrites the same artifact of each file name in place, so the
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,7 @@ from typing import BinaryIO, Iterable
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 
 from fnnp_opt import storage as St
 from fnnp_opt.errors import StorageError
@@ -29,6 +36,7 @@ from fnnp_opt.errors import StorageError
 log = logging.getLogger(__name__)
 
 STORE_ATTR = "artifact_store"  # study user attribute: the absolute path of the study's artifact store
+STORAGE_ATTR = "artifact_storage"  # study user attribute: the SQLite or journal file the store was recorded from
 
 
 class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
@@ -56,13 +64,61 @@ def default_dir(storage_url: str) -> Path:
 
 
 def store_dir(storage_url: str, artifact_dir: str | Path | None = None, study: optuna.Study | None = None) -> Path:
-    """The artifact folder of ``study``: ``artifact_dir`` when given, else the one the study recorded, else
-    :func:`default_dir`."""
+    """The artifact folder of ``study``: ``artifact_dir`` when given, else the one the study recorded (where it is
+    now, :func:`recorded_dir`), else :func:`default_dir`."""
     if artifact_dir is not None:
         return Path(artifact_dir)
     if study is not None and study.user_attrs.get(STORE_ATTR):
-        return Path(study.user_attrs[STORE_ATTR])
+        return recorded_dir(storage_url, study)
     return default_dir(storage_url)
+
+
+def _artifact_ids(study: optuna.Study) -> set[str]:
+    """The ids of the artifacts ``study`` lists, on itself and on its trials (read from the storage itself)."""
+    backend = St._backend(study)
+    attrs = [backend.get_study_system_attrs(study._study_id)]
+    attrs += [t.system_attrs for t in backend.get_all_trials(study._study_id, deepcopy=False)]
+    return {key[len(ARTIFACTS_ATTR_PREFIX) :] for a in attrs for key in a if key.startswith(ARTIFACTS_ATTR_PREFIX)}
+
+
+def _holds(folder: Path, study: optuna.Study) -> bool:
+    """Whether ``folder`` holds a file of ``study``'s artifacts."""
+    return folder.is_dir() and any((folder / i).is_file() for i in _artifact_ids(study))
+
+
+def recorded_dir(storage_url: str, study: optuna.Study) -> Path:
+    """The store ``study`` recorded, found again when its SQLite or journal file (``storage_url``) was moved or
+    copied since: a store recorded inside the old file's folder is at the same place beside the file now, unless
+    only the file moved (the old file is gone) and the store stayed. A copy never gets the original's store.
+
+    Records older than :data:`STORAGE_ATTR` name the store alone: the default beside the file is taken when the
+    recorded folder is gone, or when it holds the study's files (the folder was copied)."""
+    recorded = Path(study.user_attrs[STORE_ATTR])
+    here = St.storage_file(storage_url)
+    if here is None:
+        return recorded
+    here = here.resolve()
+    origin = study.user_attrs.get(STORAGE_ATTR)
+    if origin is None:
+        beside = default_dir(storage_url)
+        if recorded == beside.resolve() or (recorded.exists() and not _holds(beside, study)):
+            return recorded
+        return beside
+    origin = Path(origin)
+    if origin == here or not recorded.is_relative_to(origin.parent):  # not moved, or a store of its own choice
+        return recorded
+    follow = here.parent / recorded.relative_to(origin.parent)
+    if follow.is_dir() or origin.exists() or not recorded.is_dir():
+        return follow
+    return recorded  # the file alone was moved: its store is where it was
+
+
+def served_dir(storage_url: str, study: optuna.Study) -> Path:
+    """Where ``study``'s artifact files are read from: :func:`recorded_dir`, or the recorded folder itself while
+    there is nothing there (a copy of the storage file alone reads the original's store; it never writes it)."""
+    found = recorded_dir(storage_url, study)
+    recorded = Path(study.user_attrs[STORE_ATTR])
+    return recorded if not found.is_dir() and recorded.is_dir() else found
 
 
 def check_store(folder: Path) -> None:
@@ -95,11 +151,29 @@ def open_store(folder: Path) -> AtomicFileSystemArtifactStore:
     return AtomicFileSystemArtifactStore(folder)
 
 
-def record(study: optuna.Study, folder: Path) -> None:
-    """Store ``folder`` (absolute) as ``study``'s artifact store, unless it is already recorded."""
+def record(study: optuna.Study, folder: Path, storage_url: str) -> None:
+    """Store ``folder`` (absolute) as ``study``'s artifact store, and the SQLite or journal file of ``storage_url``
+    it is recorded from, unless they are already recorded. When the study's files were in another store, their
+    copies are made in ``folder`` first (the other store is only read), so the study still lists every file."""
     where = str(folder.resolve())
-    if study.user_attrs.get(STORE_ATTR) != where:
+    here = St.storage_file(storage_url)
+    before = study.user_attrs.get(STORE_ATTR)
+    if before and Path(before).resolve() != folder.resolve() and Path(before).is_dir():
+        _copy_files(study, Path(before), folder)
+    if before != where:
         study.set_user_attr(STORE_ATTR, where)
+    if here is not None and study.user_attrs.get(STORAGE_ATTR) != str(here.resolve()):
+        study.set_user_attr(STORAGE_ATTR, str(here.resolve()))
+
+
+def _copy_files(study: optuna.Study, source: Path, folder: Path) -> None:
+    """Copy ``study``'s artifact files that ``folder`` lacks from the store in ``source``."""
+    missing = sorted(i for i in _artifact_ids(study) if (source / i).is_file() and not (folder / i).exists())
+    if missing:
+        open_store(folder)
+        for artifact_id in missing:
+            shutil.copyfile(source / artifact_id, folder / artifact_id)
+        log.info("copied %d artifact files of study %r from %s to %s", len(missing), study.study_name, source, folder)
 
 
 @dataclass
@@ -132,15 +206,16 @@ def _annotates_finished_trials(study: optuna.Study) -> bool:
 
 
 def publish(
-    study: optuna.Study, trial: optuna.trial.FrozenTrial | None, files: Iterable[Path], folder: Path
+    study: optuna.Study, trial: optuna.trial.FrozenTrial | None, files: Iterable[Path], folder: Path, storage_url: str
 ) -> Published:
-    """Upload ``files`` to the artifact store in ``folder`` and attach them to ``trial`` (None: the study).
+    """Upload ``files`` to the artifact store in ``folder`` and attach them to ``trial`` (None: the study) of
+    ``study`` in ``storage_url``.
 
     A file whose name the target already lists is rewritten in place under its artifact id. Records the
-    store's folder in the study. Raises :class:`StorageError` when the store cannot be written.
+    store's folder in the study (:func:`record`). Raises :class:`StorageError` when the store cannot be written.
     """
     store = open_store(folder)
-    record(study, folder)
+    record(study, folder, storage_url)
     on_trial = trial is not None and _annotates_finished_trials(study)
     if trial is not None and not on_trial:
         log.info("a journal cannot annotate finished trial %d: its files go on the study", trial.number)

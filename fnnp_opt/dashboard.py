@@ -77,23 +77,27 @@ def study_note(
 
 
 def find_store(url: str, storage, artifact_dir: str | Path | None) -> Path | None:
-    """The artifact store to serve for ``storage``: ``artifact_dir``, else the one its studies recorded, else the
-    default beside the storage when it exists; None when there is none yet."""
+    """The artifact store to serve for ``storage``: ``artifact_dir``, else the one its studies recorded (where it
+    is now, :func:`fnnp_opt.artifacts.served_dir`), else the default beside the storage when it exists; None when
+    there is none yet."""
     from fnnp_opt import artifacts as A
 
     if artifact_dir is not None:
         return Path(artifact_dir)
-    recorded = []
+    recorded: list[Path] = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        where = summary.user_attrs.get(A.STORE_ATTR)
-        if where and where not in recorded:
-            recorded.append(where)
+        if summary.user_attrs.get(A.STORE_ATTR):
+            where = A.served_dir(url, optuna.load_study(study_name=summary.study_name, storage=storage))
+            if where not in recorded:
+                recorded.append(where)
     if len(recorded) > 1:
         log.warning(
-            "studies in this storage keep artifacts in %s; serving %s (pass --artifact-dir)", recorded, recorded[0]
+            "studies in this storage keep artifacts in %s; serving %s (pass --artifact-dir)",
+            [str(r) for r in recorded],
+            recorded[0],
         )
     if recorded:
-        return Path(recorded[0])
+        return recorded[0]
     default = A.default_dir(url)
     return default if default.is_dir() else None
 

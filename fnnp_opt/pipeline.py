@@ -463,7 +463,8 @@ def _describe_study(cfg: RunConfig, p: Prepared, study: optuna.Study) -> None:
         base_accuracy=study.user_attrs.get("base_accuracy"),
     )
     D.describe(study, D.metric_names(label, cfg.objective is Objective.pareto, p.latency is not None), note)
-    A.record(study, A.store_dir(cfg.resolved_storage(), cfg.artifact_dir, study))
+    url = cfg.resolved_storage()
+    A.record(study, A.store_dir(url, cfg.artifact_dir, study), url)
 
 
 def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL) -> S.Evaluator:
@@ -649,7 +650,7 @@ def publish(cfg: RunConfig, study: optuna.Study, trial, output: Path, report: bo
         written = write_report(study, output)
         files += written.files
     folder = A.store_dir(cfg.resolved_storage(), cfg.artifact_dir, study)
-    published = A.publish(study, trial, files, folder)
+    published = A.publish(study, trial, files, folder, cfg.resolved_storage())
     log.info("artifacts: %s", published.describe())
     return published
 

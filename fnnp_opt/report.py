@@ -597,9 +597,9 @@ def report_study(
         study = St.pick_study(store, storage, study_name)
         if upload and artifact_dir is not None:  # checked before anything is drawn or written
             A.check_store(Path(artifact_dir))
-            recorded = study.user_attrs.get(A.STORE_ATTR)
-            moved = recorded and Path(recorded).absolute() != Path(artifact_dir).absolute()
-            if moved and Path(recorded).is_dir() and any(Path(recorded).iterdir()):  # the record would orphan them
+            recorded = A.recorded_dir(storage, study) if study.user_attrs.get(A.STORE_ATTR) else None
+            moved = recorded and recorded.absolute() != Path(artifact_dir).absolute()
+            if moved and recorded.is_dir() and any(recorded.iterdir()):  # the record would orphan them
                 raise StorageError(
                     f"study {study.study_name!r} keeps its artifacts (the export's files among them) in {recorded}, "
                     f"not {artifact_dir}; pass --artifact-dir {recorded} or leave it out, or --no-upload"
@@ -608,7 +608,8 @@ def report_study(
         if upload:
             delivered = (study.user_attrs.get("result") or {}).get("trial")
             trial = next((t for t in study.trials if t.number == delivered), None)
-            report.published = A.publish(study, trial, report.files, A.store_dir(storage, artifact_dir, study))
+            folder = A.store_dir(storage, artifact_dir, study)
+            report.published = A.publish(study, trial, report.files, folder, storage)
         return report
     finally:
         St.close_storage(store)

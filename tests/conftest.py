@@ -75,6 +75,22 @@ def searched(tmp_path_factory, small_fmnist) -> Path:
     return folder / "study.db"
 
 
+def study_folder(searched: Path, folder: Path) -> Path:
+    """A copy of the :func:`searched` study's folder (database, ``artifacts/``, ``out/``) at ``folder``, recording
+    the store beside it as a run made there records it; returns the database."""
+    import shutil
+
+    import optuna
+
+    shutil.copytree(searched.parent, folder)
+    db = folder / searched.name
+    (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    study.set_user_attr("artifact_store", str((folder / "artifacts").resolve()))
+    study.set_user_attr("artifact_storage", str(db.resolve()))  # the database the store was recorded beside
+    return db
+
+
 def without(args: list[str], *flags: str) -> list[str]:
     """``args`` with each of ``flags`` and the value after it left out."""
     out, skip = [], False

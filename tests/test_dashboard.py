@@ -75,6 +75,25 @@ def test_dashboard_shows_metric_names_note_and_the_winners_downloadable_artifact
 
 
 @pytest.mark.slow
+def test_dashboard_serves_the_artifacts_of_a_moved_study_folder(searched, tmp_path):
+    import os
+
+    from conftest import study_folder
+
+    study_folder(searched, tmp_path / "old")
+    os.rename(tmp_path / "old", tmp_path / "new")  # the folder moved: the store it recorded is gone
+    winner = json.loads((tmp_path / "new" / "out" / "pruned.json").read_text())["study"]["trial"]
+    with _dashboard(f"sqlite:///{tmp_path}/new/study.db") as (port, _):
+        (summary,) = json.loads(_get(port, "/api/studies"))["study_summaries"]
+        study = json.loads(_get(port, f"/api/studies/{summary['study_id']}?after=0"))
+        (trial,) = [t for t in study["trials"] if t["number"] == winner]
+        (meta,) = [a for a in trial["artifacts"] if a["filename"] == "pruned.json"]
+        got = _get(port, f"/artifacts/{summary['study_id']}/{trial['trial_id']}/{meta['artifact_id']}")
+    assert got == (tmp_path / "new" / "out" / "pruned.json").read_bytes()
+    assert not (tmp_path / "old").exists()
+
+
+@pytest.mark.slow
 def test_dashboard_serves_the_study_on_loopback(tmp_path):
     url = f"sqlite:///{tmp_path}/d.db"
     optuna.create_study(study_name="shown", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)

@@ -249,7 +249,8 @@ def test_report_uploads_its_files_to_the_delivered_trial(made, db, tmp_path):
 
     from fnnp_opt import artifacts as A
 
-    recorded = Path(_load(db).user_attrs[A.STORE_ATTR])  # the run's store: its export is there
+    recorded = tmp_path / "artifacts"  # the copied study's store, beside its database: its export is there
+    shutil.copytree(Path(_load(db).user_attrs[A.STORE_ATTR]), recorded)
     store = tmp_path / "store"
     args = ["report", "--storage", f"sqlite:///{db}", "--output", str(tmp_path / "r")]
     res = runner.invoke(app, [*args, "--artifact-dir", str(store)])  # moving the record would orphan the export
