@@ -234,7 +234,19 @@ class FolderSet:
     ) -> Iterator[Batch]:
         """One epoch of shuffled, augmented batches (the ragged last batch dropped)."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        yield from self._loader(batch_size, train=True, generator=torch.Generator().manual_seed(seed))
+        yield from _decoded(self._loader(batch_size, train=True, generator=torch.Generator().manual_seed(seed)))
+
+
+def _decoded(loader: torch.utils.data.DataLoader) -> Iterator[Batch]:
+    """The batches of ``loader``; a :class:`DataError` raised in one of its processes comes out as its own one line
+    (the DataLoader re-raises it with the worker's traceback as its message)."""
+    try:
+        yield from loader
+    except DataError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].startswith("Caught "):
+            raise DataError(lines[-1].split(": ", 1)[-1]) from None
+        raise
 
 
 CACHE_BYTES = 4 << 30  # decoded evaluation images kept in memory per split (uint8), at most
@@ -263,7 +275,7 @@ class _DecodedBatches:
                 yield self._normalise(x), y
             return
         kept = []
-        for x, y in self.folder._loader(self.batch_size, train=False):
+        for x, y in _decoded(self.folder._loader(self.batch_size, train=False)):
             if self.cacheable:
                 kept.append((x, y))
             yield self._normalise(x), y

@@ -52,7 +52,10 @@ class TrialError(FnnpError):
     """Raised when a candidate's evaluation fails on an unexpected error; its trial is marked FAIL in the study."""
 
     def __init__(self, number: int, cause: BaseException) -> None:
-        super().__init__(f"trial {number} failed: {describe(cause)}")
+        super().__init__(
+            f"trial {number} failed: {describe(cause)}; the study keeps what was evaluated: fix the cause and run "
+            "the same command again to resume (--debug shows the traceback)"
+        )
         self.number = number
         self.exit_code = cause.exit_code if isinstance(cause, FnnpError) else 1
 

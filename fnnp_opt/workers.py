@@ -111,11 +111,9 @@ def _report_failures(errors: list[tuple[int, int, str]], workers: int, evaluated
     if evaluated >= n_trials:
         return
     k, code, line = errors[0]
-    also = f" ({len(errors) - 1} more workers stopped on errors, logged above)" if len(errors) > 1 else ""
+    also = f"; {len(errors) - 1} more stopped on errors, logged above" if len(errors) > 1 else ""
     error = FnnpError(
-        f"search worker {k + 1} of {workers} stopped: {line}{also}; {evaluated} of {n_trials} candidates are "
-        "evaluated and kept: fix the cause and run the same command again to resume "
-        "(--workers 1 --debug shows the traceback)"
+        f"search worker {k + 1} of {workers} stopped ({evaluated} of {n_trials} candidates evaluated{also}): {line}"
     )
     error.exit_code = code
     raise error
