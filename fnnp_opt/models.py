@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from fnnp_opt.errors import CheckpointError, ModelError
+from fnnp_opt.probe import RUNS, first_failure
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -250,7 +251,9 @@ def find_classifier(model: nn.Module, example: torch.Tensor, num_classes: int) -
 
 
 def check_input(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int | None = None) -> None:
-    """Raise :class:`ModelError` unless ``model`` runs on one input of ``input_shape`` and returns logits.
+    """Raise :class:`ModelError` unless ``model`` runs on one input of ``input_shape`` and returns logits, also
+    as a study runs it (:func:`fnnp_opt.probe.first_failure`: a deep copy, channels-last, adaptive BN, train
+    mode with a backward pass).
 
     The output rule: ``forward`` returns one tensor of shape (N, num_classes). A tuple, a list or a
     dict (logits plus an embedding, auxiliary heads) is refused, naming the type found: wrap the
@@ -277,6 +280,9 @@ def check_input(model: nn.Module, name: str, input_shape: tuple[int, ...], num_c
             f"model {name!r} returns a tensor of shape {tuple(out.shape)}, but fnnp-opt needs logits {want}; "
             "build it for this dataset's classes and flatten its output (see docs/models.md)"
         )
+    failure = first_failure(model, torch.zeros(input_shape), tuple(out.shape[1:]), RUNS[1:])  # eval ran above
+    if failure is not None:
+        raise ModelError(failure.refusal(f"model {name!r}"))
 
 
 class BasicBlock(nn.Module):

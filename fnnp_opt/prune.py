@@ -15,9 +15,8 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from contextlib import contextmanager
+import re
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,6 +24,9 @@ import torch_pruning as tp
 from torch import nn
 
 from fnnp_opt.errors import ModelError, UsageError
+from fnnp_opt.probe import EVAL, RUNS, Failure, brief, first_failure, runs_until, tracked
+
+CUT = "cut"  # the run of a :class:`Failure` in which Torch-Pruning itself could not cut the channels
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,11 @@ class Shaping:
             keep = -(-keep // block) * block
         return int(min(channels, keep))
 
+    def kept_below(self, channels: int, block: int = 1) -> int:
+        """The most channels short of all ``channels`` a group keeps at some ratio (``channels`` when none)."""
+        cuts = (self.kept(i / channels, channels, block) for i in range(1, channels))  # kept falls as i grows
+        return next((k for k in cuts if k < channels), channels)
+
     def excludes(self, group: GroupInfo, patterns: tuple[str, ...] | None = None) -> bool:
         """Whether a pattern of ``--exclude`` (or of ``patterns``) matches a layer of ``group``.
 
@@ -116,56 +123,6 @@ def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.out_channels
 
 
-class _Tracker:
-    """Which module a forward pass is inside, to name the one that raised."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.stack: list[str] = []
-        self.last = ""  # the module that last finished its forward
-        self._handles = []
-        for name, m in model.named_modules():
-            self._handles.append(m.register_forward_pre_hook(self._enter(name)))
-            self._handles.append(m.register_forward_hook(self._leave))
-
-    def _enter(self, name: str):
-        def hook(module, args) -> None:
-            self.stack.append(name)
-
-        return hook
-
-    def _leave(self, module, args, out) -> None:
-        self.last = self.stack.pop()
-
-    def culprit(self) -> str:
-        """The innermost module running when the forward failed, or, in a bare forward(), the last that ran."""
-        return self.stack[-1] if self.stack and self.stack[-1] else self.last
-
-    def where(self) -> str:
-        if not self.stack:
-            return ""
-        m = self.stack[-1]
-        return f" in module {m!r}" if m else f" in the forward() of {type(self.model).__name__} itself"
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-@contextmanager
-def _tracked(model: nn.Module) -> Iterator[_Tracker]:
-    tracker = _Tracker(model)
-    try:
-        yield tracker
-    finally:
-        tracker.remove()
-
-
-def _brief(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
-
-
 class Pruner:
     """Prunes copies of one base model by per-group ratios, ranking filters by L1 norm.
 
@@ -189,14 +146,14 @@ class Pruner:
             clf = model.get_submodule(classifier)
         except AttributeError:
             raise ModelError(f"classifier {classifier!r} is not a submodule of the model") from None
-        with _tracked(model) as tracker:
+        with tracked(model) as tracker:
             try:
                 self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
                 groups = list(self.graph.get_all_groups(ignored_layers=[clf], root_module_types=[nn.Conv2d, nn.Linear]))
             except Exception as exc:
                 where = self._graph_node(exc) or tracker.where()
                 raise ModelError(
-                    f"Torch-Pruning could not trace the model{where} ({_brief(exc)}); "
+                    f"Torch-Pruning could not trace the model{where} ({brief(exc)}); "
                     "see docs/models.md for the architectures that cannot be pruned"
                 ) from None
         model.eval()  # tracing may leave the model in another mode
@@ -205,10 +162,15 @@ class Pruner:
         described = [(info, plan) for info, plan in described if info is not None]
         described.sort(key=lambda d: order[d[0].root])
         self.all_groups: list[GroupInfo] = [info for info, _ in described]
+        self._by_root = {info.root: info for info in self.all_groups}
         shaping.check_exclude(self.all_groups)
         self.groups: list[GroupInfo] = [g for g in self.all_groups if not shaping.excludes(g)]
         self._plans = {info.root: plan for info, plan in described}
         self._order = {info.root: self._l1_order(info) for info in self.groups}
+        # what _check cuts: the fewest and the most channels a study may cut from each group, by position
+        self._positions = {g.root: _ranked(np.arange(g.channels, dtype=float), g.block) for g in self.groups}
+        self._smallest_cut = {g.root: g.channels - shaping.kept_below(g.channels, g.multiple) for g in self.groups}
+        self._largest_cut = {g.root: g.channels - shaping.kept(1.0, g.channels, g.multiple) for g in self.groups}
         if not self.groups:
             raise ModelError(
                 "the model has no prunable channel group"
@@ -309,36 +271,154 @@ class Pruner:
             w = self.base.get_submodule(step.name).weight.detach()
             l1 = w.abs().flatten(1).sum(1).double().numpy()
             np.add.at(score, step.root_idxs, l1[step.idxs])
-        if group.block == 1:
-            return torch.argsort(torch.from_numpy(score), stable=True)
-        # a grouped conv needs the same positions cut in each of its groups: rank positions by their
-        # summed score, and list each position in every group together
-        width = group.channels // group.block
-        columns = np.argsort(score.reshape(group.block, width).sum(0), kind="stable")
-        order = (np.arange(group.block)[None, :] * width + columns[:, None]).reshape(-1)
-        return torch.from_numpy(order)
+        return _ranked(score, group.block)
+
+    def _split_grouped_conv(self, group: GroupInfo) -> str:
+        """The grouped conv of which ``group`` cuts only some input channels, or "" when there is none.
+
+        A grouped conv keeps equal groups only when every one of them loses the same positions; a
+        group that feeds part of its inputs (one input of a concatenation, say) would cut some of its
+        groups and not the others, which no conv of equal groups can hold.
+        """
+        for step in self._plans[group.root]:
+            module = None if step.is_param else self.base.get_submodule(step.name)
+            if (
+                isinstance(module, nn.modules.conv._ConvNd)
+                and module.groups > 1
+                and not _is_depthwise(module)
+                and not self.graph.is_out_channel_pruning_fn(step.handler)
+                and not np.array_equal(np.sort(step.idxs), np.arange(module.in_channels))
+            ):
+                return step.name
+        return ""
+
+    def _probe(
+        self, groups: list[GroupInfo], example: torch.Tensor, classes: tuple[int, ...], runs: tuple[str, ...] = RUNS
+    ) -> Failure | None:
+        """Cut ``groups`` as a study may and run the copy as a study does; the first failure, or None.
+
+        Two cuts, by channel position rather than by weight, so that the outcome does not hang on the
+        weights: the smallest cut each group allows, from its first channels (a ``chunk`` or ``split``
+        of the channels then comes out uneven), run in ``runs`` (by default every mode of
+        :data:`fnnp_opt.probe.RUNS`); and the largest, keeping each group's last channels, run in eval mode.
+        """
+        for cut, runs in ((self._smallest_cut, runs), (self._largest_cut, (EVAL,))):
+            gone = {g.root: self._positions[g.root][: cut[g.root]] for g in groups if cut.get(g.root)}
+            if not gone:
+                continue
+            try:
+                model = self._cut(gone)
+            except Exception as exc:  # Torch-Pruning's handlers refuse the indices
+                return Failure(CUT, "", brief(exc))
+            failure = first_failure(model, example, classes, runs, copied=True)
+            if failure is not None:
+                return failure
+        return None
 
     def _check(self, example: torch.Tensor) -> None:
-        """Prune one channel from every group and run the copy in eval and train mode."""
-        removed = {g.root: g.multiple for g in self.groups if g.channels > g.multiple}
+        """Refuse the model, in one line naming every group that cannot be cut and the ``--exclude`` patterns
+        that leave them alone, when a cut of its groups breaks a run of the pruned copy.
+
+        All groups are cut at once first (one probe when the model prunes). When that breaks, the
+        groups are probed in halves down to the single groups that break alone; where only a set of
+        groups breaks, the last group of the shortest breaking run of them is taken. The patterns
+        suggested are checked: the groups they leave are probed again, until those prune.
+        """
         with torch.no_grad():
-            want = self.base(example).shape
-        model = self.prune_counts(removed)
-        x = example.expand(2, *example.shape[1:]).clone()  # train-mode BN needs two samples
-        with _tracked(model) as tracker, torch.no_grad():
-            try:
-                got = model.eval()(example).shape
-                model.train()(x)
-            except Exception as exc:
-                at = tracker.culprit()
-                roots = [g.root for g in self.groups if at and at in (g.root, *g.producers, *g.consumers)]
-                hint = f"exclude its group with --exclude '{roots[0]}'" if roots else "see docs/models.md"
-                raise ModelError(
-                    f"the pruned model's forward pass fails{tracker.where()} ({_brief(exc)}); this architecture "
-                    f"cannot be pruned there by fnnp-opt: {hint}"
-                ) from None
-        if got != want:
-            raise ModelError(f"pruning changed the model's output shape from {tuple(want)} to {tuple(got)}")
+            classes = tuple(self.base.eval()(example).shape[1:])
+        shaping = self.shaping
+        cuttable = [g for g in self.groups if self._smallest_cut[g.root]]
+        split = {g.root: conv for g in cuttable if (conv := self._split_grouped_conv(g))}
+        failures: dict[str, Failure] = {}
+        breaking = [g for g in cuttable if g.root in split]
+        left = [g for g in cuttable if g.root not in split]
+        failure = self._probe(left, example, classes)
+        if failure is not None and (base := first_failure(self.base, example, classes, runs_until(failure.run))):
+            raise ModelError(base.refusal("the model"))  # not the cut: the model itself fails in a run
+        while failure is not None:
+            runs = runs_until(failure.run)  # the search probes only as far as the failing run
+            found = self._isolate(left, example, classes, runs, failure, failures)
+            if not found:  # only a set of groups breaks: the group that completes the smallest breaking prefix
+                found = [self._completing(left, example, classes, runs, failure, failures)]
+            breaking += found
+            patterns = tuple(_literal(g.root) for g in breaking)
+            left = [g for g in cuttable if not shaping.excludes(g, patterns)]
+            failure = self._probe(left, example, classes)
+        if breaking:
+            raise ModelError(self._refusal(breaking, left, split, failures))
+
+    def _isolate(
+        self,
+        groups: list[GroupInfo],
+        example: torch.Tensor,
+        classes: tuple[int, ...],
+        runs: tuple[str, ...],
+        failure: Failure | None,
+        failures: dict[str, Failure],
+    ) -> list[GroupInfo]:
+        """The groups of ``groups`` (whose cut together fails with ``failure``, or None when not yet probed)
+        that break in ``runs`` when cut alone, found by probing halves; each one's failure goes into
+        ``failures``."""
+        if failure is None:
+            failure = self._probe(groups, example, classes, runs)
+        if failure is None:
+            return []
+        if len(groups) == 1:
+            failures[groups[0].root] = failure
+            return list(groups)
+        half = len(groups) // 2
+        return self._isolate(groups[:half], example, classes, runs, None, failures) + self._isolate(
+            groups[half:], example, classes, runs, None, failures
+        )
+
+    def _completing(
+        self,
+        groups: list[GroupInfo],
+        example: torch.Tensor,
+        classes: tuple[int, ...],
+        runs: tuple[str, ...],
+        failure: Failure,
+        failures: dict[str, Failure],
+    ) -> GroupInfo:
+        """The last group of the shortest prefix of ``groups`` whose cut fails in ``runs`` (all of ``groups``
+        fail together, with ``failure``); the prefix's failure goes into ``failures``."""
+        lo, hi = 1, len(groups)  # the prefix of hi groups fails; find the shortest one that does
+        while lo < hi:
+            mid = (lo + hi) // 2
+            probed = self._probe(groups[:mid], example, classes, runs)
+            if probed is None:
+                lo = mid + 1
+            else:
+                hi, failure = mid, probed
+        failures[groups[hi - 1].root] = failure
+        return groups[hi - 1]
+
+    def _refusal(
+        self, breaking: list[GroupInfo], left: list[GroupInfo], split: dict[str, str], failures: dict[str, Failure]
+    ) -> str:
+        """The one line naming the groups that cannot be cut (``left`` are those the remedy leaves to cut)."""
+        first = breaking[0]
+        if first.root in split:
+            why = (
+                f"cutting group {first.root!r} would cut only some of the input channels of the grouped conv "
+                f"{split[first.root]!r}, whose groups must stay equal"
+            )
+        elif failures[first.root].run == CUT:
+            why = f"Torch-Pruning cannot cut group {first.root!r} ({failures[first.root].error})"
+        else:
+            f = failures[first.root]
+            stage = "backward" if f.backward else "forward"
+            why = (
+                f"the pruned model's {stage} pass fails{f.where}, in {f.how}, when group {first.root!r} is cut "
+                f"({f.error})"
+            )
+        names = ", ".join(repr(g.root) for g in breaking)
+        if not left:
+            outside = f" outside --exclude {list(self.shaping.exclude)}" if self.shaping.exclude else ""
+            return f"{why}; no group{outside} of this architecture can be cut by fnnp-opt (see docs/models.md)"
+        flags = " ".join(f"--exclude '{_literal(g.root)}'" for g in breaking)
+        which = f"group {names} of this architecture" if len(breaking) == 1 else f"groups {names} of this architecture"
+        return f"{why}; fnnp-opt cannot cut {which}: add {flags} to prune the others (see docs/models.md)"
 
     # ----------------------------------------------------------------- pruning
 
@@ -358,21 +438,23 @@ class Pruner:
         return self.prune_counts(self.counts(ratios))
 
     def prune_counts(self, removed: dict[str, int]) -> nn.Module:
-        """Return a deep copy of the base model with ``removed[root]`` lowest-L1 channels cut from each group.
+        """Return a deep copy of the base model with ``removed[root]`` lowest-L1 channels cut from each group."""
+        return self._cut({root: self._order[root][:n] for root, n in removed.items() if n})
+
+    def _cut(self, gone: dict[str, torch.Tensor]) -> nn.Module:
+        """Return a deep copy of the base model with the channels ``gone[root]`` (indices into the group) cut.
 
         The plans index the base model. Where groups share a tensor (the inputs of a layer
         after a concatenation), their indices are merged and cut in one operation, so no
         group's cut shifts another's indices.
         """
         cuts: dict[tuple, list[int]] = {}
-        for root, n in removed.items():
-            if not n:
-                continue
-            gone = np.zeros(len(self._order[root]), dtype=bool)
-            gone[self._order[root][:n].numpy()] = True
+        for root, channels in gone.items():
+            mask = np.zeros(self._by_root[root].channels, dtype=bool)
+            mask[np.asarray(channels)] = True
             for step in self._plans[root]:
                 key = (step.name, step.is_param, step.handler, step.pruning_dim)
-                cuts.setdefault(key, []).extend(step.idxs[gone[step.root_idxs]].tolist())
+                cuts.setdefault(key, []).extend(step.idxs[mask[step.root_idxs]].tolist())
         model = copy.deepcopy(self.base)
         for (name, is_param, handler, dim), idxs in cuts.items():
             idxs = sorted(set(idxs))
@@ -386,6 +468,22 @@ class Pruner:
             else:
                 handler(model.get_submodule(name), idxs)
         return model.eval()
+
+
+def _literal(name: str) -> str:
+    """An ``--exclude`` pattern that matches the module name ``name`` itself (its glob characters escaped)."""
+    return re.sub(r"([*?[])", r"[\1]", name)
+
+
+def _ranked(score: np.ndarray, block: int) -> torch.Tensor:
+    """A group's channel indices by ascending ``score``; for a group in ``block`` equal blocks (the groups of a
+    grouped conv), positions ranked by their score summed over the blocks, each listed in every block together,
+    so that any prefix of ``k * block`` indices cuts the same positions from every block."""
+    if block == 1:
+        return torch.argsort(torch.from_numpy(score), stable=True)
+    width = len(score) // block
+    columns = np.argsort(score.reshape(block, width).sum(0), kind="stable")
+    return torch.from_numpy((np.arange(block)[None, :] * width + columns[:, None]).reshape(-1))
 
 
 # --------------------------------------------------------------------------- shapes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -14,7 +15,7 @@ from fnnp_opt.errors import ModelError
 from fnnp_opt.export import save_pruned
 from fnnp_opt.flops import count
 from fnnp_opt.models import UNSUPPORTED, check_input, create_model, find_classifier, torchvision_builders
-from fnnp_opt.prune import Pruner
+from fnnp_opt.prune import Pruner, Shaping
 from fnnp_opt.space import SearchSpace
 
 # Builders whose graph Torch-Pruning cannot build (listed in UNSUPPORTED); the pruner refuses them naming the place.
@@ -105,8 +106,17 @@ def test_a_vision_transformer_is_refused_where_its_pruned_forward_breaks():
 
     model = vit_b_32(num_classes=10).eval()
     example = torch.zeros(1, 3, 224, 224)
-    with pytest.warns(UserWarning), pytest.raises(ModelError, match="pruned model's forward pass fails in the forward"):
+    refused = pytest.raises(ModelError, match="pruned model's forward pass fails in the forward")
+    with pytest.warns(UserWarning), refused as err:
         Pruner(model, example, find_classifier(model, example, 10))
+    # the residual stream, whose width forward() reshapes to; its --exclude leaves the MLPs to prune
+    flags = re.findall(r"--exclude '([^']+)'", str(err.value))
+    assert flags == ["encoder.layers.encoder_layer_11.mlp.3"], str(err.value)
+    with pytest.warns(UserWarning):
+        pruner = Pruner(model, example, find_classifier(model, example, 10), Shaping(exclude=tuple(flags)))
+    assert len(pruner.groups) == 12  # one MLP per encoder layer
+    with torch.no_grad():
+        assert pruner.prune({g.root: 0.5 for g in pruner.groups})(example).shape == (1, 10)
     with pytest.raises(ModelError, match="vit_b_32.*cannot be pruned here"):
         create_model("vit_b_32", 3, 10)
 

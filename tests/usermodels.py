@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -148,3 +150,207 @@ class _Holder(nn.Module):
 def module_holder(num_classes: int = 10) -> nn.Module:
     """The network kept as ``self.module``: every key of its own state dict starts with ``module.``."""
     return _Holder(num_classes)
+
+
+# --------------------------------------------------------------------------- forwards that break when a group is cut
+
+
+class _Split(nn.Module):
+    """``expand`` makes 32 channels that forward() splits with sizes taken from the configured widths."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, int] = (16, 16)) -> None:
+        super().__init__()
+        self.widths = widths
+        self.stem, self.bn = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.expand, self.bn2 = nn.Conv2d(16, sum(widths), 1), nn.BatchNorm2d(sum(widths))
+        self.left, self.right = nn.Conv2d(widths[0], 16, 3, 2, 1), nn.Conv2d(widths[1], 16, 3, 2, 1)
+        self.act, self.fc = nn.ReLU(), nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn(self.stem(x)))
+        a, b = torch.split(self.act(self.bn2(self.expand(x))), list(self.widths), 1)
+        return self.fc(torch.cat([self.left(a), self.right(b)], 1).mean((2, 3)))
+
+
+def split_widths(num_classes: int = 10) -> nn.Module:
+    """torch.split with sizes from the configured widths: the group 'expand' cannot be cut."""
+    return _Split(num_classes)
+
+
+class _Chunk(_Split):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn(self.stem(x)))
+        a, b = self.act(self.bn2(self.expand(x))).chunk(2, 1)
+        return self.fc(torch.cat([self.left(a), self.right(b)], 1).mean((2, 3)))
+
+
+def chunk_halves(num_classes: int = 10) -> nn.Module:
+    """chunk(2) into fixed halves: cutting 'expand' unevenly breaks the forward."""
+    return _Chunk(num_classes)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class _TwoBreakers(nn.Module):
+    """Two groups whose cut breaks forward(): 'block1' (a split by its configured width) and 'f2' (a view)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.width = 16
+        self.block0, self.block1 = _Block(1, 16), _Block(16, 2 * self.width, 2)
+        self.block2 = _Block(self.width, 16)
+        self.f2 = nn.Conv2d(16, 8, 3, 2, 1)
+        self.fc = nn.Linear(8 * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block1(self.block0(x))
+        a, b = x.split(self.width, 1)
+        x = self.block2(a + b)
+        return self.fc(torch.relu(self.f2(x)).reshape(x.shape[0], 8 * 7 * 7))
+
+
+def two_breakers(num_classes: int = 10) -> nn.Module:
+    """Cutting 'block1' breaks a split and cutting 'f2' a hard-coded reshape; the other groups prune."""
+    return _TwoBreakers(num_classes)
+
+
+class _ViewFlatten(nn.Module):
+    def __init__(self, num_classes: int, fixed: bool) -> None:
+        super().__init__()
+        self.fixed = fixed
+        self.block0, self.block1 = _Block(1, 8, 2), _Block(8, 16, 2)
+        self.fc = nn.Linear(16 * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block1(self.block0(x))
+        return self.fc(torch.flatten(x, 1) if self.fixed else x.view(x.size(0), -1))
+
+
+def view_flatten(num_classes: int = 10, fixed: bool = False) -> nn.Module:
+    """LeNet's ``x.view(x.size(0), -1)``: fine in NCHW, but there is no such view of a channels-last map
+    (``fixed``: torch.flatten)."""
+    return _ViewFlatten(num_classes, fixed)
+
+
+class _InplaceAdd(nn.Module):
+    def __init__(self, num_classes: int, fixed: bool) -> None:
+        super().__init__()
+        self.fixed = fixed
+        self.block0, self.block1, self.act = _Block(1, 16, 2), _Block(16, 16), nn.ReLU()
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.block0(x)
+        x = self.act(self.block1.bn(self.block1.conv(skip)))
+        if self.fixed:
+            x = x + skip
+        else:
+            x += skip  # overwrites the ReLU's output, which its backward needs
+        return self.fc(x.mean((2, 3)))
+
+
+def inplace_add(num_classes: int = 10, fixed: bool = False) -> nn.Module:
+    """``x += skip`` after a ReLU: eval runs, a backward pass does not (``fixed``: ``x = x + skip``)."""
+    return _InplaceAdd(num_classes, fixed)
+
+
+class _AuxInTrain(nn.Module):
+    def __init__(self, num_classes: int, fixed: bool) -> None:
+        super().__init__()
+        self.fixed = fixed
+        self.body = nn.Sequential(*_body(nn.BatchNorm2d))
+        self.fc, self.aux = nn.Linear(32, num_classes), nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = self.body(x)
+        if self.training and not self.fixed:
+            return self.fc(x), self.aux(x)
+        return self.fc(x)
+
+
+def aux_in_train(num_classes: int = 10, fixed: bool = False) -> nn.Module:
+    """GoogLeNet's habit: (logits, auxiliary logits) in train mode, the logits alone in eval mode."""
+    return _AuxInTrain(num_classes, fixed)
+
+
+class _Uncopyable(nn.Module):
+    def __init__(self, num_classes: int, fixed: bool) -> None:
+        super().__init__()
+        self.body, self.fc = nn.Sequential(*_body(nn.BatchNorm2d)), nn.Linear(32, num_classes)
+        self.lock = None if fixed else threading.Lock()  # a deep copy cannot copy a lock
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+def uncopyable(num_classes: int = 10, fixed: bool = False) -> nn.Module:
+    """A module holding a lock, which copy.deepcopy cannot copy (``fixed``: no lock)."""
+    return _Uncopyable(num_classes, fixed)
+
+
+# --------------------------------------------------------------------------- grouped and depthwise convolutions
+
+
+class _Grouped(nn.Module):
+    """stem -> ``mid`` (groups ``groups``) -> ``head``; ``mid`` is depthwise when groups == its input channels."""
+
+    def __init__(self, num_classes: int, cin: int, cout: int, groups: int, residual: bool = False) -> None:
+        super().__init__()
+        self.residual = residual
+        self.stem, self.bn = nn.Conv2d(1, cin, 3, padding=1, bias=False), nn.BatchNorm2d(cin)
+        self.mid, self.bn2 = nn.Conv2d(cin, cout, 3, 1, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
+        self.head, self.bn3 = nn.Conv2d(cout, 32, 1, 2, bias=False), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        y = torch.relu(self.bn2(self.mid(x)))
+        x = y + x if self.residual else y
+        return self.fc(torch.relu(self.bn3(self.head(x))).mean((2, 3)))
+
+
+def depthwise(num_classes: int = 10) -> nn.Module:
+    """A depthwise conv (groups == channels)."""
+    return _Grouped(num_classes, 16, 16, 16)
+
+
+def depthwise_x2(num_classes: int = 10) -> nn.Module:
+    """A depthwise conv with channel multiplier 2: 16 groups of 1 input and 2 outputs."""
+    return _Grouped(num_classes, 16, 32, 16)
+
+
+def grouped_x2(num_classes: int = 10) -> nn.Module:
+    """A grouped conv with multiplier 2: 4 groups of 4 inputs and 8 outputs."""
+    return _Grouped(num_classes, 16, 32, 4)
+
+
+def resnext(num_classes: int = 10) -> nn.Module:
+    """A ResNeXt-style residual: a grouped 3x3 (8 groups) whose output is added to its input."""
+    return _Grouped(num_classes, 32, 32, 8, residual=True)
+
+
+class _CatGrouped(nn.Module):
+    """Two convs concatenated into a grouped conv: each group of ``mix`` reads one conv's channels, so
+    neither conv's cut is the grouped conv's alone."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(1, 16, 3, padding=1)
+        self.mix, self.bn = nn.Conv2d(32, 32, 3, 2, 1, groups=4), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        return self.fc(torch.relu(self.bn(self.mix(x))).mean((2, 3)))
+
+
+def cat_grouped(num_classes: int = 10) -> nn.Module:
+    """A grouped conv fed by a concatenation of two separately cut convs."""
+    return _CatGrouped(num_classes)
