@@ -10,6 +10,7 @@ from fnnp_opt.constraints import (
     fit_to_budget,
     penalized,
     uniform_ratio,
+    uniform_strategy,
     violation,
 )
 from fnnp_opt.errors import UsageError
@@ -55,6 +56,29 @@ def test_fit_to_budget_leaves_a_draw_in_the_window_alone():
 def test_uniform_ratio_hits_the_target():
     r = uniform_ratio(lambda x: _linear_macs({"a": x}), 500, 0.6)
     assert r == pytest.approx(0.5, abs=1e-3)
+
+
+def _stepped_macs(ratios):  # three groups of 4 channels: each keeps 4 - round(4r), worth 100 FLOPs a channel
+    return sum(100 * (4 - round(4 * r)) for r in ratios.values())  # 1200 unpruned
+
+
+@pytest.mark.parametrize(
+    "target, window, expect",
+    [
+        (900, (880, 920), {900}),  # one ratio lands: every group at it
+        (700, (680, 720), {700}),  # between 800 and 500 one ratio jumps; groups one at a time land on 700
+        (650, (640, 660), None),  # no plan within one channel step of one ratio lands: none, said plainly
+    ],
+)
+def test_the_uniform_strategy_lands_in_the_window_or_is_none(target, window, expect):
+    plan, (above, below) = uniform_strategy(_stepped_macs, ["a", "b", "c"], target, window, 0.9)
+    if expect is None:
+        assert plan is None and above > window[1] and below < window[0]  # where the uniform costs jump over it
+        return
+    assert {_stepped_macs(plan)} == expect and all(0 <= r <= 0.9 for r in plan.values())
+    ratios = sorted(plan.values())
+    kept = sorted(4 - round(4 * r) for r in ratios)
+    assert kept[-1] - kept[0] <= 1  # every group within one channel step of the others
 
 
 def test_defaults_suit_each_sampler():

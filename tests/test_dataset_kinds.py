@@ -117,8 +117,8 @@ def test_a_finetune_under_torchrun(dataset, tmp_path, request):
     fixture, channels, classes, extra = KINDS[dataset]
     ckpt = random_checkpoint(tmp_path / "w.safetensors", "resnet20", channels, classes)
     url = f"sqlite:///{tmp_path}/s.db"
-    common = ["--dataset", dataset, "--data-dir", str(request.getfixturevalue(fixture)), "--storage", url]
-    search = ["run", *common, *extra, "--checkpoint", str(ckpt), "--no-check-base", "--device", "cpu"]
+    common = ["--data-dir", str(request.getfixturevalue(fixture)), "--storage", url]
+    search = ["run", "--dataset", dataset, *common, *extra, "--checkpoint", str(ckpt), "--no-check-base", "--device", "cpu"]
     search += ["--workers", "1", "--n-trials", "2", "--abn-batches", "2", "--flops-tolerance", "0.05", "--epochs", "0"]
     res = runner.invoke(app, [*search, "--output", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output

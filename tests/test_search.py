@@ -321,3 +321,88 @@ def test_every_allowed_combination_runs_a_5_trial_study(small_fmnist, tmp_path, 
         assert [t.values[0] for t in front] == sorted(t.values[0] for t in front)  # more FLOPs, more accuracy
     else:
         assert St.is_evaluated(S.best_trial(study))
+
+
+# --------------------------------------------------------------------------- the uniform baseline, always there
+
+
+def _cli_run(*args: str):
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    return CliRunner().invoke(app, ["run", *args])
+
+
+def test_a_finished_study_whose_baseline_failed_evaluates_it_when_resumed(searched, small_fmnist, tmp_path):
+    """Trial 0 (uniform L1) failed while the other trials filled the study: a resume queues it again and evaluates
+    it even though the study already holds n_trials, so the finished study has its baseline."""
+    import shutil
+    import sqlite3
+
+    from conftest import SMALL_RUN, without
+
+    db = tmp_path / "study.db"
+    shutil.copy(searched, db)
+    with sqlite3.connect(db) as con:  # as a trial 0 that raised would have left it
+        (trial_id,) = con.execute("SELECT trial_id FROM trials WHERE number = 0").fetchone()
+        con.execute("UPDATE trials SET state = 'FAIL' WHERE trial_id = ?", (trial_id,))
+        con.execute("DELETE FROM trial_values WHERE trial_id = ?", (trial_id,))
+    url = f"sqlite:///{db}"
+    before = optuna.load_study(study_name=None, storage=url)
+    done = len(S.evaluated(before))
+    (failed,) = [t for t in before.trials if t.user_attrs.get("strategy") == "uniform"]
+    assert failed.state is TrialState.FAIL and done >= 1
+
+    args = [*without(SMALL_RUN, "--n-trials"), "--n-trials", str(done), "--data-dir", str(small_fmnist)]
+    res = _cli_run(*args, "--epochs", "0", "--storage", url, "--output", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name=None, storage=url)
+    uniform = [t for t in study.trials if t.user_attrs.get("strategy") == "uniform"]
+    assert [t.state for t in uniform] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert uniform[1].params == failed.params and len(S.evaluated(study)) == done + 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"uniform L1** (the same ratio everywhere): trial {uniform[1].number}" in report
+    _cli_run(*args, "--epochs", "0", "--storage", url, "--output", str(tmp_path / "out"))  # resumed again: no more
+    assert len(optuna.load_study(study_name=None, storage=url).trials) == len(study.trials)
+
+
+def test_the_uniform_baseline_lands_in_the_window_of_a_small_model_or_the_study_says_it_has_none(
+    small_fmnist, tmp_path
+):
+    """GroupNorm(8, C) keeps channels in eights: one ratio everywhere jumps over +-5% windows. At 40% of the FLOPs the
+    groups cut one at a time land inside it; at 50% nothing within one step of one ratio does, and the run, `space`
+    and the report say so instead of promising a baseline."""
+    from conftest import SMALL_RUN, random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "gn.safetensors", "usermodels:group_norm", 1, 10)
+    model = ["--model", "usermodels:group_norm", "--checkpoint", str(ckpt), "--no-check-base"]
+    common = [*SMALL_RUN, *model, "--data-dir", str(small_fmnist)]
+    url = f"sqlite:///{tmp_path}/s.db"
+
+    res = _cli_run(*common, "--flops", "0.4", "--epochs", "0", "--storage", url, "--output", str(tmp_path / "a"))
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name="usermodels:group_norm-fashion-mnist-flops0.4", storage=url)
+    first = study.trials[0]
+    assert first.user_attrs["strategy"] == "uniform" and first.state is TrialState.COMPLETE
+    assert 0.35 <= first.user_attrs["flops_ratio"] <= 0.45
+    base = {"0": 16, "3": 32}  # the convs' channels; they are kept in eights
+    ratios = {name: 1 - kept / base[name] for name, kept in first.user_attrs["channels"].items()}
+    step = {name: 8 / base[name] for name in base}  # one ratio lies within one step of every group's ratio
+    assert max(ratios[n] - step[n] for n in base) <= min(ratios[n] + step[n] for n in base)
+
+    res = _cli_run(*common, "--flops", "0.5", "--epochs", "0", "--storage", url, "--output", str(tmp_path / "b"))
+    assert res.exit_code == 0, res.output
+    assert "no uniform L1 strategy lands in the window" in " ".join(res.output.split())
+    study = optuna.load_study(study_name="usermodels:group_norm-fashion-mnist-flops0.5", storage=url)
+    assert not any(t.user_attrs.get("strategy") for t in study.trials)
+    assert "**uniform L1**: none evaluated" in (tmp_path / "b" / "report.md").read_text()
+
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    res = CliRunner().invoke(app, ["space", *model[:4], "--flops", "0.5", "--flops-tolerance", "0.05"])
+    assert res.exit_code == 0, res.output
+    printed = " ".join(res.output.split())
+    assert "uniform L1 baseline: no uniform L1 strategy lands" in printed and "queued first" not in printed
