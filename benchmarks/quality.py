@@ -329,7 +329,7 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
         if method.removesuffix("_run") in ("rerank", "abn_ft") or method in ("rerank_u", *SAMPLERS):
             row |= {"score_steps": args.score_steps, "rerank": args.rerank if method.startswith("rerank") else None}
         if method == "uniform":
-            row["ratio"] = uniform
+            row["ratio"] = max(uniform_strategy.values())
         if method == "uniform_top":
             row["ratio"] = top
         if method == "base":

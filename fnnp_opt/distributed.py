@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Iterable, Iterator, Mapping
 
-from fnnp_opt.errors import FnnpError, UsageError
+from fnnp_opt.errors import FnnpError, UsageError, few
 
 log = logging.getLogger(__name__)
 
@@ -249,13 +249,11 @@ class Group:
         model.to(memory_format=memory_format)  # before wrapping: DDP's buckets follow the parameters' layout
         unused = self._unused_everywhere(model, probe)
         if unused:
-            from fnnp_opt.models import _few
-
             log.info(
                 "torchrun: %d parameters get no gradient from the loss: %s; DistributedDataParallel looks for unused "
                 "parameters at every step",
                 len(unused),
-                _few(unused, 10),
+                few(unused, 10),
             )
         ids = [device.index] if device.type == "cuda" else None
         # parameters and buffers start as rank 0's; then each rank keeps its own BN statistics (no sync at every

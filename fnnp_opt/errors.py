@@ -60,9 +60,16 @@ class TrialError(FnnpError):
         self.exit_code = cause.exit_code if isinstance(cause, FnnpError) else 1
 
 
-def describe(exc: BaseException) -> str:
-    """``exc`` in one line: an :class:`FnnpError`'s message, or any other error's type and first line."""
+def describe(exc: BaseException, limit: int | None = None) -> str:
+    """``exc`` in one line: an :class:`FnnpError`'s message, or any other error's type and first line (cut to
+    ``limit`` characters when given)."""
     if isinstance(exc, FnnpError):
         return str(exc)
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:limit]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def few(items: list[str], n: int = 3) -> str:
+    """The first ``n`` of ``items`` joined by commas, and how many more there are: ``a, b, c (+4 more)``."""
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

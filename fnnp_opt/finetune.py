@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fnnp_opt import distributed
 from fnnp_opt.data import Augment, FolderSet, TensorSet
 from fnnp_opt.errors import CheckpointError
 from fnnp_opt.evaluate import NonFiniteError, run_batches, to_device
+from fnnp_opt.kernels import onednn_unsafe, without_onednn
 from fnnp_opt.progress import NULL, Progress
 
 log = logging.getLogger(__name__)
@@ -88,38 +88,6 @@ def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-THIN = 4  # a conv with fewer output channels trains outside oneDNN (below)
-NARROW_STRIDED_1X1 = 8  # ... and so does a strided 1x1 conv with fewer input channels
-
-
-def onednn_unsafe(model: nn.Module, device: torch.device) -> bool:
-    """Whether training ``model`` on CPU must leave oneDNN: a network with a conv of fewer than :data:`THIN`
-    output channels, or a strided 1x1 conv of fewer than :data:`NARROW_STRIDED_1X1` input channels.
-
-    oneDNN's CPU convolution backward (torch 2.14.1) corrupts the heap or divides by zero on such thin pruned
-    networks (candidates of a 15% ResNet-20 search at R 0.8: a 6 -> 11 shortcut at stride 2 over 28 x 28; layers
-    kept at 3 channels), killing the process; the contiguous format does not avoid it, since a 1x1 conv's weight
-    is laid out as channels-last either way. Those networks train through torch's own kernels, 3-10x slower;
-    every other network keeps oneDNN. ``tests/test_finetune.py`` trains both cases.
-    """
-    return device.type == "cpu" and any(
-        isinstance(m, nn.modules.conv._ConvNd)
-        and (
-            m.out_channels < THIN
-            or (all(k == 1 for k in m.kernel_size) and max(m.stride) > 1 and m.in_channels < NARROW_STRIDED_1X1)
-        )
-        for m in model.modules()
-    )
-
-
-@contextmanager
-def _without_onednn():
-    with warnings.catch_warnings():  # the flag's setter warns about Intel-GPU TF32, on every CPU
-        warnings.simplefilter("ignore", UserWarning)
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
 
 
 def fit(
@@ -205,7 +173,7 @@ def fit(
             x, y = to_device(first, device, memory_format)
             return distill_loss(model(x), y, None, None)
 
-        with _without_onednn() if unsafe else nullcontext():  # the probe trains as the steps do
+        with without_onednn() if unsafe else nullcontext():  # the probe trains as the steps do
             net = group.wrap(model, device, memory_format, probe if first is not None else None)
 
     for epoch in range(start, cfg.epochs):
@@ -235,7 +203,7 @@ def fit(
         batches = train.shuffled(cfg.batch_size, gen, augment)  # global batches, the same in every process
         if group is not None:
             batches = group.shard(batches)
-        with _without_onednn() if unsafe else nullcontext():
+        with without_onednn() if unsafe else nullcontext():
             what = f"epoch {epoch + 1}/{cfg.epochs}"
             run_batches(model, batches, device, step, progress, what, steps_per_epoch, memory_format)
         if group is not None:

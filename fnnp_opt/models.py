@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from fnnp_opt.errors import CheckpointError, ModelError
+from fnnp_opt.errors import CheckpointError, ModelError, few
 from fnnp_opt.probe import RUNS, first_failure
 
 ASSETS = Path(__file__).parent / "assets"
@@ -501,7 +501,7 @@ def read_state_dict(path: Path) -> dict:
     state = _find_state(obj)
     if state is None:
         if isinstance(obj, dict):
-            found = f"a dict with keys {_few(sorted(map(str, obj)), 6)}" if obj else "an empty dict"
+            found = f"a dict with keys {few(sorted(map(str, obj)), 6)}" if obj else "an empty dict"
         else:
             found = type(obj).__name__
         raise CheckpointError(
@@ -513,7 +513,7 @@ def read_state_dict(path: Path) -> dict:
     ]
     if bad:
         raise CheckpointError(
-            f"checkpoint {path} holds NaN or inf weights in {_few(bad)}; the training that wrote it diverged: "
+            f"checkpoint {path} holds NaN or inf weights in {few(bad)}; the training that wrote it diverged: "
             "pass an earlier checkpoint"
         )
     return state
@@ -548,7 +548,7 @@ def _torch_reasons(exc: Exception) -> str:
     for i, line in enumerate(body):
         if i in sizes[3:]:
             continue
-        line = re.sub(r'"[^"]*"(?:, "[^"]*")+', lambda m: _few(re.findall(r'"[^"]*"', m.group(0))), line)[:300]
+        line = re.sub(r'"[^"]*"(?:, "[^"]*")+', lambda m: few(re.findall(r'"[^"]*"', m.group(0))), line)[:300]
         if len(sizes) > 3 and i == sizes[2]:
             line += f" (+{len(sizes) - 3} more size mismatches)"
         reasons.append(line)
@@ -596,11 +596,6 @@ def load_weights(
         read = f" (its keys read without {removed!r})" if removed else ""
         reasons = _torch_reasons(exc)
         raise CheckpointError(f"checkpoint {source}{read} does not fit the model: {reasons}; {remedy}") from None
-
-
-def _few(items: list[str], n: int = 3) -> str:
-    more = f" (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
 
 
 def load_model(name: str, in_channels: int, num_classes: int, checkpoint: Path) -> tuple[nn.Module, str]:

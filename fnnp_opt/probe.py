@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fnnp_opt.errors import describe
+
 EVAL, CHANNELS_LAST, CALIBRATION, TRAIN = "eval", "channels-last", "calibration", "train"
 RUNS = (EVAL, CHANNELS_LAST, CALIBRATION, TRAIN)  # in the order a study runs them
 COPY = "copy"  # the run of a :class:`Failure` to deep-copy the model
@@ -77,8 +79,7 @@ def runs_until(run: str) -> tuple[str, ...]:
 
 def brief(exc: BaseException) -> str:
     """``Type: first line`` of an exception, at most 200 characters of its message."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    return describe(exc, 200)
 
 
 class Tracker:
@@ -146,7 +147,7 @@ def _logits(out: object, want: tuple[int, ...]) -> torch.Tensor:
 def _run(model: nn.Module, run: str, x: torch.Tensor, classes: tuple[int, ...]) -> None:
     """Run ``model`` on ``x`` once as a study does in ``run``."""
     from fnnp_opt.evaluate import calibration_mode
-    from fnnp_opt.finetune import _without_onednn, onednn_unsafe
+    from fnnp_opt.kernels import onednn_unsafe, without_onednn
 
     want = (x.shape[0], *classes)
     if run == EVAL:
@@ -165,7 +166,7 @@ def _run(model: nn.Module, run: str, x: torch.Tensor, classes: tuple[int, ...]) 
         unsafe = onednn_unsafe(model, torch.device("cpu"))
         layout = torch.contiguous_format if unsafe else torch.channels_last
         model.train().to(memory_format=layout)
-        with _without_onednn() if unsafe else nullcontext():
+        with without_onednn() if unsafe else nullcontext():
             logits = _logits(model(x.contiguous(memory_format=layout)), want)
             loss = F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long))
             try:

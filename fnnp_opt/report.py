@@ -256,9 +256,7 @@ def _allocation_figure(f: _Facts):
         pairs = [(a.winner, WINNER_COLOUR, f"winner (trial {a.winner_trial}): % of the base's channels kept")]
         if a.uniform is not None:
             ratio = _uniform_ratio(f.uniform)
-            pairs.insert(
-                0, (a.uniform, UNIFORM_COLOUR, f"uniform L1 (trial {a.uniform_trial}): {ratio}")
-            )
+            pairs.insert(0, (a.uniform, UNIFORM_COLOUR, f"uniform L1 (trial {a.uniform_trial}): {ratio}"))
         width = 0.34 if len(pairs) == 2 else 0.5
         for k, (kept, colour, label) in enumerate(pairs):
             offset = (k - (len(pairs) - 1) / 2) * width

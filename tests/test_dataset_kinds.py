@@ -118,7 +118,18 @@ def test_a_finetune_under_torchrun(dataset, tmp_path, request):
     ckpt = random_checkpoint(tmp_path / "w.safetensors", "resnet20", channels, classes)
     url = f"sqlite:///{tmp_path}/s.db"
     common = ["--data-dir", str(request.getfixturevalue(fixture)), "--storage", url]
-    search = ["run", "--dataset", dataset, *common, *extra, "--checkpoint", str(ckpt), "--no-check-base", "--device", "cpu"]
+    search = [
+        "run",
+        "--dataset",
+        dataset,
+        *common,
+        *extra,
+        "--checkpoint",
+        str(ckpt),
+        "--no-check-base",
+        "--device",
+        "cpu",
+    ]
     search += ["--workers", "1", "--n-trials", "2", "--abn-batches", "2", "--flops-tolerance", "0.05", "--epochs", "0"]
     res = runner.invoke(app, [*search, "--output", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
