@@ -10,8 +10,12 @@ The test file is loaded separately and is used only for the final report.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -219,6 +223,10 @@ class FolderSet:
             drop_last=train,
             generator=generator,
             num_workers=self.workers,
+            worker_init_fn=_end_with_parent,
+            # forked, also inside a --workers search process (spawned, so its default would be to spawn: a fresh
+            # interpreter importing torch for every abn-ft candidate's loader)
+            multiprocessing_context="fork" if self.workers and sys.platform == "linux" else None,
         )
 
     def batches(self, batch_size: int) -> Iterable[Batch]:
@@ -247,6 +255,20 @@ def _decoded(loader: torch.utils.data.DataLoader) -> Iterator[Batch]:
         if len(lines) > 1 and lines[0].startswith("Caught "):
             raise DataError(lines[-1].split(": ", 1)[-1]) from None
         raise
+
+
+def _end_with_parent(worker: int) -> None:
+    """In a decoding process: be killed when the process it decodes for ends, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so that no decoder outlives a killed search worker; elsewhere DataLoader's own watchdog
+    ends it later."""
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it ended before the line above took effect
+        os._exit(1)
 
 
 CACHE_BYTES = 4 << 30  # decoded evaluation images kept in memory per split (uint8), at most

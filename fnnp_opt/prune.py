@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from torch import nn
 
 from fnnp_opt.errors import ModelError, UsageError
 from fnnp_opt.probe import EVAL, RUNS, Failure, brief, first_failure, runs_until, tracked
+
+log = logging.getLogger(__name__)
 
 CUT = "cut"  # the run of a :class:`Failure` in which Torch-Pruning itself could not cut the channels
 
@@ -164,7 +167,13 @@ class Pruner:
         self.all_groups: list[GroupInfo] = [info for info, _ in described]
         self._by_root = {info.root: info for info in self.all_groups}
         shaping.check_exclude(self.all_groups)
-        self.groups: list[GroupInfo] = [g for g in self.all_groups if not shaping.excludes(g)]
+        kept = [g for g in self.all_groups if not shaping.excludes(g)]
+        # a group whose channels feed a grouped conv in whole multiples of all of them (a depthwise conv with a
+        # channel multiplier fed by a conv) keeps every channel at any ratio: it is no dimension of the search
+        self.groups: list[GroupInfo] = [g for g in kept if shaping.kept_below(g.channels, g.multiple) < g.channels]
+        for g in kept:
+            if g not in self.groups:
+                log.info("group %s is not searched: its %d channels can only be kept whole", g.root, g.channels)
         self._plans = {info.root: plan for info, plan in described}
         self._order = {info.root: self._l1_order(info) for info in self.groups}
         # what _check cuts: the fewest and the most channels a study may cut from each group, by position

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import gzip
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fnnp_opt.data import Augment, load_splits, read_idx, write_idx
+from fnnp_opt.data import Augment, _end_with_parent, load_splits, read_idx, write_idx
 from fnnp_opt.errors import DataError, UsageError
 
 
@@ -75,3 +77,51 @@ def test_augment_keeps_shape_and_content_scale():
     # with zero padding 0 a crop is a pure shift: every output pixel exists in the input image
     y0 = Augment(0, False)(x, g)
     assert torch.equal(y0, x)
+
+
+def _decoder_of_a_killed_parent(ready) -> None:  # a search worker: starts one decoding process, then waits
+    import multiprocessing
+    import time
+
+    from fnnp_opt.data import _end_with_parent
+
+    def decoder() -> None:
+        _end_with_parent(0)
+        ready.put(os.getpid())
+        time.sleep(120)
+
+    multiprocessing.get_context("fork").Process(target=decoder).start()
+    time.sleep(120)
+
+
+def test_a_decoding_process_ends_with_the_process_it_decodes_for_even_when_that_is_killed(tiny_imagenet):
+    """A search worker killed by SIGKILL leaves no image decoder behind (before, one could hold the run's output
+    open for minutes); and every image-folder loader starts its decoders that way, by fork."""
+    import multiprocessing
+    import signal
+    import time
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.SimpleQueue()
+    parent = ctx.Process(target=_decoder_of_a_killed_parent, args=(ready,))
+    parent.start()
+    child = ready.get()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    def alive() -> bool:  # a zombie has ended, only not yet reaped by whichever process inherited it
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    end = time.monotonic() + 5
+    while time.monotonic() < end and alive():
+        time.sleep(0.05)
+    gone = not alive()
+    if not gone:
+        os.kill(child, signal.SIGKILL)
+    assert gone, "the decoder outlived its parent"
+
+    s = load_splits("imagenet", tiny_imagenet, search_per_class=2, abn_batches=1, abn_batch_size=1, workers=1)
+    loader = s.train._loader(4, train=True)
+    assert loader.worker_init_fn is _end_with_parent and loader.multiprocessing_context.get_start_method() == "fork"

@@ -68,6 +68,8 @@ def test_two_search_workers_then_a_rerank_by_abn_ft(kind, tmp_path):
     assert res.exit_code == 0, res.output
     trials = _evaluated(url, "w")
     assert len(trials) == 3 and any(t.user_attrs.get("strategy") == "uniform" for t in trials)
+    states = {t.state.name for t in optuna.load_study(study_name="w", storage=url).trials}
+    assert not states & {"WAITING", "RUNNING", "FAIL"}  # nothing left queued, running or failed
     assert all(not t.user_attrs["worker"].endswith(f":{os.getpid()}") for t in trials)  # scored in the workers
     card = json.loads((tmp_path / "out" / "pruned.json").read_text())
     assert "rerank" in card["study"] and card["metrics"]["pruned"]["flops"] < card["metrics"]["base"]["flops"]

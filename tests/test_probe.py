@@ -14,13 +14,14 @@ from typer.testing import CliRunner
 
 from fnnp_opt.cli import app
 from fnnp_opt.errors import ModelError
+from fnnp_opt.flops import FlopsModel, count
 from fnnp_opt.models import check_input, find_classifier
 from fnnp_opt.prune import Pruner, Shaping
 
 runner = CliRunner()
 SHAPE = (1, 1, 28, 28)
 
-PRUNES = ["depthwise", "depthwise_x2", "grouped_x2", "resnext", "group_norm", "shared_conv"]
+PRUNES = ["depthwise", "depthwise_x2", "depthwise_x2_into_fc", "grouped_x2", "resnext", "group_norm", "shared_conv"]
 # a cut of a group breaks forward(): the error names the groups and the --exclude flags that leave them alone
 EXCLUDED = {
     "split_widths": ["expand"],
@@ -69,9 +70,11 @@ def _prunes(model: torch.nn.Module, exclude: tuple[str, ...] = ()) -> None:
     check_input(model, "user model", SHAPE, 10)
     pruner = Pruner(model, example, find_classifier(model, example, 10), Shaping(exclude=exclude))
     assert pruner.groups
+    flops = FlopsModel(model, SHAPE, pruner.prune_counts, {g.root: g.multiple for g in pruner.groups})
     x = torch.randn(4, *SHAPE[1:])
     for ratio in (0.2, 0.5, 0.8):
         pruned = pruner.prune({g.root: ratio for g in pruner.groups})
+        assert flops.macs(pruner.counts({g.root: ratio for g in pruner.groups})) == count(pruned, SHAPE)[0]
         with torch.no_grad():
             assert pruned.eval()(x).shape == (4, 10)
         copy.deepcopy(pruned).train()(x).logsumexp(1).mean().backward()  # fine-tuning
@@ -84,6 +87,16 @@ def _prunes(model: torch.nn.Module, exclude: tuple[str, ...] = ()) -> None:
 @pytest.mark.parametrize("name", PRUNES)
 def test_grouped_and_depthwise_user_models_prune_and_run_as_a_study_runs_them(name):
     _prunes(getattr(usermodels, name)())
+
+
+@pytest.mark.parametrize("name", ["depthwise_x2", "depthwise_x2_into_fc"])
+def test_a_group_that_feeds_a_channel_multiplier_conv_is_no_dimension(name):
+    """Its channels go to the multiplier conv's groups one each: any cut removes a whole group's input, which
+    fnnp-opt never does, so the stem is kept whole and left out of the space rather than cut to nothing."""
+    model = getattr(usermodels, name)()
+    pruner = Pruner(model, torch.zeros(SHAPE), "fc")
+    assert "stem" in {g.root for g in pruner.all_groups} and "stem" not in {g.root for g in pruner.groups}
+    assert pruner.prune({g.root: 0.8 for g in pruner.groups}).stem.out_channels == 16
 
 
 @pytest.mark.parametrize("name", sorted(EXCLUDED))

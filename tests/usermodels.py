@@ -301,19 +301,23 @@ def uncopyable(num_classes: int = 10, fixed: bool = False) -> nn.Module:
 class _Grouped(nn.Module):
     """stem -> ``mid`` (groups ``groups``) -> ``head``; ``mid`` is depthwise when groups == its input channels."""
 
-    def __init__(self, num_classes: int, cin: int, cout: int, groups: int, residual: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, cin: int, cout: int, groups: int, residual: bool = False, head: bool = True
+    ) -> None:
         super().__init__()
         self.residual = residual
         self.stem, self.bn = nn.Conv2d(1, cin, 3, padding=1, bias=False), nn.BatchNorm2d(cin)
         self.mid, self.bn2 = nn.Conv2d(cin, cout, 3, 1, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)
-        self.head, self.bn3 = nn.Conv2d(cout, 32, 1, 2, bias=False), nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32, num_classes)
+        self.head, self.bn3 = (nn.Conv2d(cout, 32, 1, 2, bias=False), nn.BatchNorm2d(32)) if head else (None, None)
+        self.fc = nn.Linear(32 if head else cout, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn(self.stem(x)))
         y = torch.relu(self.bn2(self.mid(x)))
         x = y + x if self.residual else y
-        return self.fc(torch.relu(self.bn3(self.head(x))).mean((2, 3)))
+        if self.head is not None:
+            x = torch.relu(self.bn3(self.head(x)))
+        return self.fc(x.mean((2, 3)))
 
 
 def depthwise(num_classes: int = 10) -> nn.Module:
@@ -324,6 +328,11 @@ def depthwise(num_classes: int = 10) -> nn.Module:
 def depthwise_x2(num_classes: int = 10) -> nn.Module:
     """A depthwise conv with channel multiplier 2: 16 groups of 1 input and 2 outputs."""
     return _Grouped(num_classes, 16, 32, 16)
+
+
+def depthwise_x2_into_fc(num_classes: int = 10) -> nn.Module:
+    """The same, its output pooled straight into the classifier: the stem is the only group before it."""
+    return _Grouped(num_classes, 16, 32, 16, head=False)
 
 
 def grouped_x2(num_classes: int = 10) -> nn.Module:
