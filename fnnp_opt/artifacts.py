@@ -104,13 +104,25 @@ def recorded_dir(storage_url: str, study: optuna.Study) -> Path:
         if recorded == beside.resolve() or (recorded.exists() and not _holds(beside, study)):
             return recorded
         return beside
-    origin = Path(origin)
-    if origin == here or not recorded.is_relative_to(origin.parent):  # not moved, or a store of its own choice
+    return followed(storage_url, study, recorded)
+
+
+def followed(storage_url: str, study: optuna.Study, recorded: Path) -> Path:
+    """A folder ``study`` recorded (its artifact store, its export), where it is now: one that was inside its
+    SQLite or journal file's folder moved or was copied with it, and is at the same place beside the file now
+    (``storage_url``); unless only the file moved (the old file is gone, the folder is still there). A copy's
+    path never leads into the original's folder. Other paths (and studies recorded before
+    :data:`STORAGE_ATTR`) are ``recorded`` itself."""
+    here, origin = St.storage_file(storage_url), study.user_attrs.get(STORAGE_ATTR)
+    if here is None or origin is None:
+        return recorded
+    here, origin = here.resolve(), Path(origin)
+    if origin == here or not recorded.is_relative_to(origin.parent):  # not moved, or a folder of its own choice
         return recorded
     follow = here.parent / recorded.relative_to(origin.parent)
     if follow.is_dir() or origin.exists() or not recorded.is_dir():
         return follow
-    return recorded  # the file alone was moved: its store is where it was
+    return recorded  # the file alone was moved: the folder is where it was
 
 
 def served_dir(storage_url: str, study: optuna.Study) -> Path:

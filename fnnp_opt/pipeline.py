@@ -647,7 +647,7 @@ def publish(cfg: RunConfig, study: optuna.Study, trial, output: Path, report: bo
     if report:
         from fnnp_opt.report import write_report
 
-        written = write_report(study, output)
+        written = write_report(study, output, cfg.resolved_storage())
         files += written.files
     folder = A.store_dir(cfg.resolved_storage(), cfg.artifact_dir, study)
     published = A.publish(study, trial, files, folder, cfg.resolved_storage())

@@ -447,15 +447,18 @@ def _importances_figure(f: _Facts, view: optuna.Study):
 # --------------------------------------------------------------------------- the report
 
 
-def default_folder(study: optuna.Study) -> Path:
-    """Where the report goes by default: the study's delivered export, else ``runs/<study>/report``."""
+def default_folder(study: optuna.Study, storage: str) -> Path:
+    """Where the report goes by default: the study's delivered export (where it is now, if it was moved or copied
+    with the study's storage file: :func:`fnnp_opt.artifacts.followed`), else ``runs/<study>/report``."""
+    from fnnp_opt.artifacts import followed
+
     delivered = study.user_attrs.get("result") or {}
     if delivered.get("export"):
-        return Path(delivered["export"])
+        return followed(storage, study, Path(delivered["export"]))
     return Path("runs") / study.study_name / "report"
 
 
-def write_report(study: optuna.Study, folder: Path) -> Report:
+def write_report(study: optuna.Study, folder: Path, storage: str | None = None) -> Report:
     """Draw ``study``'s figures and write ``report.md`` into ``folder`` (created); returns the paths.
 
     Reads the study only. Raises :class:`OutputError` when ``folder`` cannot be written,
@@ -508,11 +511,14 @@ def write_report(study: optuna.Study, folder: Path) -> Report:
             report.importances = save(_importances_figure(f, view), "importances.png")
     for name, reason in report.skipped.items():
         log.info("%s not drawn: %s", name, reason)
-    _write_summary(f, report)
+    _write_summary(f, report, storage)
     return report
 
 
-def _write_summary(f: _Facts, report: Report) -> None:
+DEFAULT_URL = "sqlite:///studies/fnnp.db"  # the study's storage when its config names none
+
+
+def _write_summary(f: _Facts, report: Report, storage: str | None) -> None:
     b, w, u = f.budget, f.winner, f.uniform
     config = f.study.user_attrs["config"]
     counts = _state_counts(f.study)
@@ -520,7 +526,7 @@ def _write_summary(f: _Facts, report: Report) -> None:
     lines = [
         f"# {f.study.study_name}",
         "",
-        f"- **study**: `{f.study.study_name}` in `{config.get('storage') or 'sqlite:///studies/fnnp.db'}`; "
+        f"- **study**: `{f.study.study_name}` in `{St.redact_url(storage or config.get('storage') or DEFAULT_URL)}`; "
         + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "evaluated")
         + f"; sampler {config.get('sampler')}, score {config.get('score', 'abn')}",
         f"- **budget**: {b.describe()}",
@@ -602,7 +608,7 @@ def report_study(
                     f"study {study.study_name!r} keeps its artifacts (the export's files among them) in {recorded}, "
                     f"not {artifact_dir}; pass --artifact-dir {recorded} or leave it out, or --no-upload"
                 )
-        report = write_report(study, Path(output) if output is not None else default_folder(study))
+        report = write_report(study, Path(output) if output is not None else default_folder(study, storage), storage)
         if upload:
             delivered = (study.user_attrs.get("result") or {}).get("trial")
             trial = next((t for t in study.trials if t.number == delivered), None)

@@ -199,3 +199,24 @@ def test_a_copied_study_writes_into_its_own_store_and_leaves_the_originals_alone
     assert (store / files["report.md"]).read_bytes() == (tmp_path / "r" / "report.md").read_bytes()
     assert (store / files["pruned.json"]).read_bytes() == (searched.parent / "out" / "pruned.json").read_bytes()
     assert _files(searched.parent) == original
+
+
+def test_report_of_a_copied_or_moved_study_folder_writes_into_that_folder(searched, tmp_path):
+    """`report` without --output writes into the study's export: the one in the folder it was copied or moved to,
+    never the original's, and report.md names the storage it was read from."""
+    db = study_folder(searched, tmp_path / "old")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
+    study.set_user_attr("result", {**study.user_attrs["result"], "export": str((tmp_path / "old" / "out").resolve())})
+    shutil.copytree(tmp_path / "old", tmp_path / "copy")
+    before = _files(tmp_path / "old")
+    copy_db = tmp_path / "copy" / "study.db"
+    res = CliRunner().invoke(app, ["report", "--storage", f"sqlite:///{copy_db}"])
+    assert res.exit_code == 0, res.output
+    assert _files(tmp_path / "old") == before  # the original folder is untouched
+    assert f"in `sqlite:///{copy_db}`" in (tmp_path / "copy" / "out" / "report.md").read_text()
+
+    os.rename(tmp_path / "old", tmp_path / "new")
+    res = CliRunner().invoke(app, ["report", "--storage", f"sqlite:///{tmp_path / 'new' / 'study.db'}"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "old").exists()  # not made again
+    assert "new/study.db" in (tmp_path / "new" / "out" / "report.md").read_text()
