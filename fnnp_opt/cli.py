@@ -776,6 +776,7 @@ def correlate(
     noise_seeds: Annotated[int, Opt(help="Other fine-tune seeds for each of those.")] = 2,
     abn_batch_size: Annotated[Optional[int], Opt(help="Images per calibration batch. [default: 64]")] = None,
     search_size: SearchSize = None,
+    search_per_class: SearchPerClass = None,
     seed: Annotated[Optional[int], Opt(help="Seed of the candidates, calibration and fine-tunes. [default: 0]")] = None,
     storage: StorageOpt = None,
     output: Annotated[Path, Opt(help="Folder for the CSVs and figures.")] = Path("runs/correlate"),
@@ -916,11 +917,9 @@ def space(
     rate = r.accepted / r.draws
     out.print(f"random sampling: {r.accepted} of {r.draws} draws land in the window ({rate:.1%})")
     if r.uniform:
-        ratios = ", ".join(
-            f"{max(u.values()):.4f}" + ("" if max(u.values()) - min(u.values()) < 5e-7 else " (one channel step apart)")
-            for u in r.uniform
-        )
-        out.print(f"uniform L1 baseline, queued first in every study: ratio {ratios}")
+        from fnnp_opt.space import uniform_words
+
+        out.print(f"uniform L1 baseline, queued first in every study: {', '.join(map(uniform_words, r.uniform))}")
     for line in r.no_uniform:
         out.print(f"uniform L1 baseline: {line}")
 

@@ -67,6 +67,8 @@ class Noise:
         attenuation: the square root of the share of the spread's variance that is not noise)."""
         if math.isnan(self.ratio):
             return math.nan
+        if self.ratio == 0:  # every candidate fine-tuned to the same accuracy: nothing for a score to rank
+            return 0.0
         return math.sqrt(max(0.0, 1.0 - 1.0 / self.ratio**2))
 
     @property

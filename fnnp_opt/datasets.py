@@ -227,6 +227,11 @@ def _folder_part(root: Path, part: str, classes: list[str], info: DatasetInfo) -
                 "every evaluation class must be a training class"
             )
         files = sorted(p for p in (base / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files and part == "train":  # it would still be a class, one the network never sees
+            raise DataError(
+                f"{info.name}: class folder {base / name} holds no image ({', '.join(IMAGE_EXTENSIONS)}); add its "
+                "images or remove the folder"
+            )
         paths += [str(p.relative_to(root)) for p in files]
         labels += [index[name]] * len(files)
     if not paths:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from fnnp_opt.errors import CheckpointError, ModelError, few
+from fnnp_opt.errors import CheckpointError, ModelError, describe, few
 from fnnp_opt.probe import RUNS, first_failure
 
 ASSETS = Path(__file__).parent / "assets"
@@ -124,10 +124,16 @@ def _user_info(spec: str) -> ModelInfo:
         sys.path.insert(0, str(Path.cwd()))  # let `module:callable` find modules in the working directory
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, and a module that fails while it runs (SyntaxError, NameError ...)
-        raise ModelError(
-            f"model {spec!r}: module {module_name!r} cannot be imported ({exc}); "
-            "run from the folder that holds it or add that folder to PYTHONPATH"
+    except Exception as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and module_name.startswith(str(exc.name))
+        if missing:  # the module itself (or its package) is not on the path
+            raise ModelError(
+                f"model {spec!r}: module {module_name!r} cannot be imported ({exc}); "
+                "run from the folder that holds it or add that folder to PYTHONPATH"
+            ) from None
+        raise ModelError(  # it fails while it runs (SyntaxError, NameError, a missing dependency ...): its own error
+            f"model {spec!r}: module {module_name!r} fails while it is imported ({describe(exc)}); fix it, and "
+            f"check it with `python -c 'import {module_name}'`"
         ) from None
     fn = module
     for part in attr.split("."):
@@ -155,8 +161,14 @@ def _user_info(spec: str) -> ModelInfo:
         )
 
     def build(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-        kwargs = {"in_channels": in_channels, "num_classes": num_classes}
-        model = fn(**{k: v for k, v in kwargs.items() if k in params})
+        kwargs = {k: v for k, v in {"in_channels": in_channels, "num_classes": num_classes}.items() if k in params}
+        try:
+            model = fn(**kwargs)
+        except Exception as exc:  # the user's builder failed: its own error, in one line
+            given = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+            raise ModelError(
+                f"model {spec!r}: {attr}({given}) raised {describe(exc)}; fix the builder (--debug shows the traceback)"
+            ) from exc
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
         return adapt_input(model, in_channels)

@@ -242,10 +242,11 @@ def uniform_strategies(p: Prepared) -> tuple[list[dict[str, float]], list[str]]:
         if plan is not None:
             found.append(_legible(p, plan))
         else:
+            at = lambda cost: f"{b.fmt(cost)} ({cost / b.base:.2%})"  # noqa: E731
             missing.append(
-                f"no uniform L1 strategy lands in the window [{b.fmt(b.low)}, {b.fmt(b.high)}]: one ratio everywhere "
-                f"gives {b.fmt(above)} or {b.fmt(below)} (kept channels are whole numbers), and cutting the groups "
-                f"one at a time between the two skips the window too; the study has no uniform baseline (widen "
+                f"no uniform L1 strategy lands in the window [{at(b.low)}, {at(b.high)}]: one ratio everywhere "
+                f"gives {at(above)} or {at(below)} (kept channels are whole numbers), and cutting the groups one at "
+                f"a time between the two skips the window too; the study has no uniform baseline (widen "
                 f"{b.option}-tolerance to hold one)"
             )
     return found, missing

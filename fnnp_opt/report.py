@@ -34,7 +34,7 @@ from fnnp_opt.errors import FnnpError, OutputError, StorageError
 from fnnp_opt.export import check_writable
 from fnnp_opt.flops import Budget, human
 from fnnp_opt.search import SURPLUS, evaluated
-from fnnp_opt.space import PREFIX
+from fnnp_opt.space import PREFIX, uniform_words
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +279,8 @@ def _allocation_figure(f: _Facts):
 
 
 def _uniform_ratio(trial: FrozenTrial) -> str:
-    """The ratio of a uniform trial (as applied, after --fit-budget), in words: one ratio everywhere, or, where
-    the groups' whole channel counts made the window need it, ratios one channel step apart."""
-    ratios = trial.user_attrs.get("ratios") or {k[len(PREFIX) :]: v for k, v in trial.params.items()}
-    low, high = min(ratios.values()), max(ratios.values())
-    return f"ratio {high:.3f} everywhere" if high - low < 5e-7 else f"ratio {high:.3f}, one channel step apart"
+    """The ratio of a uniform trial (as applied, after --fit-budget), in words (:func:`uniform_words`)."""
+    return uniform_words(trial.user_attrs.get("ratios") or {k[len(PREFIX) :]: v for k, v in trial.params.items()})
 
 
 def _allocation_title(f: _Facts) -> str:
@@ -515,6 +512,19 @@ def write_report(study: optuna.Study, folder: Path, storage: str | None = None) 
     return report
 
 
+def _no_uniform(study: optuna.Study) -> str:
+    """Why ``study`` has no evaluated uniform L1 trial, in words."""
+    tried = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("strategy") == "uniform"]
+    failed = [t for t in tried if t.state.name == "FAIL"]
+    rejected = [t for t in tried if t.user_attrs.get("reject_reason")]
+    if rejected:
+        return f"trial {rejected[-1].number} was outside the window: {rejected[-1].user_attrs['reject_reason']}"
+    if failed:
+        reason = failed[-1].user_attrs.get("fail_reason", "see the run's log")
+        return f"trial {failed[-1].number} failed: {reason}; a resume queues it again"
+    return "no uniform strategy lands in the window: `fnnp-opt space` says where its costs fall"
+
+
 DEFAULT_URL = "sqlite:///studies/fnnp.db"  # the study's storage when its config names none
 
 
@@ -541,10 +551,7 @@ def _write_summary(f: _Facts, report: Report, storage: str | None) -> None:
             f"({gain:+.4f} for the winner), FLOPs {human(u.user_attrs['flops'])}"
         )
     else:
-        lines.append(
-            "- **uniform L1**: none evaluated in this study (no uniform strategy lands in the window, or its trial "
-            "failed: a resume queues it again)"
-        )
+        lines.append(f"- **uniform L1**: none evaluated in this study ({_no_uniform(f.study)})")
     if base_score is not None:
         lines.append(f"- **unpruned base**: {base_score:.4f} on the search split (before any pruning or ABN)")
     if f.delivered is not None:

@@ -110,3 +110,12 @@ class SearchSpace:
 def check_max_rate(max_rate: float) -> None:
     if not 0.0 < max_rate < 1.0:
         raise UsageError(f"--max-rate must be in (0, 1), got {max_rate}; e.g. --max-rate 0.7")
+
+
+def uniform_words(ratios: dict[str, float]) -> str:
+    """A uniform strategy's ratios in words: ``ratio 0.289 everywhere``, or, where the groups' whole channel counts
+    made the window need it, the range its groups were cut to from one ratio."""
+    low, high = min(ratios.values()), max(ratios.values())
+    if high - low < 5e-7:
+        return f"ratio {high:.4f} everywhere"
+    return f"ratios {low:.4f}-{high:.4f} (one ratio in whole channels: some groups cut one channel step further)"

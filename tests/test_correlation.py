@@ -48,3 +48,10 @@ def test_noise_compares_the_spread_with_seeds_and_the_binomial_error():
     flat = noise(np.array([0.915, 0.916, 0.914]), [np.array([0.915, 0.905])], eval_images=5000)
     assert flat.within_noise  # a spread smaller than one seed's wobble: the choice hardly matters
     assert flat.ceiling == 0.0
+
+
+def test_candidates_that_all_fine_tune_alike_have_a_ceiling_of_zero():
+    """A ground truth with no spread (every candidate the same accuracy, not 0 or 1) leaves nothing to rank: the
+    ceiling is 0 and the spread within noise (it divided by zero)."""
+    n = noise(np.array([0.5, 0.5, 0.5]), [np.array([0.5, 0.5])], eval_images=9)
+    assert n.ceiling == 0.0 and n.within_noise

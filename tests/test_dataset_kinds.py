@@ -95,9 +95,7 @@ def test_a_search_scored_by_abn_ft(kind, tmp_path):
 
 def test_correlate_with_its_abn_ft_column(kind, tmp_path):
     dataset, args = kind
-    args = [a for a in without(args, "--search-per-class", "--eval-batch-size") if a != "--no-check-base"]
-    if dataset == "imagenet":  # correlate holds out a number of images, not a number per class
-        args += ["--search-size", "6"]
+    args = [a for a in without(args, "--eval-batch-size") if a != "--no-check-base"]
     res = runner.invoke(
         app,
         ["correlate", *args, "--flops", "0.5", "--candidates", "3", "--sweep", "1,2", "--ft-epochs", "1"]

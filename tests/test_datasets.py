@@ -85,6 +85,10 @@ def test_any_image_folder_finds_its_classes_and_reports_bad_trees(tmp_path):
         resolve_dataset("folder", tmp_path)
     with pytest.raises(UsageError, match="--image-size applies to image folders"):
         resolve_dataset("cifar10", None, 64)
+    (root / "test" / "cow").rename(tmp_path / "cow")
+    (root / "train" / "bird").mkdir()  # an empty class folder would be a class no image teaches
+    with pytest.raises(DataError, match=r"class folder .*bird holds no image .*; add its images or remove the folder"):
+        load_splits("folder", root, search_per_class=1, abn_batches=1, abn_batch_size=1, workers=0)
 
 
 def test_evaluation_images_are_decoded_once_then_served_from_memory(tiny_imagenet, monkeypatch):

@@ -157,8 +157,16 @@ def test_a_user_module_that_fails_to_import_is_one_error(tmp_path, monkeypatch):
 
     (tmp_path / "broken_mod.py").write_text("def build(:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModelError, match="module 'broken_mod' cannot be imported .*SyntaxError|invalid syntax"):
+    with pytest.raises(ModelError, match=r"module 'broken_mod' fails while it is imported \(SyntaxError: .*; fix it"):
         get_model_info("broken_mod:build")
+    (tmp_path / "needs_dep.py").write_text("import not_installed_anywhere\n")
+    with pytest.raises(ModelError, match="needs_dep' fails while it is imported .*not_installed_anywhere"):
+        get_model_info("needs_dep:build")
+    with pytest.raises(ModelError, match="'no_such_mod' cannot be imported .*add that folder to PYTHONPATH"):
+        get_model_info("no_such_mod:build")
+    (tmp_path / "raising.py").write_text("def build(num_classes=10):\n    raise ValueError('boom')\n")
+    with pytest.raises(ModelError, match=r"raising:build'\: build\(num_classes=10\) raised ValueError: boom; fix"):
+        get_model_info("raising:build").builder(in_channels=1, num_classes=10)
 
 
 # --------------------------------------------------------------------------- checkpoints as PyTorch loads them

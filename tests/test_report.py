@@ -35,9 +35,10 @@ def made(tmp_path_factory, small_fmnist) -> Path:
 
 @pytest.fixture()
 def db(made, tmp_path) -> Path:
-    """A copy of the study's storage, for a test to read (and to check it is left as it was)."""
-    shutil.copy(made / "s.db", tmp_path / "s.db")
-    return tmp_path / "s.db"
+    """A copy of the study's folder (its storage, export and artifacts), for a test to read (and to check it is
+    left as it was)."""
+    shutil.copytree(made, tmp_path / "study")
+    return tmp_path / "study" / "s.db"
 
 
 def _load(db: Path) -> optuna.Study:
@@ -66,7 +67,7 @@ def test_report_writes_the_figures_and_the_summary_beside_the_export(made, db):
     before = db.read_bytes()
     res = runner.invoke(app, ["report", "--storage", f"sqlite:///{db}", "--no-upload"])  # its only study
     assert res.exit_code == 0, res.output
-    out = made / "out"  # the delivered export's folder, from the study's "result"
+    out = db.parent / "out"  # the delivered export's folder, from the study's "result", in the copied folder
     names = ["allocation.png", "score_vs_flops.png", "history.png", "importances.png"]
     assert f"report written to {out}:" in " ".join(res.output.split())
     for name in names:
@@ -213,7 +214,7 @@ def test_bad_inputs_get_one_line_and_touch_nothing(db, tmp_path):
     res = runner.invoke(app, ["report", "--storage", url])  # three studies now: which one?
     _one_line(res, 2, f"3 studies in {url} (it holds:")
     assert db.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no report folder was made
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p != db.parent]  # no report folder was made
 
 
 @pytest.mark.slow
@@ -249,8 +250,8 @@ def test_report_uploads_its_files_to_the_delivered_trial(made, db, tmp_path):
 
     from fnnp_opt import artifacts as A
 
-    recorded = tmp_path / "artifacts"  # the copied study's store, beside its database: its export is there
-    shutil.copytree(Path(_load(db).user_attrs[A.STORE_ATTR]), recorded)
+    recorded = db.parent / "artifacts"  # the copied study's store, beside its database: its export is there
+    assert recorded.is_dir()
     store = tmp_path / "store"
     args = ["report", "--storage", f"sqlite:///{db}", "--output", str(tmp_path / "r")]
     res = runner.invoke(app, [*args, "--artifact-dir", str(store)])  # moving the record would orphan the export
