@@ -708,10 +708,12 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             )
         if report.stopped_early:
             log.warning(
-                "stopped after %d rejected draws with %d of %d candidates evaluated",
+                "stopped after %d rejected draws with %d of %d candidates evaluated: few draws land in the window; "
+                "pass --fit-budget (every draw is moved into it), or widen it with %s-tolerance",
                 report.rejected,
                 report.total_evaluated,
                 cfg.n_trials,
+                p.budget.option,
             )
         if cfg.objective is Objective.pareto:
             result.front = front_rows(study)

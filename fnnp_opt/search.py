@@ -243,15 +243,12 @@ def make_sampler(
     raise ValueError(kind)
 
 
-BASELINE = "strategy"  # user attribute of a queued baseline trial: its strategy ("uniform")
-
-
 def enqueue_uniform(study: optuna.Study, space: SearchSpace, strategies: list[dict[str, float]]) -> None:
     """Queue the uniform strategies ({root: ratio}, one ratio everywhere): the classic L1 baseline, evaluated
     first."""
     for plan in strategies:
         study.enqueue_trial(
-            {d.param: plan[d.root] for d in space.dims}, user_attrs={BASELINE: "uniform"}, skip_if_exists=True
+            {d.param: plan[d.root] for d in space.dims}, user_attrs={St.BASELINE: "uniform"}, skip_if_exists=True
         )
 
 
@@ -263,21 +260,21 @@ def requeue_failed_baselines(study: optuna.Study) -> int:
     def plan(t: FrozenTrial) -> tuple:
         return tuple(sorted(t.system_attrs.get("fixed_params", t.params).items()))
 
-    baselines = [t for t in trials if t.user_attrs.get(BASELINE)]
+    baselines = [t for t in trials if t.user_attrs.get(St.BASELINE)]
     alive = {plan(t) for t in baselines if t.state is not TrialState.FAIL}
     queued = 0
     for t in baselines:
         if t.state is TrialState.FAIL and plan(t) not in alive:
             alive.add(plan(t))
-            study.enqueue_trial(dict(plan(t)), user_attrs={BASELINE: t.user_attrs[BASELINE]})
-            log.warning("trial %d (the %s L1 baseline) failed; queued again", t.number, t.user_attrs[BASELINE])
+            study.enqueue_trial(dict(plan(t)), user_attrs={St.BASELINE: t.user_attrs[St.BASELINE]})
+            log.warning("trial %d (the %s L1 baseline) failed; queued again", t.number, t.user_attrs[St.BASELINE])
             queued += 1
     return queued
 
 
 def baseline_queued(study: optuna.Study) -> bool:
     """Whether a baseline waits in the queue (it is evaluated even in a study that holds ``n_trials`` already)."""
-    return any(t.user_attrs.get(BASELINE) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return any(t.user_attrs.get(St.BASELINE) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 # --------------------------------------------------------------------------- results

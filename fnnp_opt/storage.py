@@ -509,6 +509,9 @@ def is_evaluated(trial) -> bool:
     return trial.state is TrialState.COMPLETE and trial.user_attrs.get("feasible", True)
 
 
+BASELINE = "strategy"  # user attribute of a queued baseline trial: its strategy ("uniform")
+
+
 class Slots:
     """The study's ``n_trials`` evaluation slots, claimed under the study lock."""
 
@@ -541,7 +544,7 @@ class Slots:
         """
         stored = self.study._storage.get_trial(trial._trial_id)
         fresh = "fixed_params" not in stored.system_attrs
-        baseline = bool(stored.user_attrs.get("strategy"))  # a baseline queued again after it failed: evaluated
+        baseline = bool(stored.user_attrs.get(BASELINE))  # a baseline queued again after it failed: evaluated
         last_check = time.monotonic()  # even in a study that holds n_trials already, so that every study has it
         while True:
             with study_lock(self.study):
