@@ -169,8 +169,9 @@ class Pruner:
         shaping.check_exclude(self.all_groups)
         kept = [g for g in self.all_groups if not shaping.excludes(g)]
         # a group whose channels feed a grouped conv in whole multiples of all of them (a depthwise conv with a
-        # channel multiplier fed by a conv) keeps every channel at any ratio: it is no dimension of the search
-        self.groups: list[GroupInfo] = [g for g in kept if shaping.kept_below(g.channels, g.multiple) < g.channels]
+        # channel multiplier fed by a conv) keeps every channel at any ratio and any --round-to or --min-channels:
+        # it is no dimension of the search (one the user's rules keep whole stays: check_reachable names them)
+        self.groups: list[GroupInfo] = [g for g in kept if Shaping().kept_below(g.channels, g.multiple) < g.channels]
         for g in kept:
             if g not in self.groups:
                 log.info("group %s is not searched: its %d channels can only be kept whole", g.root, g.channels)
