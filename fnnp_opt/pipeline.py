@@ -280,7 +280,8 @@ def check_reachable(p: Prepared) -> None:
         return
     if p.latency is not None and lowest >= budget.base:
         raise BudgetError(
-            f"the latency table predicts the network pruned by {space.max_rate} everywhere at {f(lowest)}, no faster "
+            f"the budget window [{f(budget.low)}, {f(budget.high)}] cannot be reached: the latency table predicts "
+            f"the network pruned by {space.max_rate} everywhere at {f(lowest)}, no faster "
             f"than the base's {f(budget.base)}: either pruning does not pay at this setting (try a larger "
             f"--latency-batch), or timing on {p.latency.setting.describe()} is unreliable here (a busy machine? "
             "retry with --latency-threads 1, or when the machine is idle)"
