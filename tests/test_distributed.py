@@ -323,7 +323,13 @@ def test_a_join_that_waits_says_so_and_ctrl_c_stops_it_with_nothing_to_resume(tm
     cmd = [sys.executable, str(cli), "finetune", "--trial", "0", "--storage", f"sqlite:///{tmp_path}/none.db"]
     screen = tmp_path / "screen.txt"
     with open(screen, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(  # SIGINT as in a terminal, also when the suite itself runs as a background job
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and "waiting for" not in screen.read_text():
