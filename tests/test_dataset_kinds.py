@@ -54,18 +54,23 @@ def _evaluated(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state.name == "COMPLETE" and "abn_accuracy" in t.user_attrs]
 
 
-def test_two_search_workers_then_a_rerank_by_abn_ft(kind, tmp_path):
-    """Search workers are processes; on an image folder each decodes in DataLoader processes of its own (which a
-    daemon process may not start); the rerank re-scores the top 2 with abn-ft on the train part."""
-    dataset, args = kind
+def _search(kind: tuple[str, list[str]], tmp_path, name: str, *options: str) -> str:
+    """`fnnp-opt run` of study ``name`` with ``options`` on this kind's tiny data (2-step abn-ft scores, 2
+    calibration batches, +-5% window) into ``tmp_path``; returns the storage URL."""
     url = f"sqlite:///{tmp_path}/s.db"
     res = runner.invoke(
         app,
-        ["run", *args, "--workers", "2", "--n-trials", "3", "--rerank", "2", "--score-steps", "2", "--epochs", "1"]
-        + ["--abn-batches", "2", "--flops-tolerance", "0.05", "--storage", url, "--study-name", "w"]
-        + ["--output", str(tmp_path / "out")],
+        ["run", *kind[1], *options, "--score-steps", "2", "--abn-batches", "2", "--flops-tolerance", "0.05"]
+        + ["--storage", url, "--study-name", name, "--output", str(tmp_path / "out")],
     )
     assert res.exit_code == 0, res.output
+    return url
+
+
+def test_two_search_workers_then_a_rerank_by_abn_ft(kind, tmp_path):
+    """Search workers are processes; on an image folder each decodes in DataLoader processes of its own (which a
+    daemon process may not start); the rerank re-scores the top 2 with abn-ft on the train part."""
+    url = _search(kind, tmp_path, "w", "--workers", "2", "--n-trials", "3", "--rerank", "2", "--epochs", "1")
     trials = _evaluated(url, "w")
     assert len(trials) == 3 and any(t.user_attrs.get("strategy") == "uniform" for t in trials)
     states = {t.state.name for t in optuna.load_study(study_name="w", storage=url).trials}
@@ -78,15 +83,7 @@ def test_two_search_workers_then_a_rerank_by_abn_ft(kind, tmp_path):
 
 
 def test_a_search_scored_by_abn_ft(kind, tmp_path):
-    dataset, args = kind
-    url = f"sqlite:///{tmp_path}/s.db"
-    res = runner.invoke(
-        app,
-        ["run", *args, "--workers", "1", "--n-trials", "2", "--score", "abn-ft", "--score-steps", "2", "--epochs", "0"]
-        + ["--abn-batches", "2", "--flops-tolerance", "0.05", "--storage", url, "--study-name", "ft"]
-        + ["--output", str(tmp_path / "out")],
-    )
-    assert res.exit_code == 0, res.output
+    url = _search(kind, tmp_path, "ft", "--workers", "1", "--n-trials", "2", "--score", "abn-ft", "--epochs", "0")
     trials = _evaluated(url, "ft")
     assert len(trials) == 2
     for t in trials:  # the trial's value is the abn-ft score, and ABN's accuracy is kept beside it
