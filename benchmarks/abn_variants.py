@@ -36,7 +36,7 @@ def _scores(p, cfg, ratios: dict, calibration: list, search: list, seed: int) ->
 
     from fnnp_opt.data import TensorSet
     from fnnp_opt.evaluate import abn_accuracy, accuracy
-    from fnnp_opt.finetune import FitConfig, fit
+    from fnnp_opt.training import FitConfig, fit
 
     out = {}
     model = p.pruner.prune(ratios)

@@ -22,7 +22,7 @@ import optuna
 from fnnp_opt.config import Constraint, Sampler, resolve
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.pipeline import prepare, sampler_start
-from fnnp_opt.search import make_sampler
+from fnnp_opt.optimize import make_sampler
 
 CASES = [
     ("random", "reject", False),

@@ -30,7 +30,7 @@ def worker(steps: int, batch: int, out: Path) -> None:
     from fnnp_opt import distributed
     from fnnp_opt.config import resolve
     from fnnp_opt.evaluate import calibrate_bn
-    from fnnp_opt.finetune import Distill, FitConfig, fit
+    from fnnp_opt.training import Distill, FitConfig, fit
     from fnnp_opt.pipeline import prepare
 
     with distributed.session() as group:

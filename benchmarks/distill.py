@@ -32,7 +32,7 @@ def _ints(text: str) -> list[int]:
 def cmd_run(args) -> None:
     from fnnp_opt.config import resolve
     from fnnp_opt.evaluate import accuracy, calibrate_bn
-    from fnnp_opt.finetune import Distill, FitConfig, fit
+    from fnnp_opt.training import Distill, FitConfig, fit
     from fnnp_opt.pipeline import prepare
 
     results = Path(args.out) / "results.jsonl"

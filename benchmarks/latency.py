@@ -54,7 +54,7 @@ def _search(p, storage: str):
     """The default search (random, 30 trials, ABN) of a prepared run; returns (study, best trial)."""
     from dataclasses import replace
 
-    from fnnp_opt import search as S
+    from fnnp_opt import optimize as S
     from fnnp_opt.pipeline import check_base, open_study, search
 
     p.cfg = replace(p.cfg, storage=storage)

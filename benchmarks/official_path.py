@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
-from fnnp_opt import search as S
+from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
 from fnnp_opt.correlation import with_interval

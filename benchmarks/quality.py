@@ -112,7 +112,7 @@ def _config(args, seed: int, **flags):
 def _finetune_test(p, cfg, model, args, seed: int) -> float:
     """The one recipe every method gets: from ABN statistics, ``epochs`` over the train part; test accuracy."""
     from fnnp_opt.evaluate import accuracy, calibrate_bn
-    from fnnp_opt.finetune import Distill, FitConfig, fit
+    from fnnp_opt.training import Distill, FitConfig, fit
 
     calibrate_bn(model, p.splits.calibration, p.device)
     distill = Distill(cfg.distill_temperature, cfg.distill_weight) if args.distill else None
@@ -230,7 +230,7 @@ def _sampled(args, seed: int, method: str) -> tuple[dict | None, dict, dict]:
 
     The study lives in ``runs/quality-studies/`` (SQLite), so a killed search resumes; its cost is the evaluated
     trials' wall time, whichever session ran them."""
-    import fnnp_opt.search as S
+    import fnnp_opt.optimize as S
     import fnnp_opt.storage as St
     from fnnp_opt.pipeline import check_base, open_study, prepare, search, trial_ratios
 
@@ -269,7 +269,7 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
     from fnnp_opt.evaluate import accuracy
     from fnnp_opt.flops import count
     from fnnp_opt.constraints import uniform_ratio
-    from fnnp_opt.pipeline import prepare, uniform_cost
+    from fnnp_opt.pipeline import prepare
 
     cfg = _config(args, seed)
     p = prepare(cfg)
@@ -299,7 +299,7 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
         else:
             index, cost, strategy = None, {"search_s": 0.0, "abn_evals": 0, "ft_evals": 0}, uniform_strategy
         if method == "uniform_top":
-            top = round(uniform_ratio(lambda r: uniform_cost(p, r), p.budget.high, p.space.max_rate), 6)
+            top = round(uniform_ratio(p.problem.uniform_cost, p.budget.high, p.space.max_rate), 6)
             strategy = p.space.uniform(top)
         t = time.perf_counter()
         model = copy.deepcopy(p.model) if method == "base" else p.pruner.prune(strategy)

@@ -69,7 +69,7 @@ def _short_finetune(p, ratios: dict, seed: int) -> float:
     """The same short recipe for every winner; returns test accuracy."""
     from fnnp_opt.data import TensorSet
     from fnnp_opt.evaluate import accuracy, calibrate_bn
-    from fnnp_opt.finetune import FitConfig, fit
+    from fnnp_opt.training import FitConfig, fit
 
     model = p.pruner.prune(ratios)
     calibrate_bn(model, p.splits.calibration, "cpu")
@@ -102,7 +102,7 @@ def run_one(task: tuple) -> dict:
 
     from _clock import TrialClock
 
-    from fnnp_opt import search as S
+    from fnnp_opt import optimize as S
     from fnnp_opt import storage as St
     from fnnp_opt.config import Constraint, Sampler
     from fnnp_opt.pipeline import sampler_start, trial_ratios

@@ -1,6 +1,7 @@
 """Where a trial's time goes, on the default setup (ResNet-20, Fashion-MNIST, 50% FLOPs).
 
     .venv/bin/python benchmarks/trial_cost.py [--trials 10] [--storage sqlite:///...]
+    .venv/bin/python benchmarks/trial_cost.py --api [--trials 10] [--rounds 3]   # fnnp_opt.search beside the CLI
 
 Runs the real study loop of `fnnp-opt run` with its default options (a fresh SQLite storage
 in a temporary folder unless --storage is given; the uniform strategy queued first; early
@@ -27,7 +28,7 @@ from optuna.trial import TrialState
 
 from _clock import TrialClock
 
-from fnnp_opt import search as S
+from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
 from fnnp_opt.pipeline import make_evaluator, prepare, settle
@@ -44,8 +45,14 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--search-per-class", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--api", action="store_true", help="the Python API's fnnp_opt.search beside the CLI's search, side by side"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="with --api: alternating rounds of each")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.api:
+        return api_beside_cli(args)
 
     tmp = tempfile.mkdtemp()
     url = args.storage or f"sqlite:///{tmp}/bench.db"
@@ -136,6 +143,55 @@ def main() -> None:
         f"images through the network: {achieved:.0f}/s over the whole search (calibration + scoring of every "
         f"evaluated trial / wall) against a floor of {floor:.0f}/s for the same passes timed alone "
         f"= {achieved / floor:.0%} of the floor"
+    )
+
+
+def _per_candidate(study: optuna.Study) -> float:
+    """Seconds of trials (evaluated and rejected, start to completion) per evaluated candidate."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
+    wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    return wall / len(S.evaluated(study))
+
+
+def api_beside_cli(args) -> None:
+    """The same search (model, batches, budget, sampler seed, SQLite storage) run by the CLI's pipeline and by
+    ``fnnp_opt.search``, alternately, ``--rounds`` times each: seconds per evaluated candidate, trials' own time
+    (the one-off preparation, Problem and base score, left out)."""
+    import fnnp_opt
+
+    tmp = tempfile.mkdtemp()
+    cfg = settle(resolve(storage=f"sqlite:///{tmp}/cli.db", n_trials=args.trials, workers=1, device=args.device))
+    p = prepare(cfg)
+    calibration, search = p.splits.calibration, p.splits.search_batches(cfg.eval_batch_size)
+    costs: dict[str, list[float]] = {"cli": [], "api": []}
+    for k in range(args.rounds):
+        url = f"sqlite:///{tmp}/cli{k}.db"
+        storage = St.open_storage(url)
+        study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
+        S.enqueue_uniform(study, p.space, p.uniform)
+        S.optimize(study, make_evaluator(cfg, p, study), args.trials, cfg.max_draws)
+        costs["cli"].append(_per_candidate(study))
+        result = fnnp_opt.search(
+            p.model,
+            torch.zeros(p.input_shape),
+            calibration=calibration,
+            evaluation=search,
+            budget=cfg.resolved_flops(),
+            n_trials=args.trials,
+            calibration_batches=cfg.calibration_batches(),
+            max_rate=cfg.max_rate,
+            storage=f"sqlite:///{tmp}/api{k}.db",
+            study_name="bench",
+            seed=cfg.seed,
+            device=p.device,
+        )
+        costs["api"].append(_per_candidate(result.study))
+        print(f"round {k + 1}: CLI {costs['cli'][-1]:.4f} s, API {costs['api'][-1]:.4f} s per evaluated candidate")
+    cli, api = statistics.median(costs["cli"]), statistics.median(costs["api"])
+    print(
+        f"{cfg.model} on {cfg.dataset}, {args.trials} candidates, {torch.get_num_threads()} threads: median "
+        f"{cli:.4f} s (CLI) and {api:.4f} s (API) per evaluated candidate; API / CLI = {api / cli:.3f}; spread "
+        f"of the CLI's rounds {min(costs['cli']) / cli:.3f}-{max(costs['cli']) / cli:.3f}"
     )
 
 

@@ -295,7 +295,7 @@ def train(
 ) -> None:
     """Train a base model from scratch (the search split stays held out)."""
     from fnnp_opt.config import resolve_device
-    from fnnp_opt.finetune import FitConfig, train_base
+    from fnnp_opt.training import FitConfig, train_base
 
     cfg = FitConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     with bars() as progress:

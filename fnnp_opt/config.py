@@ -179,6 +179,16 @@ class RunConfig:
             return vector_width(resolve_device(self.device))
         return self.round_to
 
+    def timing(self):
+        """How a latency budget is timed (:class:`fnnp_opt.latency.Timing`); its table is cached in
+        ``latency-cache`` beside a SQLite or journal storage, else in ``./studies``."""
+        from fnnp_opt.latency import Timing
+        from fnnp_opt.storage import storage_file
+
+        path = storage_file(self.resolved_storage())
+        folder = (path.parent if path is not None else Path("studies")) / "latency-cache"
+        return Timing(self.latency_batch, self.latency_threads, self.latency_layout, folder, self.seed)
+
     def resolved_constraint(self) -> Constraint:
         from fnnp_opt.constraints import default_constraint
 

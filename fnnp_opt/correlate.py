@@ -40,7 +40,7 @@ from fnnp_opt.correlation import METRICS, Coefficient, Noise, coefficient, noise
 from fnnp_opt.errors import UsageError
 from fnnp_opt.evaluate import accuracy, bn_momentum, calibration_mode, run_batches
 from fnnp_opt.export import check_writable
-from fnnp_opt.finetune import FitConfig, fit
+from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.flops import make_budget
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.score import Scorer, ShortFinetune, abn_ft_key

@@ -7,6 +7,10 @@ remedy.
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class FnnpError(Exception):
     """Raised for any failure that fnnp-opt reports to the user as one line."""
@@ -73,3 +77,40 @@ def few(items: list[str], n: int = 3) -> str:
     """The first ``n`` of ``items`` joined by commas, and how many more there are: ``a, b, c (+4 more)``."""
     more = f" (+{len(items) - n} more)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+# --------------------------------------------------------------------------- naming a setting in a message
+
+_PYTHON_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("fnnp_opt_python_names", default=False)
+# settings whose Python argument is named otherwise than the command-line flag
+_ARGUMENT = {"flops": "budget", "latency": "budget", "flops_tolerance": "tolerance", "latency_tolerance": "tolerance"}
+_UNSET = object()
+
+
+def option(key: str, value: object = _UNSET) -> str:
+    """How a message names the setting ``key`` (a :class:`fnnp_opt.config.RunConfig` field): its flag on the
+    command line (``--max-rate``, or ``--max-rate 0.7`` with ``value``), its argument inside :func:`python_names`
+    (``max_rate=``, ``max_rate=0.7``), as the Python API calls fnnp-opt."""
+    if _PYTHON_NAMES.get():
+        name = _ARGUMENT.get(key, key)
+        return f"{name}=" if value is _UNSET else f"{name}={value!r}"
+    flag = "--" + key.replace("_", "-")
+    return flag if value is _UNSET else f"{flag} {value}"
+
+
+def repeated(key: str, values: list[str]) -> str:
+    """A list setting as a message names it: the flag once per value on the command line (``--exclude 'a'
+    --exclude 'b'``), the argument with a list inside :func:`python_names` (``exclude=['a', 'b']``)."""
+    if _PYTHON_NAMES.get():
+        return f"{_ARGUMENT.get(key, key)}={list(values)!r}"
+    return " ".join(f"--{key.replace('_', '-')} '{v}'" for v in values)
+
+
+@contextmanager
+def python_names() -> Iterator[None]:
+    """Within the block, error messages name settings as Python arguments (:func:`option`)."""
+    token = _PYTHON_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _PYTHON_NAMES.reset(token)

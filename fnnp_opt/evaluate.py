@@ -31,6 +31,14 @@ def count_correct(logits: torch.Tensor, y: torch.Tensor) -> int:
     return int((logits.argmax(1) == y).sum())
 
 
+def in_layout(model: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """Put ``model``'s parameters and buffers in ``memory_format``, as ordinary tensors even when called under
+    ``torch.inference_mode`` (an inference tensor cannot be trained, nor traced again by Torch-Pruning: the
+    user's model must come out of a scoring pass as trainable as it went in)."""
+    with torch.inference_mode(False):
+        return model.to(memory_format=memory_format)
+
+
 def run_batches(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -46,7 +54,7 @@ def run_batches(
     The model's parameters are put in the same memory format, so the convolutions
     need no layout conversions.
     """
-    model.to(memory_format=memory_format)
+    in_layout(model, memory_format)
     with progress.task(description, total) as advance:
         for batch in batches:
             x, y = to_device(batch, device, memory_format)
@@ -121,7 +129,7 @@ def accuracy_in_steps(
     """
     model.eval()
     dev = torch.device(device)
-    model.to(memory_format=torch.channels_last)
+    in_layout(model, torch.channels_last)
     hits = seen = step = step_hits = step_seen = in_step = 0
     it = iter(batches)
     batch = next(it, None)

@@ -52,13 +52,13 @@ def save_pruned(model, folder: Path, card: dict) -> Path:
     whatever ``card`` adds (config, strategy, metrics). Files are written to temporary
     names first, so an interrupted export leaves the previous one intact.
     """
-    from fnnp_opt.prune import layer_shapes
+    from fnnp_opt.prune import layer_kinds, layer_shapes
 
     folder = Path(folder)
     check_writable(folder, folder=True)
     folder.mkdir(parents=True, exist_ok=True)
     weights, recipe = folder / "pruned.safetensors", folder / "pruned.json"
-    doc = {"format": FORMAT, **card, "layers": layer_shapes(model)}
+    doc = {"format": FORMAT, **card, "kinds": layer_kinds(model), "layers": layer_shapes(model)}
     save_weights_and_card(model, weights, recipe, doc)
     return recipe
 
@@ -89,7 +89,7 @@ def read_recipe(path: Path, needs: tuple[str, ...] = ()) -> tuple[dict, Path]:
     """Return (recipe dict, weights path) for an export folder or its ``pruned.json``.
 
     Raises :class:`CheckpointError` when the file is not a whole fnnp-opt recipe: not JSON, another format, a field
-    the network is rebuilt from missing (or one of ``needs``: ``input_shape``, ``dataset``), or any field of
+    the network is rebuilt from missing (``layers``, or one of ``needs``: ``model``, ``input_shape`` ...), or any field of
     :data:`RECIPE_FIELDS` of the wrong kind."""
     import json
 
@@ -106,7 +106,12 @@ def read_recipe(path: Path, needs: tuple[str, ...] = ()) -> tuple[dict, Path]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise CheckpointError(f"{recipe} has format {found!r}, expected {FORMAT!r}; re-export the model")
-    missing = [k for k in ("model", "in_channels", "num_classes", "layers", *needs) if k not in doc]
+    if "model" not in doc and "class" in doc and "model" in needs:  # saved by fnnp_opt.save: no registry name
+        raise CheckpointError(
+            f"{recipe} holds a {doc['class']} saved from Python, which is not in fnnp-opt's registry; load it with "
+            "fnnp_opt.load(path, model=<a fresh instance of that class>)"
+        )
+    missing = [k for k in ("layers", *needs) if k not in doc]
     if missing:
         raise CheckpointError(f"{recipe} lacks {', '.join(missing)}; it is not a complete export, re-export the model")
     wrong = [f"{k} ({doc[k]!r:.40})" for k, ok in RECIPE_FIELDS.items() if k in doc and not ok(doc[k])]
@@ -133,6 +138,8 @@ def _image(v) -> bool:  # [N, C, H, W] of one batch, small enough to build an ex
     return isinstance(v, list) and len(v) == 4 and all(map(_count, v)) and v[1] * v[2] * v[3] <= 1 << 26
 
 
+REGISTRY_FIELDS = ("model", "in_channels", "num_classes")  # what rebuilds a registry model before its layers resize
+
 # the fields of a pruned.json that fnnp-opt reads, and the test each value must pass
 RECIPE_FIELDS = {
     "model": lambda v: isinstance(v, str) and bool(v),
@@ -152,7 +159,7 @@ def load_pruned(path: Path):
     from fnnp_opt.models import create_model, load_weights, read_state_dict
     from fnnp_opt.prune import apply_shapes
 
-    doc, weights = read_recipe(path)
+    doc, weights = read_recipe(path, needs=REGISTRY_FIELDS)
     if not weights.is_file():
         raise CheckpointError(
             f"{weights} does not exist beside {weights.with_name('pruned.json')}; the export is incomplete: pass a "
@@ -257,7 +264,7 @@ def export_onnx(path: Path, output: Path | None = None) -> tuple[Path, dict]:
     """
     require_onnx()
     path = Path(path)
-    doc, _ = read_recipe(path, needs=("input_shape",))
+    doc, _ = read_recipe(path, needs=(*REGISTRY_FIELDS, "input_shape"))
     model = load_pruned(path)
     out = Path(output) if output else (path if path.is_dir() else path.parent) / "pruned.onnx"
     return out, save_onnx(model, tuple(doc["input_shape"]), out, time_batches=(1,))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fnnp_opt.errors import BudgetError
+from fnnp_opt.errors import BudgetError, option
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
@@ -64,8 +64,8 @@ class Budget:
 
     @property
     def option(self) -> str:
-        """The flag that sets this budget."""
-        return "--flops" if self.unit == "FLOPs" else "--latency"
+        """The flag (or, from Python, the argument) that sets this budget."""
+        return option("flops" if self.unit == "FLOPs" else "latency")
 
     def describe(self) -> str:
         f = self.fmt
@@ -82,21 +82,23 @@ def parse_flops(text: str, base: int) -> int:
     """Parse ``--flops``: a fraction of the base (``0.5``) or an absolute count (``62.23M``, ``2G``)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", str(text))
     if not m:
-        raise BudgetError(f"--flops must be a fraction of the base like 0.5 or a count like 62.23M or 2G, got {text!r}")
+        raise BudgetError(
+            f"{option('flops')} must be a fraction of the base like 0.5 or a count like 62.23M or 2G, got {text!r}"
+        )
     value, suffix = float(m.group(1)), m.group(2).upper()
     if value <= 0:
-        raise BudgetError(f"--flops must be positive, got {text!r}")
+        raise BudgetError(f"{option('flops')} must be positive, got {text!r}")
     if not suffix and value <= 1.0:
         target = value * base
     elif not suffix and value < 1000:
         raise BudgetError(
-            f"--flops {text!r} is neither a fraction in (0, 1) nor a count; write 0.5 for half, or 62.23M"
+            f"{option('flops')} {text!r} is neither a fraction in (0, 1) nor a count; write 0.5 for half, or 62.23M"
         )
     else:
         target = value * _SUFFIX[suffix]
     if target > base:
         raise BudgetError(
-            f"--flops {text!r} ({human(target)}) is above the base model's {human(base)}; ask for less than the base"
+            f"{option('flops')} {text!r} ({human(target)}) is above the base model's {human(base)}; ask for less than the base"
         )
     return int(round(target))
 
@@ -105,17 +107,17 @@ def check_tolerance(tolerance: float) -> None:
     """Raise :class:`BudgetError` unless ``tolerance`` (the window's half-width, as a fraction of the base) lies
     in (0, 1)."""
     if not 0.0 < tolerance < 1.0:
-        raise BudgetError(f"--flops-tolerance must be in (0, 1) (a fraction of the base FLOPs), got {tolerance}")
+        raise BudgetError(f"{option('flops_tolerance')} must be in (0, 1) (a fraction of the base FLOPs), got {tolerance}")
 
 
 def make_budget(text: str, tolerance: float, base: int) -> Budget:
     """The window target ± tolerance x base, clipped to [0, base]; ``LOW:HIGH`` gives that range as is."""
     if ":" not in str(text):
         check_tolerance(tolerance)
-    budget = make_window(text, tolerance, base, parse_flops, "--flops 0.2:0.8")
+    budget = make_window(text, tolerance, base, parse_flops, "0.2:0.8")
     if not budget.ranged and budget.target >= base:
         raise BudgetError(
-            f"--flops {text!r} keeps all of the base model's {human(base)}: nothing to prune; pass a "
+            f"{option('flops')} {text!r} keeps all of the base model's {human(base)}: nothing to prune; pass a "
             "fraction below 1 like 0.5"
         )
     return replace(budget, low=int(budget.low), high=int(budget.high))
@@ -126,12 +128,12 @@ def make_window(
 ) -> Budget:
     """A :class:`Budget` in ``unit`` from ``text``: a target (``parse(text, base)``) ± tolerance x base, clipped
     to [0, base], or a range ``LOW:HIGH`` as is. ``example`` is a valid range, for the error message."""
-    option = example.split()[0]
+    name = option("flops" if unit == "FLOPs" else "latency")
     if ":" in str(text):
         low_text, _, high_text = str(text).partition(":")
         low, high = parse(low_text, base), parse(high_text, base)
         if low >= high:
-            raise BudgetError(f"{option} {text}: a range LOW:HIGH needs LOW < HIGH, like {example}")
+            raise BudgetError(f"{name} {text}: a range LOW:HIGH needs LOW < HIGH, like {name} {example}")
         return Budget(base, high, low, high, ranged=True, unit=unit)
     target = parse(text, base)
     slack = tolerance * base

@@ -21,7 +21,7 @@ def onednn_unsafe(model: nn.Module, device: torch.device) -> bool:
     networks (candidates of a 15% ResNet-20 search at R 0.8: a 6 -> 11 shortcut at stride 2 over 28 x 28; layers
     kept at 3 channels), killing the process; the contiguous format does not avoid it, since a 1x1 conv's weight
     is laid out as channels-last either way. Those networks train through torch's own kernels, 3-10x slower;
-    every other network keeps oneDNN. ``tests/test_finetune.py`` trains both cases.
+    every other network keeps oneDNN. ``tests/test_training.py`` trains both cases.
     """
     return device.type == "cpu" and any(
         isinstance(m, nn.modules.conv._ConvNd)

@@ -23,7 +23,7 @@ The base's time, which a relative budget (``0.7x``) is a fraction of, is its tim
 the run's summary reports it (:func:`deployed_ms`): its deploy form in its faster memory layout,
 whatever layout the candidates are timed in.
 
-The table is cached beside the study's storage (:func:`cache_dir`), keyed by the processor, torch's
+The table is cached beside the study's storage (:meth:`fnnp_opt.config.RunConfig.timing`), keyed by the processor, torch's
 version, the setting and the architecture, so every worker and every resumed session reuses it.
 """
 
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fnnp_opt.errors import BudgetError, UsageError
+from fnnp_opt.errors import BudgetError, UsageError, option
 from fnnp_opt.flops import Budget, FlopsModel, make_window
 from fnnp_opt.progress import NULL, Progress
 
@@ -373,12 +373,12 @@ def parse_latency(text: str, base_ms: float | None = None) -> float:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(x|ms)\s*", str(text))
     if not m or not float(m.group(1)) > 0:
         raise UsageError(
-            f"--latency must be a positive fraction of the base's latency like 0.5x, or milliseconds like 3ms, "
+            f"{option('latency')} must be a positive fraction of the base's latency like 0.5x, or milliseconds like 3ms, "
             f"got {text!r}"
         )
     value, unit = float(m.group(1)), m.group(2)
     if unit == "x" and value > 1:
-        raise UsageError(f"--latency {text}: a fraction of the base's latency must be at most 1x; try 0.5x")
+        raise UsageError(f"{option('latency')} {text}: a fraction of the base's latency must be at most 1x; try 0.5x")
     if base_ms is None:
         return 0.0
     return value * base_ms if unit == "x" else value
@@ -400,11 +400,11 @@ def make_latency_budget(text: str, tolerance: float, base_ms: float) -> Budget:
         ms = parse_latency(part, base)
         if ms > base:
             raise BudgetError(
-                f"--latency {part} ({ms:.3g} ms) is above the base's measured {base:.3g} ms; ask for less"
+                f"{option('latency')} {part} ({ms:.3g} ms) is above the base's measured {base:.3g} ms; ask for less"
             )
         return ms
 
-    return make_window(text, tolerance, base_ms, target, "--latency 0.3x:0.9x", unit="ms")
+    return make_window(text, tolerance, base_ms, target, "0.3x:0.9x", unit="ms")
 
 
 # --------------------------------------------------------------------------- the per-layer table
@@ -707,14 +707,6 @@ def _tuples_item(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-def cache_dir(storage_url: str) -> Path:
-    """Where latency tables are cached: beside a SQLite or journal file, else ``./studies``."""
-    from fnnp_opt.storage import storage_file
-
-    path = storage_file(storage_url)
-    return (path.parent if path is not None else Path("studies")) / "latency-cache"
-
-
 def cache_file(folder: Path, setting: Setting, architecture: str) -> Path:
     """The cache file of one setting and architecture (``architecture``: a string that names its layers)."""
     key = json.dumps({"setting": setting.to_dict(), "architecture": architecture}, sort_keys=True)
@@ -756,25 +748,38 @@ def calibration_plans(pruner, space, seed: int, n: int = CALIBRATION_PLANS) -> l
     return [{}] + [pruner.counts(r) for r in uniform + random] + [pruner.counts(space.uniform(space.max_rate))]
 
 
-def study_table(cfg, model: nn.Module, flops: FlopsModel, pruner, space, device: str, progress: Progress = NULL):
-    """The latency table of a ``--latency`` study (built, or read from the cache beside ``cfg``'s storage)."""
+@dataclass(frozen=True)
+class Timing:
+    """How a latency budget's networks are timed, and where its table is cached."""
+
+    batch: int = 1  # images per forward pass
+    threads: int | None = None  # torch threads; None: this process's count
+    layout: str = "auto"  # nchw, channels-last, or auto: the faster for a typical candidate (ratios R/2)
+    cache: Path | None = None  # folder of the table cache; None: timed afresh, not kept
+    seed: int = 0  # draws the random plans the table is fitted on
+
+
+def study_table(
+    timing: Timing, model: nn.Module, flops: FlopsModel, pruner, space, device: str, progress: Progress = NULL
+):
+    """The latency table of a latency budget (built, or read from ``timing.cache``)."""
     from fnnp_opt.prune import layer_shapes
 
     cores = os.cpu_count() or 1
-    if cfg.latency_threads is not None and cfg.latency_threads > cores:  # torch would crash or crawl
+    if timing.threads is not None and timing.threads > cores:  # torch would crash or crawl
         raise UsageError(
-            f"--latency-threads {cfg.latency_threads} is more than this machine's {cores} CPU cores; time with "
-            f"--latency-threads {cores} or less (the threads the deployed network will have)"
+            f"{option('latency_threads', timing.threads)} is more than this machine's {cores} CPU cores; time with "
+            f"{option('latency_threads', cores)} or less (the threads the deployed network will have)"
         )
-    setting = Setting(device, cfg.latency_threads or torch.get_num_threads(), cfg.latency_batch)
+    setting = Setting(device, timing.threads or torch.get_num_threads(), timing.batch)
     architecture = json.dumps([type(model).__name__, list(flops.input_shape), layer_shapes(model)], sort_keys=True)
-    folder = cache_dir(cfg.resolved_storage())
+    folder = timing.cache
     choice = None
-    if cfg.latency_layout == "auto":  # what a typical candidate (every ratio at R/2) runs faster in
+    if timing.layout == "auto":  # what a typical candidate (every ratio at R/2) runs faster in
         # decided once per setting and architecture: a second guess in a later session could flip on a close
         # call, and the study (whose fingerprint names the layout) would no longer resume
-        key = cache_file(folder, setting, architecture)
-        choice = key.with_name(key.name.replace("latency-", "layout-"))
+        key = cache_file(folder, setting, architecture) if folder is not None else None
+        choice = key.with_name(key.name.replace("latency-", "layout-")) if key is not None else None
         layout = _read_cache(choice).get("layout")
         if layout in LAYOUTS[1:]:
             setting = replace(setting, channels_last=layout == "channels-last")
@@ -782,9 +787,9 @@ def study_table(cfg, model: nn.Module, flops: FlopsModel, pruner, space, device:
             typical = pruner.prune(space.uniform(space.max_rate / 2))
             setting = best_layout([deploy_form(typical)], flops.input_shape, setting)
     else:
-        setting = replace(setting, channels_last=cfg.latency_layout == "channels-last")
-    cache = cache_file(folder, setting, architecture)
-    plans = calibration_plans(pruner, space, cfg.seed)
+        setting = replace(setting, channels_last=timing.layout == "channels-last")
+    cache = cache_file(folder, setting, architecture) if folder is not None else None
+    plans = calibration_plans(pruner, space, timing.seed)
     table = LatencyTable.build(model, flops, pruner.prune_counts, plans, setting, cache, progress)
     table.layout_choice = choice
     log.info(

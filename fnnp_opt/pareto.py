@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from fnnp_opt.flops import Budget, human
-from fnnp_opt.search import evaluated
+from fnnp_opt.optimize import evaluated
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:

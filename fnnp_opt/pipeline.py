@@ -18,28 +18,24 @@ import torch
 from fnnp_opt import artifacts as A
 from fnnp_opt import distributed
 from fnnp_opt import dashboard as D
-from fnnp_opt import search as S
+from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import Objective, RunConfig, Sampler, Score, check_batch_fits, check_workers, resolve_device
-from fnnp_opt.constraints import uniform_strategy
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
-from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
+from fnnp_opt.errors import CheckpointError, FnnpError, ModelError, StorageError, UsageError
 from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers, resident
 from fnnp_opt.export import check_writable, save_onnx, save_pruned
 from fnnp_opt.latency import (
-    LatencyTable,
-    make_latency_budget,
     profile,
     speed_warnings,
-    study_table,
 )
-from fnnp_opt.finetune import Distill, FitConfig, fit
-from fnnp_opt.flops import Budget, FlopsModel, count, make_budget
-from fnnp_opt.models import check_input, create_model, default_checkpoint, find_classifier, load_model
+from fnnp_opt.training import Distill, FitConfig, fit
+from fnnp_opt.flops import Budget, count
+from fnnp_opt.models import check_input, create_model, default_checkpoint, load_model
 from fnnp_opt.pareto import front_rows, write_front
+from fnnp_opt.problem import Problem
 from fnnp_opt.progress import NULL, Progress
-from fnnp_opt.prune import Pruner, Shaping
 from fnnp_opt.rerank import RerankReport, rerank
 from fnnp_opt.score import Scorer, ShortFinetune
 from fnnp_opt.space import SearchSpace
@@ -50,53 +46,45 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """The model, data, space and budget of a run, loaded and validated."""
+    """A run's problem (model, space, budget: :class:`fnnp_opt.problem.Problem`) and its data, loaded from files
+    and validated."""
 
     cfg: RunConfig
     device: str
+    problem: Problem
     splits: DataSplits | None  # None when prepared without data
-    model: torch.nn.Module
     digest: str  # sha256 of the base weights
-    pruner: Pruner
-    space: SearchSpace
-    budget: Budget
-    base_params: int
-    input_shape: tuple[int, ...]
-    flops: FlopsModel
-    latency: LatencyTable | None = None  # --latency: predicts a plan's latency; the budget is then in ms
-    uniform: list[dict[str, float]] = field(default_factory=list)  # the uniform L1 strategies, {root: ratio}
-    no_uniform: list[str] = field(default_factory=list)  # why a target has none in the window (one line each)
+
+    # the problem's parts, as every stage reads them
+    model = property(lambda self: self.problem.model)
+    pruner = property(lambda self: self.problem.pruner)
+    space = property(lambda self: self.problem.space)
+    budget = property(lambda self: self.problem.budget)
+    flops = property(lambda self: self.problem.flops)
+    latency = property(lambda self: self.problem.latency)
+    input_shape = property(lambda self: self.problem.input_shape)
+    base_params = property(lambda self: self.problem.base_params)
+    uniform = property(lambda self: self.problem.uniform)
+    no_uniform = property(lambda self: self.problem.no_uniform)
 
     def cost(self, removed: dict[str, int]) -> float:
         """What the budget limits, for a plan ({root: channels removed}): predicted ms with --latency, else MACs."""
-        return self.latency.predict(removed) if self.latency is not None else self.flops.macs(removed)
+        return self.problem.cost(removed)
 
     def fingerprint(self) -> dict[str, str]:
         """What must match for a stored study to be resumed."""
         extra = {"objective": self.cfg.objective.value} if self.cfg.objective is Objective.pareto else {}
         if self.cfg.score is Score.abn_ft:  # the trials' values are abn-ft scores of this short fine-tune
             extra["score"] = f"{Score.abn_ft.value}|{short_finetune(self.cfg).describe()}"
+        problem = self.problem.fingerprint()
         return extra | {
             "model": self.cfg.model,
             "weights": self.digest[:16],
             "dataset": self.cfg.dataset,
             "data": self.splits.fingerprint,
-            "space": self.space.fingerprint() + self._shaping(),
-            "budget": self._budget(),
+            "space": problem["space"],
+            "budget": problem["budget"],
         }
-
-    def _budget(self) -> str:
-        if self.latency is None:
-            return f"{self.budget.low}-{self.budget.high}"
-        s = self.latency.setting  # the measured window moves a little between sessions; its recipe does not
-        return (
-            f"latency{self.cfg.latency}+-{self.cfg.latency_tolerance}|{s.device}|{s.threads}|{s.batch}|{s.layout}"
-            "|base deployed"  # of the base in its faster layout (studies made before were of the base in s.layout)
-        )
-
-    def _shaping(self) -> str:
-        s = self.pruner.shaping
-        return "" if (s.round_to, s.min_channels) == (1, 1) else f"|round{s.round_to}|min{s.min_channels}"
 
 
 def short_finetune(cfg: RunConfig) -> ShortFinetune:
@@ -139,28 +127,25 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
     else:
         model, digest = load_model(cfg.model, info.in_channels, info.num_classes, ckpt)
     input_shape = (1, info.in_channels, info.image_size, info.image_size)
-    example = torch.zeros(input_shape)
     check_input(model, cfg.model, input_shape, info.num_classes)
     check_batch_sizes(model, cfg, input_shape)
-    shaping = Shaping(cfg.resolved_round_to(), cfg.min_channels, cfg.exclude)
-    pruner = Pruner(model, example, find_classifier(model, example, info.num_classes), shaping)
-    space = SearchSpace.from_groups(pruner.groups, cfg.max_rate)
-    base_macs, base_params = count(model, input_shape)
-    flops = FlopsModel(model, input_shape, pruner.prune_counts, {g.root: g.multiple for g in pruner.groups})
-    if not flops.exact:
-        log.warning("the analytic FLOPs count of %s differs from thop's; every draw is counted by thop", cfg.model)
-    if cfg.latency is None:
-        budget = make_budget(cfg.resolved_flops(), cfg.flops_tolerance, base_macs)
-    else:  # the window is known once the base is timed
-        budget = Budget(base_macs, base_macs, 0, base_macs)
-    p = Prepared(cfg, device, None, model, digest, pruner, space, budget, base_params, input_shape, flops)
-    if cfg.latency is not None and latency_table:
-        p.latency = study_table(cfg, model, flops, pruner, space, device, progress)
-        p.budget = make_latency_budget(cfg.latency, cfg.latency_tolerance, p.latency.base_ms)
-    check_reachable(p)
-    p.uniform, p.no_uniform = uniform_strategies(p)
-    if p.latency is not None:
-        p.latency.save()
+    problem = Problem(
+        model,
+        torch.zeros(input_shape),
+        budget=cfg.budget_text(),
+        tolerance=cfg.latency_tolerance if cfg.latency is not None else cfg.flops_tolerance,
+        max_rate=cfg.max_rate,
+        round_to=cfg.resolved_round_to(),
+        min_channels=cfg.min_channels,
+        exclude=cfg.exclude,
+        num_classes=info.num_classes,
+        latency=cfg.latency is not None,
+        timing=cfg.timing(),
+        device=device,
+        progress=progress,
+        timed=latency_table,
+    )
+    p = Prepared(cfg, device, problem, None, digest)
     if not norm_layers(model):
         log.warning(
             "%s has no normalisation layer that keeps running statistics: ABN recomputes nothing, so every "
@@ -222,46 +207,6 @@ def uniform_macs(p: Prepared, ratio: float) -> int:
     return p.flops.macs(p.pruner.counts(p.space.uniform(ratio)))
 
 
-def uniform_cost(p: Prepared, ratio: float) -> float:
-    """The budget's cost (FLOPs, or predicted ms with --latency) with ``ratio`` in every group."""
-    return p.cost(p.pruner.counts(p.space.uniform(ratio)))
-
-
-def uniform_strategies(p: Prepared) -> tuple[list[dict[str, float]], list[str]]:
-    """The uniform L1 strategies queued first ({root: ratio}): one at the budget's target, or five spread over a
-    range, each inside the window (:func:`fnnp_opt.constraints.uniform_strategy`); and, for a target where none
-    lands in the window, why, in one line."""
-    b = p.budget
-    targets = [b.low + (b.high - b.low) * (k + 0.5) / 5 for k in range(5)] if b.ranged else [b.target]
-    roots = [d.root for d in p.space.dims]
-    found, missing = [], []
-    for t in targets:
-        plan, (above, below) = uniform_strategy(
-            lambda r: p.cost(p.pruner.counts(r)), roots, t, (b.low, b.high), p.space.max_rate
-        )
-        if plan is not None:
-            found.append(_legible(p, plan))
-        else:
-            at = lambda cost: f"{b.fmt(cost)} ({cost / b.base:.2%})"  # noqa: E731
-            missing.append(
-                f"no uniform L1 strategy lands in the window [{at(b.low)}, {at(b.high)}]: one ratio everywhere "
-                f"gives {at(above)} or {at(below)} (kept channels are whole numbers), and cutting the groups one at "
-                f"a time between the two skips the window too; the study has no uniform baseline (widen "
-                f"{b.option}-tolerance to hold one)"
-            )
-    return found, missing
-
-
-def _legible(p: Prepared, plan: dict[str, float]) -> dict[str, float]:
-    """``plan`` as read in a study: where its groups' ratios differ by a hair (a uniform strategy whose groups were
-    cut one at a time at one ratio), each group's own share of channels removed, which applies the same plan."""
-    if len(set(plan.values())) == 1:
-        return plan
-    removed = p.pruner.counts(plan)
-    shares = {d.root: round(removed[d.root] / d.channels, 6) for d in p.space.dims}
-    return shares if p.pruner.counts(shares) == removed else plan
-
-
 def sampler_start(kind: Sampler, p: Prepared) -> dict[str, float] | None:
     """Where CMA-ES starts: the uniform L1 strategy (the middle one of a ranged budget), as Optuna parameters;
     None for the other samplers, which do not take a start, and where no uniform strategy lands in the window."""
@@ -269,41 +214,6 @@ def sampler_start(kind: Sampler, p: Prepared) -> dict[str, float] | None:
         return None
     plan = p.uniform[len(p.uniform) // 2]
     return {d.param: plan[d.root] for d in p.space.dims}
-
-
-def check_reachable(p: Prepared) -> None:
-    """Raise :class:`BudgetError` when no ratio vector in [0, R] lands in the window (the message gives the
-    reachable range)."""
-    budget, space, f = p.budget, p.space, p.budget.fmt
-    lowest = uniform_cost(p, space.max_rate)  # FLOPs (and, nearly, latency) fall in every ratio
-    if lowest <= budget.high:
-        return
-    if p.latency is not None and lowest >= budget.base:
-        raise BudgetError(
-            f"the budget window [{f(budget.low)}, {f(budget.high)}] cannot be reached: the latency table predicts "
-            f"the network pruned by {space.max_rate} everywhere at {f(lowest)}, no faster "
-            f"than the base's {f(budget.base)}: either pruning does not pay at this setting (try a larger "
-            f"--latency-batch), or timing on {p.latency.setting.describe()} is unreliable here (a busy machine? "
-            "retry with --latency-threads 1, or when the machine is idle)"
-        )
-    lo, hi = space.max_rate, 0.99
-    if uniform_cost(p, hi) > budget.high:
-        cfg, round_to = p.cfg, p.cfg.resolved_round_to()
-        rules = [f"--min-channels {cfg.min_channels}"] if cfg.min_channels > 1 else []
-        rules += [f"--round-to {round_to}"] if round_to > 1 else []
-        rules += [f"--exclude {','.join(cfg.exclude)}"] if cfg.exclude else []
-        kept = f"{' and '.join(rules)} keep too many channels: relax them, or " if rules else ""
-        hint = f"no --max-rate below 1 reaches it; {kept}raise {budget.option}"
-    else:
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if uniform_cost(p, mid) <= budget.high else (mid, hi)
-        hint = f"raise --max-rate to at least {hi:.3f}, or raise {budget.option}"
-    raise BudgetError(
-        f"the budget window [{f(budget.low)}, {f(budget.high)}] cannot be reached with ratios in "
-        f"[0, {space.max_rate}]: they reach [{f(lowest)}, {f(budget.base)}] = "
-        f"[{lowest / budget.base:.2f}x, 1x] of the base; {hint}"
-    )
 
 
 @dataclass
@@ -826,9 +736,9 @@ def finetune_trial(
 
 def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "auto", progress: Progress = NULL) -> dict:
     """Reload an export and measure it on its dataset's test set, as `run` reported it."""
-    from fnnp_opt.export import load_pruned, read_recipe
+    from fnnp_opt.export import REGISTRY_FIELDS, load_pruned, read_recipe
 
-    doc, _ = read_recipe(path, needs=("input_shape", "dataset"))
+    doc, _ = read_recipe(path, needs=(*REGISTRY_FIELDS, "input_shape", "dataset"))
     model = load_pruned(path)
     dev = resolve_device(device)
     cfg = doc.get("config", {})

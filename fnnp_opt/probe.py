@@ -168,7 +168,9 @@ def _run(model: nn.Module, run: str, x: torch.Tensor, classes: tuple[int, ...]) 
         model.train().to(memory_format=layout)
         with without_onednn() if unsafe else nullcontext():
             logits = _logits(model(x.contiguous(memory_format=layout)), want)
-            loss = F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long))
+            # a classifier's loss; any other output (a dense prediction) backpropagates a scalar of its values
+            flat = logits.dim() == 2
+            loss = F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long)) if flat else logits.float().square().mean()
             try:
                 loss.backward()
             except Exception as exc:

@@ -18,13 +18,14 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from fnnp_opt.errors import ModelError, UsageError
+from fnnp_opt.errors import ModelError, UsageError, option, repeated
 from fnnp_opt.probe import EVAL, RUNS, Failure, brief, first_failure, runs_until, tracked
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ class Shaping:
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise UsageError(f"--round-to must be a whole number >= 1, got {self.round_to!r}; e.g. --round-to 8")
+            raise UsageError(
+                f"{option('round_to')} must be a whole number >= 1, got {self.round_to!r}; e.g. {option('round_to', 8)}"
+            )
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
-            raise UsageError(f"--min-channels must be a whole number >= 1, got {self.min_channels!r}")
+            raise UsageError(f"{option('min_channels')} must be a whole number >= 1, got {self.min_channels!r}")
 
     def kept(self, ratio: float, channels: int, block: int = 1) -> int:
         """Channels a group of ``channels`` keeps at ``ratio``; a multiple of ``block`` (the group count of
@@ -113,7 +116,7 @@ class Shaping:
                 names = list(dict.fromkeys(n for g in groups for n in (g.root, *g.producers)))
                 more = f" (+{len(names) - 10} more; `fnnp-opt space` lists them)" if len(names) > 10 else ""
                 raise UsageError(
-                    f"--exclude {pat!r} matches no prunable layer; the layers are {', '.join(names[:10])}{more}; a "
+                    f"{repeated('exclude', [pat])} matches no prunable layer; the layers are {', '.join(names[:10])}{more}; a "
                     "pattern is a glob over module names, and a module covers its children ('layer3' or 'layer3.*')"
                 )
 
@@ -137,22 +140,27 @@ class Pruner:
         self,
         model: nn.Module,
         example_input: torch.Tensor,
-        classifier: str,
+        classifier: str | Sequence[str],
         shaping: Shaping = Shaping(),
         check: bool = True,
     ) -> None:
+        """``classifier``: the name of the layer whose outputs are the logits, or the names of every layer whose
+        outputs must keep all their channels (the heads of a model that is not a classifier); Torch-Pruning's
+        ``ignored_layers``."""
         self.base = model.eval()
         self.shaping = shaping
         self._names = {m: n for n, m in model.named_modules()}
         self._params = {p: n for n, p in model.named_parameters()}
-        try:
-            clf = model.get_submodule(classifier)
-        except AttributeError:
-            raise ModelError(f"classifier {classifier!r} is not a submodule of the model") from None
+        ignored = []
+        for name in [classifier] if isinstance(classifier, str) else classifier:
+            try:
+                ignored.append(model.get_submodule(name))
+            except AttributeError:
+                raise ModelError(f"layer {name!r} is not a submodule of the model") from None
         with tracked(model) as tracker:
             try:
                 self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-                groups = list(self.graph.get_all_groups(ignored_layers=[clf], root_module_types=[nn.Conv2d, nn.Linear]))
+                groups = list(self.graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
             except Exception as exc:
                 where = self._graph_node(exc) or tracker.where()
                 raise ModelError(
@@ -184,7 +192,7 @@ class Pruner:
         if not self.groups:
             raise ModelError(
                 "the model has no prunable channel group"
-                + (f" outside --exclude {list(shaping.exclude)}" if shaping.exclude else "")
+                + (f" outside {option('exclude', list(shaping.exclude))}" if shaping.exclude else "")
             )
         if check:
             self._check(example_input)
@@ -424,9 +432,9 @@ class Pruner:
             )
         names = ", ".join(repr(g.root) for g in breaking)
         if not left:
-            outside = f" outside --exclude {list(self.shaping.exclude)}" if self.shaping.exclude else ""
+            outside = f" outside {option('exclude', list(self.shaping.exclude))}" if self.shaping.exclude else ""
             return f"{why}; no group{outside} of this architecture can be cut by fnnp-opt (see docs/models.md)"
-        flags = " ".join(f"--exclude '{_literal(g.root)}'" for g in breaking)
+        flags = repeated("exclude", [_literal(g.root) for g in breaking])
         which = f"group {names} of this architecture" if len(breaking) == 1 else f"groups {names} of this architecture"
         return f"{why}; fnnp-opt cannot cut {which}: add {flags} to prune the others (see docs/models.md)"
 
@@ -521,6 +529,15 @@ def layer_shapes(model: nn.Module) -> dict[str, dict]:
             for pname, param in m.named_parameters(recurse=False):
                 shapes[f"{name}.{pname}" if name else pname] = {"param": list(param.shape)}
     return shapes
+
+
+_KINDS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def layer_kinds(model: nn.Module) -> dict[str, str]:
+    """The class name of every conv, linear and norm layer of ``model``, by module name: what pruning leaves as it
+    is, so a fresh instance of the class a network was pruned from has the same."""
+    return {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, _KINDS)}
 
 
 def _resized(old: nn.Module, s: dict, name: str) -> nn.Module:

@@ -33,7 +33,7 @@ from fnnp_opt import storage as St
 from fnnp_opt.errors import FnnpError, OutputError, StorageError
 from fnnp_opt.export import check_writable
 from fnnp_opt.flops import Budget, human
-from fnnp_opt.search import SURPLUS, evaluated
+from fnnp_opt.optimize import SURPLUS, evaluated
 from fnnp_opt.space import PREFIX, uniform_words
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from fnnp_opt.data import Batch
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import Scorer, abn_ft_key, rescore
-from fnnp_opt.search import evaluated
+from fnnp_opt.optimize import evaluated
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
 
 from fnnp_opt.data import Augment, Batch, FolderSet, TensorSet
 from fnnp_opt.evaluate import accuracy, calibrate_bn
-from fnnp_opt.finetune import FitConfig, fit
+from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.progress import NULL, Progress
 
 
@@ -55,6 +56,12 @@ class Scorer:
     search: list[Batch]  # the held-out search split
     augment: Augment | None = None  # the training augmentation, also in the short fine-tune
     device: str = "cpu"
+    measure: Callable[[nn.Module], float] | None = None  # the score of the fine-tuned copy; None: accuracy on search
+
+    @property
+    def key(self) -> str:
+        """The trial attribute that holds this score."""
+        return abn_ft_key(self.short.steps)
 
     @classmethod
     def build(
@@ -83,7 +90,7 @@ class Scorer:
             progress=progress,
             log_epochs=False,  # a score's short fine-tune: its loss is no news on the screen
         )
-        return accuracy(student, self.search, self.device)
+        return self.measure(student) if self.measure is not None else accuracy(student, self.search, self.device)
 
 
 def rescore(model: nn.Module, calibration: list[Batch], scorer: Scorer, progress: Progress = NULL) -> float:

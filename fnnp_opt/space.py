@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from fnnp_opt.errors import UsageError
+from fnnp_opt.errors import UsageError, option
 from fnnp_opt.prune import GroupInfo
 
 PREFIX = "ratio."
@@ -109,7 +109,7 @@ class SearchSpace:
 
 def check_max_rate(max_rate: float) -> None:
     if not 0.0 < max_rate < 1.0:
-        raise UsageError(f"--max-rate must be in (0, 1), got {max_rate}; e.g. --max-rate 0.7")
+        raise UsageError(f"{option('max_rate')} must be in (0, 1), got {max_rate}; e.g. {option('max_rate', 0.7)}")
 
 
 def uniform_words(ratios: dict[str, float]) -> str:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the parent imports these anyway; a worker imports them afte
 
     from fnnp_opt.config import RunConfig
     from fnnp_opt.progress import Progress
-    from fnnp_opt.search import SearchReport
+    from fnnp_opt.optimize import SearchReport
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
 
     from optuna.trial import TrialState
 
-    from fnnp_opt import search as S
+    from fnnp_opt import optimize as S
     from fnnp_opt import storage as St
     from fnnp_opt.progress import NULL
 

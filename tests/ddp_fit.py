@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import fnnp_opt.finetune as ft
+import fnnp_opt.training as ft
 from fnnp_opt import distributed
 from fnnp_opt.data import load_splits
 from fnnp_opt.evaluate import calibrate_bn
-from fnnp_opt.finetune import Distill, FitConfig, fit
+from fnnp_opt.training import Distill, FitConfig, fit
 from fnnp_opt.models import default_checkpoint, load_model
 from fnnp_opt.prune import Pruner
 

@@ -4,7 +4,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import fnnp_opt.search as S
+import fnnp_opt.optimize as S
 from fnnp_opt.config import resolve
 from fnnp_opt.early_stop import STEP_IMAGES, make_pruner, step_batches
 from fnnp_opt.evaluate import accuracy, accuracy_in_steps, calibrate_bn

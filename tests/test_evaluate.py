@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fnnp_opt.data import load_splits
-from fnnp_opt.evaluate import NonFiniteError, abn_accuracy, accuracy, norm_layers, calibrate_bn
+from fnnp_opt.evaluate import NonFiniteError, abn_accuracy, accuracy, accuracy_in_steps, calibrate_bn, norm_layers
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,15 @@ def test_abn_leaves_layers_without_running_stats_alone(splits):
     calibrate_bn(model, splits.calibration)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert 0.0 <= abn_accuracy(model, splits.calibration, splits.search_batches(250)) <= 1.0
+
+
+def test_a_model_comes_out_of_scoring_as_trainable_as_it_went_in(base_model, splits):
+    # scoring runs under inference mode; a layout change there would turn the parameters into inference tensors,
+    # which can neither be trained nor traced again
+    search = splits.search_batches(256)[:1]
+    accuracy(base_model, search, "cpu")
+    accuracy_in_steps(base_model, search, "cpu", 1, lambda step, acc: False)
+    assert not any(p.is_inference() for p in base_model.parameters())
+    loss = base_model(search[0][0][:4]).sum()
+    loss.backward()
+    assert base_model.conv1.weight.grad is not None

@@ -22,8 +22,8 @@ from fnnp_opt.cli import app
 from fnnp_opt.config import Constraint, resolve
 from fnnp_opt.errors import BudgetError, UsageError
 from fnnp_opt.models import create_model, find_classifier
-from fnnp_opt.pipeline import prepare, uniform_cost
-from fnnp_opt.search import Evaluator
+from fnnp_opt.pipeline import prepare
+from fnnp_opt.optimize import Evaluator
 
 runner = CliRunner()
 
@@ -42,7 +42,7 @@ def _reachable(tmp_path, **flags) -> tuple[str, float]:
     cached beside the storage, so the study that follows reuses it and sees the same reach.
     """
     p = _latency_study(tmp_path, **flags)
-    lowest = uniform_cost(p, p.space.max_rate) / p.budget.base
+    lowest = p.problem.uniform_cost(p.space.max_rate) / p.budget.base
     assert lowest < 0.99, f"pruning every group by {p.space.max_rate} should be predicted faster, got {lowest:.3f}x"
     return f"{(1 + lowest) / 2:.3f}x", (1 - lowest) / 5
 
@@ -214,14 +214,11 @@ def test_a_candidate_predicted_inside_but_measured_outside_the_window_is_infeasi
 
 
 def test_a_table_that_predicts_pruning_no_faster_says_what_to_try(latency_prepared):
-    from dataclasses import replace
-
-    from fnnp_opt.pipeline import check_reachable
-
-    table = copy.copy(latency_prepared.latency)
-    table.predict = lambda removed: 2.0 * latency_prepared.budget.base  # as two stalled threads time it
+    problem = copy.copy(latency_prepared.problem)
+    problem.latency = copy.copy(problem.latency)
+    problem.latency.predict = lambda removed: 2.0 * problem.budget.base  # as two stalled threads time it
     with pytest.raises(BudgetError, match=r"no faster than the base's .*--latency-threads 1"):
-        check_reachable(replace(latency_prepared, latency=table))
+        problem.check_reachable()
 
 
 def test_round_to_auto_keeps_multiples_of_the_vector_width():

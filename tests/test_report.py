@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fnnp_opt.cli import app
 from fnnp_opt.pareto import pareto_front
 from fnnp_opt.report import MIN_IMPORTANCE_TRIALS, allocation, allocation_figure, write_report
-from fnnp_opt.search import evaluated
+from fnnp_opt.optimize import evaluated
 
 runner = CliRunner()
 NAME = "resnet20-fashion-mnist-flops0.5"

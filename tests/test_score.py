@@ -63,7 +63,7 @@ def test_a_scores_short_fine_tune_logs_no_epoch_line_and_a_fine_tune_does(splits
     """Off a terminal each fine-tune epoch is an INFO line; a score's 100-step fine-tune per candidate is not one."""
     import logging
 
-    from fnnp_opt.finetune import FitConfig, fit
+    from fnnp_opt.training import FitConfig, fit
 
     with caplog.at_level(logging.INFO, logger="fnnp_opt"):
         _scorer(splits, steps=2)(copy.deepcopy(base_model))

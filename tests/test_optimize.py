@@ -7,7 +7,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-import fnnp_opt.search as S
+import fnnp_opt.optimize as S
 import fnnp_opt.storage as St
 from fnnp_opt.config import Sampler, resolve
 from fnnp_opt.errors import StorageError

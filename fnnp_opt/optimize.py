@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
 from fnnp_opt import storage as St
 from fnnp_opt.config import Constraint, Objective, Sampler
@@ -31,12 +32,12 @@ from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import Batch
 from fnnp_opt.early_stop import Reporter, step_batches
 from fnnp_opt.errors import TrialError, describe
-from fnnp_opt.evaluate import NonFiniteError, accuracy, accuracy_in_steps, calibrate_bn
+from fnnp_opt.evaluate import NonFiniteError, Scored, accuracy, accuracy_in_steps, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
 from fnnp_opt.latency import LatencyTable, fold_bn
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
-from fnnp_opt.score import Scorer, abn_ft_key
+from fnnp_opt.score import Scorer
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class Evaluator:
     early_stop: bool = False  # score in steps and stop when the study's pruner says (fnnp_opt.early_stop)
     pbn: bool = False  # also score with the stale statistics (pbn_accuracy): a diagnostic, one more pass
     amp: bool = False  # on CUDA, the passes run under bf16/fp16 autocast
+    # the score of a calibrated candidate when it is not top-1 accuracy on ``search`` (the Python API's callable
+    # evaluation): the whole candidate is scored, with no early stopping
+    score_fn: Callable[[nn.Module], float] | None = None
 
     def __post_init__(self) -> None:  # search batches per early-stopping step, read without decoding any
         size = getattr(self.search, "batch_size", None)
@@ -131,8 +135,11 @@ class Evaluator:
             with clock("abn_calibrate"):
                 calibrate_bn(model, self.calibration, self.device, progress=self.progress, amp=self.amp)
             with clock("abn_score"):  # scored in the deploy form: BN folded into the convs, ~15% faster on CPU
-                stop = Reporter(trial) if self.early_stop else (lambda step, acc: False)
-                scored = accuracy_in_steps(fold_bn(model), self.search, self.device, self._step, stop, self.amp)
+                if self.score_fn is not None:  # the user's metric sees the network as they built it
+                    scored = Scored(self.score_fn(model), 0, False)
+                else:
+                    stop = Reporter(trial) if self.early_stop else (lambda step, acc: False)
+                    scored = accuracy_in_steps(fold_bn(model), self.search, self.device, self._step, stop, self.amp)
             abn = value = scored.accuracy
             if self.finetune is not None:
                 with clock("short_finetune"):
@@ -151,12 +158,15 @@ class Evaluator:
             )
             if pbn is not None:
                 trial.set_user_attr("pbn_accuracy", pbn)
-            trial.set_user_attr("abn_accuracy", abn)
-            trial.set_user_attr("images_scored", scored.images)
+            if self.score_fn is None:
+                trial.set_user_attr("abn_accuracy", abn)
+                trial.set_user_attr("images_scored", scored.images)
+            else:
+                trial.set_user_attr("abn_score", abn)
             if scored.stopped:
                 trial.set_user_attr("stopped_early", True)
             if self.finetune is not None:
-                trial.set_user_attr(abn_ft_key(self.finetune.short.steps), value)
+                trial.set_user_attr(self.finetune.key, value)
             if self.base_accuracy is not None:  # the score relative to the unpruned model's, for the dashboard
                 trial.set_user_attr("vs_base", round(value - self.base_accuracy, 6))
         trial.set_user_attr("timings", {k: round(v, 4) for k, v in clock.items()})

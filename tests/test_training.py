@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import fnnp_opt.finetune as ft
+import fnnp_opt.training as ft
 from fnnp_opt.data import load_splits
-from fnnp_opt.finetune import FitConfig, fit
+from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.models import create_model
 
 
@@ -161,7 +161,7 @@ PRUNED_RESNET20 = """
 import sys
 import torch
 from fnnp_opt.data import TensorSet
-from fnnp_opt.finetune import FitConfig, fit
+from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.models import default_checkpoint, load_model
 from fnnp_opt.prune import Pruner
 
@@ -186,7 +186,7 @@ STRIDED_1X1 = """
 import torch
 from torch import nn
 from fnnp_opt.data import TensorSet
-from fnnp_opt.finetune import FitConfig, fit
+from fnnp_opt.training import FitConfig, fit
 
 torch.manual_seed(0)
 net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 11, 1, stride=2), nn.Flatten(),

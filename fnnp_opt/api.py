@@ -1,0 +1,575 @@
+"""The Python API: prune your own model, with your own data, metric and training loop.
+
+Two levels, as the other pruning libraries offer them:
+
+* one call, :func:`search`, which returns a :class:`SearchResult` (the Optuna study, the winner's :class:`Plan`,
+  the uniform L1 baseline beside it, and ``build()`` for the pruned network);
+* Optuna-native: a :class:`Problem` and an :class:`Objective` that ``study.optimize`` accepts with any sampler,
+  storage and callback.
+
+The fine-tune is the user's own loop, or :func:`finetune` (fnnp-opt's, with distillation from the base); a pruned
+network is kept with :func:`fnnp_opt.save` and reloaded into a fresh instance of its class with
+:func:`fnnp_opt.load`. Messages name Python arguments (``max_rate=``), not the CLI's flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial
+from torch import nn
+
+from fnnp_opt import optimize as S
+from fnnp_opt import storage as St
+from fnnp_opt.batches import LoaderSet, take
+from fnnp_opt.config import Constraint, Sampler, check_lr, check_seed
+from fnnp_opt.config import Objective as Goal
+from fnnp_opt.config import Score as ScoreKind
+from fnnp_opt.constraints import check_combination, default_constraint
+from fnnp_opt.data import Batch
+from fnnp_opt.early_stop import make_pruner
+from fnnp_opt.errors import FnnpError, UsageError, python_names
+from fnnp_opt.evaluate import NonFiniteError, calibrate_bn, resident
+from fnnp_opt.training import Distill, FitConfig, fit
+from fnnp_opt.plan import Plan
+from fnnp_opt.problem import Problem
+from fnnp_opt.progress import NULL, Progress
+from fnnp_opt.rerank import RerankReport, rerank as rerank_top
+from fnnp_opt.score import Scorer, ShortFinetune
+
+log = logging.getLogger(__name__)
+
+Score = Callable[[nn.Module], float]
+
+
+def _python(fn):
+    """Run ``fn`` with error messages that name Python arguments (:func:`fnnp_opt.errors.python_names`)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with python_names():
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _whole(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"{name}= must be a whole number >= {low}, got {value!r}")
+    return value
+
+
+def _choice(kind, value: Any, name: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"{name}= must be one of {', '.join(k.value for k in kind)}, got {value!r}") from None
+
+
+class _HookScore:
+    """abn-ft with the user's short fine-tune: ``hook(copy)`` trains a copy of the calibrated candidate in place,
+    then ``measure`` scores the copy."""
+
+    key = "abn_ft"
+
+    def __init__(self, hook: Callable[[nn.Module], None], measure: Score) -> None:
+        self.hook, self.measure = hook, measure
+
+    def __call__(self, calibrated: nn.Module, progress: Progress = NULL) -> float:
+        student = copy.deepcopy(calibrated).train()
+        self.hook(student)
+        return self.measure(student.eval())
+
+
+class Objective:
+    """The per-trial objective of an Optuna study: draw a ratio per group, reject what misses the budget, prune,
+    re-estimate the BN statistics (adaptive BN), score. ``study.optimize(objective, n_trials=...)`` accepts it with
+    any sampler, storage and callback; a draw outside the window ends as a PRUNED trial (``constraint="reject"``).
+
+    Args:
+        problem: the model, space and budget (:class:`Problem`).
+        calibration: any iterable of batches, ``x`` or ``(x, y)`` (a DataLoader, a list) from the training data;
+            its first ``calibration_batches`` are held and re-estimate every candidate's BN statistics.
+        evaluation: held-out ``(x, y)`` batches, scored by top-1 accuracy in steps, with early stopping (all are
+            held in memory: a few thousand images); or a callable ``score(model) -> float`` (higher is better;
+            called on the calibrated candidate in eval mode under ``torch.no_grad()``), for any metric, which
+            scores the whole candidate (no early stopping).
+        calibration_batches: N, the batches of ``calibration`` that re-estimate BN (the paper: 100 of 64 images;
+            10 rank as well on the shipped bases).
+        device: where candidates are scored (``"cpu"``, ``"cuda"``).
+        constraint: how a draw outside the window is told to the sampler: ``reject``, ``penalize`` or
+            ``constrain`` (None: the sampler's default).
+        fit_budget: move every draw into the window before it is scored (then every draw counts).
+        early_stop: stop scoring a candidate once it is clearly below the best so far (accuracy batches only).
+        score: ``"abn"``, or ``"abn-ft"``: ABN, then a short fine-tune of a copy, then the score; it needs
+            ``train`` (fnnp-opt's SGD with cross-entropy, ``score_steps`` steps of the first batches of ``train``,
+            the same for every candidate) or ``short_finetune`` (your hook, which trains the copy in place).
+        sampler: the sampler the default constraint is chosen for (``"random"``, ``"tpe"``, ...).
+        slots: under a shared storage, the study's evaluation slots (set by :func:`search`).
+
+    Raises:
+        UsageError: a bad argument (the message names it).
+    """
+
+    @_python
+    def __init__(
+        self,
+        problem: Problem,
+        calibration: Iterable,
+        evaluation: Iterable | Score,
+        *,
+        calibration_batches: int = 10,
+        device: str = "cpu",
+        constraint: str | None = None,
+        fit_budget: bool = False,
+        early_stop: bool = True,
+        score: str = "abn",
+        train: Iterable | None = None,
+        short_finetune: Callable[[nn.Module], None] | None = None,
+        score_steps: int = 100,
+        lr: float = 0.02,
+        sampler: str = "random",
+        seed: int = 0,
+        amp: bool = True,
+        progress: Progress = NULL,
+        slots: St.Slots | None = None,
+    ) -> None:
+        if not isinstance(problem, Problem):
+            raise UsageError(f"problem must be a fnnp_opt.Problem, got a {type(problem).__name__}")
+        _whole(calibration_batches, "calibration_batches", 1)
+        _whole(score_steps, "score_steps", 1)
+        check_lr(lr)
+        check_seed(seed)
+        self.problem, self.device, self.seed = problem, device, seed
+        self.sampler = _choice(Sampler, sampler, "sampler")
+        self.constraint = (
+            _choice(Constraint, constraint, "constraint") if constraint else default_constraint(self.sampler)
+        )
+        self.goal = Goal.pareto if problem.budget.ranged else Goal.accuracy
+        check_combination(self.sampler, self.constraint, self.goal, fit_budget)
+        self.calibration = resident(take(calibration, calibration_batches, "calibration"), device)
+        if callable(evaluation) and not isinstance(evaluation, (list, tuple)):
+            self.measure: Score = _user_score(evaluation)
+            search: list[Batch] = []
+            early_stop = False
+        else:
+            search = resident(take(evaluation, None, "evaluation", labels=True), device)
+            self.measure = functools.partial(_accuracy, batches=search, device=device, amp=amp)
+        self.score = _choice(ScoreKind, score, "score")
+        self.scorer = self._scorer(train, short_finetune, score_steps, lr, search)
+        self.early_stop = early_stop and self.score is ScoreKind.abn and self.goal is Goal.accuracy
+        self.train = train
+        self.evaluator = S.Evaluator(
+            problem.pruner,
+            problem.space,
+            problem.budget,
+            problem.flops,
+            self.calibration,
+            search,
+            device,
+            mode=self.constraint,
+            fit_budget=fit_budget,
+            objective=self.goal,
+            slots=slots,
+            progress=progress,
+            finetune=self.scorer if self.score is ScoreKind.abn_ft else None,
+            latency=problem.latency,
+            early_stop=self.early_stop,
+            amp=amp,
+            score_fn=None if search else self.measure,
+        )
+
+    def _scorer(self, train, hook, steps: int, lr: float, search: list[Batch]):
+        """The short fine-tune of abn-ft (and of a rerank), when ``train`` or ``hook`` gives one."""
+        if hook is not None:
+            if not callable(hook):
+                raise UsageError(f"short_finetune= must be a callable(model) that trains it, got a {type(hook)}")
+            return _HookScore(hook, self.measure)
+        if train is None:
+            if self.score is ScoreKind.abn_ft:
+                raise UsageError(
+                    'score="abn-ft" fine-tunes each candidate briefly: pass train= (batches (x, y) from the training '
+                    "data) or short_finetune= (a callable that trains the model in place)"
+                )
+            return None
+        first = take(train, 1, "train", labels=True)[0]
+        short = ShortFinetune(steps, lr, len(first[0]), 5e-4, self.seed)
+        scorer = Scorer.build(short, LoaderSet(train, len(first[0])), search, None, self.device)
+        if not search:  # a callable evaluation scores the fine-tuned copy too
+            scorer.measure = self.measure
+        return scorer
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        """Score one trial's candidate (the study's value); raise ``optuna.TrialPruned`` for a draw outside the
+        window under ``constraint="reject"``."""
+        return self.evaluator(trial)
+
+    def best(self, study: optuna.Study) -> FrozenTrial:
+        """The evaluated trial with the highest score (draws outside the window and penalised ones never win).
+
+        Raises:
+            FnnpError: no trial of ``study`` was evaluated yet.
+        """
+        done = S.evaluated(study)
+        if not done:
+            raise FnnpError(f"study {study.study_name!r} has no evaluated trial yet; run more trials")
+        return S.best_trial(study)
+
+    def build(self, trial) -> nn.Module:
+        """The pruned copy of ``trial``'s candidate (a trial, or ratios {group root: ratio}) with its BN statistics
+        re-estimated on the calibration batches, in eval mode, on the CPU."""
+        net = self.problem.prune(trial)
+        calibrate_bn(net, self.calibration, self.device)
+        return net.cpu().eval()
+
+    def score_base(self) -> float:
+        """The unpruned model's score by ``evaluation``: every trial's reference (``vs_base``)."""
+        return self.measure(self.problem.model.to(self.device))
+
+
+def _accuracy(model: nn.Module, batches: list[Batch], device: str, amp: bool) -> float:
+    from fnnp_opt.evaluate import accuracy
+
+    return accuracy(model, batches, device, amp=amp)
+
+
+def _user_score(fn: Score) -> Score:
+    """``fn`` as a candidate's score: called in eval mode without gradients; a non-finite value fails the trial."""
+
+    def measure(model: nn.Module) -> float:
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                value = fn(model)
+        finally:
+            model.train(was)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"evaluation(model) must return a number, got a {type(value).__name__}") from None
+        if not math.isfinite(value):
+            raise NonFiniteError(f"evaluation(model) returned {value}")
+        return value
+
+    return measure
+
+
+# --------------------------------------------------------------------------- the one call
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` found."""
+
+    study: optuna.Study  # the Optuna study: every trial, its parameters and attributes
+    problem: Problem
+    objective: Objective
+    best: FrozenTrial | None  # the winner (None for a Pareto search: see ``front``)
+    baseline: FrozenTrial | None  # the uniform L1 strategy's trial, evaluated (None where none fits the window)
+    front: list[FrozenTrial] = field(default_factory=list)  # a Pareto search's non-dominated evaluated trials
+    rerank: RerankReport | None = None  # ``rerank=K``: the top K re-scored with abn-ft
+
+    @property
+    def plan(self) -> Plan:
+        """The winner's :class:`Plan`: ratios and kept channels per searched group, every layer's sizes."""
+        if self.best is None:
+            raise FnnpError("a Pareto search has no single winner: take result.problem.plan(trial) of a front trial")
+        return self.problem.plan(self.best)
+
+    def build(self, trial: FrozenTrial | None = None) -> nn.Module:
+        """The pruned copy of ``trial`` (default: the winner) with re-estimated BN statistics, ready to fine-tune."""
+        trial = trial or self.best
+        if trial is None:
+            raise FnnpError("a Pareto search has no single winner: pass one of result.front to build()")
+        return self.objective.build(trial)
+
+
+def _digest(*parts: Any) -> str:
+    """A short sha256 of tensors and strings (what a resumed study must have been made from)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(str((part.dtype, tuple(part.shape))).encode())
+            h.update(part.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(str(part).encode())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(problem: Problem, objective: Objective, evaluation) -> dict[str, str]:
+    model = problem.model
+    weights = _digest(*model.state_dict().values())
+    if isinstance(objective.evaluator.search, list) and objective.evaluator.search:
+        data = [t for x, y in objective.evaluator.search for t in (x[:1], y)]
+    else:
+        data = [getattr(evaluation, "__qualname__", type(evaluation).__qualname__)]
+    calib = [x[:1] for x, _ in objective.calibration]
+    return {
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "weights": weights,
+        "data": _digest(len(objective.calibration), *calib, *data),
+        "score": objective.score.value + ("" if objective.scorer is None else f"|{objective.scorer.key}"),
+        **problem.fingerprint(),
+    }
+
+
+def _open(storage: str, name: str, fingerprint: dict, settings: dict, problem: Problem) -> optuna.Study:
+    """Resume study ``name`` (its fingerprint must match) or create it with the uniform baselines queued."""
+    St.check_writable(storage)
+    backend = St.open_storage(storage)
+    with St.name_lock(backend, name):  # several processes may start at once
+        study = St.existing_study(backend, name)
+        if study is not None:
+            St.check_fingerprint(study, fingerprint, storage, None, other="study_name=")
+            return study
+        directions = ("maximize", "minimize") if problem.budget.ranged else ("maximize",)
+        study = St.create_study(backend, name, fingerprint, settings, problem.space, problem.budget, directions)
+        problem.enqueue_uniform(study)
+        return study
+
+
+@_python
+def search(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    calibration: Iterable,
+    evaluation: Iterable | Score,
+    budget: str | float = "0.5",
+    n_trials: int = 30,
+    sampler: str = "random",
+    constraint: str | None = None,
+    fit_budget: bool = False,
+    max_rate: float = 0.6,
+    round_to: int = 1,
+    min_channels: int = 1,
+    exclude: Sequence[str] = (),
+    ignored_layers: Sequence[nn.Module] | None = None,
+    tolerance: float | None = None,
+    calibration_batches: int = 10,
+    score: str = "abn",
+    train: Iterable | None = None,
+    short_finetune: Callable[[nn.Module], None] | None = None,
+    score_steps: int = 100,
+    lr: float = 0.02,
+    rerank: int = 0,
+    early_stop: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    max_draws: int = 5000,
+    progress: Progress = NULL,
+) -> SearchResult:
+    """Search the per-group pruning ratios of ``model`` (EagleEye: ratios drawn by an Optuna sampler, candidates
+    outside the budget rejected, the rest scored by adaptive-BN evaluation), with the uniform L1 strategy as the
+    first trial. Returns a :class:`SearchResult`; ``result.build()`` is the winner, ready for your fine-tune.
+
+    Args:
+        model: the trained network (any ``nn.Module``); it is not changed.
+        example_input: one input batch, e.g. ``torch.zeros(1, 3, 224, 224)``.
+        calibration: batches from the training data (``x`` or ``(x, y)``); the first ``calibration_batches``
+            re-estimate each candidate's BN statistics.
+        evaluation: held-out ``(x, y)`` batches (top-1 accuracy, early stopping), or ``score(model) -> float``
+            (higher is better, any metric; no early stopping).
+        budget: ``"0.5"`` of the base's FLOPs (MACs), a count ``"2G"``, a latency ``"0.6x"`` of the base or
+            ``"3ms"`` (timed on ``device``), or a range ``"0.2:0.8"``: a Pareto search of (score, cost).
+        n_trials: candidates to evaluate, in total across resumes and processes sharing ``storage``.
+        sampler: ``random`` (the paper's), ``tpe``, ``cmaes``, ``qmc``, ``gp`` or ``nsga2``.
+        constraint, fit_budget: how draws outside the window are handled (see :class:`Objective`).
+        max_rate: R, the largest share of a group's channels removed, in (0, 1).
+        round_to, min_channels, exclude: channel rounding, floor, and glob patterns of layers never pruned.
+        ignored_layers: modules whose outputs keep all their channels (heads); None finds the classifier.
+        tolerance: half-width of the budget window, as a fraction of the base (None: 0.02 FLOPs, 0.03 latency).
+        calibration_batches: N of ABN.
+        score, train, short_finetune, score_steps, lr: ``"abn"`` or ``"abn-ft"`` (see :class:`Objective`).
+        rerank: K > 0 re-scores the top K by ABN with abn-ft (needs ``train``); the winner is the best re-scored.
+        early_stop: stop scoring a candidate clearly below the best (accuracy batches only).
+        storage: an Optuna storage URL (``sqlite:///prune.db``) to resume from, watch in optuna-dashboard and share
+            with other processes; None keeps the study in memory.
+        study_name: the study in ``storage`` (None: ``fnnp-<class>-<budget>``).
+        seed: seeds the sampler (each process of a study draws apart) and the short fine-tunes.
+        device: where candidates are scored.
+        max_draws: stop after this many draws outside the window in one call.
+        progress: a :class:`fnnp_opt.progress.Progress` that shows the search's progress.
+
+    Raises:
+        UsageError: a bad argument (the message names it); ModelError: the model cannot be pruned;
+        BudgetError: the budget cannot be reached; StorageError: ``storage`` holds another study under
+        ``study_name``; TrialError: a candidate's evaluation failed (the study keeps what was evaluated: call
+        again to resume).
+    """
+    _whole(n_trials, "n_trials", 1)
+    _whole(rerank, "rerank", 0)
+    _whole(max_draws, "max_draws", 1)
+    if rerank > n_trials:
+        raise UsageError(
+            f"rerank={rerank} re-scores the top K of n_trials={n_trials} candidates; pass rerank <= n_trials"
+        )
+    if rerank and train is None:
+        raise UsageError(f"rerank={rerank} re-scores with a short fine-tune: pass train= (batches (x, y))")
+    if rerank and short_finetune is not None:
+        raise UsageError(f"rerank={rerank} re-scores with fnnp-opt's short fine-tune on train=; drop short_finetune=")
+    if rerank and score != "abn":
+        raise UsageError(f'rerank={rerank} re-scores ABN candidates with abn-ft; with score="{score}" drop rerank')
+    problem = Problem(
+        model,
+        example_input,
+        budget=str(budget),
+        tolerance=tolerance,
+        max_rate=max_rate,
+        round_to=round_to,
+        min_channels=min_channels,
+        exclude=exclude,
+        ignored_layers=ignored_layers,
+        device=device,
+        progress=progress,
+    )
+    if problem.budget.ranged and rerank:
+        raise UsageError(f"rerank={rerank} picks one winner, which a Pareto search (budget={budget!r}) has not")
+    objective = Objective(
+        problem,
+        calibration,
+        evaluation,
+        calibration_batches=calibration_batches,
+        device=device,
+        constraint=constraint,
+        fit_budget=fit_budget,
+        early_stop=early_stop,
+        score=score,
+        train=train,
+        short_finetune=short_finetune,
+        score_steps=score_steps,
+        lr=lr,
+        sampler=sampler,
+        seed=seed,
+        progress=progress,
+    )
+    settings = {
+        "api": "fnnp_opt.search",
+        "budget": str(budget),
+        "tolerance": problem.tolerance,
+        "max_rate": max_rate,
+        "round_to": round_to,
+        "min_channels": min_channels,
+        "exclude": list(exclude),
+        "calibration_batches": calibration_batches,
+        "score": score,
+        "sampler": sampler,
+        "n_trials": n_trials,
+        "seed": seed,
+    }
+    if storage is None:
+        study = optuna.create_study(
+            study_name=study_name, directions=["maximize", "minimize"] if problem.budget.ranged else ["maximize"]
+        )
+        problem.enqueue_uniform(study)
+    else:
+        if study_name is None:
+            study_name = f"fnnp-{type(model).__name__.lower()}-{str(budget).replace(':', '-')}"
+        study = _open(storage, study_name, _fingerprint(problem, objective, evaluation), settings, problem)
+        objective.evaluator.slots = St.Slots(study, n_trials)
+    base = objective.score_base()
+    if "base_accuracy" not in study.user_attrs:
+        study.set_user_attr("base_accuracy", base)
+    objective.evaluator.base_accuracy = base
+    start = None
+    if objective.sampler is Sampler.cmaes and problem.uniform:
+        plan = problem.uniform[len(problem.uniform) // 2]
+        start = {d.param: plan[d.root] for d in problem.space.dims}
+    session = St.next_session(study) if storage is not None else 0
+    study.sampler = S.make_sampler(objective.sampler, S.session_seed(seed, session), objective.goal, start)
+    if objective.early_stop:
+        study.pruner = make_pruner()
+    report = S.optimize(study, objective, n_trials, max_draws, progress)
+    if report.total_evaluated == 0:
+        raise FnnpError(
+            f"no candidate landed in the window {problem.budget.describe()} after {report.rejected} draws; widen "
+            "tolerance=, change budget= or max_rate=, or pass fit_budget=True"
+        )
+    baseline = next((t for t in S.evaluated(study) if t.user_attrs.get(St.BASELINE) == "uniform"), None)
+    if problem.budget.ranged:
+        front = [t for t in study.best_trials if St.is_evaluated(t)]
+        return SearchResult(study, problem, objective, None, baseline, front)
+    best, reranked = objective.best(study), None
+    if rerank:
+        reranked = rerank_top(
+            study, problem.pruner, objective.calibration, objective.scorer, rerank, problem.ratios, progress
+        )
+        best = next(t for t in S.evaluated(study) if t.number == reranked.winner)
+    return SearchResult(study, problem, objective, best, baseline, rerank=reranked)
+
+
+# --------------------------------------------------------------------------- fine-tune
+
+
+@_python
+def finetune(
+    net: nn.Module,
+    train_loader: Iterable,
+    *,
+    epochs: int = 1,
+    lr: float = 0.02,
+    weight_decay: float = 5e-4,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    distill_weight: float = 0.5,
+    device: str = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: Progress = NULL,
+) -> list[float]:
+    """fnnp-opt's fine-tune of a pruned network, in place: SGD with Nesterov momentum, a cosine learning rate from
+    ``lr`` to 0, weight decay on conv and linear weights, and, with ``teacher`` (the unpruned model), knowledge
+    distillation: ``(1 - distill_weight) x CE + distill_weight x T^2 x KL`` at temperature ``T``.
+
+    Args:
+        net: the pruned network (e.g. ``result.build()``); trained in place, returned to eval mode.
+        train_loader: a DataLoader (or a list) of ``(x, y)`` batches; its order, batch size and augmentation are
+            used as they are, one pass per epoch.
+        checkpoint: a file where each epoch is saved; a later call with the same arguments resumes after the last
+            finished epoch.
+
+    Returns:
+        The mean training loss of each epoch.
+
+    Raises:
+        UsageError: a bad argument (the message names it); NonFiniteError: the loss became NaN or inf.
+    """
+    if not isinstance(net, nn.Module):
+        raise UsageError(f"net must be a torch.nn.Module, got a {type(net).__name__}")
+    _whole(epochs, "epochs", 1)
+    check_lr(lr)
+    check_seed(seed)
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise UsageError(f"weight_decay= must be >= 0, got {weight_decay}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise UsageError(f"temperature= must be positive, got {temperature}")
+    if not 0 <= distill_weight <= 1:
+        raise UsageError(f"distill_weight= must be in [0, 1], got {distill_weight}")
+    first = take(train_loader, 1, "train_loader", labels=True)[0]
+    batch = len(first[0])
+    train = LoaderSet(train_loader, batch)
+    cfg = FitConfig(epochs, lr, batch, weight_decay=weight_decay, seed=seed)
+    distill = Distill(temperature, distill_weight) if teacher is not None else None
+    return fit(
+        net,
+        train,
+        cfg,
+        device=device,
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        progress=progress,
+        teacher=teacher,
+        distill=distill,
+    )

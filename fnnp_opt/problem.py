@@ -1,0 +1,283 @@
+"""The pruning problem of one model: its searchable channel groups, the ratio bounds, the cost model and the
+budget window, and the uniform L1 strategies to beat. It needs the model and one example input, no data.
+
+``fnnp-opt run`` builds it from files (:func:`fnnp_opt.pipeline.prepare`); the Python API from the user's own
+model (:class:`fnnp_opt.Problem`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fnnp_opt.constraints import uniform_strategy
+from fnnp_opt.errors import BudgetError, ModelError, UsageError, option
+from fnnp_opt.flops import Budget, FlopsModel, count, make_budget
+from fnnp_opt.latency import LatencyTable, Timing, make_latency_budget, study_table
+from fnnp_opt.models import find_classifier
+from fnnp_opt.plan import Plan
+from fnnp_opt.progress import NULL, Progress
+from fnnp_opt.prune import Pruner, Shaping, layer_shapes
+from fnnp_opt.optimize import enqueue_uniform
+from fnnp_opt.space import SearchSpace, check_max_rate
+
+log = logging.getLogger(__name__)
+
+FLOPS_TOLERANCE, LATENCY_TOLERANCE = 0.02, 0.03  # the windows' default half-widths, as fractions of the base
+
+
+def is_latency(budget: str) -> bool:
+    """Whether ``budget`` is a latency (``0.6x``, ``3ms``, or a range of them) rather than FLOPs (``0.5``, ``2G``)."""
+    return all(re.search(r"(x|ms)\s*$", part.strip()) for part in str(budget).split(":"))
+
+
+class Problem:
+    """What is pruned and under which budget: the search space and the cost of any point of it.
+
+    Args:
+        model: the trained network (any ``nn.Module``); it is not changed, and pruned copies are made from it.
+        example_input: one input batch, shape (1, C, H, W) for an image model: it traces the channel groups and
+            sets the input size at which FLOPs (MACs) are counted.
+        budget: a fraction of the base's FLOPs (``"0.5"``), a count (``"2G"``, ``"62.23M"``), a fraction of the
+            base's measured latency (``"0.6x"``) or milliseconds (``"3ms"``); a range ``"0.2:0.8"`` for a Pareto
+            search.
+        tolerance: half-width of the window around the budget, as a fraction of the base's cost (None: 0.02 of
+            the FLOPs, 0.03 of the latency).
+        max_rate: R, the largest share of a group's channels a candidate removes, in (0, 1).
+        round_to: kept channel counts are multiples of this.
+        min_channels: no group keeps fewer channels.
+        exclude: glob patterns of layer names never pruned.
+        ignored_layers: modules whose outputs keep all their channels (heads), as Torch-Pruning takes them. None:
+            the classifier, the last conv or linear layer a forward pass runs, is found and kept whole.
+        num_classes: the classes the classifier must output when ``ignored_layers`` is None (None: whatever the
+            model's output has).
+        latency: True for a latency budget, False for FLOPs; None reads it from ``budget`` (``x`` or ``ms``).
+        timing: how a latency budget is timed (:class:`fnnp_opt.latency.Timing`).
+        device: where a latency budget is timed.
+        timed: False leaves a latency budget untimed and its window open, [0, base] (a process that only
+            fine-tunes a chosen candidate needs no window).
+
+    Raises:
+        UsageError: a bad argument (the message names it).
+        ModelError: the model cannot be traced or pruned.
+        BudgetError: the budget is unparsable or no candidate with ratios in [0, R] reaches its window.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        *,
+        budget: str = "0.5",
+        tolerance: float | None = None,
+        max_rate: float = 0.6,
+        round_to: int = 1,
+        min_channels: int = 1,
+        exclude: Sequence[str] = (),
+        ignored_layers: Sequence[nn.Module] | None = None,
+        num_classes: int | None = None,
+        latency: bool | None = None,
+        timing: Timing = Timing(),
+        device: str = "cpu",
+        progress: Progress = NULL,
+        timed: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"model must be a torch.nn.Module, got a {type(model).__name__}")
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+            raise UsageError(
+                "example_input must be a tensor batch like torch.zeros(1, 3, 224, 224), got "
+                + (
+                    f"shape {tuple(example_input.shape)}"
+                    if isinstance(example_input, torch.Tensor)
+                    else f"a {type(example_input).__name__}"
+                )
+            )
+        check_max_rate(max_rate)
+        self.model = model.eval()
+        self.example = example_input
+        self.input_shape = tuple(example_input.shape)
+        self.device = device
+        self.budget_text = str(budget)
+        self.latency_budget = is_latency(self.budget_text) if latency is None else latency
+        default = LATENCY_TOLERANCE if self.latency_budget else FLOPS_TOLERANCE
+        self.tolerance = default if tolerance is None else tolerance
+        self.timing = timing
+        self.shaping = Shaping(round_to, min_channels, tuple(exclude))
+        self.pruner = Pruner(model, example_input, self._kept_whole(ignored_layers, num_classes), self.shaping)
+        self.space = SearchSpace.from_groups(self.pruner.groups, max_rate)
+        base_macs, self.base_params = count(model, self.input_shape)
+        units = {g.root: g.multiple for g in self.pruner.groups}
+        self.flops = FlopsModel(model, self.input_shape, self.pruner.prune_counts, units)
+        if not self.flops.exact:
+            log.warning("the analytic FLOPs count differs from thop's; every draw is counted by thop")
+        self.latency: LatencyTable | None = None  # with a latency budget: predicts a plan's ms
+        if not self.latency_budget:
+            self.budget = make_budget(self.budget_text, self.tolerance, base_macs)
+        elif not timed:
+            self.budget = Budget(base_macs, base_macs, 0, base_macs)
+        else:
+            if not 0.0 < self.tolerance < 1.0:
+                raise UsageError(
+                    f"{option('latency_tolerance')} must be in (0, 1) (a fraction of the base's latency), "
+                    f"got {self.tolerance}"
+                )
+            self.latency = study_table(timing, model, self.flops, self.pruner, self.space, device, progress)
+            self.budget = make_latency_budget(self.budget_text, self.tolerance, self.latency.base_ms)
+        self.check_reachable()
+        self.uniform, self.no_uniform = self.uniform_strategies()
+        if self.latency is not None:
+            self.latency.save()
+
+    def _kept_whole(self, ignored: Sequence[nn.Module] | None, num_classes: int | None) -> list[str] | str:
+        """The names of the layers whose outputs keep every channel: ``ignored``'s, or the classifier's."""
+        names = {m: n for n, m in self.model.named_modules()}
+        if ignored is not None:
+            if isinstance(ignored, nn.Module):
+                ignored = [ignored]
+            strays = [type(m).__name__ for m in ignored if m not in names]
+            if strays:
+                raise UsageError(
+                    f"ignored_layers holds {strays[0]} modules that are not modules of model; pass its own layers, "
+                    "e.g. ignored_layers=[model.fc]"
+                )
+            return [names[m] for m in ignored]
+        if num_classes is None:
+            with torch.no_grad():
+                out = self.model(self.example)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ModelError(
+                    f"the model's output ({shape}) is not a batch of logits (N, classes), so its head cannot be "
+                    "found: pass ignored_layers=[<the head's layers>] to keep their outputs whole"
+                )
+            num_classes = out.shape[1]
+        return find_classifier(self.model, self.example, num_classes)
+
+    # ------------------------------------------------------------------ costs
+
+    def cost(self, removed: dict[str, int]) -> float:
+        """What the budget limits for a plan ({group root: channels removed}): predicted ms under a latency
+        budget, else MACs."""
+        return self.latency.predict(removed) if self.latency is not None else self.flops.macs(removed)
+
+    def uniform_cost(self, ratio: float) -> float:
+        """The budget's cost with ``ratio`` in every group."""
+        return self.cost(self.pruner.counts(self.space.uniform(ratio)))
+
+    def check_reachable(self) -> None:
+        """Raise :class:`BudgetError` when no ratio vector in [0, R] lands in the window (the message gives the
+        reachable range and what to change)."""
+        budget, space, f = self.budget, self.space, self.budget.fmt
+        lowest = self.uniform_cost(space.max_rate)  # FLOPs (and, nearly, latency) fall in every ratio
+        if lowest <= budget.high:
+            return
+        if self.latency is not None and lowest >= budget.base:
+            raise BudgetError(
+                f"the budget window [{f(budget.low)}, {f(budget.high)}] cannot be reached: the latency table "
+                f"predicts the network pruned by {space.max_rate} everywhere at {f(lowest)}, no faster than the "
+                f"base's {f(budget.base)}: either pruning does not pay at this setting (try a larger "
+                f"{option('latency_batch')}), or timing on {self.latency.setting.describe()} is unreliable here (a "
+                f"busy machine? retry with {option('latency_threads', 1)}, or when the machine is idle)"
+            )
+        lo, hi = space.max_rate, 0.99
+        if self.uniform_cost(hi) > budget.high:
+            s = self.shaping
+            rules = [option("min_channels", s.min_channels)] if s.min_channels > 1 else []
+            rules += [option("round_to", s.round_to)] if s.round_to > 1 else []
+            rules += [option("exclude", ",".join(s.exclude))] if s.exclude else []
+            kept = f"{' and '.join(rules)} keep too many channels: relax them, or " if rules else ""
+            hint = f"no {option('max_rate')} below 1 reaches it; {kept}raise {budget.option}"
+        else:
+            for _ in range(20):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if self.uniform_cost(mid) <= budget.high else (mid, hi)
+            hint = f"raise {option('max_rate')} to at least {hi:.3f}, or raise {budget.option}"
+        raise BudgetError(
+            f"the budget window [{f(budget.low)}, {f(budget.high)}] cannot be reached with ratios in "
+            f"[0, {space.max_rate}]: they reach [{f(lowest)}, {f(budget.base)}] = "
+            f"[{lowest / budget.base:.2f}x, 1x] of the base; {hint}"
+        )
+
+    def uniform_strategies(self) -> tuple[list[dict[str, float]], list[str]]:
+        """The uniform L1 strategies queued first ({root: ratio}): one at the budget's target, or five spread over
+        a range, each inside the window (:func:`fnnp_opt.constraints.uniform_strategy`); and, for a target where
+        none lands in the window, why, in one line."""
+        b = self.budget
+        targets = [b.low + (b.high - b.low) * (k + 0.5) / 5 for k in range(5)] if b.ranged else [b.target]
+        roots = [d.root for d in self.space.dims]
+        found, missing = [], []
+        for t in targets:
+            plan, (above, below) = uniform_strategy(
+                lambda r: self.cost(self.pruner.counts(r)), roots, t, (b.low, b.high), self.space.max_rate
+            )
+            if plan is not None:
+                found.append(self._legible(plan))
+            else:
+                at = lambda cost: f"{b.fmt(cost)} ({cost / b.base:.2%})"  # noqa: E731
+                missing.append(
+                    f"no uniform L1 strategy lands in the window [{at(b.low)}, {at(b.high)}]: one ratio everywhere "
+                    f"gives {at(above)} or {at(below)} (kept channels are whole numbers), and cutting the groups one "
+                    f"at a time between the two skips the window too; the study has no uniform baseline (widen "
+                    f"{option('flops_tolerance' if self.latency is None else 'latency_tolerance')} to hold one)"
+                )
+        return found, missing
+
+    def _legible(self, plan: dict[str, float]) -> dict[str, float]:
+        """``plan`` as read in a study: where its groups' ratios differ by a hair (a uniform strategy whose groups
+        were cut one at a time at one ratio), each group's own share of channels removed, the same plan."""
+        if len(set(plan.values())) == 1:
+            return plan
+        removed = self.pruner.counts(plan)
+        shares = {d.root: round(removed[d.root] / d.channels, 6) for d in self.space.dims}
+        return shares if self.pruner.counts(shares) == removed else plan
+
+    # ------------------------------------------------------------------ trials and plans
+
+    def ratios(self, trial) -> dict[str, float]:
+        """The ratios a trial (live or frozen) applied, as {group root: ratio}: its parameters, or the projected
+        ratios a ``fit_budget`` search records in the user attribute ``ratios``."""
+        if "ratios" in trial.user_attrs:
+            return self.space.from_named(trial.user_attrs["ratios"])
+        return self.space.from_params(trial.params)
+
+    def plan(self, trial_or_ratios) -> Plan:
+        """The :class:`Plan` of a trial, or of ratios ({group root: ratio})."""
+        ratios = trial_or_ratios if isinstance(trial_or_ratios, dict) else self.ratios(trial_or_ratios)
+        removed = self.pruner.counts(ratios)
+        return Plan(
+            {d.name: float(ratios[d.root]) for d in self.space.dims},
+            {d.name: d.channels - removed[d.root] for d in self.space.dims},
+            layer_shapes(self.pruner.prune_counts(removed)),
+            layer_shapes(self.model),
+        )
+
+    def prune(self, trial_or_ratios) -> nn.Module:
+        """A pruned copy of the model for a trial, or for ratios ({group root: ratio}); its BN statistics are the
+        base's (re-estimate them before use: :func:`fnnp_opt.evaluate.calibrate_bn`)."""
+        ratios = trial_or_ratios if isinstance(trial_or_ratios, dict) else self.ratios(trial_or_ratios)
+        return self.pruner.prune(ratios)
+
+    def enqueue_uniform(self, study) -> None:
+        """Queue the uniform L1 strategies in ``study`` (an Optuna study): the baseline to beat, evaluated first and
+        marked with the user attribute ``strategy = "uniform"``. Queuing twice adds nothing."""
+        enqueue_uniform(study, self.space, self.uniform)
+
+    def fingerprint(self) -> dict[str, str]:
+        """What a stored study must match to be resumed with this problem: the space, its shaping and the
+        budget."""
+        s = self.pruner.shaping
+        shaping = "" if (s.round_to, s.min_channels) == (1, 1) else f"|round{s.round_to}|min{s.min_channels}"
+        if self.latency is None:
+            budget = f"{self.budget.low}-{self.budget.high}"
+        else:
+            t = self.latency.setting  # the measured window moves a little between sessions; its recipe does not
+            budget = (
+                f"latency{self.budget_text}+-{self.tolerance}|{t.device}|{t.threads}|{t.batch}|{t.layout}"
+                "|base deployed"  # of the base in its faster layout (studies made before were of the base in t.layout)
+            )
+        return {"space": self.space.fingerprint() + shaping, "budget": budget}
