@@ -1030,7 +1030,3 @@ def dashboard(
         lambda url: out.print(f"optuna-dashboard on {url} (Ctrl-C stops)", highlight=False),
         artifact_dir,
     )
-
-
-if __name__ == "__main__":
-    app()
