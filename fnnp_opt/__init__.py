@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fnnp_opt.errors import FnnpError
+from fnnp_opt.errors import FnnpError, UsageError
 
-__all__ = ["FnnpError", "load_pruned"]
+__all__ = ["FnnpError", "UsageError", "load_pruned"]
 __version__ = "0.1.0"
 
 
