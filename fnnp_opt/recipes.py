@@ -16,6 +16,8 @@ from fnnp_opt.config import RECIPES, load_recipe, recipe_path
 
 @dataclass(frozen=True)
 class Recipe:
+    """A TOML recipe: the run options it sets, and the paper's figures for its experiment."""
+
     name: str  # file stem, what --recipe accepts
     path: Path
     config: dict  # the run options it sets
@@ -30,6 +32,7 @@ class Recipe:
 
 
 def read_recipe(path: Path | str) -> Recipe:
+    """The recipe ``path`` names: a TOML file, or the name of a shipped recipe (``resnet56-cifar10``)."""
     path = recipe_path(path)
     data = load_recipe(path)
     config = {k: v for k, v in data.items() if not isinstance(v, dict)}
