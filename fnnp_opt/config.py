@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from pathlib import Path
 
-from fnnp_opt.errors import UsageError
+from fnnp_opt.errors import UsageError, option
 
 RECIPES = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes, in a checkout
 
@@ -65,6 +65,16 @@ LATENCY_OPTIONS = ("latency_tolerance", "latency_batch", "latency_threads", "lat
 
 
 @dataclass(frozen=True)
+class Seeds:
+    """One seed per purpose, so that changing one draw leaves the others (and the study's data) as they were."""
+
+    sampler: int  # the Optuna sampler's draws (each process of a study draws apart from it: session_seed)
+    calibration: int  # which train-part images calibrate ABN: part of the study's data fingerprint
+    finetune: int  # the fine-tune's and abn-ft's shuffling, augmentation and image draws
+    latency: int  # the random channel plans the latency table is fitted on
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Every option of `fnnp-opt run`, resolved."""
 
@@ -113,7 +123,11 @@ class RunConfig:
     # search processes on this machine sharing the study; None: on CPU one per core (at most MAX_AUTO_WORKERS), else 1
     workers: int | None = None
     max_draws: int = 5000  # stop drawing after this many rejected candidates in one session
-    seed: int = 0  # base seed of sampling, fine-tuning and calibration
+    seed: int = 0  # the sampler's seed, and the fine-tune's and the latency table's unless given their own
+    # which train-part images calibrate ABN: part of the study's data, so a new --seed is not a new study;
+    # None: a resumed study's stored value (its --seed, for a study made before this setting), else 0
+    calibration_seed: int | None = None
+    finetune_seed: int | None = None  # the fine-tune's and abn-ft's shuffling, augmentation and draws; None: --seed
     storage: str | None = None  # Optuna storage URL; None = sqlite:///studies/fnnp.db
     study_name: str | None = None  # None = <model>-<dataset>-flops<budget>
     # fine-tuning of the winner
@@ -187,7 +201,16 @@ class RunConfig:
 
         path = storage_file(self.resolved_storage())
         folder = (path.parent if path is not None else Path("studies")) / "latency-cache"
-        return Timing(self.latency_batch, self.latency_threads, self.latency_layout, folder, self.seed)
+        return Timing(self.latency_batch, self.latency_threads, self.latency_layout, folder, self.seeds().latency)
+
+    def seeds(self) -> "Seeds":
+        """One seed per purpose (:class:`Seeds`)."""
+        return Seeds(
+            sampler=self.seed,
+            calibration=self.calibration_seed or 0,
+            finetune=self.seed if self.finetune_seed is None else self.finetune_seed,
+            latency=self.seed,
+        )
 
     def resolved_constraint(self) -> Constraint:
         from fnnp_opt.constraints import default_constraint
@@ -271,6 +294,9 @@ class RunConfig:
             raise UsageError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
         check_lr(self.lr)
         check_seed(self.seed)
+        for name in ("calibration_seed", "finetune_seed"):
+            if getattr(self, name) is not None:
+                check_seed(getattr(self, name), name)
         check_tolerance(self.flops_tolerance)
         self._check_latency()
         if self.onnx and self.objective is Objective.pareto:
@@ -492,10 +518,11 @@ def check_lr(lr: float) -> None:
         raise UsageError(f"--lr must be positive and finite, got {lr}; pass a value such as 0.02")
 
 
-def check_seed(seed: int) -> None:
-    """Raise :class:`UsageError` unless ``seed`` is a whole number in [0, 2**32) (what NumPy's generators take)."""
-    if not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise UsageError(f"--seed must be a whole number in [0, 2**32), got {seed!r}")
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Raise :class:`UsageError` unless ``seed`` (the setting ``name``) is a whole number in [0, 2**32) (what NumPy's
+    generators take)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise UsageError(f"{option(name)} must be a whole number in [0, 2**32), got {seed!r}")
 
 
 def check_batch_fits(batch_size: int, train_images: int) -> None:

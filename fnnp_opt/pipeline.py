@@ -89,7 +89,7 @@ class Prepared:
 
 def short_finetune(cfg: RunConfig) -> ShortFinetune:
     """The short fine-tune of ``--score abn-ft`` and ``--rerank``: the fine-tune's recipe, ``--score-steps`` long."""
-    return ShortFinetune(cfg.score_steps, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seed)
+    return ShortFinetune(cfg.score_steps, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seeds().finetune)
 
 
 def make_scorer(p: Prepared) -> Scorer:
@@ -160,7 +160,7 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
             search_per_class=cfg.search_per_class,
             abn_batches=cfg.calibration_batches(),
             abn_batch_size=cfg.abn_batch_size,
-            calib_seed=cfg.seed,
+            calib_seed=cfg.seeds().calibration,
             image_size=cfg.image_size,
         )
         if cfg.epochs > 0:
@@ -384,7 +384,7 @@ def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: P
 
     On CUDA the calibration and search batches are moved to the device once, here, for every candidate.
     """
-    seed = S.session_seed(cfg.seed, St.next_session(study))
+    seed = S.session_seed(cfg.seeds().sampler, St.next_session(study))
     study.sampler = S.make_sampler(cfg.sampler, seed, cfg.objective, sampler_start(cfg.sampler, p))
     early = cfg.stops_early()
     if early:
@@ -442,7 +442,7 @@ def finetune_winner(cfg: RunConfig, p: Prepared, study_name: str, trial, output:
     ratios = trial_ratios(p.space, trial)
     pruned = p.pruner.prune(ratios)
     calibrate_bn(pruned, p.splits.calibration, p.device)  # start fine-tuning from ABN statistics
-    fit_cfg = FitConfig(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed)
+    fit_cfg = FitConfig(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seeds().finetune)
     distill = Distill(cfg.distill_temperature, cfg.distill_weight) if cfg.distills() else None
     losses = fit(
         pruned,
@@ -574,7 +574,7 @@ def settle(cfg: RunConfig) -> RunConfig:
     if not left:
         return cfg
     stored = St.stored_settings(cfg.resolved_storage(), cfg.resolved_study_name())
-    fresh = {"abn_batches": cfg.calibration_batches(), "early_stop": True}
+    fresh = {"abn_batches": cfg.calibration_batches(), "early_stop": True, "calibration_seed": 0}
     return replace(cfg, **{key: stored.get(key, fresh[key]) for key in left})
 
 

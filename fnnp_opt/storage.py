@@ -265,7 +265,13 @@ def pick_study(storage, url: str, name: str | None) -> optuna.Study:
 
 # Settings a run leaves to its study (None in RunConfig) when they are not given: a resumed study keeps its
 # stored value, and a new one takes the default. A study stored before a setting existed ran without it.
-STUDY_SETTINGS = {"abn_batches": 100, "early_stop": False}
+# settings a run leaves to its study (None in RunConfig), and their value in a stored study made before each
+# was recorded: the behaviour it had then (its calibration images were drawn with --seed)
+STUDY_SETTINGS = {
+    "abn_batches": lambda config: 100,
+    "early_stop": lambda config: False,
+    "calibration_seed": lambda config: config.get("seed", 0),
+}
 
 
 def stored_settings(url: str, name: str) -> dict:
@@ -282,7 +288,9 @@ def stored_settings(url: str, name: str) -> dict:
         close_storage(storage)
     if config is None:
         return {}
-    return {key: config.get(key, before) for key, before in STUDY_SETTINGS.items()}
+    return {
+        key: config[key] if config.get(key) is not None else before(config) for key, before in STUDY_SETTINGS.items()
+    }
 
 
 # The run settings behind each fingerprint entry, as flags, to name what changed.
@@ -290,7 +298,7 @@ _FINGERPRINT_FLAGS = {
     "model": ("model",),
     "weights": ("checkpoint",),
     "dataset": ("dataset",),
-    "data": ("data_dir", "search_size", "search_per_class", "abn_batches", "abn_batch_size", "seed", "image_size"),
+    "data": ("data_dir", "search_size", "search_per_class", "abn_batches", "abn_batch_size", "calibration_seed", "image_size"),
     "space": ("max_rate", "round_to", "min_channels", "exclude"),
     "budget": (
         "flops",
@@ -303,7 +311,7 @@ _FINGERPRINT_FLAGS = {
         "device",
     ),
     "objective": ("objective",),
-    "score": ("score", "score_steps", "lr", "batch_size", "weight_decay", "seed"),
+    "score": ("score", "score_steps", "lr", "batch_size", "weight_decay", "finetune_seed", "seed"),
 }
 
 

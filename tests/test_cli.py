@@ -491,6 +491,29 @@ def test_a_study_made_under_older_defaults_resumes_with_its_stored_calibration_a
     assert fresh.abn_batches == 10 and fresh.early_stop is True
 
 
+def test_a_new_seed_resumes_the_study_with_its_calibration_images_and_draws_afresh(searched, small_fmnist, tmp_path):
+    shutil.copy(searched, tmp_path / "study.db")  # made with --seed 0
+    res = _run(["--data-dir", str(small_fmnist), "--epochs", "0", "--seed", "5", "--n-trials", "3"], tmp_path)
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/study.db")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
+    assert study.user_attrs["config"]["calibration_seed"] == 0  # the data the study was made with
+
+
+def test_a_study_made_before_calibration_seed_resumes_with_the_images_its_seed_drew(small_fmnist, tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    common = ["run", *SMALL_RUN, "--epochs", "0", "--data-dir", str(small_fmnist), "--storage", storage]
+    common += ["--output", str(tmp_path / "out"), "--seed", "3"]
+    assert runner.invoke(app, [*common, "--calibration-seed", "3"]).exit_code == 0
+    study = optuna.load_study(study_name=None, storage=storage)
+    config = dict(study.user_attrs["config"])
+    del config["calibration_seed"]  # as an older release stored it: its calibration was drawn with --seed
+    study.set_user_attr("config", config)
+    res = runner.invoke(app, [*common, "--n-trials", "3"])
+    assert res.exit_code == 0, res.output
+    assert sum(t.state.name == "COMPLETE" for t in optuna.load_study(study_name=None, storage=storage).trials) == 3
+
+
 def test_a_module_under_two_names_exports_and_reloads_bit_identically(small_fmnist, tmp_path):
     res = _user_run("shared_conv", small_fmnist, tmp_path, "--epochs", "1")
     assert res.exit_code == 0, res.output

@@ -221,7 +221,22 @@ def run(
             "candidates per minute: docs/speed.md); 1 on CUDA and with --latency]"
         ),
     ] = None,
-    seed: Annotated[Optional[int], Opt(help="Base seed of sampling, calibration and fine-tuning. [default: 0]")] = None,
+    seed: Annotated[
+        Optional[int],
+        Opt(
+            help="Seed of the sampler, and of the fine-tune and the latency table unless given their own. [default: 0]"
+        ),
+    ] = None,
+    calibration_seed: Annotated[
+        Optional[int],
+        Opt(
+            help="Seed of the draw of ABN's calibration images, part of the study's data (a new --seed keeps them). "
+            "[default: 0 for a new study; a resumed study keeps its own]"
+        ),
+    ] = None,
+    finetune_seed: Annotated[
+        Optional[int], Opt(help="Seed of the fine-tune's and abn-ft's shuffling and augmentation. [default: --seed]")
+    ] = None,
     abn_batches: Annotated[
         Optional[int],
         Opt(
