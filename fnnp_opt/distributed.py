@@ -40,9 +40,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 from fnnp_opt.errors import FnnpError, UsageError, few
+
+if TYPE_CHECKING:  # torch is imported where it is used: `fnnp-opt --help` and a plain run do not load it here
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +214,7 @@ class Group:
 
     # ------------------------------------------------------------------ the fine-tune
 
-    def device(self, device) -> "torch.device":  # noqa: F821
+    def device(self, device) -> "torch.device":
         """The device this process fine-tunes on: ``device`` on CPU; on CUDA, the GPU of its local rank."""
         import torch
 
@@ -230,7 +233,7 @@ class Group:
         """Raise :class:`UsageError` when a global batch leaves some process no image."""
         _check_batch(batch_size, self.world_size)
 
-    def wrap(self, model, device, memory_format, probe: Callable[[], "torch.Tensor"] | None = None):  # noqa: F821
+    def wrap(self, model, device, memory_format, probe: Callable[[], "torch.Tensor"] | None = None):
         """``model`` (built and loaded, on ``device``) in ``memory_format``, wrapped in DistributedDataParallel over
         the training group. DDP starts every process from rank 0's parameters and buffers.
 
@@ -266,7 +269,7 @@ class Group:
             find_unused_parameters=bool(unused),
         )
 
-    def _unused_everywhere(self, model, probe: Callable[[], "torch.Tensor"] | None) -> list[str]:  # noqa: F821
+    def _unused_everywhere(self, model, probe: Callable[[], "torch.Tensor"] | None) -> list[str]:
         """The trainable parameters of ``model`` that ``probe`` gives no gradient in some process (every process
         must pass DDP the same ``find_unused_parameters``)."""
         import torch
@@ -332,7 +335,7 @@ class Group:
         return before
 
 
-def unused_parameters(model, probe: Callable[[], "torch.Tensor"]) -> list[str]:  # noqa: F821
+def unused_parameters(model, probe: Callable[[], "torch.Tensor"]) -> list[str]:
     """Names of ``model``'s trainable parameters that get no gradient when the loss ``probe()`` returns (a forward of
     ``model`` in train mode) is backpropagated once. The model's mode, gradients and buffers (BN statistics) and the
     random generators (dropout) are left as they were."""
