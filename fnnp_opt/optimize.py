@@ -313,7 +313,7 @@ class SearchReport:
 
 def optimize(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], float | tuple[float, float]],
     n_trials: int,
     max_draws: int,
     progress: Progress = NULL,
