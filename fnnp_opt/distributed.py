@@ -46,6 +46,7 @@ from fnnp_opt.errors import FnnpError, UsageError, few
 
 if TYPE_CHECKING:  # torch is imported where it is used: `fnnp-opt --help` and a plain run do not load it here
     import torch
+    import torch.distributed
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ def launched(environ: Mapping[str, str] = os.environ) -> Launch | None:
     if not present:
         return None
     if len(present) < len(names):
-        missing = ", ".join(n for n in names if n not in environ)
+        unset = ", ".join(n for n in names if n not in environ)
         raise UsageError(
-            f"torchrun sets {', '.join(names)} together, but {missing} is unset (set: {', '.join(present)}); "
+            f"torchrun sets {', '.join(names)} together, but {unset} is unset (set: {', '.join(present)}); "
             "start fnnp-opt with torchrun, or unset them for a plain run"
         )
     try:
@@ -164,9 +165,11 @@ class Group:
         self.launch = launch
         self.train_threads, self.search_threads = train_threads, search_threads
         self._published = False
-        self._wait_group = None  # the hand-over's group (timeout WAIT_TIMEOUT), made by session
-        self._train_group = None  # the training collectives' group, made by the first fine-tune
-        self._device = None  # the fine-tune's device (the training collectives' tensors live there)
+        # the hand-over's group (timeout WAIT_TIMEOUT), made by session
+        self._wait_group: torch.distributed.ProcessGroup | None = None
+        # the training collectives' group, made by the first fine-tune
+        self._train_group: torch.distributed.ProcessGroup | None = None
+        self._device: torch.device | None = None  # the fine-tune's (the training collectives' tensors live there)
 
     @property
     def rank(self) -> int:
@@ -205,6 +208,7 @@ class Group:
 
         size = torch.zeros(1, dtype=torch.int64)
         pending = dist.broadcast(size, src=0, group=self._wait_group, async_op=True)
+        assert pending is not None  # async_op=True gives a Work
         while not pending.is_completed():
             time.sleep(POLL_SECONDS)
         pending.wait()  # raises if rank 0 went away
@@ -247,7 +251,9 @@ class Group:
         device = torch.device(device)
         if self._train_group is None:
             backend = "nccl" if device.type == "cuda" else "gloo"
-            self._train_group = dist.new_group(backend=backend, timeout=TRAIN_TIMEOUT)
+            train_group = dist.new_group(backend=backend, timeout=TRAIN_TIMEOUT)
+            assert isinstance(train_group, dist.ProcessGroup)  # every process is a member
+            self._train_group = train_group
         self._device = device
         model.to(memory_format=memory_format)  # before wrapping: DDP's buckets follow the parameters' layout
         unused = self._unused_everywhere(model, probe)
@@ -454,6 +460,7 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
         # after rank 0's search, and later groups meet through it), and make the winner's hand-over group
         dist.distributed_c10d._get_default_store().set_timeout(WAIT_TIMEOUT)
         wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)  # every process is up: no wait here
+        assert isinstance(wait_group, dist.ProcessGroup)  # every process is a member
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:  # torch's DistNetworkError and DistStoreError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FnnpError(
