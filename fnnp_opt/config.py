@@ -177,6 +177,7 @@ class RunConfig:
             from fnnp_opt.latency import vector_width
 
             return vector_width(resolve_device(self.device))
+        assert isinstance(self.round_to, int)  # validate refuses other text
         return self.round_to
 
     def timing(self):

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import optuna
 import torch
@@ -349,7 +350,9 @@ def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_
             log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
             _describe_study(cfg, p, study)
             return study
-        directions = ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
+        directions: tuple[Literal["maximize", "minimize"], ...] = (
+            ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
+        )
         study = St.create_study(storage, name, p.fingerprint(), cfg.to_dict(), p.space, p.budget, directions)
         if base_accuracy is not None:
             study.set_user_attr("base_accuracy", base_accuracy)
