@@ -24,7 +24,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -35,6 +35,9 @@ from fnnp_opt.export import check_writable
 from fnnp_opt.flops import Budget, human
 from fnnp_opt.optimize import SURPLUS, evaluated
 from fnnp_opt.space import PREFIX, uniform_words
+
+if TYPE_CHECKING:  # imported where it is used: drawing a report needs no artifact store
+    from fnnp_opt.artifacts import Published
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class Report:
     allocation: Path | None = None  # channels kept per layer: winner, uniform L1, base
     importances: Path | None = None  # None when skipped (see ``skipped``)
     skipped: dict[str, str] = field(default_factory=dict)  # figure file name -> why it was not drawn
-    published: object | None = None  # fnnp_opt.artifacts.Published, when the files were uploaded
+    published: Published | None = None  # when the files were uploaded
 
     @property
     def figures(self) -> list[Path]:
