@@ -410,13 +410,13 @@ def load_splits(
     search: EvalSet
     test: EvalSet
     if info.folder:
-        assert isinstance(train_src, FolderSource) and isinstance(test_src, FolderSource)  # a folder dataset's loader
+        assert isinstance(train_src, FolderSource) and isinstance(test_src, FolderSource)  # what its loader returns
         train, search, calib = (FolderSet(train_src, i, info, workers) for i in (train_idx, search_idx, calib_idx))
         test = FolderSet(test_src, np.arange(len(test_src.labels)), info, workers)
         calibration = calib.batches(abn_batch_size)
         augment = None
     else:
-        assert isinstance(train_src, ArraySource) and isinstance(test_src, ArraySource)  # an array dataset's loader
+        assert isinstance(train_src, ArraySource) and isinstance(test_src, ArraySource)  # what its loader returns
         x_all = _normalise(train_src.images, info)
         y_all = torch.from_numpy(train_src.labels.astype(np.int64))
         train = TensorSet(x_all[train_idx], y_all[train_idx])

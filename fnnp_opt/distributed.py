@@ -169,7 +169,7 @@ class Group:
         self._wait_group: torch.distributed.ProcessGroup | None = None
         # the training collectives' group, made by the first fine-tune
         self._train_group: torch.distributed.ProcessGroup | None = None
-        self._device: torch.device | None = None  # the fine-tune's (the training collectives' tensors live there)
+        self._device: torch.device | None = None  # the fine-tune's device, where the collectives' tensors live
 
     @property
     def rank(self) -> int:

@@ -39,8 +39,8 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypedDict, Unpack
 
 import numpy as np
