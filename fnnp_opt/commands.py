@@ -30,7 +30,7 @@ from fnnp_opt.redact import RedactingFilter, redact, redact_url
 
 if TYPE_CHECKING:
     from fnnp_opt.correlate import CorrelateResult, CorrelateSettings
-    from fnnp_opt.finetune import FitConfig
+    from fnnp_opt.training import FitConfig
     from fnnp_opt.flops import human
     from fnnp_opt.latency import speed_warnings
     from fnnp_opt.models import ModelInfo

@@ -294,7 +294,7 @@ def layouts_of(input_shape: tuple[int, ...]) -> list[bool]:
     return [False, True] if len(input_shape) == 4 else [False]
 
 
-class Timing(TypedDict, total=False):
+class CompareTiming(TypedDict, total=False):
     """The timing arguments of :func:`compare_ms` that :func:`deployed_ms` passes on."""
 
     runs: int
@@ -308,7 +308,7 @@ def deployed_ms(
     input_shape: tuple[int, ...],
     setting: Setting,
     fixed: list[nn.Module] | None = None,
-    **timing: Unpack[Timing],
+    **timing: Unpack[CompareTiming],
 ) -> tuple[list[tuple[float, bool]], list[float]]:
     """Each of ``models`` (deploy forms) as deployed: (its ms in its faster layout, whether that is channels-last).
 
