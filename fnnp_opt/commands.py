@@ -88,7 +88,7 @@ TORCHRUN_COMMANDS: tuple[str, ...] = _TORCHRUN_COMMANDS
 # Public names whose modules import torch (or Optuna): loaded on first use, so that importing this module (and the
 # CLI, for `fnnp-opt --help`) stays fast.
 _LATER = {
-    "FitConfig": "fnnp_opt.finetune",
+    "FitConfig": "fnnp_opt.training",
     "CorrelateSettings": "fnnp_opt.correlate",
     "RunResult": "fnnp_opt.pipeline",
     "SpaceReport": "fnnp_opt.pipeline",

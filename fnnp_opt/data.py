@@ -64,7 +64,7 @@ class EvalSet(Protocol):
 
 
 class TrainSet(Protocol):
-    """Images trained on: what :func:`fnnp_opt.finetune.fit` and the abn-ft score draw batches from
+    """Images trained on: what :func:`fnnp_opt.training.fit` and the abn-ft score draw batches from
     (:class:`TensorSet`, :class:`FolderSet`)."""
 
     def __len__(self) -> int: ...
