@@ -170,7 +170,7 @@ def train(
 ) -> dict[str, Any]:
     """`fnnp-opt train`: train a base model from scratch (the search split held out) into ``output``
     (.safetensors, a .json card beside it); returns the card. ``command`` is recorded in the card."""
-    from fnnp_opt import finetune as F
+    from fnnp_opt import training as F
     from fnnp_opt.config import resolve_device
 
     return F.train_base(
