@@ -1,6 +1,7 @@
 # One command sets everything up and runs the demo; one more runs the tests.
 #   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run --rerank 5`
 #   make test   the same set-up, then the test suite
+#   make typecheck   the same set-up, then mypy over fnnp_opt (settings in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NEED_GB ?= 7
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup dataset demo test test-all dashboard clean
+.PHONY: setup dataset demo test test-all typecheck dashboard clean
 
 $(BIN)/fnnp-opt: pyproject.toml
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
@@ -38,8 +39,11 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q --huge
 
+typecheck: setup
+	$(BIN)/python -m mypy
+
 dashboard: setup
 	$(BIN)/fnnp-opt dashboard
 
 clean:
-	rm -rf runs studies/*.db studies/*.db-wal studies/*.db-shm studies/*.log studies/*.journal studies/*.lock studies/latency-cache studies/artifacts
+	rm -rf runs .mypy_cache studies/*.db studies/*.db-wal studies/*.db-shm studies/*.log studies/*.journal studies/*.lock studies/latency-cache studies/artifacts

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import optuna
 import torch
@@ -36,7 +36,7 @@ from fnnp_opt.config import Constraint, Sampler, check_lr, check_seed
 from fnnp_opt.config import Objective as Goal
 from fnnp_opt.config import Score as ScoreKind
 from fnnp_opt.constraints import check_combination, default_constraint
-from fnnp_opt.data import Batch
+from fnnp_opt.data import EvalBatches
 from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.errors import FnnpError, UsageError, python_names
 from fnnp_opt.evaluate import NonFiniteError, calibrate_bn, resident
@@ -160,7 +160,7 @@ class Objective:
         self.calibration = resident(take(calibration, calibration_batches, "calibration"), device)
         if callable(evaluation) and not isinstance(evaluation, (list, tuple)):
             self.measure: Score = _user_score(evaluation)
-            search: list[Batch] = []
+            search: EvalBatches = []
             early_stop = False
         else:
             search = resident(take(evaluation, None, "evaluation", labels=True), device)
@@ -189,7 +189,7 @@ class Objective:
             score_fn=None if search else self.measure,
         )
 
-    def _scorer(self, train, hook, steps: int, lr: float, search: list[Batch]):
+    def _scorer(self, train, hook, steps: int, lr: float, search: EvalBatches):
         """The short fine-tune of abn-ft (and of a rerank), when ``train`` or ``hook`` gives one."""
         if hook is not None:
             if not callable(hook):
@@ -237,7 +237,7 @@ class Objective:
         return self.measure(self.problem.model.to(self.device))
 
 
-def _accuracy(model: nn.Module, batches: list[Batch], device: str, amp: bool) -> float:
+def _accuracy(model: nn.Module, batches: EvalBatches, device: str, amp: bool) -> float:
     from fnnp_opt.evaluate import accuracy
 
     return accuracy(model, batches, device, amp=amp)
@@ -333,7 +333,9 @@ def _open(storage: str, name: str, fingerprint: dict, settings: dict, problem: P
         if study is not None:
             St.check_fingerprint(study, fingerprint, storage, None, other="study_name=")
             return study
-        directions = ("maximize", "minimize") if problem.budget.ranged else ("maximize",)
+        directions: tuple[Literal["maximize", "minimize"], ...] = (
+            ("maximize", "minimize") if problem.budget.ranged else ("maximize",)
+        )
         study = St.create_study(backend, name, fingerprint, settings, problem.space, problem.budget, directions)
         problem.enqueue_uniform(study)
         return study

@@ -232,7 +232,7 @@ def publish(
     if trial is not None and not on_trial:
         log.info("a journal cannot annotate finished trial %d: its files go on the study", trial.number)
     backend = St._backend(study)  # not Optuna's cache, which keeps a finished trial as it was when it finished
-    target = backend.get_trial(trial._trial_id) if on_trial else study
+    target = backend.get_trial(trial._trial_id) if trial is not None and on_trial else study
     existing = {m.filename: m.artifact_id for m in get_all_artifact_meta(target, storage=backend)}
     done = {}
     for path in files:
@@ -243,10 +243,14 @@ def publish(
             done[path.name] = existing[path.name]
         else:
             storage = _FinishedTrialStorage(study) if on_trial else study._storage
+            # the ignore: Optuna types storage= a BaseStorage but calls only what _FinishedTrialStorage has
             done[path.name] = upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=target, storage=storage
+                artifact_store=store,
+                file_path=str(path),
+                study_or_trial=target,
+                storage=storage,  # type: ignore[arg-type]
             )
-    return Published(folder, f"trial {trial.number}" if on_trial else "study", done)
+    return Published(folder, f"trial {trial.number}" if trial is not None and on_trial else "study", done)
 
 
 def export_files(export: Path) -> list[Path]:

@@ -7,7 +7,7 @@ has. These adapters hold only what the method needs: a fixed list of batches for
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Sized
 
 import torch
 
@@ -73,7 +73,9 @@ class LoaderSet:
 
     def __init__(self, loader: Iterable, batch_size: int) -> None:
         try:
-            self.steps = len(loader)  # type: ignore[arg-type]
+            if not isinstance(loader, Sized):  # a generator, an iterator
+                raise TypeError
+            self.steps = len(loader)  # also a TypeError: a DataLoader of an IterableDataset without a length
         except TypeError:
             raise UsageError(
                 f"train_loader must have a length (a DataLoader or a list of batches), got a {type(loader).__name__}"
@@ -85,7 +87,9 @@ class LoaderSet:
     def __len__(self) -> int:
         return self.steps * self.batch_size
 
-    def shuffled(self, batch_size: int, generator: torch.Generator, augment: Augment | None = None) -> Iterator[Batch]:
+    def shuffled(
+        self, batch_size: int, generator: torch.Generator, augment: Augment | None = None
+    ) -> Generator[Batch, None, None]:
         for batch in self.loader:
             x, y = as_batch(batch, "train_loader")
             if y.numel() == 0:

@@ -30,7 +30,7 @@ from fnnp_opt.redact import RedactingFilter, redact, redact_url
 
 if TYPE_CHECKING:
     from fnnp_opt.correlate import CorrelateResult, CorrelateSettings
-    from fnnp_opt.finetune import FitConfig
+    from fnnp_opt.training import FitConfig
     from fnnp_opt.flops import human
     from fnnp_opt.latency import speed_warnings
     from fnnp_opt.models import ModelInfo
@@ -88,7 +88,7 @@ TORCHRUN_COMMANDS: tuple[str, ...] = _TORCHRUN_COMMANDS
 # Public names whose modules import torch (or Optuna): loaded on first use, so that importing this module (and the
 # CLI, for `fnnp-opt --help`) stays fast.
 _LATER = {
-    "FitConfig": "fnnp_opt.finetune",
+    "FitConfig": "fnnp_opt.training",
     "CorrelateSettings": "fnnp_opt.correlate",
     "RunResult": "fnnp_opt.pipeline",
     "SpaceReport": "fnnp_opt.pipeline",
@@ -170,7 +170,7 @@ def train(
 ) -> dict[str, Any]:
     """`fnnp-opt train`: train a base model from scratch (the search split held out) into ``output``
     (.safetensors, a .json card beside it); returns the card. ``command`` is recorded in the card."""
-    from fnnp_opt import finetune as F
+    from fnnp_opt import training as F
     from fnnp_opt.config import resolve_device
 
     return F.train_base(

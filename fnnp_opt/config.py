@@ -191,6 +191,7 @@ class RunConfig:
             from fnnp_opt.latency import vector_width
 
             return vector_width(resolve_device(self.device))
+        assert isinstance(self.round_to, int)  # validate refuses other text
         return self.round_to
 
     def timing(self):
@@ -387,7 +388,7 @@ def recipe_path(path: Path | str) -> Path:
     return path
 
 
-def load_recipe(path: Path) -> dict:
+def load_recipe(path: Path | str) -> dict:
     """Read a TOML recipe: a flat table of RunConfig fields (extra tables such as [paper] are kept aside)."""
     path = recipe_path(path)
     if not path.is_file():
@@ -405,7 +406,7 @@ def load_recipe(path: Path) -> dict:
 RECIPE_TABLES = {"about", "paper"}  # a recipe's tables: its title, and what the paper reports
 
 
-def _check_recipe_types(recipe: Path, data: dict) -> None:
+def _check_recipe_types(recipe: Path | str, data: dict) -> None:
     """Raise :class:`UsageError` for a recipe value of the wrong TOML type (``max_rate = "high"``).
 
     The type is read from the :class:`RunConfig` field: int, float (an int is accepted), bool,
@@ -434,7 +435,7 @@ def _check_recipe_types(recipe: Path, data: dict) -> None:
             )
 
 
-def resolve(recipe: Path | None = None, **flags) -> RunConfig:
+def resolve(recipe: Path | str | None = None, **flags) -> RunConfig:
     """Defaults, overridden by the recipe, overridden by flags that are not None."""
     known = {f.name for f in fields(RunConfig)}
     values: dict = {}

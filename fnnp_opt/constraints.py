@@ -70,7 +70,7 @@ def check_combination(sampler: Sampler, mode: Constraint, objective: Objective, 
         )
 
 
-def violation(budget: Budget, macs: int) -> float:
+def violation(budget: Budget, macs: float) -> float:
     """How far ``macs`` lies outside the window, as a fraction of the base FLOPs (0 inside)."""
     return max(budget.low - macs, macs - budget.high, 0) / budget.base
 
@@ -88,7 +88,7 @@ def along(ratios: dict[str, float], t: float, max_rate: float) -> dict[str, floa
 
 
 def fit_to_budget(
-    ratios: dict[str, float], macs_of: Callable[[dict[str, float]], int], budget: Budget, max_rate: float
+    ratios: dict[str, float], macs_of: Callable[[dict[str, float]], float], budget: Budget, max_rate: float
 ) -> tuple[dict[str, float], float]:
     """Move ``ratios`` by the smallest step along :func:`along` that lands in the window; return (ratios, t).
 
@@ -115,7 +115,7 @@ def fit_to_budget(
     return along(ratios, inside, max_rate), inside
 
 
-def uniform_ratio(macs_of: Callable[[float], int], target: int, max_rate: float) -> float:
+def uniform_ratio(macs_of: Callable[[float], float], target: float, max_rate: float) -> float:
     """The one ratio for every group whose FLOPs come closest to ``target`` (FLOPs fall as it rises)."""
     lo, hi = 0.0, max_rate
     for _ in range(30):
@@ -141,7 +141,10 @@ def uniform_strategy(
     window (the pair then says where the uniform costs lie). The cost falls as ratios rise.
     """
     low, high = window
-    at = lambda r: dict.fromkeys(roots, r)  # noqa: E731
+
+    def at(r: float) -> dict[str, float]:
+        return dict.fromkeys(roots, r)
+
     ratio = uniform_ratio(lambda r: cost_of(at(r)), target, max_rate)
     for r in (round(ratio, 6), ratio):  # six digits read better, where they keep the plan in the window
         if low <= cost_of(at(r)) <= high:

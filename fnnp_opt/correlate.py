@@ -136,7 +136,8 @@ def draw_candidates(p, n: int, seed: int, max_draws: int = 2000, redraws: int = 
     """
     rng = np.random.default_rng(seed)
     macs_of = p.flops.macs
-    out, plans = [], set()
+    out: list[dict[str, float]] = []
+    plans = set()
     while len(out) < n:
         for _ in range(redraws):
             ratios = _draw_in_window(p, rng, macs_of, max_draws)
@@ -336,6 +337,7 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
     result = CorrelateResult()
     for budget in settings.budgets:
         p = prepare(replace(cfg, flops=budget).validate())
+        assert p.splits is not None  # prepared with data
         if budget == settings.budgets[0]:  # every budget now, not each when its turn comes hours later
             for other in settings.budgets[1:]:
                 make_budget(other, cfg.flops_tolerance, p.budget.base)
@@ -477,9 +479,9 @@ def write_outputs(result: CorrelateResult, settings: CorrelateSettings) -> list[
         w = csv.writer(f)
         w.writerow(["budget", "batches", "spearman_truth", "ci_low", "ci_high", "spearman_full_calibration"])
         for b in result.budgets:
-            for n, agreement in b.convergence.items():
-                c = b.spearman(f"abn_{n}")
-                w.writerow([b.budget, n, _r(c.value), _r(c.low), _r(c.high), _r(agreement)])
+            for batches, agreement in b.convergence.items():
+                c = b.spearman(f"abn_{batches}")
+                w.writerow([b.budget, batches, _r(c.value), _r(c.low), _r(c.high), _r(agreement)])
     files += plot(result, settings, out)
     return files
 

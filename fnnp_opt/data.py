@@ -18,7 +18,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Generator, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -42,6 +42,42 @@ from fnnp_opt.errors import DataError, UsageError
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class EvalBatches(Protocol):
+    """Evaluation batches in a fixed order, iterable any number of times, and their count (a list of batches is
+    one)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+class EvalSet(Protocol):
+    """Images scored in a fixed order: the search split, the test set (:class:`TensorSet`, :class:`FolderSet`)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> EvalBatches:
+        """Consecutive batches of ``batch_size`` images, in order."""
+        ...
+
+
+class TrainSet(Protocol):
+    """Images trained on: what :func:`fnnp_opt.training.fit` and the abn-ft score draw batches from
+    (:class:`TensorSet`, :class:`FolderSet`)."""
+
+    def __len__(self) -> int: ...
+
+    def shuffled(
+        self, batch_size: int, generator: torch.Generator, augment: Augment | None = None
+    ) -> Generator[Batch, None, None]:
+        """One epoch of shuffled batches (the ragged last batch dropped), augmented when ``augment`` is given."""
+        ...
+
+    def subset(self, n: int, seed: int) -> TrainSet:
+        """``n`` images drawn without replacement (seeded)."""
+        ...
 
 
 # --------------------------------------------------------------------------- tensors and splits
@@ -73,7 +109,7 @@ class TensorSet:
 
     def shuffled(
         self, batch_size: int, generator: torch.Generator, augment: "Augment | None" = None
-    ) -> Iterator[Batch]:
+    ) -> Generator[Batch, None, None]:
         """Yield one epoch of shuffled batches, augmented when ``augment`` is given."""
         order = torch.randperm(len(self), generator=generator)
         for i in range(0, len(order) - batch_size + 1, batch_size):  # drop the ragged last batch
@@ -110,20 +146,20 @@ class DataSplits:
     """Everything a study needs from a dataset, prepared once."""
 
     info: DatasetInfo
-    train: TensorSet | FolderSet  # the train part: fine-tuning data, source of calibration batches
-    search: TensorSet | FolderSet  # held out from the training file; scores candidates
-    test: TensorSet | FolderSet  # the test file; final report only
-    calibration: Iterable[Batch]  # ABN batches drawn from the train part (re-iterable, fixed)
+    train: TrainSet  # the train part: fine-tuning data, source of calibration batches
+    search: EvalSet  # held out from the training file; scores candidates
+    test: EvalSet  # the test file; final report only
+    calibration: EvalBatches  # ABN batches drawn from the train part (re-iterable, fixed)
     train_idx: torch.Tensor  # indices of the train part in the training file
     search_idx: torch.Tensor  # indices of the search split in the training file, in its scoring order
     calib_idx: torch.Tensor  # indices of the calibration images in the training file
     fingerprint: str  # digest of the data and of the split parameters
     augment: Augment | None = field(default=None)  # batch augmentation of in-memory sets
 
-    def search_batches(self, batch_size: int) -> list[Batch]:
+    def search_batches(self, batch_size: int) -> EvalBatches:
         return self.search.batches(batch_size)
 
-    def test_batches(self, batch_size: int) -> list[Batch]:
+    def test_batches(self, batch_size: int) -> EvalBatches:
         return self.test.batches(batch_size)
 
 
@@ -162,8 +198,8 @@ class _Images(torch.utils.data.Dataset):
             k = int(self.idx[(i + step) % len(self.idx)])
             path = self.source.root / self.source.paths[k]
             try:
-                with Image.open(path) as img:
-                    img = img.convert("RGB")
+                with Image.open(path) as opened:
+                    img = opened.convert("RGB")
             except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken and truncated files
                 _warn_undecodable(path, exc)
                 continue
@@ -171,7 +207,7 @@ class _Images(torch.utils.data.Dataset):
         raise DataError(f"no image of {self.source.root} could be decoded; replace the files with intact ones")
 
 
-_UNDECODABLE: set = set()
+_UNDECODABLE: set[Path] = set()
 
 
 def _warn_undecodable(path: Path, exc: Exception) -> None:
@@ -229,7 +265,7 @@ class FolderSet:
             multiprocessing_context="fork" if self.workers and sys.platform == "linux" else None,
         )
 
-    def batches(self, batch_size: int) -> Iterable[Batch]:
+    def batches(self, batch_size: int) -> EvalBatches:
         """Consecutive batches in order, evaluation transform; iterable any number of times.
 
         The images are decoded once, on the first pass, and kept as uint8 tensors when they fit
@@ -239,7 +275,7 @@ class FolderSet:
 
     def shuffled(
         self, batch_size: int, generator: torch.Generator, augment: "Augment | None" = None
-    ) -> Iterator[Batch]:
+    ) -> Generator[Batch, None, None]:
         """One epoch of shuffled, augmented batches (the ragged last batch dropped)."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         yield from _decoded(self._loader(batch_size, train=True, generator=torch.Generator().manual_seed(seed)))
@@ -370,12 +406,17 @@ def load_splits(
     pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(calib_seed))[:need].numpy()
     calib_idx = train_idx[pick]
 
+    train: TrainSet
+    search: EvalSet
+    test: EvalSet
     if info.folder:
+        assert isinstance(train_src, FolderSource) and isinstance(test_src, FolderSource)  # what its loader returns
         train, search, calib = (FolderSet(train_src, i, info, workers) for i in (train_idx, search_idx, calib_idx))
         test = FolderSet(test_src, np.arange(len(test_src.labels)), info, workers)
         calibration = calib.batches(abn_batch_size)
         augment = None
     else:
+        assert isinstance(train_src, ArraySource) and isinstance(test_src, ArraySource)  # what its loader returns
         x_all = _normalise(train_src.images, info)
         y_all = torch.from_numpy(train_src.labels.astype(np.int64))
         train = TensorSet(x_all[train_idx], y_all[train_idx])

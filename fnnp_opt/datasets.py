@@ -137,7 +137,8 @@ def load_fashion_mnist(data_dir: Path) -> dict[str, np.ndarray]:
 
 def _fmnist_sources(data_dir: Path, info: DatasetInfo) -> tuple[Source, Source]:
     a = load_fashion_mnist(data_dir)
-    return tuple(ArraySource(a[f"{p}_x"][:, None], a[f"{p}_y"]) for p in ("train", "test"))
+    train, test = (ArraySource(a[f"{p}_x"][:, None], a[f"{p}_y"]) for p in ("train", "test"))
+    return train, test
 
 
 # --------------------------------------------------------------------------- CIFAR pickles
@@ -204,7 +205,7 @@ def _cifar_sources(files: tuple[list[str], list[str]], sub: str, label_key: str)
                 raise DataError(f"{info.name} files {missing} are missing from {folder}; {info.how_to_get}")
             xs, ys = zip(*(read_cifar_batch(folder / n, label_key) for n in names))
             parts.append(ArraySource(np.concatenate(xs), np.concatenate(ys)))
-        return tuple(parts)
+        return parts[0], parts[1]
 
     return load
 

@@ -40,9 +40,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 from fnnp_opt.errors import FnnpError, UsageError, few
+
+if TYPE_CHECKING:  # torch is imported where it is used: `fnnp-opt --help` and a plain run do not load it here
+    import torch
+    import torch.distributed
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,9 @@ def launched(environ: Mapping[str, str] = os.environ) -> Launch | None:
     if not present:
         return None
     if len(present) < len(names):
-        missing = ", ".join(n for n in names if n not in environ)
+        unset = ", ".join(n for n in names if n not in environ)
         raise UsageError(
-            f"torchrun sets {', '.join(names)} together, but {missing} is unset (set: {', '.join(present)}); "
+            f"torchrun sets {', '.join(names)} together, but {unset} is unset (set: {', '.join(present)}); "
             "start fnnp-opt with torchrun, or unset them for a plain run"
         )
     try:
@@ -161,9 +165,11 @@ class Group:
         self.launch = launch
         self.train_threads, self.search_threads = train_threads, search_threads
         self._published = False
-        self._wait_group = None  # the hand-over's group (timeout WAIT_TIMEOUT), made by session
-        self._train_group = None  # the training collectives' group, made by the first fine-tune
-        self._device = None  # the fine-tune's device (the training collectives' tensors live there)
+        # the hand-over's group (timeout WAIT_TIMEOUT), made by session
+        self._wait_group: torch.distributed.ProcessGroup | None = None
+        # the training collectives' group, made by the first fine-tune
+        self._train_group: torch.distributed.ProcessGroup | None = None
+        self._device: torch.device | None = None  # the fine-tune's device, where the collectives' tensors live
 
     @property
     def rank(self) -> int:
@@ -202,6 +208,7 @@ class Group:
 
         size = torch.zeros(1, dtype=torch.int64)
         pending = dist.broadcast(size, src=0, group=self._wait_group, async_op=True)
+        assert pending is not None  # async_op=True gives a Work
         while not pending.is_completed():
             time.sleep(POLL_SECONDS)
         pending.wait()  # raises if rank 0 went away
@@ -211,7 +218,7 @@ class Group:
 
     # ------------------------------------------------------------------ the fine-tune
 
-    def device(self, device) -> "torch.device":  # noqa: F821
+    def device(self, device) -> "torch.device":
         """The device this process fine-tunes on: ``device`` on CPU; on CUDA, the GPU of its local rank."""
         import torch
 
@@ -230,7 +237,7 @@ class Group:
         """Raise :class:`UsageError` when a global batch leaves some process no image."""
         _check_batch(batch_size, self.world_size)
 
-    def wrap(self, model, device, memory_format, probe: Callable[[], "torch.Tensor"] | None = None):  # noqa: F821
+    def wrap(self, model, device, memory_format, probe: Callable[[], "torch.Tensor"] | None = None):
         """``model`` (built and loaded, on ``device``) in ``memory_format``, wrapped in DistributedDataParallel over
         the training group. DDP starts every process from rank 0's parameters and buffers.
 
@@ -244,7 +251,9 @@ class Group:
         device = torch.device(device)
         if self._train_group is None:
             backend = "nccl" if device.type == "cuda" else "gloo"
-            self._train_group = dist.new_group(backend=backend, timeout=TRAIN_TIMEOUT)
+            train_group = dist.new_group(backend=backend, timeout=TRAIN_TIMEOUT)
+            assert isinstance(train_group, dist.ProcessGroup)  # every process is a member
+            self._train_group = train_group
         self._device = device
         model.to(memory_format=memory_format)  # before wrapping: DDP's buckets follow the parameters' layout
         unused = self._unused_everywhere(model, probe)
@@ -266,7 +275,7 @@ class Group:
             find_unused_parameters=bool(unused),
         )
 
-    def _unused_everywhere(self, model, probe: Callable[[], "torch.Tensor"] | None) -> list[str]:  # noqa: F821
+    def _unused_everywhere(self, model, probe: Callable[[], "torch.Tensor"] | None) -> list[str]:
         """The trainable parameters of ``model`` that ``probe`` gives no gradient in some process (every process
         must pass DDP the same ``find_unused_parameters``)."""
         import torch
@@ -332,7 +341,7 @@ class Group:
         return before
 
 
-def unused_parameters(model, probe: Callable[[], "torch.Tensor"]) -> list[str]:  # noqa: F821
+def unused_parameters(model, probe: Callable[[], "torch.Tensor"]) -> list[str]:
     """Names of ``model``'s trainable parameters that get no gradient when the loss ``probe()`` returns (a forward of
     ``model`` in train mode) is backpropagated once. The model's mode, gradients and buffers (BN statistics) and the
     random generators (dropout) are left as they were."""
@@ -451,6 +460,7 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
         # after rank 0's search, and later groups meet through it), and make the winner's hand-over group
         dist.distributed_c10d._get_default_store().set_timeout(WAIT_TIMEOUT)
         wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)  # every process is up: no wait here
+        assert isinstance(wait_group, dist.ProcessGroup)  # every process is a member
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:  # torch's DistNetworkError and DistStoreError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FnnpError(

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from fnnp_opt.data import Batch
+from fnnp_opt.data import Batch, EvalBatches
 from fnnp_opt.errors import FnnpError
 from fnnp_opt.progress import NULL, Progress
 
@@ -78,7 +78,7 @@ def _restoring_mode(fn):
 @torch.inference_mode()
 def accuracy(
     model: nn.Module,
-    batches: list[Batch],
+    batches: EvalBatches,
     device: torch.device | str = "cpu",
     progress: Progress = NULL,
     description: str = "evaluate",
@@ -161,7 +161,7 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def resident(batches: Iterable[Batch], device: torch.device | str) -> Iterable[Batch]:
+def resident(batches: EvalBatches, device: torch.device | str) -> EvalBatches:
     """``batches`` held on a CUDA ``device`` once (moved there a single time, then reused by every candidate);
     on other devices, ``batches`` unchanged."""
     dev = torch.device(device)
@@ -170,7 +170,7 @@ def resident(batches: Iterable[Batch], device: torch.device | str) -> Iterable[B
     return [(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)) for x, y in batches]
 
 
-def chance_level(batches: list[Batch]) -> float:
+def chance_level(batches: Iterable[Batch]) -> float:
     """The accuracy of always guessing the commonest label of ``batches``: the floor a trained model beats."""
     labels = torch.cat([y for _, y in batches])
     return float(torch.bincount(labels).max()) / max(len(labels), 1)
@@ -224,7 +224,7 @@ def calibration_mode(model: nn.Module) -> None:
 @torch.no_grad()
 def calibrate_bn(
     model: nn.Module,
-    batches: list[Batch],
+    batches: EvalBatches,
     device: torch.device | str = "cpu",
     momentum: float | None = None,
     progress: Progress = NULL,
@@ -252,8 +252,8 @@ def calibrate_bn(
 
 def abn_accuracy(
     model: nn.Module,
-    calibration: list[Batch],
-    search: list[Batch],
+    calibration: EvalBatches,
+    search: EvalBatches,
     device: torch.device | str = "cpu",
     progress: Progress = NULL,
 ) -> float:

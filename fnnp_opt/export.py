@@ -233,6 +233,7 @@ def save_onnx(model, input_shape: tuple[int, ...], path: Path, check_batch: int 
             output_names=["logits"],
             verbose=False,
         )
+        assert program is not None  # dynamo=True returns the program
         program.save(str(tmp))
     try:
         options = ort.SessionOptions()

@@ -78,7 +78,7 @@ class Budget:
         return f"{f(self.target)} ({share} of {f(self.base)}), window [{f(self.low)}, {f(self.high)}]"
 
 
-def parse_flops(text: str, base: int) -> int:
+def parse_flops(text: str, base: float) -> int:
     """Parse ``--flops``: a fraction of the base (``0.5``) or an absolute count (``62.23M``, ``2G``)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", str(text))
     if not m:
@@ -110,7 +110,7 @@ def check_tolerance(tolerance: float) -> None:
         raise BudgetError(f"{option('flops_tolerance')} must be in (0, 1) (a fraction of the base FLOPs), got {tolerance}")
 
 
-def make_budget(text: str, tolerance: float, base: int) -> Budget:
+def make_budget(text: str, tolerance: float, base: float) -> Budget:
     """The window target ± tolerance x base, clipped to [0, base]; ``LOW:HIGH`` gives that range as is."""
     if ":" not in str(text):
         check_tolerance(tolerance)
@@ -178,6 +178,8 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, list[tup
 
 class _Stand:
     """The attributes a thop rule reads from a conv or linear layer, at pruned sizes."""
+
+    total_ops: torch.Tensor | int  # the rule's count
 
     def __init__(self, **attrs) -> None:
         self.__dict__.update(attrs, total_ops=0)
@@ -261,10 +263,10 @@ class FlopsModel:
             if groups > 1 and groups == x_base[1]:  # depthwise: the groups shrink with the channels
                 groups = x[1]
             weight = torch.empty((y[1], x[1] // groups, *module.kernel_size), device="meta")
-            module = _Stand(weight=weight, groups=groups, bias=module.bias, transposed=module.transposed)
+            stand = _Stand(weight=weight, groups=groups, bias=module.bias, transposed=module.transposed)
         elif isinstance(module, nn.Linear):
-            module = _Stand(in_features=x[-1], out_features=y[-1], bias=module.bias)
+            stand = _Stand(in_features=x[-1], out_features=y[-1], bias=module.bias)
         else:
-            module = _Stand(**{k: v for k, v in vars(module).items() if not k.startswith("_")})
-        rule(module, (xm,), ym)
-        return int(module.total_ops)
+            stand = _Stand(**{k: v for k, v in vars(module).items() if not k.startswith("_")})
+        rule(stand, (xm,), ym)
+        return int(stand.total_ops)

@@ -39,8 +39,9 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -148,6 +149,16 @@ def _placed(
     return model, x
 
 
+def _synced(model: nn.Module, x: torch.Tensor, device: str) -> Callable[[], None]:
+    """One pass of ``model`` on ``x`` that returns when the device has run it."""
+
+    def run() -> None:
+        model(x)
+        _sync(device)
+
+    return run
+
+
 @torch.no_grad()
 def compare_ms(
     models: list[nn.Module],
@@ -176,12 +187,12 @@ def compare_ms(
     shapes = input_shape if isinstance(input_shape, list) else [input_shape] * len(models)
     with threads(setting.threads):
         placed = [_placed(copy.deepcopy(m), x, setting, cl) for m, x, cl in zip(models, shapes, layouts)]
-        calls = [lambda m=m, x=x: (m(x), _sync(setting.device)) for m, x in placed]
+        calls = [_synced(m, x, setting.device) for m, x in placed]
         return _in_blocks(calls, runs, warmup, budget_s, quantile)
 
 
 def _in_blocks(
-    calls: list[Callable[[], object]], runs: int, warmup: int, budget_s: float, quantile: float
+    calls: Sequence[Callable[[], object]], runs: int, warmup: int, budget_s: float, quantile: float
 ) -> list[float]:
     """Time each of ``calls`` (a synchronous pass) side by side in turns of ``BLOCK`` passes, after a warm-up:
     the ``quantile`` of each one's ms. The first pass of each turn pays for the switch and is not counted."""
@@ -210,7 +221,7 @@ def onnx_ms(
     blocks like :func:`compare_ms`, on the threads each session was made with."""
     x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
     feed = {"images": x}
-    return _in_blocks([lambda s=s: s.run(None, feed) for s in sessions], runs, 0, budget_s, 0.5)
+    return _in_blocks([partial(s.run, None, feed) for s in sessions], runs, 0, budget_s, 0.5)
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -237,7 +248,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
     modules = dict(folded.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module":
+        if node.op == "call_module" and isinstance(node.target, str):  # a call_module's target is its name
             calls[node.target] = calls.get(node.target, 0) + 1
     for node in graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None
@@ -246,6 +257,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
         src = node.args[0] if node.args else None
         if not isinstance(src, torch.fx.Node) or src.op != "call_module" or len(src.users) != 1:
             continue
+        assert isinstance(src.target, str) and isinstance(node.target, str)  # call_module targets: module names
         conv = modules.get(src.target)
         if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed:
             continue
@@ -282,12 +294,21 @@ def layouts_of(input_shape: tuple[int, ...]) -> list[bool]:
     return [False, True] if len(input_shape) == 4 else [False]
 
 
+class CompareTiming(TypedDict, total=False):
+    """The timing arguments of :func:`compare_ms` that :func:`deployed_ms` passes on."""
+
+    runs: int
+    warmup: int
+    budget_s: float
+    quantile: float
+
+
 def deployed_ms(
     models: list[nn.Module],
     input_shape: tuple[int, ...],
     setting: Setting,
     fixed: list[nn.Module] | None = None,
-    **timing: float,
+    **timing: Unpack[CompareTiming],
 ) -> tuple[list[tuple[float, bool]], list[float]]:
     """Each of ``models`` (deploy forms) as deployed: (its ms in its faster layout, whether that is channels-last).
 
@@ -417,7 +438,7 @@ class _Layer:
     kind: str  # the torch.nn class name: Conv1d/2d/3d or Linear
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
-    padding: tuple = ()
+    padding: tuple[int, ...] | str = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1  # the conv's groups when fixed; 0 for depthwise (groups = channels)
     bias: bool = False
@@ -522,6 +543,7 @@ class LatencyTable:
         with the base as deployed (in :attr:`base_layout`): (its latency in the table's ms, i.e. ``base_ms``
         times the measured ratio; that ratio). A machine busier or idler than when the table was built moves
         both networks, not the comparison."""
+        assert self.base is not None  # set where the table is built
         base_now, model_now = compare_ms(
             [self.base, deploy_form(model)],
             self.flops.input_shape,
@@ -647,7 +669,7 @@ class LatencyTable:
         _write_cache(self.layout_choice, {"layout": self.setting.layout})
 
     def _make_grids(self, plans: list[dict[str, int]]) -> dict[_Layer, tuple[list[int], list[int]]]:
-        spans: dict[_Layer, list[list[int]]] = {}
+        spans: dict[_Layer, list[int]] = {}
         for plan in plans:
             for layer, c_in, c_out, _ in self._layers(plan):
                 lo_in, hi_in, lo_out, hi_out = spans.setdefault(layer, [c_in, c_in, c_out, c_out])

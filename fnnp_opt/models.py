@@ -22,7 +22,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -135,12 +135,13 @@ def _user_info(spec: str) -> ModelInfo:
             f"model {spec!r}: module {module_name!r} fails while it is imported ({describe(exc)}); fix it, and "
             f"check it with `python -c 'import {module_name}'`"
         ) from None
-    fn = module
+    fn: object = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
     if not callable(fn):
         raise ModelError(f"model {spec!r}: {module_name} has no callable {attr!r}")
 
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -199,7 +200,7 @@ def create_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
 # --------------------------------------------------------------------------- structure
 
 
-def _out_size(m: nn.Module) -> int:
+def _out_size(m: nn.modules.conv._ConvNd | nn.Linear) -> int:
     return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
 
 
@@ -218,8 +219,17 @@ def adapt_input(model: nn.Module, in_channels: int) -> nn.Module:
     name, old = found
     if old.groups != 1:
         raise ModelError(f"the stem conv {name!r} is grouped; it cannot be adapted to {in_channels} input channels")
+    # the ignore: torch's stubs type a conv's kernel_size, stride, padding and dilation tuple[int, ...] and Conv2d's
+    # arguments int | tuple[int, int], though a Conv2d's attributes are those 2-tuples
     new = nn.Conv2d(
-        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, 1, old.bias is not None
+        in_channels,
+        old.out_channels,
+        old.kernel_size,  # type: ignore[arg-type]
+        old.stride,  # type: ignore[arg-type]
+        old.padding,  # type: ignore[arg-type]
+        old.dilation,  # type: ignore[arg-type]
+        1,
+        old.bias is not None,
     )
     model.set_submodule(name, new)
     return model
@@ -254,6 +264,7 @@ def find_classifier(model: nn.Module, example: torch.Tensor, num_classes: int) -
     if not order:
         raise ModelError("the model has no conv or linear layer to prune")
     last = model.get_submodule(order[-1])
+    assert isinstance(last, (nn.modules.conv._ConvNd, nn.Linear))  # what execution_order names
     if _out_size(last) != num_classes:
         raise ModelError(
             f"the model's last layer {order[-1]!r} has {_out_size(last)} outputs, but the dataset has "
@@ -513,11 +524,11 @@ def read_state_dict(path: Path) -> dict:
     state = _find_state(obj)
     if state is None:
         if isinstance(obj, dict):
-            found = f"a dict with keys {few(sorted(map(str, obj)), 6)}" if obj else "an empty dict"
+            held = f"a dict with keys {few(sorted(map(str, obj)), 6)}" if obj else "an empty dict"
         else:
-            found = type(obj).__name__
+            held = type(obj).__name__
         raise CheckpointError(
-            f"checkpoint {path} holds no state_dict of tensors (found {found}); save model.state_dict(), or a "
+            f"checkpoint {path} holds no state_dict of tensors (found {held}); save model.state_dict(), or a "
             f"dict holding it under one of {', '.join(_STATE_KEYS)}"
         )
     bad = [
@@ -535,7 +546,8 @@ def _strip_wrapper(state: OrderedDict, keys: set[str]) -> str:
     """Remove, in place, the names that every key of ``state`` starts with (DataParallel's ``module.``,
     torch.compile's ``_orig_mod.``, a Lightning module's ``model.``, nested ones), as many as bring its keys
     closest to ``keys``; return what was removed."""
-    names, heads, best, most = list(state), [], [], len(state.keys() & keys)
+    heads: list[str] = []
+    names, best, most = list(state), [], len(state.keys() & keys)
     while names and all(isinstance(k, str) and "." in k for k in names):
         head = names[0].split(".", 1)[0] + "."
         if not all(k.startswith(head) for k in names):
@@ -591,7 +603,9 @@ def load_weights(
         for name, module in model.named_modules(remove_duplicate=False):
             if isinstance(module, nn.modules.batchnorm._NormBase):
                 versions.pop(name, None)
-    state._metadata = OrderedDict(versions)  # a copy: removing a wrapper's name renames its entries
+    # a copy: removing a wrapper's name renames its entries (the ignore: torch keeps a state dict's module versions
+    # in its _metadata attribute, which typeshed's OrderedDict lacks)
+    state._metadata = OrderedDict(versions)  # type: ignore[attr-defined]
     removed = _strip_wrapper(state, set(own))
     tied: dict[tuple, list[str]] = {}
     for k, v in own.items():

@@ -29,7 +29,7 @@ from torch import nn
 from fnnp_opt import storage as St
 from fnnp_opt.config import Constraint, Objective, Sampler
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
-from fnnp_opt.data import Batch
+from fnnp_opt.data import EvalBatches
 from fnnp_opt.early_stop import Reporter, step_batches
 from fnnp_opt.errors import TrialError, describe
 from fnnp_opt.evaluate import NonFiniteError, Scored, accuracy, accuracy_in_steps, calibrate_bn
@@ -53,8 +53,8 @@ class Evaluator:
     space: SearchSpace
     budget: Budget
     flops: FlopsModel  # analytic FLOPs of a channel plan (thop's count, without a forward pass)
-    calibration: list[Batch]  # ABN batches from the train part
-    search: list[Batch]  # batches of the held-out search split
+    calibration: EvalBatches  # ABN batches from the train part
+    search: EvalBatches  # batches of the held-out search split
     device: str = "cpu"
     mode: Constraint = Constraint.reject
     fit_budget: bool = False
@@ -313,7 +313,7 @@ class SearchReport:
 
 def optimize(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], float | tuple[float, float]],
     n_trials: int,
     max_draws: int,
     progress: Progress = NULL,

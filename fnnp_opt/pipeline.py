@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import optuna
 import torch
@@ -73,6 +74,7 @@ class Prepared:
 
     def fingerprint(self) -> dict[str, str]:
         """What must match for a stored study to be resumed."""
+        assert self.splits is not None  # prepared with data
         extra = {"objective": self.cfg.objective.value} if self.cfg.objective is Objective.pareto else {}
         if self.cfg.score is Score.abn_ft:  # the trials' values are abn-ft scores of this short fine-tune
             extra["score"] = f"{Score.abn_ft.value}|{short_finetune(self.cfg).describe()}"
@@ -95,6 +97,7 @@ def short_finetune(cfg: RunConfig) -> ShortFinetune:
 def make_scorer(p: Prepared) -> Scorer:
     """The abn-ft scorer of a prepared run (its train-part images drawn once)."""
     cfg = p.cfg
+    assert p.splits is not None  # prepared with data
     search = p.splits.search_batches(cfg.eval_batch_size)
     return Scorer.build(short_finetune(cfg), p.splits.train, search, p.splits.augment, p.device)
 
@@ -272,6 +275,7 @@ def _winner_latency(p: Prepared, study: optuna.Study, pruned: torch.nn.Module, t
     the table's prediction error over the study's evaluated candidates (each timed directly too)."""
     import statistics
 
+    assert p.latency is not None  # a --latency run
     table, b = p.latency, p.budget
     measured, ratio = table.measure(pruned, runs=100)
     within = b.contains(measured)
@@ -308,6 +312,7 @@ def check_base(p: Prepared) -> float:
     Raises :class:`ModelError` when it is at or below chance (the share of the commonest label),
     as with weights for another dataset or a shifted label order, unless ``--no-check-base``.
     """
+    assert p.splits is not None  # prepared with data
     search = p.splits.search_batches(p.cfg.eval_batch_size)
     acc, chance = accuracy(p.model, search, p.device, description="base"), chance_level(search)
     log.info("the unpruned model scores %.4f on the search split (chance: %.4f)", acc, chance)
@@ -345,7 +350,9 @@ def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_
             log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
             _describe_study(cfg, p, study)
             return study
-        directions = ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
+        directions: tuple[Literal["maximize", "minimize"], ...] = (
+            ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
+        )
         study = St.create_study(storage, name, p.fingerprint(), cfg.to_dict(), p.space, p.budget, directions)
         if base_accuracy is not None:
             study.set_user_attr("base_accuracy", base_accuracy)
@@ -360,6 +367,7 @@ def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_
 
 def _describe_study(cfg: RunConfig, p: Prepared, study: optuna.Study) -> None:
     """What the dashboard shows of the study: its objectives' names, its note and where its artifacts go."""
+    assert p.splits is not None  # prepared with data
     label = score_label(cfg, p.model)
     note = D.study_note(
         model=cfg.model,
@@ -384,6 +392,7 @@ def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: P
 
     On CUDA the calibration and search batches are moved to the device once, here, for every candidate.
     """
+    assert p.splits is not None  # prepared with data
     seed = S.session_seed(cfg.seeds().sampler, St.next_session(study))
     study.sampler = S.make_sampler(cfg.sampler, seed, cfg.objective, sampler_start(cfg.sampler, p))
     early = cfg.stops_early()
@@ -438,6 +447,7 @@ def finetune_winner(cfg: RunConfig, p: Prepared, study_name: str, trial, output:
     """Prune ``trial``'s candidate, recompute its BN statistics (ABN) and fine-tune it, resuming from
     ``output/finetune.pt``. Under torchrun every process runs this together. Returns ``(pruned network, ratios
     {root: ratio}, Distill or None, training loss per epoch)``."""
+    assert p.splits is not None  # prepared with data
     log.info("fine-tuning trial %d for %d epochs%s", trial.number, cfg.epochs, " (distilled)" if cfg.distills() else "")
     ratios = trial_ratios(p.space, trial)
     pruned = p.pruner.prune(ratios)
@@ -465,6 +475,7 @@ def follow(group: distributed.Group) -> None:
     winner = group.receive()
     if winner is None:  # rank 0 has nothing to fine-tune (a Pareto front, another worker delivers) or failed
         return None
+    assert isinstance(winner, Winner)  # what rank 0 publishes
     p = prepare(winner.cfg, latency_table=False)  # the same network and data as rank 0's, nothing timed
     finetune_winner(winner.cfg, p, winner.study_name, winner.trial, winner.output)
     return None
@@ -483,6 +494,7 @@ def deliver(
 
     ``rerank_score`` ({attribute: value}) records the winner's rerank score in the export.
     """
+    assert p.splits is not None  # prepared with data
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     group = distributed.current()
@@ -586,7 +598,8 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
     """
     group = distributed.current()
     if group is not None and not group.main:
-        return follow(group)
+        follow(group)
+        return None
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     check_workers(cfg.workers)
@@ -597,6 +610,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
         A.check_store(Path(cfg.artifact_dir))
     cfg = settle(cfg)
     p = prepare(cfg, progress=progress)
+    assert p.splits is not None  # prepared with data
     study = open_study(cfg, p, check_base(p))
     try:  # the storage is closed however the run ends: a SQLite file then holds everything (WAL checkpointed)
         result = RunResult(cfg.resolved_study_name(), St.redact_url(cfg.resolved_storage()), S.SearchReport(), p.budget)
@@ -674,7 +688,8 @@ def finetune_trial(
 
     group = distributed.current()
     if group is not None and not group.main:
-        return follow(group)
+        follow(group)
+        return None
 
     St.check_exists(storage)
     St.check_writable(storage)

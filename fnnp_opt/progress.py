@@ -23,12 +23,16 @@ class Progress(Protocol):
         ...
 
 
+def _advance_nothing(n: int = 1) -> None:
+    """The handle of a task that reports nothing."""
+
+
 class NullProgress:
     """Progress that reports nothing (the library default)."""
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Advance]:
-        yield lambda n=1: None
+        yield _advance_nothing
 
 
 NULL = NullProgress()

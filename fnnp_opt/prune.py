@@ -169,8 +169,7 @@ class Pruner:
                 ) from None
         model.eval()  # tracing may leave the model in another mode
         order = {n: i for i, n in enumerate(self._names.values())}
-        described = [self._describe(g) for g in groups]
-        described = [(info, plan) for info, plan in described if info is not None]
+        described = [(info, plan) for info, plan in map(self._describe, groups) if info is not None]
         described.sort(key=lambda d: order[d[0].root])
         self.all_groups: list[GroupInfo] = [info for info, _ in described]
         self._by_root = {info.root: info for info in self.all_groups}
@@ -286,7 +285,9 @@ class Pruner:
         for step in self._plans[group.root]:
             if step.name not in producers or step.is_param:
                 continue
-            w = self.base.get_submodule(step.name).weight.detach()
+            weight = self.base.get_submodule(step.name).weight
+            assert isinstance(weight, torch.Tensor)  # a producer: a conv or linear layer
+            w = weight.detach()
             l1 = w.abs().flatten(1).sum(1).double().numpy()
             np.add.at(score, step.root_idxs, l1[step.idxs])
         return _ranked(score, group.block)
@@ -542,13 +543,15 @@ def layer_kinds(model: nn.Module) -> dict[str, str]:
 
 def _resized(old: nn.Module, s: dict, name: str) -> nn.Module:
     if isinstance(old, nn.Conv2d) and {"in", "out", "groups"} <= set(s):
+        # the ignores: torch's stubs type a conv's kernel_size, stride, padding and dilation tuple[int, ...] and
+        # Conv2d's arguments int | tuple[int, int], though a Conv2d's attributes are those 2-tuples
         return nn.Conv2d(
             s["in"],
             s["out"],
-            old.kernel_size,
-            old.stride,
-            old.padding,
-            old.dilation,
+            old.kernel_size,  # type: ignore[arg-type]
+            old.stride,  # type: ignore[arg-type]
+            old.padding,  # type: ignore[arg-type]
+            old.dilation,  # type: ignore[arg-type]
             s["groups"],
             old.bias is not None,
             old.padding_mode,

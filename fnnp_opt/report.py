@@ -24,7 +24,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -35,6 +35,9 @@ from fnnp_opt.export import check_writable
 from fnnp_opt.flops import Budget, human
 from fnnp_opt.optimize import SURPLUS, evaluated
 from fnnp_opt.space import PREFIX, uniform_words
+
+if TYPE_CHECKING:  # imported where it is used: drawing a report needs no artifact store
+    from fnnp_opt.artifacts import Published
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class Report:
     allocation: Path | None = None  # channels kept per layer: winner, uniform L1, base
     importances: Path | None = None  # None when skipped (see ``skipped``)
     skipped: dict[str, str] = field(default_factory=dict)  # figure file name -> why it was not drawn
-    published: object | None = None  # fnnp_opt.artifacts.Published, when the files were uploaded
+    published: Published | None = None  # when the files were uploaded
 
     @property
     def figures(self) -> list[Path]:
@@ -108,7 +111,7 @@ class _Facts:
         if self.pareto:
             return 100 * trial.values[1]
         a = trial.user_attrs
-        value = a.get("latency_measured_ms", a.get("latency_ms")) if self.latency else a["flops"]
+        value = a.get("latency_measured_ms", a["latency_ms"]) if self.latency else a["flops"]
         return 100 * value / self.budget.base
 
     @property
@@ -220,16 +223,17 @@ def _allocation(f: _Facts) -> Allocation:
             "made before fnnp-opt stored them); fine-tune it with `fnnp-opt finetune --trial N` to see its plan "
             "in pruned.json"
         )
-    uniform = None
+    uniform, uniform_trial = None, None
     if f.uniform is not None and all(name in f.uniform.user_attrs.get("channels", {}) for name in layers):
         uniform = tuple(int(f.uniform.user_attrs["channels"][name]) for name in layers)
+        uniform_trial = f.uniform.number
     return Allocation(
         layers,
         tuple(int(d["channels"]) for d in space),
         tuple(int(kept[name]) for name in layers),
         uniform,
         f.winner.number,
-        f.uniform.number if uniform is not None else None,
+        uniform_trial,
     )
 
 
@@ -254,7 +258,7 @@ def _allocation_figure(f: _Facts):
         ax = fig.add_subplot()
         ax.bar(x, a.base, 0.84, color=BASE_COLOUR, edgecolor="#b3bac4", linewidth=0.8, label="unpruned base", zorder=1)
         pairs = [(a.winner, WINNER_COLOUR, f"winner (trial {a.winner_trial}): % of the base's channels kept")]
-        if a.uniform is not None:
+        if a.uniform is not None and f.uniform is not None:  # the one only with the other
             ratio = _uniform_ratio(f.uniform)
             pairs.insert(0, (a.uniform, UNIFORM_COLOUR, f"uniform L1 (trial {a.uniform_trial}): {ratio}"))
         width = 0.34 if len(pairs) == 2 else 0.5
@@ -423,6 +427,7 @@ def _scores_figure(f: _Facts):
 
 
 def _importances_figure(f: _Facts, view: optuna.Study):
+    from matplotlib.figure import Figure
     from optuna.visualization.matplotlib import plot_param_importances
 
     # Optuna's default evaluator, PED-ANOVA: which ratios set the best 10% of candidates apart from all. Given a
@@ -436,9 +441,11 @@ def _importances_figure(f: _Facts, view: optuna.Study):
     )
     ax.set_xlabel(f"importance for a high {f.score_label}")
     ax.set_ylabel("")
-    ax.figure.set_size_inches(7.0, max(3.2, 0.32 * len(f.study.user_attrs["space"]) + 1.2))
-    ax.figure.tight_layout()
-    return ax.figure
+    fig = ax.figure
+    assert isinstance(fig, Figure)  # Optuna's plot draws in a figure of its own
+    fig.set_size_inches(7.0, max(3.2, 0.32 * len(f.study.user_attrs["space"]) + 1.2))
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------- the report
@@ -609,8 +616,12 @@ def report_study(
         if upload and artifact_dir is not None:  # checked before anything is drawn or written
             A.check_store(Path(artifact_dir))
             recorded = A.recorded_dir(storage, study) if study.user_attrs.get(A.STORE_ATTR) else None
-            moved = recorded and recorded.absolute() != Path(artifact_dir).absolute()
-            if moved and recorded.is_dir() and any(recorded.iterdir()):  # the record would orphan them
+            if (
+                recorded is not None
+                and recorded.absolute() != Path(artifact_dir).absolute()  # moved
+                and recorded.is_dir()
+                and any(recorded.iterdir())  # the record would orphan them
+            ):
                 raise StorageError(
                     f"study {study.study_name!r} keeps its artifacts (the export's files among them) in {recorded}, "
                     f"not {artifact_dir}; pass --artifact-dir {recorded} or leave it out, or --no-upload"

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from fnnp_opt import storage as St
-from fnnp_opt.data import Batch
+from fnnp_opt.data import EvalBatches
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import Scorer, abn_ft_key, rescore
@@ -95,7 +95,7 @@ def _record(study: optuna.Study, name: str, recipe: str, trial: FrozenTrial, key
 def rerank(
     study: optuna.Study,
     pruner: Pruner,
-    calibration: list[Batch],
+    calibration: EvalBatches,
     scorer: Scorer,
     k: int,
     ratios_of,

@@ -16,7 +16,7 @@ from typing import Callable
 
 from torch import nn
 
-from fnnp_opt.data import Augment, Batch, FolderSet, TensorSet
+from fnnp_opt.data import Augment, EvalBatches, TrainSet
 from fnnp_opt.evaluate import accuracy, calibrate_bn
 from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.progress import NULL, Progress
@@ -52,8 +52,8 @@ class Scorer:
     """The abn-ft score of calibrated candidates; prepared once per study (the images are fixed)."""
 
     short: ShortFinetune
-    images: TensorSet | FolderSet  # train-part images of the short fine-tune, ``steps * batch_size`` of them
-    search: list[Batch]  # the held-out search split
+    images: TrainSet  # train-part images of the short fine-tune, ``steps * batch_size`` of them
+    search: EvalBatches  # the held-out search split
     augment: Augment | None = None  # the training augmentation, also in the short fine-tune
     device: str = "cpu"
     measure: Callable[[nn.Module], float] | None = None  # the score of the fine-tuned copy; None: accuracy on search
@@ -67,8 +67,8 @@ class Scorer:
     def build(
         cls,
         short: ShortFinetune,
-        train: TensorSet | FolderSet,
-        search: list[Batch],
+        train: TrainSet,
+        search: EvalBatches,
         augment: Augment | None = None,
         device: str = "cpu",
     ) -> "Scorer":
@@ -93,7 +93,7 @@ class Scorer:
         return self.measure(student) if self.measure is not None else accuracy(student, self.search, self.device)
 
 
-def rescore(model: nn.Module, calibration: list[Batch], scorer: Scorer, progress: Progress = NULL) -> float:
+def rescore(model: nn.Module, calibration: EvalBatches, scorer: Scorer, progress: Progress = NULL) -> float:
     """abn-ft from scratch: ABN-calibrate ``model`` in place, then :class:`Scorer` a copy."""
     calibrate_bn(model, calibration, scorer.device, progress=progress)
     return scorer(model, progress)

@@ -31,7 +31,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import ContextManager, Iterator
+from typing import ContextManager, Iterator, Literal
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -80,8 +80,9 @@ def check_exists(url: str) -> None:
     create it), a path that cannot hold a journal, or in-memory SQLite (which holds nothing yet)."""
     _check_not_in_memory(url)
     path = storage_file(url)
-    if J.journal_path(url) is not None:
-        J.check_file(path, url)
+    journal = J.journal_path(url)
+    if journal is not None:
+        J.check_file(journal, url)
     if path is not None and not path.is_file():
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
 
@@ -205,7 +206,9 @@ class SQLiteStorage(RDBStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
         if state is not TrialState.RUNNING:
             return super().set_trial_state_values(trial_id, state, values)
-        with _file_lock(sqlite_lock_path(sqlite_path(str(self.engine.url)))):
+        path = sqlite_path(str(self.engine.url))
+        assert path is not None  # made for SQLite files only
+        with _file_lock(sqlite_lock_path(path)):
             return super().set_trial_state_values(trial_id, state, values)
 
 
@@ -382,7 +385,7 @@ def create_study(
     config: dict,
     space: SearchSpace,
     budget: Budget,
-    directions: tuple[str, ...] = ("maximize",),
+    directions: tuple[Literal["maximize", "minimize"], ...] = ("maximize",),
 ) -> optuna.Study:
     """Create a study and store what it was made from (fingerprint, config, space, budget)."""
     study = optuna.create_study(

@@ -8,13 +8,14 @@ import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fnnp_opt import distributed
-from fnnp_opt.data import Augment, FolderSet, TensorSet
+from fnnp_opt.data import Augment, Batch, TrainSet
 from fnnp_opt.errors import CheckpointError
 from fnnp_opt.evaluate import NonFiniteError, run_batches, to_device
 from fnnp_opt.kernels import onednn_unsafe, without_onednn
@@ -92,7 +93,7 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def fit(
     model: nn.Module,
-    train: TensorSet | FolderSet,
+    train: TrainSet,
     cfg: FitConfig,
     *,
     augment: Augment | None = None,
@@ -130,10 +131,12 @@ def fit(
     model.to(device=device)
     if teacher is not None and distill is not None:
         teacher_was_training = teacher.training
-        teacher.to(device=device, memory_format=memory_format).eval()
+        # torch's stubs lack Module.to(device=..., memory_format=...), which torch accepts
+        teacher.to(device=device, memory_format=memory_format).eval()  # type: ignore[call-overload]
     else:
         teacher = distill = None
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
     opt = torch.optim.SGD(
@@ -165,11 +168,12 @@ def fit(
     else:  # DDP: after the load; probed on this process's rows of the first global batch (gen left as it is)
         peek = torch.Generator()
         peek.set_state(gen.get_state())
-        batches = train.shuffled(cfg.batch_size, peek, augment)
-        first = next(group.shard(batches), None)
-        batches.close()  # an image folder's loader processes end now
+        peeked = train.shuffled(cfg.batch_size, peek, augment)
+        first = next(group.shard(peeked), None)
+        peeked.close()  # an image folder's loader processes end now
 
         def probe() -> torch.Tensor:
+            assert first is not None  # passed to wrap only with a first batch
             x, y = to_device(first, device, memory_format)
             return distill_loss(model(x), y, None, None)
 
@@ -200,7 +204,8 @@ def fit(
             loss_sum += loss.item() if group is None else loss.item() * len(y) / cfg.batch_size
             steps += 1
 
-        batches = train.shuffled(cfg.batch_size, gen, augment)  # global batches, the same in every process
+        # global batches, the same in every process
+        batches: Iterator[Batch] = train.shuffled(cfg.batch_size, gen, augment)
         if group is not None:
             batches = group.shard(batches)
         with without_onednn() if unsafe else nullcontext():

@@ -52,6 +52,7 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
     from fnnp_opt.progress import NULL
 
     progress = progress or NULL
+    assert cfg.workers is not None  # resolved by the caller (RunConfig.resolved_workers)
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     before = {t.number for t in study.trials if t.state is not TrialState.WAITING}  # queued ones run now

@@ -62,7 +62,7 @@ def torchrun_job() -> Iterator:
         yield group
 
 
-def raised_by_ctrl_c(exc: BaseException) -> bool:
+def raised_by_ctrl_c(exc: BaseException | None) -> bool:
     """Whether ``exc`` was raised while Ctrl-C was being handled (a KeyboardInterrupt among its causes)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -99,6 +99,7 @@ def command_line() -> str:
 
 def configure_logging(debug: bool, verbose: bool) -> None:
     """Logs on stderr: through Rich on a terminal, else one timestamped line per event; passwords redacted."""
+    handler: logging.Handler
     if console.is_terminal:
         handler, fmt = RichHandler(console=console, show_path=False, show_time=False), "%(message)s"
     else:  # a log file, a pipe, CI: one timestamped line per event, each trial and epoch among them

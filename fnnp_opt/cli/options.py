@@ -26,6 +26,8 @@ class CommandGroup(typer.core.TyperGroup):
         defaults = {f.name: f.default for f in fields(RunConfig) if f.default not in (MISSING, None, ())}
         for command in self.commands.values():
             for param in command.params:
+                if not isinstance(param, (typer.core.TyperOption, typer.core.TyperArgument)):  # each of a Typer app
+                    continue
                 help_text = getattr(param, "help", None) or ""
                 if command.name == "run" and param.name in defaults and "[default" not in help_text:
                     value = (

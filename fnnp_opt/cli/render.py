@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable, Iterator
 
 from rich import box
@@ -28,7 +29,7 @@ class BarProgress:
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         tid = self._p.add_task(description, total=total)
         try:
-            yield lambda n=1: self._p.advance(tid, n)
+            yield partial(self._p.advance, tid)  # advance(n), by 1 when n is left out
         finally:
             self._p.remove_task(tid)
 
@@ -68,6 +69,7 @@ def print_summary(r: commands.RunResult) -> None:
         return
     if r.rerank is not None:
         rr = r.rerank
+        assert rr.winner is not None  # a finished rerank names its winner
         out.print(
             f"rerank: the top {len(rr.scores)} by ABN re-scored with {rr.key} ({rr.rescored} this session, "
             f"{rr.seconds:.0f}s); the winner scores {rr.scores[rr.winner]:.4f}"
