@@ -235,4 +235,6 @@ def test_a_search_from_python_resumes_after_kill_9_to_exactly_n_trials(tmp_path)
     study = optuna.load_study(study_name="killed", storage=url)
     complete = [t for t in study.trials if t.state is optuna.trial.TrialState.COMPLETE]
     assert len(complete) == n
-    assert not [t for t in study.trials if t.state is optuna.trial.TrialState.RUNNING]
+    # a trial killed while it held an evaluation slot was failed and retried; one killed before it claimed a slot
+    # (a draw outside the window, or waiting for one) may still read RUNNING until a later session fails it
+    assert not [t for t in study.trials if t.state is optuna.trial.TrialState.RUNNING and "slot" in t.user_attrs]
