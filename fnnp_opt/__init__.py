@@ -32,6 +32,7 @@ from fnnp_opt.errors import (
 
 if TYPE_CHECKING:
     from fnnp_opt.api import Objective, SearchResult, finetune, search
+    from fnnp_opt.evaluate import NonFiniteError
     from fnnp_opt.export import load_pruned
     from fnnp_opt.plan import Plan, load, save
     from fnnp_opt.problem import Problem
@@ -49,6 +50,7 @@ _LAZY = {
     "save": "fnnp_opt.plan",
     "load": "fnnp_opt.plan",
     "load_pruned": "fnnp_opt.export",
+    "NonFiniteError": "fnnp_opt.evaluate",
 }
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "DataError",
     "FnnpError",
     "ModelError",
+    "NonFiniteError",
     "Objective",
     "OutputError",
     "Plan",

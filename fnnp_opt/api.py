@@ -14,6 +14,7 @@ network is kept with :func:`fnnp_opt.save` and reloaded into a fresh instance of
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -32,14 +33,15 @@ from torch import nn
 from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.batches import LoaderSet, take
-from fnnp_opt.config import Constraint, Sampler, check_lr, check_seed
+from fnnp_opt.config import Constraint, Sampler, check_lr, check_seed, resolve_device
 from fnnp_opt.config import Objective as Goal
 from fnnp_opt.config import Score as ScoreKind
 from fnnp_opt.constraints import check_combination, default_constraint
-from fnnp_opt.data import EvalBatches
+from fnnp_opt.data import Batch, EvalBatches
 from fnnp_opt.early_stop import make_pruner
-from fnnp_opt.errors import FnnpError, UsageError, python_names
+from fnnp_opt.errors import FnnpError, UsageError, describe, python_names
 from fnnp_opt.evaluate import NonFiniteError, calibrate_bn, resident
+from fnnp_opt.export import check_writable
 from fnnp_opt.training import Distill, FitConfig, fit
 from fnnp_opt.plan import Plan
 from fnnp_opt.problem import Problem
@@ -114,7 +116,9 @@ class Objective:
         score: ``"abn"``, or ``"abn-ft"``: ABN, then a short fine-tune of a copy, then the score; it needs
             ``train`` (fnnp-opt's SGD with cross-entropy, ``score_steps`` steps of the first batches of ``train``,
             the same for every candidate) or ``short_finetune`` (your hook, which trains the copy in place).
-        sampler: the sampler the default constraint is chosen for (``"random"``, ``"tpe"``, ...).
+        sampler: the kind of sampler your study uses (``"random"``, ``"tpe"``, ``"cmaes"`` ...): the default
+            ``constraint`` suits it (CMA-ES learns nothing from a PRUNED trial, so it gets ``penalize``; GP and
+            NSGA-II read the violation set with ``trial.set_constraint``, ``constrain``).
         slots: under a shared storage, the study's evaluation slots (set by :func:`search`).
 
     Raises:
@@ -150,20 +154,26 @@ class Objective:
         _whole(score_steps, "score_steps", 1)
         check_lr(lr)
         check_seed(seed)
-        self.problem, self.device, self.seed = problem, device, seed
+        self.problem, self.device, self.seed = problem, resolve_device(device), seed
+        device = self.device
+        progress = NULL if progress is None else progress
         self.sampler = _choice(Sampler, sampler, "sampler")
         self.constraint = (
             _choice(Constraint, constraint, "constraint") if constraint else default_constraint(self.sampler)
         )
         self.goal = Goal.pareto if problem.budget.ranged else Goal.accuracy
         check_combination(self.sampler, self.constraint, self.goal, fit_budget)
-        self.calibration = resident(take(calibration, calibration_batches, "calibration"), device)
+        held = take(calibration, calibration_batches, "calibration")
+        _check_shapes(held, problem.example, "calibration")
+        self.calibration = resident(held, device)
         if callable(evaluation) and not isinstance(evaluation, (list, tuple)):
             self.measure: Score = _user_score(evaluation)
             search: EvalBatches = []
             early_stop = False
         else:
-            search = resident(take(evaluation, None, "evaluation", labels=True), device)
+            search = take(evaluation, None, "evaluation", labels=True)
+            _check_shapes(search, problem.example, "evaluation")
+            search = resident(search, device)
             self.measure = functools.partial(_accuracy, batches=search, device=device, amp=amp)
         self.score = _choice(ScoreKind, score, "score")
         self.scorer = self._scorer(train, short_finetune, score_steps, lr, search)
@@ -233,8 +243,45 @@ class Objective:
         return net.cpu().eval()
 
     def score_base(self) -> float:
-        """The unpruned model's score by ``evaluation``: every trial's reference (``vs_base``)."""
-        return self.measure(self.problem.model.to(self.device))
+        """The unpruned model's score by ``evaluation``: every trial's reference (``vs_base``).
+
+        Raises:
+            UsageError: ``evaluation`` fails on the unpruned model (wrong labels, a callable that does not take the
+                model ...): checked before any study is made, so none records a failure the data caused.
+        """
+        base = copy.deepcopy(self.problem.model).to(self.device)
+        try:
+            return self.measure(base)
+        except FnnpError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (the user's data or metric)
+            raise UsageError(
+                f"evaluation fails on the unpruned model ({describe(exc)}); pass (x, y) batches the model scores "
+                "(labels: class indices below its outputs), or a callable score(model) -> float"
+            ) from None
+
+
+def _check_shapes(batches: list[Batch], example: torch.Tensor, argument: str) -> None:
+    """Raise :class:`UsageError` naming ``argument`` when its images are not shaped as ``example_input``'s (the
+    batch size aside)."""
+    want = tuple(example.shape[1:])
+    for x, _ in batches:
+        if tuple(x.shape[1:]) != want:
+            raise UsageError(
+                f"{argument} yields images of shape {tuple(x.shape[1:])}, but example_input's are {want}; pass "
+                "batches shaped as the model's input"
+            )
+
+
+@contextlib.contextmanager
+def _optuna_quiet():
+    """Optuna's own log at WARNING within the block, as it was after."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def _accuracy(model: nn.Module, batches: EvalBatches, device: str, amp: bool) -> float:
@@ -332,6 +379,7 @@ def _open(storage: str, name: str, fingerprint: dict, settings: dict, problem: P
         study = St.existing_study(backend, name)
         if study is not None:
             St.check_fingerprint(study, fingerprint, storage, None, other="study_name=")
+            problem.enqueue_uniform(study)  # a process killed before it queued them (queued once)
             return study
         directions: tuple[Literal["maximize", "minimize"], ...] = (
             ("maximize", "minimize") if problem.budget.ranged else ("maximize",)
@@ -414,6 +462,13 @@ def search(
     """
     _whole(n_trials, "n_trials", 1)
     _whole(rerank, "rerank", 0)
+    if storage is not None and not isinstance(storage, str):
+        raise UsageError(
+            f"storage must be an Optuna storage URL like 'sqlite:///prune.db', got a {type(storage).__name__}"
+        )
+    if rerank and storage is None:
+        raise UsageError(f"rerank={rerank} keeps its re-scores in the study's storage: pass storage='sqlite:///...'")
+    progress = NULL if progress is None else progress
     _whole(max_draws, "max_draws", 1)
     if rerank > n_trials:
         raise UsageError(
@@ -472,6 +527,7 @@ def search(
         "n_trials": n_trials,
         "seed": seed,
     }
+    base = objective.score_base()  # before any study is made: data that fail leave no study behind
     if storage is None:
         study = optuna.create_study(
             study_name=study_name, directions=["maximize", "minimize"] if problem.budget.ranged else ["maximize"]
@@ -482,7 +538,6 @@ def search(
             study_name = f"fnnp-{type(model).__name__.lower()}-{str(budget).replace(':', '-')}"
         study = _open(storage, study_name, _fingerprint(problem, objective, evaluation), settings, problem)
         objective.evaluator.slots = St.Slots(study, n_trials)
-    base = objective.score_base()
     if "base_accuracy" not in study.user_attrs:
         study.set_user_attr("base_accuracy", base)
     objective.evaluator.base_accuracy = base
@@ -494,7 +549,17 @@ def search(
     study.sampler = S.make_sampler(objective.sampler, S.session_seed(seed, session), objective.goal, start)
     if objective.early_stop:
         study.pruner = make_pruner()
-    report = S.optimize(study, objective, n_trials, max_draws, progress)
+    with _optuna_quiet():  # a line per trial from Optuna as well as fnnp-opt's would drown the log
+        report = S.optimize(study, objective, n_trials, max_draws, progress)
+    if report.stopped_early:
+        log.warning(
+            "stopped after %d draws outside the window with %d of %d candidates evaluated (max_draws=%d): few draws "
+            "land in the window; pass fit_budget=True, or widen tolerance=",
+            report.rejected,
+            report.total_evaluated,
+            n_trials,
+            max_draws,
+        )
     if report.total_evaluated == 0:
         raise FnnpError(
             f"no candidate landed in the window {problem.budget.describe()} after {report.rejected} draws; widen "
@@ -560,6 +625,8 @@ def finetune(
         raise UsageError(f"temperature= must be positive, got {temperature}")
     if not 0 <= distill_weight <= 1:
         raise UsageError(f"distill_weight= must be in [0, 1], got {distill_weight}")
+    if checkpoint is not None:
+        check_writable(Path(checkpoint))
     first = take(train_loader, 1, "train_loader", labels=True)[0]
     batch = len(first[0])
     train = LoaderSet(train_loader, batch)

@@ -516,7 +516,9 @@ def check_workers(workers: int | None) -> None:
 def check_lr(lr: float) -> None:
     """Raise :class:`UsageError` unless the peak learning rate ``lr`` is positive and finite."""
     if not lr > 0 or not math.isfinite(lr):
-        raise UsageError(f"--lr must be positive and finite, got {lr}; pass a value such as 0.02")
+        raise UsageError(
+            f"{option('lr')} must be positive and finite, got {lr}; pass a value such as {option('lr', 0.02)}"
+        )
 
 
 def check_seed(seed: int, name: str = "seed") -> None:
@@ -558,10 +560,12 @@ def resolve_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+        raise UsageError(f"{option('device')} must be auto, cpu or cuda[:N], got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asks for CUDA, but none is available; use --device cpu")
+        raise UsageError(
+            f"{option('device', name)} asks for CUDA, but none is available; use {option('device', 'cpu')}"
+        )
     return name

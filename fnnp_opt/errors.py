@@ -11,6 +11,9 @@ import contextvars
 from contextlib import contextmanager
 from typing import Iterator
 
+# whether messages name settings as Python arguments (python_names) rather than command-line flags
+_PYTHON_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("fnnp_opt_python_names", default=False)
+
 
 class FnnpError(Exception):
     """Raised for any failure that fnnp-opt reports to the user as one line."""
@@ -56,9 +59,13 @@ class TrialError(FnnpError):
     """Raised when a candidate's evaluation fails on an unexpected error; its trial is marked FAIL in the study."""
 
     def __init__(self, number: int, cause: BaseException) -> None:
+        again = (
+            "call it again to resume (the error's __cause__ holds the traceback)"
+            if _PYTHON_NAMES.get()
+            else "run the same command again to resume (--debug shows the traceback)"
+        )
         super().__init__(
-            f"trial {number} failed: {describe(cause)}; the study keeps what was evaluated: fix the cause and run "
-            "the same command again to resume (--debug shows the traceback)"
+            f"trial {number} failed: {describe(cause)}; the study keeps what was evaluated: fix the cause and {again}"
         )
         self.number = number
         self.exit_code = cause.exit_code if isinstance(cause, FnnpError) else 1
@@ -81,7 +88,6 @@ def few(items: list[str], n: int = 3) -> str:
 
 # --------------------------------------------------------------------------- naming a setting in a message
 
-_PYTHON_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("fnnp_opt_python_names", default=False)
 # settings whose Python argument is named otherwise than the command-line flag
 _ARGUMENT = {"flops": "budget", "latency": "budget", "flops_tolerance": "tolerance", "latency_tolerance": "tolerance"}
 _UNSET = object()

@@ -31,7 +31,7 @@ from fnnp_opt.config import Constraint, Objective, Sampler
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import EvalBatches
 from fnnp_opt.early_stop import Reporter, step_batches
-from fnnp_opt.errors import TrialError, describe
+from fnnp_opt.errors import TrialError, describe, option
 from fnnp_opt.evaluate import NonFiniteError, Scored, accuracy, accuracy_in_steps, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
 from fnnp_opt.latency import LatencyTable, fold_bn
@@ -42,6 +42,7 @@ from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
+MAX_FAILED_IN_A_ROW = 10  # candidates whose score is NaN or inf, one after another, before the search stops
 SURPLUS = "surplus"  # user attribute of a draw left unevaluated because the study was already full
 
 
@@ -333,13 +334,22 @@ def optimize(
     with progress.task("search", n_trials) as advance:
         advance(done)
 
+        in_a_row: list[str] = []  # why each of the latest trials failed, while they fail one after another
+
         def callback(study: optuna.Study, trial: FrozenTrial) -> None:
             nonlocal done, last_check
+            if trial.state is TrialState.FAIL:
+                in_a_row.append(trial.user_attrs.get("fail_reason", "NaN or inf"))
+            elif trial.state is TrialState.COMPLETE:
+                in_a_row.clear()
             if St.is_evaluated(trial):
                 report.evaluated += 1
             elif trial.state is TrialState.FAIL:
                 report.failed += 1
                 log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see --debug"))
+                if len(in_a_row) >= MAX_FAILED_IN_A_ROW:
+                    study.stop()
+                    return
             elif not trial.user_attrs.get(SURPLUS):
                 report.rejected += 1
             if St.is_evaluated(trial) or trial.user_attrs.get(SURPLUS):  # only then can the count have moved
@@ -369,4 +379,10 @@ def optimize(
 
         study.optimize(run_trial, callbacks=[callback], catch=(NonFiniteError,), gc_after_trial=False)
     report.total_evaluated = len(evaluated(study))
+    if len(in_a_row) >= MAX_FAILED_IN_A_ROW:
+        raise NonFiniteError(
+            f"the last {len(in_a_row)} candidates failed one after another ({in_a_row[-1]}): the score itself "
+            f"diverges, not one candidate; lower {option('lr')} or {option('score_steps')} (a short fine-tune that "
+            "diverges), or check the evaluation; the study keeps what was evaluated"
+        )
     return report

@@ -348,6 +348,7 @@ def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_
             if base_accuracy is not None and "base_accuracy" not in study.user_attrs:  # made before it was kept
                 study.set_user_attr("base_accuracy", base_accuracy)
             log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
+            S.enqueue_uniform(study, p.space, p.uniform)  # a process killed before it queued them (queued once)
             _describe_study(cfg, p, study)
             return study
         directions: tuple[Literal["maximize", "minimize"], ...] = (

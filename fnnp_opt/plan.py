@@ -8,6 +8,7 @@ without an instance (:func:`fnnp_opt.export.load_pruned`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def save(net: nn.Module, path: str | Path, plan: Plan | None = None) -> Path:
     """
     if not isinstance(net, nn.Module):
         raise UsageError(f"net must be a torch.nn.Module, got a {type(net).__name__}")
+    if plan is not None and not isinstance(plan, Plan):
+        raise UsageError(
+            f"plan must be a fnnp_opt.Plan (result.plan, problem.plan(trial)) or None, got a {type(plan).__name__}"
+        )
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"path must be a folder path, got a {type(path).__name__}")
     folder = Path(path)
     check_writable(folder, folder=True)
     cls = type(net)
@@ -89,7 +96,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     saved_kinds = doc.get("kinds")
     if isinstance(saved_kinds, dict):
         _check_same(layer_kinds(model), saved_kinds, where, "is a", "")
-    base = (doc.get("plan") or {}).get("base_layers")
+    plan = doc.get("plan")
+    base = plan.get("base_layers") if isinstance(plan, dict) else None
     if base:
         _check_same(layer_shapes(model), base, where, "has sizes", " before pruning")
     if not weights.is_file():

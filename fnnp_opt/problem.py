@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fnnp_opt.constraints import uniform_strategy
-from fnnp_opt.errors import BudgetError, ModelError, UsageError, option
+from fnnp_opt.errors import BudgetError, ModelError, UsageError, describe, option
 from fnnp_opt.flops import Budget, FlopsModel, count, make_budget
 from fnnp_opt.latency import LatencyTable, Timing, make_latency_budget, study_table
 from fnnp_opt.models import find_classifier
@@ -35,11 +35,32 @@ def is_latency(budget: str) -> bool:
     return all(re.search(r"(x|ms)\s*$", part.strip()) for part in str(budget).split(":"))
 
 
+def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """Raise :class:`ModelError` unless ``model`` runs on ``example`` and returns one tensor."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    except Exception as exc:  # noqa: BLE001  (any error of the user's forward)
+        raise ModelError(
+            f"model does not run on example_input of shape {tuple(example.shape)} ({describe(exc)}); pass one "
+            "batch shaped as the model's input, e.g. torch.zeros(1, 3, 224, 224)"
+        ) from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(
+            f"model returns a {type(out).__name__}, but fnnp-opt prunes a model whose forward returns one tensor; wrap "
+            "it in a module that returns the output to score (the logits)"
+        )
+
+
 class Problem:
     """What is pruned and under which budget: the search space and the cost of any point of it.
 
     Args:
-        model: the trained network (any ``nn.Module``); it is not changed, and pruned copies are made from it.
+        model: the trained network (any ``nn.Module`` whose forward returns one tensor); it is put in eval mode
+            and its weights are left as they are: pruned copies are made from it.
         example_input: one input batch, shape (1, C, H, W) for an image model: it traces the channel groups and
             sets the input size at which FLOPs (MACs) are counted.
         budget: a fraction of the base's FLOPs (``"0.5"``), a count (``"2G"``, ``"62.23M"``), a fraction of the
@@ -98,6 +119,13 @@ class Problem:
                 )
             )
         check_max_rate(max_rate)
+        if isinstance(exclude, str):  # one pattern
+            exclude = [exclude]
+        if not all(isinstance(p, str) for p in exclude):
+            raise UsageError(f"exclude must be glob patterns of layer names (strings), got {list(exclude)!r}")
+        if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))):
+            raise UsageError(f"tolerance must be a fraction of the base like 0.02 (or None), got {tolerance!r}")
+        _check_runs(model, example_input)
         self.model = model.eval()
         self.example = example_input
         self.input_shape = tuple(example_input.shape)
@@ -157,6 +185,27 @@ class Problem:
                 )
             num_classes = out.shape[1]
         return find_classifier(self.model, self.example, num_classes)
+
+    def ratios_of(self, ratios: dict[str, float]) -> dict[str, float]:
+        """``ratios`` keyed by group root, from keys that are the groups' names (as :class:`Plan` and the study's
+        parameters name them) or their roots.
+
+        Raises:
+            UsageError: a key names no searched group, or a ratio lies outside [0, 1].
+        """
+        names = {d.name: d.root for d in self.space.dims} | {d.param: d.root for d in self.space.dims}
+        roots = {d.root for d in self.space.dims}
+        unknown = [k for k in ratios if k not in names and k not in roots]
+        if unknown:
+            raise UsageError(
+                f"ratios name groups that are not searched: {unknown[:3]}; the groups are "
+                f"{[d.name for d in self.space.dims][:6]}{' ...' if len(self.space) > 6 else ''} (Plan.ratios' keys)"
+            )
+        out = {names.get(k, k): v for k, v in ratios.items()}
+        for root, r in out.items():
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
+                raise UsageError(f"ratio {r!r} of group {root!r} is not a share of its channels, in [0, 1]")
+        return {d.root: float(out.get(d.root, 0.0)) for d in self.space.dims}
 
     # ------------------------------------------------------------------ costs
 
@@ -246,8 +295,8 @@ class Problem:
         return self.space.from_params(trial.params)
 
     def plan(self, trial_or_ratios) -> Plan:
-        """The :class:`Plan` of a trial, or of ratios ({group root: ratio})."""
-        ratios = trial_or_ratios if isinstance(trial_or_ratios, dict) else self.ratios(trial_or_ratios)
+        """The :class:`Plan` of a trial, or of ratios ({group name or root: ratio})."""
+        ratios = self._ratios(trial_or_ratios)
         removed = self.pruner.counts(ratios)
         return Plan(
             {d.name: float(ratios[d.root]) for d in self.space.dims},
@@ -257,10 +306,19 @@ class Problem:
         )
 
     def prune(self, trial_or_ratios) -> nn.Module:
-        """A pruned copy of the model for a trial, or for ratios ({group root: ratio}); its BN statistics are the
-        base's (re-estimate them before use: :func:`fnnp_opt.evaluate.calibrate_bn`)."""
-        ratios = trial_or_ratios if isinstance(trial_or_ratios, dict) else self.ratios(trial_or_ratios)
-        return self.pruner.prune(ratios)
+        """A pruned copy of the model for a trial, or for ratios ({group name or root: ratio}; a group left out
+        keeps all its channels); its BN statistics are the base's (re-estimate them before use)."""
+        return self.pruner.prune(self._ratios(trial_or_ratios))
+
+    def _ratios(self, trial_or_ratios) -> dict[str, float]:
+        if isinstance(trial_or_ratios, dict):
+            return self.ratios_of(trial_or_ratios)
+        if not hasattr(trial_or_ratios, "user_attrs") or not hasattr(trial_or_ratios, "params"):
+            raise UsageError(
+                f"pass an Optuna trial of this problem's study, or ratios {{group name: ratio}}, got a "
+                f"{type(trial_or_ratios).__name__}"
+            )
+        return self.ratios(trial_or_ratios)
 
     def enqueue_uniform(self, study) -> None:
         """Queue the uniform L1 strategies in ``study`` (an Optuna study): the baseline to beat, evaluated first and

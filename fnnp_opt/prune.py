@@ -17,8 +17,9 @@ import fnmatch
 import logging
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -121,6 +122,21 @@ class Shaping:
                 )
 
 
+@contextmanager
+def _trainable(model: nn.Module) -> Iterator[None]:
+    """Every parameter of ``model`` requires a gradient within the block (the ones that did not, as a frozen or
+    deployed model's, are given back as they were): Torch-Pruning traces the graph through autograd, so layers
+    before the first parameter that requires one would not be seen, nor pruned."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def _conv_like(module: nn.Module) -> bool:
     return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
 
@@ -157,10 +173,12 @@ class Pruner:
                 ignored.append(model.get_submodule(name))
             except AttributeError:
                 raise ModelError(f"layer {name!r} is not a submodule of the model") from None
-        with tracked(model) as tracker:
+        with tracked(model) as tracker, _trainable(model):
             try:
                 self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-                groups = list(self.graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
+                groups = list(
+                    self.graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])
+                )
             except Exception as exc:
                 where = self._graph_node(exc) or tracker.where()
                 raise ModelError(

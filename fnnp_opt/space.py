@@ -108,7 +108,8 @@ class SearchSpace:
 
 
 def check_max_rate(max_rate: float) -> None:
-    if not 0.0 < max_rate < 1.0:
+    """Raise :class:`UsageError` unless ``max_rate`` (R) is a number in (0, 1)."""
+    if isinstance(max_rate, bool) or not isinstance(max_rate, (int, float)) or not 0.0 < max_rate < 1.0:
         raise UsageError(f"{option('max_rate')} must be in (0, 1), got {max_rate}; e.g. {option('max_rate', 0.7)}")
 
 

@@ -175,13 +175,15 @@ def open_storage(url: str, write_ahead: bool = True) -> BaseStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            storage = (RDBStorage if path is None else SQLiteStorage)(
-                url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-            )
+            # a new SQLite file gets its tables from whichever process opens it first: one at a time
+            with _opening_lock(path) if path is not None else nullcontext():
+                storage = (RDBStorage if path is None else SQLiteStorage)(
+                    url,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                    engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                )
             if path is not None and write_ahead:
                 _write_ahead(storage)
             return storage
@@ -301,7 +303,15 @@ _FINGERPRINT_FLAGS = {
     "model": ("model",),
     "weights": ("checkpoint",),
     "dataset": ("dataset",),
-    "data": ("data_dir", "search_size", "search_per_class", "abn_batches", "abn_batch_size", "calibration_seed", "image_size"),
+    "data": (
+        "data_dir",
+        "search_size",
+        "search_per_class",
+        "abn_batches",
+        "abn_batch_size",
+        "calibration_seed",
+        "image_size",
+    ),
     "space": ("max_rate", "round_to", "min_channels", "exclude"),
     "budget": (
         "flops",
@@ -495,6 +505,23 @@ def name_lock(storage, name: str) -> ContextManager[None]:
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _opening_lock(path: Path) -> Iterator[None]:
+    """The study lock's file held while ``path`` (a SQLite file) is opened, so that two processes starting on a new
+    file do not both create its tables; where the folder is read-only (a reader), no lock (nothing is created)."""
+    try:
+        fh = open(sqlite_lock_path(path), "a")
+    except OSError:
+        yield
+        return
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

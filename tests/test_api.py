@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -18,7 +19,8 @@ from torch import nn
 
 import fnnp_opt
 from fnnp_opt.data import get_dataset_info
-from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, UsageError
+from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, UsageError
+from fnnp_opt.evaluate import NonFiniteError
 from fnnp_opt.plan import Plan
 from fnnp_opt.prune import layer_shapes
 
@@ -30,9 +32,9 @@ def fmnist_batches(fmnist_arrays):
     """The user's own data: normalised training images as (x, y) batches of 64; calibration from the first 640,
     a held-out split of 512 after them (the test file is not touched)."""
     info = get_dataset_info("fashion-mnist")
-    x = torch.from_numpy(fmnist_arrays["train_x"][:1152]).float().div(255).unsqueeze(1)
+    x = torch.tensor(fmnist_arrays["train_x"][:1152]).float().div(255).unsqueeze(1)
     x = (x - info.mean[0]) / info.std[0]
-    y = torch.from_numpy(fmnist_arrays["train_y"][:1152]).long()
+    y = torch.tensor(fmnist_arrays["train_y"][:1152]).long()
     batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 1152, 64)]
     return batches[:10], batches[10:]
 
@@ -165,6 +167,17 @@ def test_save_then_load_into_a_fresh_instance_reproduces_the_outputs_bit_for_bit
         ({"calibration": 5}, r"^calibration must be an iterable of batches"),
         ({"evaluation": [torch.zeros(2, 1, 28, 28)]}, r"^evaluation yields batches without labels"),
         ({"exclude": ["nothing.*"]}, r"^exclude=\['nothing.\*'\] matches no prunable layer"),
+        ({"device": "tpu"}, r"^device= must be auto, cpu or cuda"),
+        ({"max_rate": "0.5"}, r"^max_rate= must be in \(0, 1\), got 0.5"),
+        ({"storage": Path("s.db")}, r"^storage must be an Optuna storage URL"),
+        (
+            {"rerank": 2, "train": [(torch.zeros(2, 1, 28, 28), torch.zeros(2).long())]},
+            r"^rerank=2 keeps its re-scores",
+        ),
+        ({"calibration": [torch.zeros(4, 3, 28, 28)]}, r"^calibration yields images of shape \(3, 28, 28\)"),
+        ({"evaluation": [(torch.zeros(4, 1, 28, 28), torch.zeros(4, 10))]}, r"^evaluation fails on the unpruned model"),
+        ({"evaluation": lambda: 0.5}, r"^evaluation fails on the unpruned model \(TypeError"),
+        ({"lr": -1, "score": "abn-ft"}, r"^lr= must be positive and finite, got -1; pass a value such as lr=0.02$"),
     ],
 )
 def test_a_bad_argument_raises_one_line_naming_the_python_argument(base_model, fmnist_batches, kwargs, pattern):
@@ -172,6 +185,69 @@ def test_a_bad_argument_raises_one_line_naming_the_python_argument(base_model, f
         _search(base_model, fmnist_batches, **kwargs)
     assert "\n" not in str(err.value) and "--" not in str(err.value)
     assert isinstance(err.value, (UsageError, BudgetError))
+
+
+def test_a_model_that_does_not_run_on_the_example_or_returns_no_tensor_is_refused_in_one_line(base_model):
+    with pytest.raises(ModelError, match=r"^model does not run on example_input of shape \(1, 3, 28, 28\)"):
+        fnnp_opt.Problem(base_model, torch.zeros(1, 3, 28, 28))
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = base_model
+
+        def forward(self, x):
+            return self.net(x), x
+
+    with pytest.raises(ModelError, match=r"^model returns a tuple"):
+        fnnp_opt.Problem(Pair(), torch.zeros(1, 1, 28, 28))
+
+
+def test_a_score_that_diverges_on_every_candidate_stops_the_search_and_says_so(base_model, fmnist_batches):
+    base_params = sum(p.numel() for p in base_model.parameters())
+
+    def score(net):  # finite on the base, NaN on every pruned candidate
+        return 0.5 if sum(p.numel() for p in net.parameters()) == base_params else float("nan")
+
+    t = time.monotonic()
+    with pytest.raises(NonFiniteError, match=r"^the last 10 candidates failed one after another"):
+        _search(base_model, fmnist_batches, evaluation=score, n_trials=20, fit_budget=True)
+    assert time.monotonic() - t < 120
+
+
+def test_data_that_fail_on_the_base_leave_no_study_behind(base_model, fmnist_batches, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    wrong = [(x, torch.nn.functional.one_hot(y, 10)) for x, y in fmnist_batches[1]]
+    with pytest.raises(UsageError, match="evaluation fails on the unpruned model"):
+        _search(base_model, fmnist_batches, evaluation=wrong, storage=url, study_name="s")
+    assert not optuna.get_all_study_names(url)
+
+
+def test_a_process_killed_before_it_queued_the_baseline_has_it_queued_on_resume(
+    base_model, fmnist_batches, tmp_path, monkeypatch
+):
+    url = f"sqlite:///{tmp_path}/s.db"
+
+    def killed(self, study):
+        raise KeyboardInterrupt  # as a kill between creating the study and queuing its baseline
+
+    with monkeypatch.context() as m:
+        m.setattr(fnnp_opt.Problem, "enqueue_uniform", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _search(base_model, fmnist_batches, storage=url, study_name="s")
+    assert optuna.load_study(study_name="s", storage=url).trials == []
+    result = _search(base_model, fmnist_batches, storage=url, study_name="s")
+    assert result.baseline is not None and result.baseline.number == 0
+
+
+def test_a_plans_ratios_build_the_same_network(base_model, fmnist_batches):
+    result = _search(base_model, fmnist_batches, n_trials=2)
+    names = result.plan.ratios
+    assert set(names) == {d.name for d in result.problem.space.dims}
+    assert layer_shapes(result.problem.prune(names)) == layer_shapes(result.build())
+    assert result.problem.plan(names).channels == result.plan.channels
+    with pytest.raises(UsageError, match=r"^ratios name groups that are not searched: \['nope'\]"):
+        result.problem.prune({"nope": 0.5})
 
 
 def test_finetune_takes_a_dataloader_and_distils_from_the_base(base_model, fmnist_batches):

@@ -146,3 +146,13 @@ def test_concatenated_groups_are_cut_together_without_shifting_each_other():
     x = torch.randn(2, 3, 32, 32)
     assert pruned(x).shape == (2, 10)
     assert count(pruned, (1, 3, 32, 32))[0] < count(model, (1, 3, 32, 32))[0]
+
+
+def test_a_frozen_model_is_traced_whole_and_given_back_frozen(base_model):
+    # Torch-Pruning traces through autograd: frozen layers (a deployed model's) must still be seen
+    trainable = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
+    for p in base_model.parameters():
+        p.requires_grad_(False)
+    frozen = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
+    assert [g.root for g in frozen.groups] == [g.root for g in trainable.groups]
+    assert not any(p.requires_grad for p in base_model.parameters())

@@ -424,3 +424,24 @@ def test_finetune_on_a_read_only_database_is_refused_before_the_export(small_fmn
         assert db.read_bytes() == before and not (root / "ft").exists()
     finally:
         shutil.rmtree(root)
+
+
+def test_processes_that_open_a_new_sqlite_file_at_once_all_open_it(tmp_path):
+    # each creates the file's tables if it finds none: without a lock, the second one's creation collides
+    code = (
+        "import sys, time, pathlib; from fnnp_opt.storage import open_storage\n"
+        "go = pathlib.Path(sys.argv[2])\n"
+        "while not go.exists(): time.sleep(0.01)\n"
+        "open_storage(sys.argv[1])\n"
+    )
+    for attempt in range(3):
+        url, go = f"sqlite:///{tmp_path}/s{attempt}.db", tmp_path / f"go{attempt}"
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url, str(go)], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        time.sleep(3)  # every process waits at the gate, imports done
+        go.touch()
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1] for e in errors if e.strip()]
