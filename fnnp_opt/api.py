@@ -42,7 +42,7 @@ from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.errors import FnnpError, UsageError, describe, python_names
 from fnnp_opt.evaluate import NonFiniteError, calibrate_bn, resident
 from fnnp_opt.export import check_writable
-from fnnp_opt.training import Distill, FitConfig, fit
+from fnnp_opt.training import Distill, FitConfig, distill_loss, fit
 from fnnp_opt.plan import Plan
 from fnnp_opt.problem import Problem
 from fnnp_opt.progress import NULL, Progress
@@ -628,6 +628,19 @@ def finetune(
     if checkpoint is not None:
         check_writable(Path(checkpoint))
     first = take(train_loader, 1, "train_loader", labels=True)[0]
+    for name, model in (("net", net), ("teacher", teacher)):
+        if model is None:
+            continue
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"{name} must be a torch.nn.Module, got a {type(model).__name__}")
+        try:  # the first batch through the loss, on a copy: a mismatch is named before any step changes net
+            with torch.no_grad():
+                distill_loss(copy.deepcopy(model).eval()(first[0]), first[1], None, None)
+        except Exception as exc:  # noqa: BLE001  (the user's data against the user's model)
+            raise UsageError(
+                f"train_loader's first batch fails in {name}'s loss ({describe(exc)}); pass (x, y) batches shaped as "
+                f"{name}'s input, with class indices below its outputs"
+            ) from None
     batch = len(first[0])
     train = LoaderSet(train_loader, batch)
     cfg = FitConfig(epochs, lr, batch, weight_decay=weight_decay, seed=seed)

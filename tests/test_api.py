@@ -263,6 +263,11 @@ def test_finetune_takes_a_dataloader_and_distils_from_the_base(base_model, fmnis
     assert not net.training
     with pytest.raises(UsageError, match=r"^epochs= must be a whole number >= 1"):
         fnnp_opt.finetune(net, loader, epochs=0)
+    wrong = [(x, y + 10) for x, y in calibration]  # labels beyond the 10 outputs
+    with pytest.raises(UsageError, match=r"^train_loader's first batch fails in net's loss \(IndexError"):
+        fnnp_opt.finetune(net, wrong)
+    with pytest.raises(UsageError, match=r"^train_loader's first batch fails in teacher's loss"):
+        fnnp_opt.finetune(net, calibration, teacher=nn.Linear(3, 3))
 
 
 def test_import_fnnp_opt_loads_neither_torch_nor_optuna():
