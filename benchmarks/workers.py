@@ -21,7 +21,7 @@ import time
 import optuna
 
 from fnnp_opt.config import resolve
-from fnnp_opt.pipeline import open_study, prepare, settle
+from fnnp_opt.pipeline import open_study, prepare, search_share, settle
 from fnnp_opt.workers import search_parallel
 
 
@@ -31,7 +31,7 @@ def one(workers: int, trials: int) -> float:
     cfg = settle(resolve(device="cpu", storage=url, n_trials=trials, workers=workers, epochs=0))
     study = open_study(cfg, prepare(cfg))
     t = time.perf_counter()
-    report = search_parallel(cfg, study)
+    report = search_parallel(cfg, study, search_share)
     wall = time.perf_counter() - t
     assert report.total_evaluated == trials, report
     return wall

@@ -13,42 +13,9 @@ from enum import Enum
 from pathlib import Path
 
 from fnnp_opt.errors import UsageError, option
+from fnnp_opt.options import Constraint, Objective, Sampler, Score  # noqa: F401  (imported from here too)
 
 RECIPES = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes, in a checkout
-
-
-class Sampler(str, Enum):
-    """Optuna samplers for the strategy vector."""
-
-    random = "random"  # uniform random search: the paper's choice
-    tpe = "tpe"  # tree-structured Parzen estimator (multivariate)
-    cmaes = "cmaes"  # CMA evolution strategy
-    qmc = "qmc"  # scrambled Sobol points: random search that fills the space evenly
-    gp = "gp"  # Gaussian-process Bayesian optimisation (its ask() slows down past ~200 trials)
-    nsga2 = "nsga2"  # NSGA-II genetic search; the sampler of --objective pareto
-
-
-class Constraint(str, Enum):
-    """How a candidate outside the FLOPs window is reported to the sampler (it is never ABN-evaluated)."""
-
-    reject = "reject"  # TrialPruned: no value; samplers that learn from pruned trials (TPE) still see it
-    penalize = "penalize"  # a COMPLETE trial valued -penalty x violation, below every feasible score
-    constrain = "constrain"  # a COMPLETE trial with Optuna's constraint = violation (TPE, GP, NSGA-II use it)
-
-
-class Objective(str, Enum):
-    """What the study optimises."""
-
-    accuracy = "accuracy"  # ABN accuracy inside one FLOPs window (the paper)
-    pareto = "pareto"  # (ABN accuracy up, FLOPs down) over a FLOPs range: one study serves every budget
-
-
-class Score(str, Enum):
-    """What a trial's value is."""
-
-    abn = "abn"  # adaptive-BN accuracy on the search split (the paper)
-    abn_ft = "abn-ft"  # ABN, then --score-steps SGD steps on a copy, then accuracy on the search split
-
 
 DEFAULT_FLOPS = {Objective.accuracy: "0.5", Objective.pareto: "0.2:0.8"}
 # ABN calibration batches of a new study: where the ranking has saturated on both shipped bases (Spearman >= 0.99

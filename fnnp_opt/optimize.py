@@ -27,7 +27,6 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from fnnp_opt import storage as St
-from fnnp_opt.config import Constraint, Objective, Sampler
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import EvalBatches
 from fnnp_opt.early_stop import Reporter, step_batches
@@ -35,6 +34,7 @@ from fnnp_opt.errors import TrialError, describe, option
 from fnnp_opt.evaluate import NonFiniteError, Scored, accuracy, accuracy_in_steps, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
 from fnnp_opt.latency import LatencyTable, fold_bn
+from fnnp_opt.options import Constraint, Objective, Sampler
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import Scorer

@@ -427,6 +427,14 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
 
+def search_share(cfg: RunConfig) -> None:
+    """A search worker's job (:func:`fnnp_opt.workers.search_parallel`): prepare ``cfg`` and search this process's
+    share of its stored study."""
+    p = prepare(cfg)
+    study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
+    search(cfg, p, study)
+
+
 def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:
     """The ratios a trial applied (after --fit-budget), as {root: ratio}."""
     if "ratios" in trial.user_attrs:
@@ -621,7 +629,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
         t = time.perf_counter()
         workers = cfg.resolved_workers()
         if workers > 1:
-            result.report = search_parallel(replace(cfg, workers=workers), study, progress)
+            result.report = search_parallel(replace(cfg, workers=workers), study, search_share, progress)
         else:
             result.report = search(cfg, p, study, progress)
         seconds["search"] = time.perf_counter() - t
