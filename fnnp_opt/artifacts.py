@@ -59,8 +59,7 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 def default_dir(storage_url: str) -> Path:
     """The store's folder when none is given or recorded: ``artifacts`` beside a SQLite or journal file, else
     ``./studies/artifacts``."""
-    path = St.storage_file(storage_url)
-    return (path.parent if path is not None else Path("studies")) / "artifacts"
+    return St.beside(storage_url, "artifacts")
 
 
 def store_dir(storage_url: str, artifact_dir: str | Path | None = None, study: optuna.Study | None = None) -> Path:

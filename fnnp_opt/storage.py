@@ -686,6 +686,13 @@ def storage_file(url: str) -> Path | None:
     return sqlite_path(url) or J.journal_path(url)
 
 
+def beside(url: str, name: str) -> Path:
+    """The folder ``name`` that goes with storage ``url``: beside its SQLite or journal file, else in ``./studies``
+    (a server storage). The artifact store and the latency cache live there."""
+    path = storage_file(url)
+    return (path.parent if path is not None else Path("studies")) / name
+
+
 def trial_user_attrs(study: optuna.Study, trial) -> dict:
     """The user attributes of ``trial`` (a FrozenTrial of ``study``), with those :func:`set_finished_trial_user_attr`
     recorded after it finished on a journal file (an RDB storage holds them on the trial itself)."""

@@ -263,11 +263,11 @@ def train_base(
     """
     import time
 
-    from fnnp_opt.config import check_batch_fits, check_lr, check_seed, check_split
     from fnnp_opt.data import load_splits, resolve_dataset
     from fnnp_opt.evaluate import accuracy
     from fnnp_opt.export import check_writable, save_weights_and_card
     from fnnp_opt.models import check_input, create_model
+    from fnnp_opt.options import check_batch_fits, check_lr, check_seed, check_split
 
     check_lr(cfg.lr)
     check_seed(cfg.seed)
