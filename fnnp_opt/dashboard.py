@@ -16,6 +16,7 @@ from typing import Callable
 
 import optuna
 
+from fnnp_opt import optuna_private as P
 from fnnp_opt import storage as St
 from fnnp_opt.errors import StorageError
 
@@ -36,10 +37,8 @@ def describe(study: optuna.Study, names: list[str], note: str) -> None:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(names)
     from optuna_dashboard import save_note
-    from optuna_dashboard._note import get_note_from_system_attrs
 
-    stored = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)
-    if stored.get("body") != note:
+    if P.stored_note(study) != note:
         save_note(study, note)
 
 

@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from fnnp_opt import optuna_private as P
 from fnnp_opt import storage as St
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import EvalBatches
@@ -269,7 +270,8 @@ def requeue_failed_baselines(study: optuna.Study) -> int:
     trials = study.get_trials(deepcopy=False)
 
     def plan(t: FrozenTrial) -> tuple:
-        return tuple(sorted(t.system_attrs.get("fixed_params", t.params).items()))
+        fixed = P.fixed_params(t)
+        return tuple(sorted((t.params if fixed is None else fixed).items()))
 
     baselines = [t for t in trials if t.user_attrs.get(St.BASELINE)]
     alive = {plan(t) for t in baselines if t.state is not TrialState.FAIL}

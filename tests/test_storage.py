@@ -17,6 +17,7 @@ from conftest import PG_PASSWORD, SMALL_RUN, message_lines
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+import fnnp_opt.optuna_private as P
 import fnnp_opt.storage as St
 
 CLI = Path(__file__).parents[1] / "cli.py"
@@ -79,7 +80,7 @@ def test_queued_trials_come_before_fresh_draws(tmp_path):
     study = _study(tmp_path)
     study.enqueue_trial({"x": 0.5})
     slots = St.Slots(study, n_trials=1)
-    fresh = study._storage.create_new_trial(study._study_id)  # a draw that bypasses the queue
+    fresh = P.storage(study).create_new_trial(P.study_id(study))  # a draw that bypasses the queue
     assert not slots.claim(optuna.Trial(study, fresh))
     queued = study.ask()  # pops the queue
     assert slots.claim(queued)
@@ -108,7 +109,7 @@ def test_two_processes_never_take_the_same_queued_trial(tmp_path, kind):
     study = optuna.create_study(study_name="q", storage=St.open_storage(url))
     for i in range(160):
         study.enqueue_trial({"x": float(i)})
-    St.close_storage(study._storage)
+    St.close_storage(P.storage(study))
     ready = tmp_path / "ready"
     ready.mkdir()
     procs = [
@@ -173,7 +174,7 @@ def _kill_mid_trial(storage, pids, deadline_s=240):
             continue
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = owners.get(t.user_attrs.get("worker"))
-            if pid and t.user_attrs.get("slot") == t._trial_id and t.number > 0:
+            if pid and t.user_attrs.get("slot") == P.trial_id(t) and t.number > 0:
                 os.kill(pid, signal.SIGKILL)
                 return t.number
     raise AssertionError("no worker was seen evaluating a trial")
