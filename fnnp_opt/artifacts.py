@@ -253,6 +253,6 @@ def publish(
 
 
 def export_files(export: Path) -> list[Path]:
-    """The files of an export folder worth keeping with the study: the recipe (JSON), the weights, and the ONNX
+    """The files of an export folder worth keeping with the study: the plan (JSON), the weights, and the ONNX
     graph when made."""
     return [export / n for n in ("pruned.json", "pruned.safetensors", "pruned.onnx") if (export / n).is_file()]

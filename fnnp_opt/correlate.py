@@ -39,7 +39,7 @@ from fnnp_opt.constraints import fit_to_budget
 from fnnp_opt.correlation import METRICS, Coefficient, Noise, coefficient, noise, with_interval
 from fnnp_opt.errors import UsageError
 from fnnp_opt.evaluate import accuracy, bn_momentum, calibration_mode, run_batches
-from fnnp_opt.export import check_writable
+from fnnp_opt.export import check_output_writable
 from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.flops import make_budget
 from fnnp_opt.progress import NULL, Progress
@@ -330,8 +330,8 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
     from fnnp_opt.pipeline import prepare
 
     settings.validate()
-    St.check_writable(cfg.resolved_storage())
-    check_writable(Path(settings.output), folder=True)  # before hours of measuring, not after
+    St.check_storage_writable(cfg.resolved_storage())
+    check_output_writable(Path(settings.output), folder=True)  # before hours of measuring, not after
     cfg = replace(cfg, abn_batches=max(settings.sweep))
     top = f"abn_{max(settings.sweep)}"  # the full calibration: the trial's value
     result = CorrelateResult()

@@ -311,7 +311,7 @@ class SearchReport:
     rejected: int = 0  # candidates outside the window in this session
     failed: int = 0  # trials that failed (NaN/inf) in this session
     total_evaluated: int = 0  # evaluated trials in the study after this session
-    stopped_early: bool = False  # max_draws was hit before n_trials
+    hit_max_draws: bool = False  # max_draws rejected draws stopped the session before n_trials
 
 
 def optimize(
@@ -364,7 +364,7 @@ def optimize(
             if done >= n_trials:
                 study.stop()
             elif report.rejected >= max_draws:
-                report.stopped_early = True
+                report.hit_max_draws = True
                 study.stop()
 
         def run_trial(trial: optuna.Trial) -> float | tuple[float, float]:

@@ -26,7 +26,7 @@ from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import CheckpointError, FnnpError, ModelError, StorageError, UsageError
 from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers, resident
-from fnnp_opt.export import check_writable, save_onnx, save_pruned
+from fnnp_opt.export import check_output_writable, save_onnx, save_pruned
 from fnnp_opt.latency import (
     profile,
     speed_warnings,
@@ -228,7 +228,7 @@ class RunResult:
     report: S.SearchReport
     budget: Budget
     best_trial: int | None = None  # the delivered trial (None for a Pareto search)
-    best_abn: float | None = None  # the delivered trial's value (its ABN accuracy, or abn-ft score)
+    best_value: float | None = None  # the delivered trial's value (its ABN accuracy, or abn-ft score)
     export: Path | None = None  # None when nothing was delivered by this process
     delivered_by: str | None = None  # another worker fine-tuning the winner (host:pid)
     front: list[dict] = field(default_factory=list)  # the Pareto front (--objective pareto)
@@ -239,7 +239,7 @@ class RunResult:
     finetune_losses: list[float] = field(default_factory=list)
     distilled: bool = False  # the fine-tune distilled from the unpruned network
     stage_seconds: dict = field(default_factory=dict)
-    score_label: str = "ABN accuracy"  # what best_abn is
+    score_label: str = "ABN accuracy"  # what best_value is
     latency: dict | None = None  # --latency: the winner timed directly against its window
     onnx: dict | None = None  # --onnx: onnxruntime's agreement with PyTorch and its times (ms by batch)
     published: A.Published | None = None  # the delivered files and figures in the study's artifact store
@@ -508,7 +508,7 @@ def deliver(
     t = time.perf_counter()
     group = distributed.current()
     if group is not None:  # under torchrun, the other processes fine-tune the winner with this one
-        group.publish(Winner(cfg, study.study_name, trial, output))
+        group.send(Winner(cfg, study.study_name, trial, output))
     pruned, ratios, distill, losses = finetune_winner(cfg, p, study.study_name, trial, output, progress)
     seconds["finetune"] = time.perf_counter() - t
 
@@ -613,8 +613,8 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
     t0 = time.perf_counter()
     check_workers(cfg.workers)
     output = cfg.resolved_output()
-    check_writable(output, folder=True)
-    St.check_writable(cfg.resolved_storage())
+    check_output_writable(output, folder=True)
+    St.check_storage_writable(cfg.resolved_storage())
     if cfg.artifact_dir is not None:
         A.check_store(Path(cfg.artifact_dir))
     cfg = settle(cfg)
@@ -640,7 +640,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
                 f"no candidate landed in the window {p.budget.describe()} after {report.rejected} draws; "
                 "widen --flops-tolerance or change --flops / --max-rate, or pass --fit-budget"
             )
-        if report.stopped_early:
+        if report.hit_max_draws:
             log.warning(
                 "stopped after %d rejected draws with %d of %d candidates evaluated: few draws land in the window; "
                 "pass --fit-budget (every draw is moved into it), or widen it with %s-tolerance",
@@ -670,7 +670,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             seconds["rerank"] = time.perf_counter() - t
             best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
             rerank_score = {result.rerank.key: result.rerank.scores[best.number]}
-        result.best_trial, result.best_abn = best.number, best.values[0]
+        result.best_trial, result.best_value = best.number, best.values[0]
         result.delivered_by = St.claim_delivery(study, best.number)
         if result.delivered_by is not None:
             return result
@@ -701,7 +701,7 @@ def finetune_trial(
         return None
 
     St.check_exists(storage)
-    St.check_writable(storage)
+    St.check_storage_writable(storage)
     store = St.open_storage(storage)
     study = St.pick_study(store, storage, study_name)
     study_name = study.study_name
@@ -730,7 +730,7 @@ def finetune_trial(
         )
     given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
     output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"
-    check_writable(output, folder=True)
+    check_output_writable(output, folder=True)
     if cfg.artifact_dir is not None:
         A.check_store(Path(cfg.artifact_dir))
     p = prepare(cfg)
@@ -760,9 +760,9 @@ def finetune_trial(
 
 def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "auto", progress: Progress = NULL) -> dict:
     """Reload an export and measure it on its dataset's test set, as `run` reported it."""
-    from fnnp_opt.export import REGISTRY_FIELDS, load_pruned, read_recipe
+    from fnnp_opt.export import REGISTRY_FIELDS, load_pruned, read_plan
 
-    doc, _ = read_recipe(path, needs=(*REGISTRY_FIELDS, "input_shape", "dataset"))
+    doc, _ = read_plan(path, needs=(*REGISTRY_FIELDS, "input_shape", "dataset"))
     model = load_pruned(path)
     dev = resolve_device(device)
     cfg = doc.get("config", {})

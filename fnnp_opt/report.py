@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fnnp_opt import storage as St
 from fnnp_opt.errors import FnnpError, OutputError, StorageError
-from fnnp_opt.export import check_writable
+from fnnp_opt.export import check_output_writable
 from fnnp_opt.flops import Budget, human
 from fnnp_opt.optimize import SURPLUS, evaluated
 from fnnp_opt.space import PREFIX, uniform_words
@@ -476,7 +476,7 @@ def write_report(study: optuna.Study, folder: Path, storage: str | None = None) 
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
-    check_writable(folder, folder=True)
+    check_output_writable(folder, folder=True)
     f = _facts(study)
     try:
         folder.mkdir(parents=True, exist_ok=True)

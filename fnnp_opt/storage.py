@@ -86,7 +86,7 @@ def check_exists(url: str) -> None:
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
 
 
-def check_writable(url: str) -> None:
+def check_storage_writable(url: str) -> None:
     """Raise :class:`StorageError` when this user could not write the SQLite or journal storage ``url``.
 
     SQLite needs the database file writable and its folder too (its journal goes there, and

@@ -204,7 +204,7 @@ def test_a_journal_that_cannot_be_used_is_refused_and_nothing_is_written(tmp_pat
         (f"journal:///{tmp_path}/a-file/s.log", "a-file is not a folder"),
         (f"{tmp_path}/dir.journal", "is a folder, not a journal file"),
     ]:
-        for check in (St.check_writable, St.open_storage):
+        for check in (St.check_storage_writable, St.open_storage):
             with pytest.raises(StorageError, match=message):
                 check(url)
     with pytest.raises(StorageError, match="does not exist yet"):
@@ -468,7 +468,7 @@ def test_a_journal_this_user_cannot_write_is_refused_untouched(case, tmp_path):
     modes["read-only lock file"] = (0o777, 0o666, 0o444)
     for p, mode in zip((folder, path, J.lock_path(path)), modes[case]):
         p.chmod(mode)
-    code = f"import fnnp_opt.storage as St; St.check_writable({str(path)!r})"
+    code = f"import fnnp_opt.storage as St; St.check_storage_writable({str(path)!r})"
     try:
         proc = subprocess.run(_as_unprivileged([sys.executable, "-c", code]), capture_output=True, text=True)
         assert proc.returncode == 1 and "for this user" in proc.stderr.splitlines()[-1], proc.stderr

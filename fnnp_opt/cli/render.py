@@ -75,7 +75,7 @@ def print_summary(r: commands.RunResult) -> None:
             f"{rr.seconds:.0f}s); the winner scores {rr.scores[rr.winner]:.4f}"
         )
     out.print(
-        f"trial {r.best_trial}: {r.score_label} {r.best_abn:.4f} on the search split; budget {r.budget.describe()}"
+        f"trial {r.best_trial}: {r.score_label} {r.best_value:.4f} on the search split; budget {r.budget.describe()}"
     )
     if r.delivered_by:
         out.print(f"trial {r.best_trial} is being fine-tuned by worker {r.delivered_by}; nothing left to do here")
