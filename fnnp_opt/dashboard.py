@@ -108,12 +108,19 @@ def serve_dashboard(
     announce: Callable[[str], None] = lambda u: None,
     artifact_dir: str | Path | None = None,
 ) -> None:
-    """Serve optuna-dashboard for an existing storage and its artifact store; blocks until interrupted."""
+    """Serve optuna-dashboard for an existing storage and its artifact store; blocks until interrupted (the storage
+    is closed then)."""
+    St.check_exists(url)
+    with St.opened(url) as storage:
+        _serve(url, storage, host, port, announce, artifact_dir)
+
+
+def _serve(
+    url: str, storage, host: str, port: int, announce: Callable[[str], None], artifact_dir: str | Path | None
+) -> None:
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
-    St.check_exists(url)
-    storage = St.open_storage(url)
     folder = find_store(url, storage, artifact_dir)
     if folder is not None and folder.exists() and not folder.is_dir():
         raise StorageError(f"artifact store {folder} is a file, not a folder; pass another --artifact-dir")

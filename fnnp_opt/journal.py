@@ -11,8 +11,8 @@ one wherever it takes a ``--storage`` URL:
 
 What fnnp-opt adds to Optuna's ``JournalStorage`` (:class:`HeartbeatJournalStorage`):
 
-* Heartbeats, behind Optuna's own heartbeat interface (:class:`fnnp_opt.optuna_private.Heartbeat`), so Optuna's optimize loop runs
-  them as it does for RDB storages: a running trial writes its system attribute
+* Heartbeats, behind Optuna's own heartbeat interface (:class:`fnnp_opt.optuna_private.Heartbeat`), so Optuna's
+  optimize loop runs them as it does for RDB storages: a running trial writes its system attribute
   :data:`HEARTBEAT_ATTR` (seconds since the epoch) every ``heartbeat_s``; a RUNNING trial whose
   last sign of life (that attribute, or its start when it never sent one) is older than
   ``grace_s`` is stale, and ``optuna.storages.fail_stale_trials`` fails it and hands it to the

@@ -15,6 +15,7 @@ from typing import Literal
 
 import optuna
 import torch
+from optuna.storages import BaseStorage
 
 from fnnp_opt import artifacts as A
 from fnnp_opt import distributed
@@ -28,6 +29,7 @@ from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers, resident
 from fnnp_opt.export import check_output_writable, save_onnx, save_pruned
 from fnnp_opt.latency import (
+    Measurement,
     profile,
     speed_warnings,
 )
@@ -234,8 +236,8 @@ class RunResult:
     front: list[dict] = field(default_factory=list)  # the Pareto front (--objective pareto)
     front_files: list[Path] = field(default_factory=list)  # its CSV and plot
     rerank: RerankReport | None = None  # --rerank K: the re-scores of the top K
-    base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms (and layouts)
-    pruned: dict = field(default_factory=dict)
+    base: Measurement | None = None  # the base on the test set and timed (None when nothing was delivered)
+    pruned: Measurement | None = None  # the delivered network, likewise
     finetune_losses: list[float] = field(default_factory=list)
     distilled: bool = False  # the fine-tune distilled from the unpruned network
     stage_seconds: dict = field(default_factory=dict)
@@ -253,8 +255,8 @@ def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
 
 
 def _measure(base: torch.nn.Module, pruned: torch.nn.Module, input_shape: tuple[int, ...], batch: int) -> list[dict]:
-    """The summary rows of the base and the pruned network: median CPU times at batch 1 and at ``batch``,
-    side by side, each in its faster layout (:func:`fnnp_opt.latency.profile`)."""
+    """The times of the base and the pruned network for their :class:`Measurement`: median CPU times at batch 1 and
+    at ``batch``, side by side, each in its faster layout (:func:`fnnp_opt.latency.profile`)."""
     rows = profile(base, pruned, input_shape, (1, batch))
     one, many = rows[0], rows[-1]  # one row when batch is 1
     return [
@@ -325,22 +327,16 @@ def check_base(p: Prepared) -> float:
     return acc
 
 
-def open_study(cfg: RunConfig, p: Prepared, base_accuracy: float | None = None) -> optuna.Study:
-    """Resume the study of ``cfg`` (its fingerprint must match) or create it with the uniform baselines queued.
+def open_study(
+    cfg: RunConfig, p: Prepared, storage: BaseStorage, base_accuracy: float | None = None
+) -> optuna.Study:
+    """Resume the study of ``cfg`` in ``storage`` (opened by the caller, :func:`fnnp_opt.storage.opened`; its
+    fingerprint must match) or create it with the uniform baselines queued.
 
     ``base_accuracy`` (the unpruned model's search-split accuracy) is stored as the study's
     ``base_accuracy`` user attribute, the reference of every trial's ``vs_base``.
     """
     url, name = cfg.resolved_storage(), cfg.resolved_study_name()
-    storage = St.open_storage(url)
-    try:
-        return _open_study(cfg, p, storage, url, name, base_accuracy)
-    except BaseException:  # a refused resume leaves no -wal or -shm file beside a SQLite database
-        St.close_storage(storage)
-        raise
-
-
-def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_accuracy: float | None):
     with St.name_lock(storage, name):  # several workers may start at once
         study = St.existing_study(storage, name)
         if study is not None:
@@ -431,8 +427,8 @@ def search_share(cfg: RunConfig) -> None:
     """A search worker's job (:func:`fnnp_opt.workers.search_parallel`): prepare ``cfg`` and search this process's
     share of its stored study."""
     p = prepare(cfg)
-    study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
-    search(cfg, p, study)
+    with St.opened(cfg.resolved_storage()) as storage:
+        search(cfg, p, optuna.load_study(study_name=cfg.resolved_study_name(), storage=storage))
 
 
 def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:
@@ -490,6 +486,19 @@ def follow(group: distributed.Group) -> None:
     return None
 
 
+@dataclass
+class Delivery:
+    """What :func:`deliver` did for a trial."""
+
+    base: Measurement  # the base, on the test set and timed
+    pruned: Measurement  # the fine-tuned candidate, likewise
+    losses: list[float]  # the fine-tune's training loss per epoch
+    seconds: dict[str, float]  # wall time per stage: finetune, report
+    distilled: bool  # whether the fine-tune distilled from the base
+    latency: dict | None  # --latency: the winner timed directly against its window (as the export records it)
+    onnx: dict | None  # --onnx: onnxruntime's agreement with PyTorch and its times (as the export records it)
+
+
 def deliver(
     cfg: RunConfig,
     p: Prepared,
@@ -497,11 +506,11 @@ def deliver(
     trial,
     output: Path,
     progress: Progress = NULL,
-    rerank_score: dict | None = None,
-) -> dict:
+    reranked: RerankReport | None = None,
+) -> Delivery:
     """Fine-tune ``trial``'s candidate, measure it and the base on the test set, and export it.
 
-    ``rerank_score`` ({attribute: value}) records the winner's rerank score in the export.
+    ``reranked`` (the rerank that chose ``trial``) records the winner's rerank score in the export.
     """
     assert p.splits is not None  # prepared with data
     seconds: dict[str, float] = {}
@@ -520,9 +529,9 @@ def deliver(
     pruned.cpu()
     p.model.cpu()
     times = _measure(p.model, pruned, p.input_shape, cfg.eval_batch_size)
-    base = {"test_accuracy": base_acc, "flops": p.flops.base, "params": p.base_params, **times[0]}
+    base = Measurement(base_acc, p.flops.base, p.base_params, **times[0])
     macs, params = count(pruned, p.input_shape)
-    result_pruned = {"test_accuracy": pruned_acc, "flops": macs, "params": params, **times[1]}
+    result_pruned = Measurement(pruned_acc, macs, params, **times[1])
     for warning in speed_warnings(base, result_pruned, p.latency is not None):  # the CLI prints them under its summary
         log.info("%s", warning)
     latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
@@ -543,11 +552,11 @@ def deliver(
             "abn_accuracy": trial.user_attrs.get("abn_accuracy", trial.values[0]),
             "value": trial.values[0],  # the study's score: ABN accuracy, or abn-ft with --score abn-ft
             "score": cfg.score.value,
-            **({"rerank": rerank_score} if rerank_score is not None else {}),
+            **({"rerank": {reranked.key: reranked.scores[trial.number]}} if reranked is not None else {}),
         },
         "ratios": {d.name: ratios[d.root] for d in p.space.dims},
         "channels": trial.user_attrs.get("channels", {}),
-        "metrics": {"base": base, "pruned": result_pruned},
+        "metrics": {"base": base.to_dict(), "pruned": result_pruned.to_dict()},
         "config": cfg.to_dict(),
         "distilled": bool(distill),  # whether the fine-tune distilled from the base (config.distill None: default)
         **({"latency": latency} if latency is not None else {}),
@@ -559,18 +568,10 @@ def deliver(
     save_pruned(pruned, output, card)
     study.set_user_attr(
         "result",
-        {"trial": trial.number, "export": str(output), "base": base, "pruned": result_pruned}
+        {"trial": trial.number, "export": str(output), "base": base.to_dict(), "pruned": result_pruned.to_dict()}
         | ({"latency": latency} if latency is not None else {}),
     )
-    return {
-        "base": base,
-        "pruned": result_pruned,
-        "losses": losses,
-        "seconds": seconds,
-        "distilled": bool(distill),
-        "latency": latency,
-        "onnx": card.get("onnx"),
-    }
+    return Delivery(base, result_pruned, losses, seconds, bool(distill), latency, card.get("onnx"))
 
 
 def publish(cfg: RunConfig, study: optuna.Study, trial, output: Path, report: bool = True) -> A.Published:
@@ -620,8 +621,9 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
     cfg = settle(cfg)
     p = prepare(cfg, progress=progress)
     assert p.splits is not None  # prepared with data
-    study = open_study(cfg, p, check_base(p))
-    try:  # the storage is closed however the run ends: a SQLite file then holds everything (WAL checkpointed)
+    base_accuracy = check_base(p)
+    with St.opened(cfg.resolved_storage()) as storage:  # closed however the run ends: a SQLite file holds it all
+        study = open_study(cfg, p, storage, base_accuracy)
         result = RunResult(cfg.resolved_study_name(), St.redact_url(cfg.resolved_storage()), S.SearchReport(), p.budget)
         result.score_label = score_label(cfg, p.model)
         seconds["prepare"] = time.perf_counter() - t0
@@ -655,7 +657,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             result.published = publish(cfg, study, None, output)
             return result
 
-        best, rerank_score = S.best_trial(study), None
+        best = S.best_trial(study)
         if cfg.rerank:
             t = time.perf_counter()
             result.rerank = rerank(
@@ -669,19 +671,16 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             )
             seconds["rerank"] = time.perf_counter() - t
             best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
-            rerank_score = {result.rerank.key: result.rerank.scores[best.number]}
         result.best_trial, result.best_value = best.number, best.values[0]
         result.delivered_by = St.claim_delivery(study, best.number)
         if result.delivered_by is not None:
             return result
-        d = deliver(cfg, p, study, best, output, progress, rerank_score)
-        result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
-        result.distilled, result.latency, result.onnx = d["distilled"], d["latency"], d["onnx"]
-        seconds.update(d["seconds"])
+        d = deliver(cfg, p, study, best, output, progress, result.rerank)
+        result.export, result.base, result.pruned, result.finetune_losses = output, d.base, d.pruned, d.losses
+        result.distilled, result.latency, result.onnx = d.distilled, d.latency, d.onnx
+        seconds.update(d.seconds)
         result.published = publish(cfg, study, best, output)
         return result
-    finally:
-        St.close(study)
 
 
 def finetune_trial(
@@ -702,60 +701,61 @@ def finetune_trial(
 
     St.check_exists(storage)
     St.check_storage_writable(storage)
-    store = St.open_storage(storage)
-    study = St.pick_study(store, storage, study_name)
-    study_name = study.study_name
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        raise StorageError(
-            f"study {study_name!r} in {St.redact_url(storage)} was not created by fnnp-opt; pass another --study-name"
+    with St.opened(storage) as store:  # closed however it ends: a SQLite file then holds everything
+        study = St.pick_study(store, storage, study_name)
+        study_name = study.study_name
+        stored = study.user_attrs.get("config")
+        if stored is None:
+            raise StorageError(
+                f"study {study_name!r} in {St.redact_url(storage)} was not created by fnnp-opt; pass another "
+                "--study-name"
+            )
+        known = {f.name for f in fields(RunConfig)}
+        cfg = resolve(**{k: v for k, v in stored.items() if k in known})
+        cfg = replace(
+            cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None}
+        ).validate()
+        by_number = {t.number: t for t in S.evaluated(study)}
+        if not by_number:
+            raise UsageError(
+                f"study {study_name!r} has no evaluated trial yet, so there is nothing to fine-tune; run the same "
+                "`fnnp-opt run` command again to resume its search"
+            )
+        if trial_number not in by_number:
+            what = "was not evaluated" if any(t.number == trial_number for t in study.trials) else "does not exist"
+            raise UsageError(
+                f"trial {trial_number} of study {study_name!r} {what} (only evaluated trials can be fine-tuned); pick "
+                "an evaluated one (the front printed by `fnnp-opt run --objective pareto`, the dashboard, or `optuna "
+                f"trials`), e.g. {', '.join(map(str, sorted(by_number)[:5]))}"
+            )
+        given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
+        output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"
+        check_output_writable(output, folder=True)
+        if cfg.artifact_dir is not None:
+            A.check_store(Path(cfg.artifact_dir))
+        p = prepare(cfg)
+        St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())
+        trial = by_number[trial_number]
+        d = deliver(cfg, p, study, trial, output, progress)
+        published = publish(cfg, study, trial, output, report=False)  # the study's report shows its own winner
+        return RunResult(
+            study_name,
+            St.redact_url(storage),
+            S.SearchReport(total_evaluated=len(by_number)),
+            p.budget,
+            trial_number,
+            trial.values[0],
+            output,
+            base=d.base,
+            pruned=d.pruned,
+            finetune_losses=d.losses,
+            distilled=d.distilled,
+            stage_seconds=d.seconds,
+            score_label=score_label(cfg, p.model),
+            latency=d.latency,
+            onnx=d.onnx,
+            published=published,
         )
-    known = {f.name for f in fields(RunConfig)}
-    cfg = resolve(**{k: v for k, v in stored.items() if k in known})
-    cfg = replace(
-        cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None}
-    ).validate()
-    by_number = {t.number: t for t in S.evaluated(study)}
-    if not by_number:
-        raise UsageError(
-            f"study {study_name!r} has no evaluated trial yet, so there is nothing to fine-tune; run the same "
-            "`fnnp-opt run` command again to resume its search"
-        )
-    if trial_number not in by_number:
-        what = "was not evaluated" if any(t.number == trial_number for t in study.trials) else "does not exist"
-        raise UsageError(
-            f"trial {trial_number} of study {study_name!r} {what} (only evaluated trials can be fine-tuned); pick "
-            "an evaluated one (the front printed by `fnnp-opt run --objective pareto`, the dashboard, or `optuna "
-            f"trials`), e.g. {', '.join(map(str, sorted(by_number)[:5]))}"
-        )
-    given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
-    output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"
-    check_output_writable(output, folder=True)
-    if cfg.artifact_dir is not None:
-        A.check_store(Path(cfg.artifact_dir))
-    p = prepare(cfg)
-    St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())
-    trial = by_number[trial_number]
-    d = deliver(cfg, p, study, trial, output, progress)
-    published = publish(cfg, study, trial, output, report=False)  # the study's report shows its own winner
-    return RunResult(
-        study_name,
-        St.redact_url(storage),
-        S.SearchReport(total_evaluated=len(by_number)),
-        p.budget,
-        trial_number,
-        trial.values[0],
-        output,
-        base=d["base"],
-        pruned=d["pruned"],
-        finetune_losses=d["losses"],
-        distilled=d["distilled"],
-        stage_seconds=d["seconds"],
-        score_label=score_label(cfg, p.model),
-        latency=d["latency"],
-        onnx=d["onnx"],
-        published=published,
-    )
 
 
 def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "auto", progress: Progress = NULL) -> dict:

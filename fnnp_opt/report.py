@@ -610,8 +610,7 @@ def report_study(
     from fnnp_opt import artifacts as A
 
     St.check_exists(storage)
-    store = St.open_storage(storage, write_ahead=upload)
-    try:
+    with St.opened(storage, write_ahead=upload) as store:
         study = St.pick_study(store, storage, study_name)
         if upload and artifact_dir is not None:  # checked before anything is drawn or written
             A.check_store(Path(artifact_dir))
@@ -633,5 +632,3 @@ def report_study(
             folder = A.store_dir(storage, artifact_dir, study)
             report.published = A.publish(study, trial, report.files, folder, storage)
         return report
-    finally:
-        St.close_storage(store)

@@ -195,6 +195,18 @@ def open_storage(url: str, write_ahead: bool = True) -> BaseStorage:
             ) from None
 
 
+@contextmanager
+def opened(url: str, write_ahead: bool = True) -> Iterator[BaseStorage]:
+    """The storage ``url`` (:func:`open_storage`) for the block, closed however the block ends
+    (:func:`close_storage`): a SQLite file then holds everything again (its write-ahead log folded in), and a
+    refused run leaves no -wal or -shm file beside it."""
+    storage = open_storage(url, write_ahead)
+    try:
+        yield storage
+    finally:
+        close_storage(storage)
+
+
 class SQLiteStorage(RDBStorage):
     """Optuna's RDB storage of a SQLite file, where a queued trial is taken by one process only.
 
@@ -284,12 +296,9 @@ def stored_settings(url: str, name: str) -> dict:
     path = storage_file(url)
     if path is not None and not path.is_file():
         return {}
-    storage = open_storage(url, write_ahead=False)
-    try:
+    with opened(url, write_ahead=False) as storage:
         study = existing_study(storage, name)
         config = (study.user_attrs.get("config") or {}) if study is not None else None
-    finally:  # close its connections: a refused run leaves no -wal or -shm file beside the database
-        close_storage(storage)
     if config is None:
         return {}
     return {

@@ -160,8 +160,9 @@ def _stop(procs: list) -> None:
 
 def _worker(cfg: RunConfig, job: bytes, threads: int, log_level: int, parent: int, index: int, failures) -> None:
     """One search process (see the module docstring): runs ``job`` (a pickled function of ``cfg``); logs its trials
-    as plain lines at the parent's ``log_level``; exits with 130 when stopped. An error ends it with exit code 1 (or the error's), after putting
-    ``(index, exit code, the error in one line)`` on ``failures`` for the parent to report."""
+    as plain lines at the parent's ``log_level``; exits with 130 when stopped. An error ends it with exit code 1 (or
+    the error's), after putting ``(index, exit code, the error in one line)`` on ``failures`` for the parent to
+    report."""
 
     def stop(signum, frame) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):  # one is enough: more would cut the trial's clean-up short

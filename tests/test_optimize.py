@@ -294,7 +294,7 @@ def test_every_allowed_combination_runs_a_5_trial_study(small_fmnist, tmp_path, 
         **flops,
     )
     p = prepare(cfg)
-    study = open_study(cfg, p)
+    study = open_study(cfg, p, St.open_storage(cfg.resolved_storage()))
     report = search(cfg, p, study)
     trials = study.get_trials()
     evaluated = S.evaluated(study)

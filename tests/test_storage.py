@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -446,3 +447,31 @@ def test_processes_that_open_a_new_sqlite_file_at_once_all_open_it(tmp_path):
         go.touch()
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1] for e in errors if e.strip()]
+
+
+def test_an_opened_storage_is_closed_however_its_block_ends(tmp_path):
+    """SQLite keeps its write-ahead log (``-wal``) beside the database while a connection is open; closing the last
+    folds it in, so the database file alone holds the study."""
+    db = tmp_path / "s.db"
+    with St.opened(f"sqlite:///{db}") as storage:
+        optuna.create_study(study_name="s", storage=storage).enqueue_trial({"x": 0.5})
+        assert db.with_name("s.db-wal").exists()
+    assert not db.with_name("s.db-wal").exists()
+    with pytest.raises(KeyError), St.opened(f"sqlite:///{db}") as storage:
+        optuna.load_study(study_name="s", storage=storage).set_user_attr("k", 1)
+        raise KeyError("the block fails")
+    assert not db.with_name("s.db-wal").exists()
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{db}").user_attrs == {"k": 1}
+
+
+def test_finetune_closes_its_storage(searched, tmp_path):
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    db = tmp_path / "study.db"
+    shutil.copy(searched, db)
+    args = ["finetune", "--storage", f"sqlite:///{db}", "--trial", "0", "--epochs", "0", "--output", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, [*args, "--artifact-dir", str(tmp_path / "artifacts")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "pruned.json").is_file() and not db.with_name("study.db-wal").exists()
