@@ -32,6 +32,7 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from fnnp_opt import optuna_private as P
 from fnnp_opt import storage as St
 from fnnp_opt.errors import StorageError
+from fnnp_opt.paths import NOT_A_FOLDER, nearest_parent
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,17 @@ def check_store(folder: Path) -> None:
     folder = Path(folder).absolute()
     if folder.exists() and not folder.is_dir():
         raise StorageError(f"artifact store {folder} is a file, not a folder; pass another --artifact-dir")
-    parent = folder
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StorageError(f"artifact store {folder} is not writable for this user; pass another --artifact-dir")
+        return
+    parent, problem = nearest_parent(folder)
+    if problem == NOT_A_FOLDER:
         raise StorageError(f"artifact store {folder} cannot be made: {parent} is a file; pass another --artifact-dir")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        what = "is not writable for this user" if parent == folder else f"cannot be made: {parent} is not writable"
-        raise StorageError(f"artifact store {folder} {what}; pass another --artifact-dir")
+    if problem:
+        raise StorageError(
+            f"artifact store {folder} cannot be made: {parent} is not writable; pass another --artifact-dir"
+        )
 
 
 def open_store(folder: Path) -> AtomicFileSystemArtifactStore:

@@ -44,7 +44,7 @@ from fnnp_opt.export import check_output_writable
 from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.flops import make_budget
 from fnnp_opt.progress import NULL, Progress
-from fnnp_opt.score import Scorer, ShortFinetune, abn_ft_key
+from fnnp_opt.score import Scorer, abn_ft_key
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,11 @@ def score_columns(settings: CorrelateSettings) -> list[str]:
 
 def _scorers(p, cfg: RunConfig, settings: CorrelateSettings, search: list) -> dict[str, Scorer]:
     """One abn-ft scorer per --score-steps count, each with its own seeded images (as `run` draws them)."""
+    from fnnp_opt.pipeline import short_finetune
+
     return {
         abn_ft_key(n): Scorer.build(
-            ShortFinetune(n, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seed),
+            short_finetune(cfg, n),
             p.splits.train,
             search,
             p.splits.augment,

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from fnnp_opt.errors import OutputError
+from fnnp_opt.paths import NOT_A_FOLDER, nearest_parent
 
 
 def check_output_writable(path: Path, folder: bool = False) -> None:
@@ -16,12 +17,10 @@ def check_output_writable(path: Path, folder: bool = False) -> None:
         raise OutputError(f"output path {path} is {kind}; pass a path to a {'folder' if folder else 'file'}")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"output path {path} is not writable; choose another path")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
+    parent, problem = nearest_parent(path)
+    if problem == NOT_A_FOLDER:
         raise OutputError(f"output path {path} lies under {parent}, which is a file; choose another path")
-    if not os.access(parent, os.W_OK):
+    if problem:
         raise OutputError(f"output path {path} cannot be created: {parent} is not writable; choose another path")
 
 

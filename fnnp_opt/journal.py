@@ -54,6 +54,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fnnp_opt import optuna_private as P
 from fnnp_opt.errors import StorageError
+from fnnp_opt.paths import NOT_A_FOLDER, nearest_parent
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,8 @@ def check_file(path: Path, url: str) -> None:
     """
     if path.is_dir():
         raise StorageError(f"storage {url}: {path} is a folder, not a journal file; a journal is {SYNTAX}")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    folder, problem = nearest_parent(path)
+    if problem == NOT_A_FOLDER:
         raise StorageError(f"storage {url}: {folder} is not a folder; pass another --storage")
     if not path.is_file() or path.stat().st_size == 0:
         return

@@ -353,6 +353,12 @@ def profile(
     return rows
 
 
+def plan_cost(removed: dict[str, int], flops: FlopsModel, table: LatencyTable | None) -> float:
+    """What a budget limits for a plan ({root: channels removed}): its predicted ms under a latency budget (the
+    ``table``), else its MACs."""
+    return table.predict(removed) if table is not None else flops.macs(removed)
+
+
 @dataclass(frozen=True)
 class Measurement:
     """A network as a run's summary reports it (the base, or the delivered network): what its export and its study

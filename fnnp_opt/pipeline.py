@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -38,7 +37,7 @@ from fnnp_opt.flops import Budget, count
 from fnnp_opt.models import check_input, create_model, default_checkpoint, load_model
 from fnnp_opt.pareto import front_rows, write_front
 from fnnp_opt.problem import Problem
-from fnnp_opt.progress import NULL, Progress
+from fnnp_opt.progress import NULL, Progress, Stopwatch
 from fnnp_opt.rerank import RerankReport, rerank
 from fnnp_opt.score import Scorer, ShortFinetune
 from fnnp_opt.space import SearchSpace
@@ -91,9 +90,11 @@ class Prepared:
         }
 
 
-def short_finetune(cfg: RunConfig) -> ShortFinetune:
-    """The short fine-tune of ``--score abn-ft`` and ``--rerank``: the fine-tune's recipe, ``--score-steps`` long."""
-    return ShortFinetune(cfg.score_steps, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seeds().finetune)
+def short_finetune(cfg: RunConfig, steps: int | None = None) -> ShortFinetune:
+    """The short fine-tune of ``--score abn-ft``, ``--rerank`` and `correlate`: the fine-tune's recipe, ``steps``
+    long (None: ``--score-steps``)."""
+    steps = cfg.score_steps if steps is None else steps
+    return ShortFinetune(steps, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seeds().finetune)
 
 
 def make_scorer(p: Prepared) -> Scorer:
@@ -513,29 +514,27 @@ def deliver(
     ``reranked`` (the rerank that chose ``trial``) records the winner's rerank score in the export.
     """
     assert p.splits is not None  # prepared with data
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    group = distributed.current()
-    if group is not None:  # under torchrun, the other processes fine-tune the winner with this one
-        group.send(Winner(cfg, study.study_name, trial, output))
-    pruned, ratios, distill, losses = finetune_winner(cfg, p, study.study_name, trial, output, progress)
-    seconds["finetune"] = time.perf_counter() - t
+    seconds = Stopwatch()
+    with seconds("finetune"):
+        group = distributed.current()
+        if group is not None:  # under torchrun, the other processes fine-tune the winner with this one
+            group.send(Winner(cfg, study.study_name, trial, output))
+        pruned, ratios, distill, losses = finetune_winner(cfg, p, study.study_name, trial, output, progress)
 
-    t = time.perf_counter()
-    log.info("testing the base and the pruned network, then exporting to %s", output)
-    test = p.splits.test_batches(cfg.eval_batch_size)  # the only use of the test set
-    base_acc = accuracy(p.model.to(p.device), test, p.device, progress, "test (base)")
-    pruned_acc = accuracy(pruned, test, p.device, progress, "test (pruned)")
-    pruned.cpu()
-    p.model.cpu()
-    times = _measure(p.model, pruned, p.input_shape, cfg.eval_batch_size)
-    base = Measurement(base_acc, p.flops.base, p.base_params, **times[0])
-    macs, params = count(pruned, p.input_shape)
-    result_pruned = Measurement(pruned_acc, macs, params, **times[1])
-    for warning in speed_warnings(base, result_pruned, p.latency is not None):  # the CLI prints them under its summary
-        log.info("%s", warning)
-    latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
-    seconds["report"] = time.perf_counter() - t
+    with seconds("report"):
+        log.info("testing the base and the pruned network, then exporting to %s", output)
+        test = p.splits.test_batches(cfg.eval_batch_size)  # the only use of the test set
+        base_acc = accuracy(p.model.to(p.device), test, p.device, progress, "test (base)")
+        pruned_acc = accuracy(pruned, test, p.device, progress, "test (pruned)")
+        pruned.cpu()
+        p.model.cpu()
+        times = _measure(p.model, pruned, p.input_shape, cfg.eval_batch_size)
+        base = Measurement(base_acc, p.flops.base, p.base_params, **times[0])
+        macs, params = count(pruned, p.input_shape)
+        result_pruned = Measurement(pruned_acc, macs, params, **times[1])
+        for warning in speed_warnings(base, result_pruned, p.latency is not None):  # the CLI prints them too
+            log.info("%s", warning)
+        latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
     info = p.splits.info
     card = {
         "model": cfg.model,
@@ -610,33 +609,32 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
     if group is not None and not group.main:
         follow(group)
         return None
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    check_workers(cfg.workers)
-    output = cfg.resolved_output()
-    check_output_writable(output, folder=True)
-    St.check_storage_writable(cfg.resolved_storage())
-    if cfg.artifact_dir is not None:
-        A.check_store(Path(cfg.artifact_dir))
-    cfg = settle(cfg)
-    p = prepare(cfg, progress=progress)
-    assert p.splits is not None  # prepared with data
-    base_accuracy = check_base(p)
+    seconds = Stopwatch()  # the summary's time per stage
+    with seconds("prepare"):
+        check_workers(cfg.workers)
+        output = cfg.resolved_output()
+        check_output_writable(output, folder=True)
+        St.check_storage_writable(cfg.resolved_storage())
+        if cfg.artifact_dir is not None:
+            A.check_store(Path(cfg.artifact_dir))
+        cfg = settle(cfg)
+        p = prepare(cfg, progress=progress)
+        assert p.splits is not None  # prepared with data
+        base_accuracy = check_base(p)
     with St.opened(cfg.resolved_storage()) as storage:  # closed however the run ends: a SQLite file holds it all
-        study = open_study(cfg, p, storage, base_accuracy)
+        with seconds("prepare"):
+            study = open_study(cfg, p, storage, base_accuracy)
         result = RunResult(cfg.resolved_study_name(), St.redact_url(cfg.resolved_storage()), S.SearchReport(), p.budget)
         result.score_label = score_label(cfg, p.model)
-        seconds["prepare"] = time.perf_counter() - t0
-
-        t = time.perf_counter()
-        workers = cfg.resolved_workers()
-        if workers > 1:
-            result.report = search_parallel(replace(cfg, workers=workers), study, search_share, progress)
-        else:
-            result.report = search(cfg, p, study, progress)
-        seconds["search"] = time.perf_counter() - t
-        report = result.report
         result.stage_seconds = seconds
+
+        workers = cfg.resolved_workers()
+        with seconds("search"):
+            if workers > 1:
+                result.report = search_parallel(replace(cfg, workers=workers), study, search_share, progress)
+            else:
+                result.report = search(cfg, p, study, progress)
+        report = result.report
         if report.total_evaluated == 0:
             raise FnnpError(
                 f"no candidate landed in the window {p.budget.describe()} after {report.rejected} draws; "
@@ -659,17 +657,16 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
 
         best = S.best_trial(study)
         if cfg.rerank:
-            t = time.perf_counter()
-            result.rerank = rerank(
-                study,
-                p.pruner,
-                p.splits.calibration,
-                make_scorer(p),
-                cfg.rerank,
-                lambda trial: trial_ratios(p.space, trial),
-                progress,
-            )
-            seconds["rerank"] = time.perf_counter() - t
+            with seconds("rerank"):
+                result.rerank = rerank(
+                    study,
+                    p.pruner,
+                    p.splits.calibration,
+                    make_scorer(p),
+                    cfg.rerank,
+                    lambda trial: trial_ratios(p.space, trial),
+                    progress,
+                )
             best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
         result.best_trial, result.best_value = best.number, best.values[0]
         result.delivered_by = St.claim_delivery(study, best.number)

@@ -41,6 +41,7 @@ from fnnp_opt import journal as J
 from fnnp_opt import optuna_private as P
 from fnnp_opt.errors import StorageError, UsageError
 from fnnp_opt.flops import Budget
+from fnnp_opt.paths import NOT_A_FOLDER, NOT_WRITABLE, nearest_parent
 from fnnp_opt.redact import redact_url, scrub
 from fnnp_opt.space import SearchSpace
 
@@ -106,10 +107,8 @@ def check_storage_writable(url: str) -> None:
         J.check_file(path, url)
     if path.is_dir():
         raise StorageError(f"storage {url}: {path} is a folder, not a database file; pass a file path in --storage")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    folder, problem = nearest_parent(path)
+    if problem == NOT_A_FOLDER:
         raise StorageError(f"storage {url}: {folder} is not a folder; pass another --storage")
     if journal:
         locks = (J.lock_path(path), J.append_lock_path(path))
@@ -122,7 +121,7 @@ def check_storage_writable(url: str) -> None:
                 f"storage {url}: {what} {target} is read-only for this user; make it writable "
                 "(chmod u+w) or pass another --storage"
             )
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+    if problem == NOT_WRITABLE:
         beside = (
             "Optuna and fnnp-opt keep their lock files beside the journal"
             if journal

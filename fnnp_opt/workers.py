@@ -56,7 +56,6 @@ def search_parallel(
     from optuna.trial import TrialState
 
     from fnnp_opt import optimize as S
-    from fnnp_opt import storage as St
     from fnnp_opt.progress import NULL
 
     progress = progress or NULL
@@ -100,14 +99,8 @@ def search_parallel(
     if errors:
         _report_failures(errors, cfg.workers, report.total_evaluated, cfg.n_trials)
     for t in study.get_trials(deepcopy=False):
-        if t.number in before or t.state is TrialState.RUNNING:
-            continue
-        if St.is_evaluated(t):
-            report.evaluated += 1
-        elif t.state is TrialState.FAIL:
-            report.failed += 1
-        elif not t.user_attrs.get(S.SURPLUS):
-            report.rejected += 1
+        if t.number not in before:
+            report.count(t)
     return report
 
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fnnp_opt"
 
 # Bottom to top: a module may import modules of its own layer and of the layers before it.
 LAYERS = {
-    "leaves": ("errors", "progress", "redact", "options", "kernels"),
+    "leaves": ("errors", "progress", "redact", "options", "kernels", "paths"),
     "data": ("data", "datasets", "batches"),
     "core": (
         "models",

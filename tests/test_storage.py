@@ -471,7 +471,7 @@ def test_finetune_closes_its_storage(searched, tmp_path):
 
     db = tmp_path / "study.db"
     shutil.copy(searched, db)
-    args = ["finetune", "--storage", f"sqlite:///{db}", "--trial", "0", "--epochs", "0", "--output", str(tmp_path / "o")]
-    res = CliRunner().invoke(app, [*args, "--artifact-dir", str(tmp_path / "artifacts")])
+    args = ["finetune", "--storage", f"sqlite:///{db}", "--trial", "0", "--epochs", "0"]
+    res = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "o"), "--artifact-dir", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "pruned.json").is_file() and not db.with_name("study.db-wal").exists()
