@@ -55,10 +55,12 @@ def _search(p, storage: str):
     from dataclasses import replace
 
     from fnnp_opt import optimize as S
+    from fnnp_opt import storage as St
     from fnnp_opt.pipeline import check_base, open_study, search
 
     p.cfg = replace(p.cfg, storage=storage)
-    study = open_study(p.cfg, p, check_base(p))
+    base_accuracy = check_base(p)
+    study = open_study(p.cfg, p, St.open_storage(storage), base_accuracy)  # left open: the caller reads the study
     search(p.cfg, p, study)
     return study, S.best_trial(study)
 

@@ -248,8 +248,9 @@ def _sampled(args, seed: int, method: str) -> tuple[dict | None, dict, dict]:
         study_name=name,
     )
     p = prepare(cfg)
-    study = open_study(cfg, p, check_base(p))
-    try:
+    base_accuracy = check_base(p)
+    with St.opened(cfg.resolved_storage()) as storage:
+        study = open_study(cfg, p, storage, base_accuracy)
         report = search(cfg, p, study)
         trials = S.evaluated(study)
         best = S.best_trial(study)
@@ -258,8 +259,6 @@ def _sampled(args, seed: int, method: str) -> tuple[dict | None, dict, dict]:
         uniform = best.user_attrs.get("strategy") == "uniform"
         print(f"{method} seed {seed}: {report.total_evaluated} trials, trial {best.number} wins", flush=True)
         return None if uniform else trial_ratios(p.space, best), {"trial": best.number, "abn_ft": best.values[0]}, cost
-    finally:
-        St.close(study)
 
 
 def run_seed(args, seed: int, todo: list[str]) -> list[dict]:

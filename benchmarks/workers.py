@@ -20,8 +20,9 @@ import time
 
 import optuna
 
+from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
-from fnnp_opt.pipeline import open_study, prepare, settle
+from fnnp_opt.pipeline import open_study, prepare, search_share, settle
 from fnnp_opt.workers import search_parallel
 
 
@@ -29,10 +30,12 @@ def one(workers: int, trials: int) -> float:
     """Wall seconds of a fresh default study searched to ``trials`` candidates by ``workers`` processes."""
     url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
     cfg = settle(resolve(device="cpu", storage=url, n_trials=trials, workers=workers, epochs=0))
-    study = open_study(cfg, prepare(cfg))
-    t = time.perf_counter()
-    report = search_parallel(cfg, study)
-    wall = time.perf_counter() - t
+    p = prepare(cfg)
+    with St.opened(url) as storage:
+        study = open_study(cfg, p, storage)
+        t = time.perf_counter()
+        report = search_parallel(cfg, study, search_share)
+        wall = time.perf_counter() - t
     assert report.total_evaluated == trials, report
     return wall
 

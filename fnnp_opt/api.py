@@ -41,7 +41,7 @@ from fnnp_opt.data import Batch, EvalBatches
 from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.errors import FnnpError, UsageError, describe, python_names
 from fnnp_opt.evaluate import NonFiniteError, calibrate_bn, resident
-from fnnp_opt.export import check_writable
+from fnnp_opt.export import check_output_writable
 from fnnp_opt.training import Distill, FitConfig, distill_loss, fit
 from fnnp_opt.plan import Plan
 from fnnp_opt.problem import Problem
@@ -373,7 +373,7 @@ def _fingerprint(problem: Problem, objective: Objective, evaluation) -> dict[str
 
 def _open(storage: str, name: str, fingerprint: dict, settings: dict, problem: Problem) -> optuna.Study:
     """Resume study ``name`` (its fingerprint must match) or create it with the uniform baselines queued."""
-    St.check_writable(storage)
+    St.check_storage_writable(storage)
     backend = St.open_storage(storage)
     with St.name_lock(backend, name):  # several processes may start at once
         study = St.existing_study(backend, name)
@@ -551,7 +551,7 @@ def search(
         study.pruner = make_pruner()
     with _optuna_quiet():  # a line per trial from Optuna as well as fnnp-opt's would drown the log
         report = S.optimize(study, objective, n_trials, max_draws, progress)
-    if report.stopped_early:
+    if report.hit_max_draws:
         log.warning(
             "stopped after %d draws outside the window with %d of %d candidates evaluated (max_draws=%d): few draws "
             "land in the window; pass fit_budget=True, or widen tolerance=",
@@ -626,7 +626,7 @@ def finetune(
     if not 0 <= distill_weight <= 1:
         raise UsageError(f"distill_weight= must be in [0, 1], got {distill_weight}")
     if checkpoint is not None:
-        check_writable(Path(checkpoint))
+        check_output_writable(Path(checkpoint))
     first = take(train_loader, 1, "train_loader", labels=True)[0]
     for name, model in (("net", net), ("teacher", teacher)):
         if model is None:

@@ -28,10 +28,11 @@ from typing import BinaryIO, Iterable
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
-from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 
+from fnnp_opt import optuna_private as P
 from fnnp_opt import storage as St
 from fnnp_opt.errors import StorageError
+from fnnp_opt.paths import NOT_A_FOLDER, nearest_parent
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     previous bytes of that artifact, never half a file."""
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        target = self._get_filepath(artifact_id)
+        target = P.artifact_path(self, artifact_id)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{artifact_id}.")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -59,8 +60,7 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 def default_dir(storage_url: str) -> Path:
     """The store's folder when none is given or recorded: ``artifacts`` beside a SQLite or journal file, else
     ``./studies/artifacts``."""
-    path = St.storage_file(storage_url)
-    return (path.parent if path is not None else Path("studies")) / "artifacts"
+    return St.beside(storage_url, "artifacts")
 
 
 def store_dir(storage_url: str, artifact_dir: str | Path | None = None, study: optuna.Study | None = None) -> Path:
@@ -75,10 +75,10 @@ def store_dir(storage_url: str, artifact_dir: str | Path | None = None, study: o
 
 def _artifact_ids(study: optuna.Study) -> set[str]:
     """The ids of the artifacts ``study`` lists, on itself and on its trials (read from the storage itself)."""
-    backend = St._backend(study)
-    attrs = [backend.get_study_system_attrs(study._study_id)]
-    attrs += [t.system_attrs for t in backend.get_all_trials(study._study_id, deepcopy=False)]
-    return {key[len(ARTIFACTS_ATTR_PREFIX) :] for a in attrs for key in a if key.startswith(ARTIFACTS_ATTR_PREFIX)}
+    backend, prefix = P.backend(study), P.ARTIFACT_ATTR_PREFIX
+    attrs = [backend.get_study_system_attrs(P.study_id(study))]
+    attrs += [t.system_attrs for t in backend.get_all_trials(P.study_id(study), deepcopy=False)]
+    return {key[len(prefix) :] for a in attrs for key in a if key.startswith(prefix)}
 
 
 def _holds(folder: Path, study: optuna.Study) -> bool:
@@ -140,14 +140,17 @@ def check_store(folder: Path) -> None:
     folder = Path(folder).absolute()
     if folder.exists() and not folder.is_dir():
         raise StorageError(f"artifact store {folder} is a file, not a folder; pass another --artifact-dir")
-    parent = folder
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StorageError(f"artifact store {folder} is not writable for this user; pass another --artifact-dir")
+        return
+    parent, problem = nearest_parent(folder)
+    if problem == NOT_A_FOLDER:
         raise StorageError(f"artifact store {folder} cannot be made: {parent} is a file; pass another --artifact-dir")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        what = "is not writable for this user" if parent == folder else f"cannot be made: {parent} is not writable"
-        raise StorageError(f"artifact store {folder} {what}; pass another --artifact-dir")
+    if problem:
+        raise StorageError(
+            f"artifact store {folder} cannot be made: {parent} is not writable; pass another --artifact-dir"
+        )
 
 
 def open_store(folder: Path) -> AtomicFileSystemArtifactStore:
@@ -214,7 +217,7 @@ class _FinishedTrialStorage:
 def _annotates_finished_trials(study: optuna.Study) -> bool:
     from optuna.storages import RDBStorage
 
-    return isinstance(St._backend(study), RDBStorage)
+    return isinstance(P.backend(study), RDBStorage)
 
 
 def publish(
@@ -231,8 +234,8 @@ def publish(
     on_trial = trial is not None and _annotates_finished_trials(study)
     if trial is not None and not on_trial:
         log.info("a journal cannot annotate finished trial %d: its files go on the study", trial.number)
-    backend = St._backend(study)  # not Optuna's cache, which keeps a finished trial as it was when it finished
-    target = backend.get_trial(trial._trial_id) if trial is not None and on_trial else study
+    backend = P.backend(study)  # not Optuna's cache, which keeps a finished trial as it was when it finished
+    target = backend.get_trial(P.trial_id(trial)) if trial is not None and on_trial else study
     existing = {m.filename: m.artifact_id for m in get_all_artifact_meta(target, storage=backend)}
     done = {}
     for path in files:
@@ -242,7 +245,7 @@ def publish(
                 store.write(existing[path.name], fh)
             done[path.name] = existing[path.name]
         else:
-            storage = _FinishedTrialStorage(study) if on_trial else study._storage
+            storage = _FinishedTrialStorage(study) if on_trial else P.storage(study)
             # the ignore: Optuna types storage= a BaseStorage but calls only what _FinishedTrialStorage has
             done[path.name] = upload_artifact(
                 artifact_store=store,
@@ -254,6 +257,6 @@ def publish(
 
 
 def export_files(export: Path) -> list[Path]:
-    """The files of an export folder worth keeping with the study: the recipe (JSON), the weights, and the ONNX
+    """The files of an export folder worth keeping with the study: the plan (JSON), the weights, and the ONNX
     graph when made."""
     return [export / n for n in ("pruned.json", "pruned.safetensors", "pruned.onnx") if (export / n).is_file()]

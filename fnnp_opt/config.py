@@ -13,42 +13,18 @@ from enum import Enum
 from pathlib import Path
 
 from fnnp_opt.errors import UsageError, option
+from fnnp_opt.options import (  # noqa: F401  (the enums and checks are imported from here too)
+    Constraint,
+    Objective,
+    Sampler,
+    Score,
+    check_batch_fits,
+    check_lr,
+    check_seed,
+    check_split,
+)
 
 RECIPES = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes, in a checkout
-
-
-class Sampler(str, Enum):
-    """Optuna samplers for the strategy vector."""
-
-    random = "random"  # uniform random search: the paper's choice
-    tpe = "tpe"  # tree-structured Parzen estimator (multivariate)
-    cmaes = "cmaes"  # CMA evolution strategy
-    qmc = "qmc"  # scrambled Sobol points: random search that fills the space evenly
-    gp = "gp"  # Gaussian-process Bayesian optimisation (its ask() slows down past ~200 trials)
-    nsga2 = "nsga2"  # NSGA-II genetic search; the sampler of --objective pareto
-
-
-class Constraint(str, Enum):
-    """How a candidate outside the FLOPs window is reported to the sampler (it is never ABN-evaluated)."""
-
-    reject = "reject"  # TrialPruned: no value; samplers that learn from pruned trials (TPE) still see it
-    penalize = "penalize"  # a COMPLETE trial valued -penalty x violation, below every feasible score
-    constrain = "constrain"  # a COMPLETE trial with Optuna's constraint = violation (TPE, GP, NSGA-II use it)
-
-
-class Objective(str, Enum):
-    """What the study optimises."""
-
-    accuracy = "accuracy"  # ABN accuracy inside one FLOPs window (the paper)
-    pareto = "pareto"  # (ABN accuracy up, FLOPs down) over a FLOPs range: one study serves every budget
-
-
-class Score(str, Enum):
-    """What a trial's value is."""
-
-    abn = "abn"  # adaptive-BN accuracy on the search split (the paper)
-    abn_ft = "abn-ft"  # ABN, then --score-steps SGD steps on a copy, then accuracy on the search split
-
 
 DEFAULT_FLOPS = {Objective.accuracy: "0.5", Objective.pareto: "0.2:0.8"}
 # ABN calibration batches of a new study: where the ranking has saturated on both shipped bases (Spearman >= 0.99
@@ -198,10 +174,9 @@ class RunConfig:
         """How a latency budget is timed (:class:`fnnp_opt.latency.Timing`); its table is cached in
         ``latency-cache`` beside a SQLite or journal storage, else in ``./studies``."""
         from fnnp_opt.latency import Timing
-        from fnnp_opt.storage import storage_file
+        from fnnp_opt.storage import beside
 
-        path = storage_file(self.resolved_storage())
-        folder = (path.parent if path is not None else Path("studies")) / "latency-cache"
+        folder = beside(self.resolved_storage(), "latency-cache")
         return Timing(self.latency_batch, self.latency_threads, self.latency_layout, folder, self.seeds().latency)
 
     def seeds(self) -> "Seeds":
@@ -484,20 +459,6 @@ def resolve(recipe: Path | str | None = None, **flags) -> RunConfig:
     return cfg.validate()
 
 
-def check_split(search_size: int | None, search_per_class: int | None, image_size: int | None = None) -> None:
-    """Raise :class:`UsageError` unless the search split's size (``--search-size`` or ``--search-per-class``, not
-    both) and ``--image-size`` are whole numbers >= 1 where given."""
-    for name, value in (
-        ("search-size", search_size),
-        ("search-per-class", search_per_class),
-        ("image-size", image_size),
-    ):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise UsageError(f"--{name} must be a whole number >= 1, got {value!r}")
-    if search_size is not None and search_per_class is not None:
-        raise UsageError("--search-size and --search-per-class both size the search split; pass one of them")
-
-
 def check_workers(workers: int | None) -> None:
     """Raise :class:`UsageError` when ``--workers`` asks for more search processes than this machine has CPU cores:
     each scores candidates on a core of its own, so one beyond them only slows the others (and holds its own copy
@@ -510,31 +471,6 @@ def check_workers(workers: int | None) -> None:
             f"--workers {workers} is more than this machine's {cores} CPU cores: each search process needs a core "
             f"of its own; pass --workers {cores} or less (for more, run the same command on other machines, with a "
             "PostgreSQL --storage)"
-        )
-
-
-def check_lr(lr: float) -> None:
-    """Raise :class:`UsageError` unless the peak learning rate ``lr`` is positive and finite."""
-    if not lr > 0 or not math.isfinite(lr):
-        raise UsageError(
-            f"{option('lr')} must be positive and finite, got {lr}; pass a value such as {option('lr', 0.02)}"
-        )
-
-
-def check_seed(seed: int, name: str = "seed") -> None:
-    """Raise :class:`UsageError` unless ``seed`` (the setting ``name``) is a whole number in [0, 2**32) (what NumPy's
-    generators take)."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise UsageError(f"{option(name)} must be a whole number in [0, 2**32), got {seed!r}")
-
-
-def check_batch_fits(batch_size: int, train_images: int) -> None:
-    """Raise :class:`UsageError` when a batch of ``batch_size`` is larger than the ``train_images`` (an epoch would
-    have no step: the loader drops the last, partial batch)."""
-    if batch_size > train_images:
-        raise UsageError(
-            f"--batch-size {batch_size} is larger than the train part's {train_images} images, so an epoch would "
-            f"have no step; pass --batch-size {min(128, train_images)} or less"
         )
 
 

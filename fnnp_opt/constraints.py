@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from fnnp_opt.config import Constraint, Objective, Sampler
 from fnnp_opt.errors import UsageError
 from fnnp_opt.flops import Budget
+from fnnp_opt.options import Constraint, Objective, Sampler
 
 PENALTY = 1.0  # value = ABN accuracy - PENALTY * violation; an infeasible candidate's accuracy counts as 0
 

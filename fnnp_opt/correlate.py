@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from optuna.storages import BaseStorage
 
 from fnnp_opt import storage as St
 from fnnp_opt.config import RunConfig
@@ -39,11 +40,11 @@ from fnnp_opt.constraints import fit_to_budget
 from fnnp_opt.correlation import METRICS, Coefficient, Noise, coefficient, noise, with_interval
 from fnnp_opt.errors import UsageError
 from fnnp_opt.evaluate import accuracy, bn_momentum, calibration_mode, run_batches
-from fnnp_opt.export import check_writable
+from fnnp_opt.export import check_output_writable
 from fnnp_opt.training import FitConfig, fit
 from fnnp_opt.flops import make_budget
 from fnnp_opt.progress import NULL, Progress
-from fnnp_opt.score import Scorer, ShortFinetune, abn_ft_key
+from fnnp_opt.score import Scorer, abn_ft_key
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,11 @@ def score_columns(settings: CorrelateSettings) -> list[str]:
 
 def _scorers(p, cfg: RunConfig, settings: CorrelateSettings, search: list) -> dict[str, Scorer]:
     """One abn-ft scorer per --score-steps count, each with its own seeded images (as `run` draws them)."""
+    from fnnp_opt.pipeline import short_finetune
+
     return {
         abn_ft_key(n): Scorer.build(
-            ShortFinetune(n, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seed),
+            short_finetune(cfg, n),
             p.splits.train,
             search,
             p.splits.augment,
@@ -294,9 +297,8 @@ def _fill_missing(study: optuna.Study, p, batches: _Batches, progress: Progress 
     return filled
 
 
-def _study(cfg: RunConfig, settings: CorrelateSettings, p, budget: str) -> optuna.Study:
-    """The budget's study, resumed when its model, data, space, budget and measurement all match."""
-    storage = St.open_storage(cfg.resolved_storage())
+def _study(cfg: RunConfig, settings: CorrelateSettings, p, budget: str, storage: BaseStorage) -> optuna.Study:
+    """The budget's study in ``storage``, resumed when its model, data, space, budget and measurement all match."""
     name = study_name(cfg, budget)
     fingerprint = p.fingerprint() | {
         "measure": f"sweep{sorted(settings.sweep)}|ft{settings.ft_epochs}x{cfg.lr}x{cfg.batch_size}x"
@@ -330,8 +332,8 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
     from fnnp_opt.pipeline import prepare
 
     settings.validate()
-    St.check_writable(cfg.resolved_storage())
-    check_writable(Path(settings.output), folder=True)  # before hours of measuring, not after
+    St.check_storage_writable(cfg.resolved_storage())
+    check_output_writable(Path(settings.output), folder=True)  # before hours of measuring, not after
     cfg = replace(cfg, abn_batches=max(settings.sweep))
     top = f"abn_{max(settings.sweep)}"  # the full calibration: the trial's value
     result = CorrelateResult()
@@ -341,44 +343,45 @@ def correlate(cfg: RunConfig, settings: CorrelateSettings, progress: Progress = 
         if budget == settings.budgets[0]:  # every budget now, not each when its turn comes hours later
             for other in settings.budgets[1:]:
                 make_budget(other, cfg.flops_tolerance, p.budget.base)
-        study = _study(cfg, settings, p, budget)
-        done = {t.user_attrs["candidate"]: t for t in study.trials if "candidate" in t.user_attrs}
-        search = list(p.splits.search_batches(cfg.eval_batch_size))
-        batches = _Batches(
-            list(p.splits.calibration),
-            search,
-            search + list(p.splits.test_batches(cfg.eval_batch_size)),
-            _scorers(p, cfg, settings, search),
-        )
-        filled = _fill_missing(study, p, batches, progress)
-        eval_images = sum(len(y) for _, y in batches.truth)
-        wanted = settings.count(budget)
-        candidates = draw_candidates(p, wanted, seed=candidate_seed(cfg.seed, budget))
-        with progress.task(f"budget {budget}: candidates", wanted) as advance:
-            advance(len([k for k in done if k < wanted]))
-            for k, ratios in enumerate(candidates):
-                if k in done:
-                    continue
-                row = _candidate(p, cfg, settings, k, ratios, batches)
-                _record(study, p, row, top)
-                log.info(
-                    "budget %s candidate %d: pbn %.4f abn %.4f truth %.4f",
-                    budget,
-                    k,
-                    row["pbn"],
-                    row[top],
-                    row["truth"],
-                )
-                advance(1)
-        rows = sorted(
-            (
-                St.trial_user_attrs(study, t) | filled.get(t.user_attrs["candidate"], {})
-                for t in study.trials
-                if "candidate" in t.user_attrs and t.user_attrs["candidate"] < wanted
-            ),
-            key=lambda r: r["candidate"],
-        )
-        result.budgets.append(_summarise(budget, study.study_name, rows, settings, eval_images, cfg.seed))
+        with St.opened(cfg.resolved_storage()) as storage:  # closed however the budget's measuring ends
+            study = _study(cfg, settings, p, budget, storage)
+            done = {t.user_attrs["candidate"]: t for t in study.trials if "candidate" in t.user_attrs}
+            search = list(p.splits.search_batches(cfg.eval_batch_size))
+            batches = _Batches(
+                list(p.splits.calibration),
+                search,
+                search + list(p.splits.test_batches(cfg.eval_batch_size)),
+                _scorers(p, cfg, settings, search),
+            )
+            filled = _fill_missing(study, p, batches, progress)
+            eval_images = sum(len(y) for _, y in batches.truth)
+            wanted = settings.count(budget)
+            candidates = draw_candidates(p, wanted, seed=candidate_seed(cfg.seed, budget))
+            with progress.task(f"budget {budget}: candidates", wanted) as advance:
+                advance(len([k for k in done if k < wanted]))
+                for k, ratios in enumerate(candidates):
+                    if k in done:
+                        continue
+                    row = _candidate(p, cfg, settings, k, ratios, batches)
+                    _record(study, p, row, top)
+                    log.info(
+                        "budget %s candidate %d: pbn %.4f abn %.4f truth %.4f",
+                        budget,
+                        k,
+                        row["pbn"],
+                        row[top],
+                        row["truth"],
+                    )
+                    advance(1)
+            rows = sorted(
+                (
+                    St.trial_user_attrs(study, t) | filled.get(t.user_attrs["candidate"], {})
+                    for t in study.trials
+                    if "candidate" in t.user_attrs and t.user_attrs["candidate"] < wanted
+                ),
+                key=lambda r: r["candidate"],
+            )
+            result.budgets.append(_summarise(budget, study.study_name, rows, settings, eval_images, cfg.seed))
     result.files = write_outputs(result, settings)
     return result
 

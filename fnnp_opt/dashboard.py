@@ -16,6 +16,7 @@ from typing import Callable
 
 import optuna
 
+from fnnp_opt import optuna_private as P
 from fnnp_opt import storage as St
 from fnnp_opt.errors import StorageError
 
@@ -36,10 +37,8 @@ def describe(study: optuna.Study, names: list[str], note: str) -> None:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(names)
     from optuna_dashboard import save_note
-    from optuna_dashboard._note import get_note_from_system_attrs
 
-    stored = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)
-    if stored.get("body") != note:
+    if P.stored_note(study) != note:
         save_note(study, note)
 
 
@@ -109,12 +108,19 @@ def serve_dashboard(
     announce: Callable[[str], None] = lambda u: None,
     artifact_dir: str | Path | None = None,
 ) -> None:
-    """Serve optuna-dashboard for an existing storage and its artifact store; blocks until interrupted."""
+    """Serve optuna-dashboard for an existing storage and its artifact store; blocks until interrupted (the storage
+    is closed then)."""
+    St.check_exists(url)
+    with St.opened(url) as storage:
+        _serve(url, storage, host, port, announce, artifact_dir)
+
+
+def _serve(
+    url: str, storage, host: str, port: int, announce: Callable[[str], None], artifact_dir: str | Path | None
+) -> None:
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
-    St.check_exists(url)
-    storage = St.open_storage(url)
     folder = find_store(url, storage, artifact_dir)
     if folder is not None and folder.exists() and not folder.is_dir():
         raise StorageError(f"artifact store {folder} is a file, not a folder; pass another --artifact-dir")

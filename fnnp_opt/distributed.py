@@ -164,7 +164,7 @@ class Group:
     def __init__(self, launch: Launch, train_threads: int, search_threads: int) -> None:
         self.launch = launch
         self.train_threads, self.search_threads = train_threads, search_threads
-        self._published = False
+        self._sent = False
         # the hand-over's group (timeout WAIT_TIMEOUT), made by session
         self._wait_group: torch.distributed.ProcessGroup | None = None
         # the training collectives' group, made by the first fine-tune
@@ -185,15 +185,15 @@ class Group:
 
     # ------------------------------------------------------------------ the hand-over from rank 0
 
-    def publish(self, payload: object) -> None:
+    def send(self, payload: object) -> None:
         """Rank 0: send ``payload`` (anything picklable; None: nothing to fine-tune) to every other process.
         Once per session."""
         import torch
         import torch.distributed as dist
 
-        if not self.main or self._published:
-            raise FnnpError(f"only rank 0 publishes, once (rank {self.rank}, published: {self._published})")
-        self._published = True
+        if not self.main or self._sent:
+            raise FnnpError(f"only rank 0 sends, once (rank {self.rank}, sent: {self._sent})")
+        self._sent = True
         data = torch.frombuffer(bytearray(pickle.dumps(payload)), dtype=torch.uint8)
         dist.broadcast(torch.tensor([len(data)], dtype=torch.int64), src=0, group=self._wait_group)
         dist.broadcast(data, src=0, group=self._wait_group)
@@ -443,7 +443,7 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
     torchrun (or with one process), where nothing changes.
 
     Sets the torch threads (:func:`choose_threads`, logged) and quiets the followers' info logs. When the block ends
-    on rank 0 without a winner published (nothing to fine-tune, or an error), None is published so the followers
+    on rank 0 without a winner sent (nothing to fine-tune, or an error), None is sent so the followers
     end too. The process groups are destroyed at the end.
     """
     global _current
@@ -490,9 +490,9 @@ def session(environ: Mapping[str, str] = os.environ) -> Iterator[Group | None]:
         yield group
     finally:
         _current = None
-        if launch.main and not group._published:
+        if launch.main and not group._sent:
             try:  # the followers end too; if they are gone already (torchrun stopping the job), never mind
-                group.publish(None)
+                group.send(None)
             except Exception as exc:  # noqa: BLE001
                 log.debug("could not tell the other processes to stop: %s", exc)
         dist.destroy_process_group()

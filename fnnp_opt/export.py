@@ -1,4 +1,4 @@
-"""Export a pruned network as a recipe (JSON channel plan) plus safetensors weights."""
+"""Export a pruned network as a plan (``pruned.json``: its per-layer channel counts) plus safetensors weights."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from fnnp_opt.errors import OutputError
+from fnnp_opt.paths import NOT_A_FOLDER, nearest_parent
 
 
-def check_writable(path: Path, folder: bool = False) -> None:
+def check_output_writable(path: Path, folder: bool = False) -> None:
     """Raise :class:`OutputError` unless ``path`` (a file, or a folder when ``folder``) can be written."""
     path = Path(path).absolute()
     if path.exists() and path.is_dir() != folder:
@@ -16,12 +17,10 @@ def check_writable(path: Path, folder: bool = False) -> None:
         raise OutputError(f"output path {path} is {kind}; pass a path to a {'folder' if folder else 'file'}")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"output path {path} is not writable; choose another path")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
+    parent, problem = nearest_parent(path)
+    if problem == NOT_A_FOLDER:
         raise OutputError(f"output path {path} lies under {parent}, which is a file; choose another path")
-    if not os.access(parent, os.W_OK):
+    if problem:
         raise OutputError(f"output path {path} cannot be created: {parent} is not writable; choose another path")
 
 
@@ -48,19 +47,19 @@ def unique_tensors(state: dict) -> dict:
 def save_pruned(model, folder: Path, card: dict) -> Path:
     """Write ``folder/pruned.safetensors`` and ``folder/pruned.json``; return the JSON path.
 
-    The JSON is the recipe: the architecture name, the per-layer channel counts and
+    The JSON is the plan: the architecture name, the per-layer channel counts and
     whatever ``card`` adds (config, strategy, metrics). Files are written to temporary
     names first, so an interrupted export leaves the previous one intact.
     """
     from fnnp_opt.prune import layer_kinds, layer_shapes
 
     folder = Path(folder)
-    check_writable(folder, folder=True)
+    check_output_writable(folder, folder=True)
     folder.mkdir(parents=True, exist_ok=True)
-    weights, recipe = folder / "pruned.safetensors", folder / "pruned.json"
+    weights, plan = folder / "pruned.safetensors", folder / "pruned.json"
     doc = {"format": FORMAT, **card, "kinds": layer_kinds(model), "layers": layer_shapes(model)}
-    save_weights_and_card(model, weights, recipe, doc)
-    return recipe
+    save_weights_and_card(model, weights, plan, doc)
+    return plan
 
 
 def save_weights_and_card(model, weights: Path, card_path: Path, card: dict) -> None:
@@ -85,45 +84,45 @@ def save_weights_and_card(model, weights: Path, card_path: Path, card: dict) -> 
         tmp_c.unlink(missing_ok=True)
 
 
-def read_recipe(path: Path, needs: tuple[str, ...] = ()) -> tuple[dict, Path]:
-    """Return (recipe dict, weights path) for an export folder or its ``pruned.json``.
+def read_plan(path: Path, needs: tuple[str, ...] = ()) -> tuple[dict, Path]:
+    """Return (plan dict, weights path) for an export folder or its ``pruned.json``.
 
-    Raises :class:`CheckpointError` when the file is not a whole fnnp-opt recipe: not JSON, another format, a field
-    the network is rebuilt from missing (``layers``, or one of ``needs``: ``model``, ``input_shape`` ...), or any field of
-    :data:`RECIPE_FIELDS` of the wrong kind."""
+    Raises :class:`CheckpointError` when the file is not a whole fnnp-opt plan: not JSON, another format, a field
+    the network is rebuilt from missing (``layers``, or one of ``needs``: ``model``, ``input_shape`` ...), or any
+    field of :data:`PLAN_FIELDS` of the wrong kind."""
     import json
 
     from fnnp_opt.errors import CheckpointError
 
     path = Path(path)
-    recipe = path / "pruned.json" if path.is_dir() else path
-    if not recipe.is_file():
-        raise CheckpointError(f"{recipe} does not exist; pass an export folder written by `fnnp-opt run`")
+    plan = path / "pruned.json" if path.is_dir() else path
+    if not plan.is_file():
+        raise CheckpointError(f"{plan} does not exist; pass an export folder written by `fnnp-opt run`")
     try:
-        doc = json.loads(recipe.read_text(encoding="utf-8"))
+        doc = json.loads(plan.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{recipe} is not valid JSON ({exc}); re-export the model") from None
+        raise CheckpointError(f"{plan} is not valid JSON ({exc}); re-export the model") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise CheckpointError(f"{recipe} has format {found!r}, expected {FORMAT!r}; re-export the model")
+        raise CheckpointError(f"{plan} has format {found!r}, expected {FORMAT!r}; re-export the model")
     if "model" not in doc and "class" in doc and "model" in needs:  # saved by fnnp_opt.save: no registry name
         raise CheckpointError(
-            f"{recipe} holds a {doc['class']} saved from Python, which is not in fnnp-opt's registry; load it with "
+            f"{plan} holds a {doc['class']} saved from Python, which is not in fnnp-opt's registry; load it with "
             "fnnp_opt.load(path, model=<a fresh instance of that class>)"
         )
     missing = [k for k in ("layers", *needs) if k not in doc]
     if missing:
-        raise CheckpointError(f"{recipe} lacks {', '.join(missing)}; it is not a complete export, re-export the model")
-    wrong = [f"{k} ({doc[k]!r:.40})" for k, ok in RECIPE_FIELDS.items() if k in doc and not ok(doc[k])]
+        raise CheckpointError(f"{plan} lacks {', '.join(missing)}; it is not a complete export, re-export the model")
+    wrong = [f"{k} ({doc[k]!r:.40})" for k, ok in PLAN_FIELDS.items() if k in doc and not ok(doc[k])]
     if wrong:
         raise CheckpointError(
-            f"{recipe} has {', '.join(wrong)} of the wrong kind (edited by hand?); re-export the model with "
+            f"{plan} has {', '.join(wrong)} of the wrong kind (edited by hand?); re-export the model with "
             "`fnnp-opt finetune`"
         )
-    return doc, recipe.with_name("pruned.safetensors")
+    return doc, plan.with_name("pruned.safetensors")
 
 
-MAX_SIZE = 1 << 20  # no channel count, class count or image side of a recipe is larger (a hand edit is)
+MAX_SIZE = 1 << 20  # no channel count, class count or image side of a plan is larger (a hand edit is)
 
 
 def _count(v) -> bool:
@@ -141,7 +140,7 @@ def _image(v) -> bool:  # [N, C, H, W] of one batch, small enough to build an ex
 REGISTRY_FIELDS = ("model", "in_channels", "num_classes")  # what rebuilds a registry model before its layers resize
 
 # the fields of a pruned.json that fnnp-opt reads, and the test each value must pass
-RECIPE_FIELDS = {
+PLAN_FIELDS = {
     "model": lambda v: isinstance(v, str) and bool(v),
     "in_channels": _count,
     "num_classes": _count,
@@ -159,7 +158,7 @@ def load_pruned(path: Path):
     from fnnp_opt.models import create_model, load_weights, read_state_dict
     from fnnp_opt.prune import apply_shapes
 
-    doc, weights = read_recipe(path, needs=REGISTRY_FIELDS)
+    doc, weights = read_plan(path, needs=REGISTRY_FIELDS)
     if not weights.is_file():
         raise CheckpointError(
             f"{weights} does not exist beside {weights.with_name('pruned.json')}; the export is incomplete: pass a "
@@ -214,7 +213,7 @@ def save_onnx(model, input_shape: tuple[int, ...], path: Path, check_batch: int 
     import onnxruntime as ort
 
     path = Path(path)
-    check_writable(path)
+    check_output_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # as --output folders are made
     deployed = deploy_form(model).cpu()
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -265,7 +264,7 @@ def export_onnx(path: Path, output: Path | None = None) -> tuple[Path, dict]:
     """
     require_onnx()
     path = Path(path)
-    doc, _ = read_recipe(path, needs=(*REGISTRY_FIELDS, "input_shape"))
+    doc, _ = read_plan(path, needs=(*REGISTRY_FIELDS, "input_shape"))
     model = load_pruned(path)
     out = Path(output) if output else (path if path.is_dir() else path.parent) / "pruned.onnx"
     return out, save_onnx(model, tuple(doc["input_shape"]), out, time_batches=(1,))

@@ -11,8 +11,8 @@ one wherever it takes a ``--storage`` URL:
 
 What fnnp-opt adds to Optuna's ``JournalStorage`` (:class:`HeartbeatJournalStorage`):
 
-* Heartbeats, behind Optuna's own ``BaseHeartbeat`` interface, so Optuna's optimize loop runs
-  them as it does for RDB storages: a running trial writes its system attribute
+* Heartbeats, behind Optuna's own heartbeat interface (:class:`fnnp_opt.optuna_private.Heartbeat`), so Optuna's
+  optimize loop runs them as it does for RDB storages: a running trial writes its system attribute
   :data:`HEARTBEAT_ATTR` (seconds since the epoch) every ``heartbeat_s``; a RUNNING trial whose
   last sign of life (that attribute, or its start when it never sent one) is older than
   ``grace_s`` is stale, and ``optuna.storages.fail_stale_trials`` fails it and hands it to the
@@ -49,12 +49,12 @@ from typing import IO, Callable
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
+from fnnp_opt import optuna_private as P
 from fnnp_opt.errors import StorageError
+from fnnp_opt.paths import NOT_A_FOLDER, nearest_parent
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def append_lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".fnnp-append-lock")
 
 
-class QueuedAppendLock(BaseJournalFileLock):
+class QueuedAppendLock(P.JournalFileLock):
     """Optuna's symlink lock of a journal file, taken while holding a kernel file lock (``flock``) that fnnp-opt's
     processes wait on in a queue: no polling among them, and the kernel frees it when its holder dies. Stock
     Optuna writers, which know only the symlink, are excluded by it as before. Once both are held, a torn last
@@ -136,10 +136,8 @@ def check_file(path: Path, url: str) -> None:
     """
     if path.is_dir():
         raise StorageError(f"storage {url}: {path} is a folder, not a journal file; a journal is {SYNTAX}")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    folder, problem = nearest_parent(path)
+    if problem == NOT_A_FOLDER:
         raise StorageError(f"storage {url}: {folder} is not a folder; pass another --storage")
     if not path.is_file() or path.stat().st_size == 0:
         return
@@ -196,7 +194,7 @@ def cut_torn_tail(path: Path) -> int:
     return size - keep
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+class HeartbeatJournalStorage(JournalStorage, P.Heartbeat):
     """Optuna's ``JournalStorage`` over a ``JournalFileBackend``, with heartbeats (see the module docstring)."""
 
     def __init__(
@@ -219,10 +217,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
             pass
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return [t._trial_id for t in running if now - last_sign_of_life(t) > self.grace_s]
+        return [P.trial_id(t) for t in running if now - last_sign_of_life(t) > self.grace_s]
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_s

@@ -353,26 +353,53 @@ def profile(
     return rows
 
 
+def plan_cost(removed: dict[str, int], flops: FlopsModel, table: LatencyTable | None) -> float:
+    """What a budget limits for a plan ({root: channels removed}): its predicted ms under a latency budget (the
+    ``table``), else its MACs."""
+    return table.predict(removed) if table is not None else flops.macs(removed)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A network as a run's summary reports it (the base, or the delivered network): what its export and its study
+    record under ``metrics`` and ``result`` (:meth:`to_dict`)."""
+
+    test_accuracy: float
+    flops: int  # MACs, thop's count
+    params: int
+    latency_ms: float  # median CPU time of one image, in its faster layout (:func:`profile`)
+    latency_layout: str  # that layout: nchw or channels-last
+    batch_ms: float  # median CPU time of a batch of batch_images, in its faster layout
+    batch_layout: str
+    batch_images: int
+    threads: int  # torch threads while timing
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 SPEED_SHARE = 0.6  # warn when the latency gain is below this share of the MACs gain
 
 
-def speed_warnings(base: dict, pruned: dict, latency_budget: bool = False) -> list[str]:
+def speed_warnings(base: Measurement, pruned: Measurement, latency_budget: bool = False) -> list[str]:
     """Where the pruned network's measured speed-up falls short of its MACs speed-up.
 
-    ``base`` and ``pruned`` hold ``flops`` and the times ``latency_ms`` (batch 1) and ``batch_ms``
-    (``batch_images``). A gain is a speed-up minus 1; a warning is given when the latency gain is
+    Compares the ``flops`` and the times ``latency_ms`` (batch 1) and ``batch_ms`` (``batch_images``) of
+    ``base`` and ``pruned``. A gain is a speed-up minus 1; a warning is given when the latency gain is
     less than ``SPEED_SHARE`` of the MACs gain. ``latency_budget``: the run searched under a ``--latency``
     budget already, which the remedies then leave out.
     """
-    macs = base["flops"] / pruned["flops"]
+    macs = base.flops / pruned.flops
     remedies = (
         "--round-to auto or a larger batch"
         if latency_budget
         else "--round-to auto, a larger batch, or a --latency budget"
     )
     warnings = []
-    for key, label in (("latency_ms", "1 image"), ("batch_ms", f"{base.get('batch_images')} images")):
-        speed = base[key] / pruned[key]
+    for speed, label in (
+        (base.latency_ms / pruned.latency_ms, "1 image"),
+        (base.batch_ms / pruned.batch_ms, f"{base.batch_images} images"),
+    ):
         if speed - 1 < SPEED_SHARE * (macs - 1):
             warnings.append(
                 f"at {label} the pruned network runs {speed:.2f}x the base's speed for {macs:.2f}x fewer MACs: "

@@ -17,25 +17,25 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from fnnp_opt import optuna_private as P
 from fnnp_opt import storage as St
-from fnnp_opt.config import Constraint, Objective, Sampler
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
 from fnnp_opt.data import EvalBatches
 from fnnp_opt.early_stop import Reporter, step_batches
 from fnnp_opt.errors import TrialError, describe, option
 from fnnp_opt.evaluate import NonFiniteError, Scored, accuracy, accuracy_in_steps, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
-from fnnp_opt.latency import LatencyTable, fold_bn
-from fnnp_opt.progress import NULL, Progress
+from fnnp_opt.latency import LatencyTable, fold_bn, plan_cost
+from fnnp_opt.options import Constraint, Objective, Sampler
+from fnnp_opt.progress import NULL, Progress, Stopwatch
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import Scorer
 from fnnp_opt.space import SearchSpace
@@ -79,12 +79,11 @@ class Evaluator:
         self._step = step_batches(size or 1)
 
     def cost_of(self, ratios: dict[str, float]) -> float:
-        """What the budget limits: predicted ms with --latency, else thop's MACs (analytic)."""
-        removed = self.pruner.counts(ratios)
-        return self.latency.predict(removed) if self.latency is not None else self.flops.macs(removed)
+        """What the budget limits (:func:`fnnp_opt.latency.plan_cost`) for ``ratios``."""
+        return plan_cost(self.pruner.counts(ratios), self.flops, self.latency)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        clock = _Stopwatch()
+        clock = Stopwatch()
         with clock("strategy"):
             ratios = self.space.suggest(trial)
         with clock("flops" if self.latency is None else "latency_predict"):
@@ -204,18 +203,6 @@ class Evaluator:
         return (value, cost / b.base) if self.objective is Objective.pareto else value
 
 
-class _Stopwatch(dict):
-    """Seconds per stage, summed over ``with stopwatch(stage):`` blocks."""
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t
-
-
 # --------------------------------------------------------------------------- samplers
 
 
@@ -269,7 +256,8 @@ def requeue_failed_baselines(study: optuna.Study) -> int:
     trials = study.get_trials(deepcopy=False)
 
     def plan(t: FrozenTrial) -> tuple:
-        return tuple(sorted(t.system_attrs.get("fixed_params", t.params).items()))
+        fixed = P.fixed_params(t)
+        return tuple(sorted((t.params if fixed is None else fixed).items()))
 
     baselines = [t for t in trials if t.user_attrs.get(St.BASELINE)]
     alive = {plan(t) for t in baselines if t.state is not TrialState.FAIL}
@@ -309,7 +297,28 @@ class SearchReport:
     rejected: int = 0  # candidates outside the window in this session
     failed: int = 0  # trials that failed (NaN/inf) in this session
     total_evaluated: int = 0  # evaluated trials in the study after this session
-    stopped_early: bool = False  # max_draws was hit before n_trials
+    hit_max_draws: bool = False  # max_draws rejected draws stopped the session before n_trials
+
+    def count(self, trial: FrozenTrial) -> str:
+        """Count a trial of this session as evaluated, failed or rejected by its :func:`outcome`, which it returns
+        (a surplus draw, or one still running or queued, counts as none of them)."""
+        kind = outcome(trial)
+        if kind in ("evaluated", "failed", "rejected"):
+            setattr(self, kind, getattr(self, kind) + 1)
+        return kind
+
+
+def outcome(trial: FrozenTrial) -> str:
+    """What became of a trial: ``"evaluated"`` (its candidate met the budget and was scored), ``"failed"``,
+    ``"unfinished"`` (running or queued), ``"surplus"`` (a draw left unevaluated, the study being full) or
+    ``"rejected"`` (outside the window)."""
+    if St.is_evaluated(trial):
+        return "evaluated"
+    if trial.state is TrialState.FAIL:
+        return "failed"
+    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        return "unfinished"
+    return "surplus" if trial.user_attrs.get(SURPLUS) else "rejected"
 
 
 def optimize(
@@ -342,16 +351,11 @@ def optimize(
                 in_a_row.append(trial.user_attrs.get("fail_reason", "NaN or inf"))
             elif trial.state is TrialState.COMPLETE:
                 in_a_row.clear()
-            if St.is_evaluated(trial):
-                report.evaluated += 1
-            elif trial.state is TrialState.FAIL:
-                report.failed += 1
+            if report.count(trial) == "failed":
                 log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see --debug"))
                 if len(in_a_row) >= MAX_FAILED_IN_A_ROW:
                     study.stop()
                     return
-            elif not trial.user_attrs.get(SURPLUS):
-                report.rejected += 1
             if St.is_evaluated(trial) or trial.user_attrs.get(SURPLUS):  # only then can the count have moved
                 now = len(evaluated(study))  # other workers add to it too
                 advance(now - done)
@@ -362,7 +366,7 @@ def optimize(
             if done >= n_trials:
                 study.stop()
             elif report.rejected >= max_draws:
-                report.stopped_early = True
+                report.hit_max_draws = True
                 study.stop()
 
         def run_trial(trial: optuna.Trial) -> float | tuple[float, float]:

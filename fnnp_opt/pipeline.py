@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import optuna
 import torch
+from optuna.storages import BaseStorage
 
 from fnnp_opt import artifacts as A
 from fnnp_opt import distributed
@@ -26,8 +26,9 @@ from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import CheckpointError, FnnpError, ModelError, StorageError, UsageError
 from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers, resident
-from fnnp_opt.export import check_writable, save_onnx, save_pruned
+from fnnp_opt.export import check_output_writable, save_onnx, save_pruned
 from fnnp_opt.latency import (
+    Measurement,
     profile,
     speed_warnings,
 )
@@ -36,7 +37,7 @@ from fnnp_opt.flops import Budget, count
 from fnnp_opt.models import check_input, create_model, default_checkpoint, load_model
 from fnnp_opt.pareto import front_rows, write_front
 from fnnp_opt.problem import Problem
-from fnnp_opt.progress import NULL, Progress
+from fnnp_opt.progress import NULL, Progress, Stopwatch
 from fnnp_opt.rerank import RerankReport, rerank
 from fnnp_opt.score import Scorer, ShortFinetune
 from fnnp_opt.space import SearchSpace
@@ -89,9 +90,11 @@ class Prepared:
         }
 
 
-def short_finetune(cfg: RunConfig) -> ShortFinetune:
-    """The short fine-tune of ``--score abn-ft`` and ``--rerank``: the fine-tune's recipe, ``--score-steps`` long."""
-    return ShortFinetune(cfg.score_steps, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seeds().finetune)
+def short_finetune(cfg: RunConfig, steps: int | None = None) -> ShortFinetune:
+    """The short fine-tune of ``--score abn-ft``, ``--rerank`` and `correlate`: the fine-tune's recipe, ``steps``
+    long (None: ``--score-steps``)."""
+    steps = cfg.score_steps if steps is None else steps
+    return ShortFinetune(steps, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.seeds().finetune)
 
 
 def make_scorer(p: Prepared) -> Scorer:
@@ -228,18 +231,18 @@ class RunResult:
     report: S.SearchReport
     budget: Budget
     best_trial: int | None = None  # the delivered trial (None for a Pareto search)
-    best_abn: float | None = None  # the delivered trial's value (its ABN accuracy, or abn-ft score)
+    best_value: float | None = None  # the delivered trial's value (its ABN accuracy, or abn-ft score)
     export: Path | None = None  # None when nothing was delivered by this process
     delivered_by: str | None = None  # another worker fine-tuning the winner (host:pid)
     front: list[dict] = field(default_factory=list)  # the Pareto front (--objective pareto)
     front_files: list[Path] = field(default_factory=list)  # its CSV and plot
     rerank: RerankReport | None = None  # --rerank K: the re-scores of the top K
-    base: dict = field(default_factory=dict)  # test_accuracy, flops, params, latency_ms, batch_ms (and layouts)
-    pruned: dict = field(default_factory=dict)
+    base: Measurement | None = None  # the base on the test set and timed (None when nothing was delivered)
+    pruned: Measurement | None = None  # the delivered network, likewise
     finetune_losses: list[float] = field(default_factory=list)
     distilled: bool = False  # the fine-tune distilled from the unpruned network
     stage_seconds: dict = field(default_factory=dict)
-    score_label: str = "ABN accuracy"  # what best_abn is
+    score_label: str = "ABN accuracy"  # what best_value is
     latency: dict | None = None  # --latency: the winner timed directly against its window
     onnx: dict | None = None  # --onnx: onnxruntime's agreement with PyTorch and its times (ms by batch)
     published: A.Published | None = None  # the delivered files and figures in the study's artifact store
@@ -253,8 +256,8 @@ def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
 
 
 def _measure(base: torch.nn.Module, pruned: torch.nn.Module, input_shape: tuple[int, ...], batch: int) -> list[dict]:
-    """The summary rows of the base and the pruned network: median CPU times at batch 1 and at ``batch``,
-    side by side, each in its faster layout (:func:`fnnp_opt.latency.profile`)."""
+    """The times of the base and the pruned network for their :class:`Measurement`: median CPU times at batch 1 and
+    at ``batch``, side by side, each in its faster layout (:func:`fnnp_opt.latency.profile`)."""
     rows = profile(base, pruned, input_shape, (1, batch))
     one, many = rows[0], rows[-1]  # one row when batch is 1
     return [
@@ -325,22 +328,16 @@ def check_base(p: Prepared) -> float:
     return acc
 
 
-def open_study(cfg: RunConfig, p: Prepared, base_accuracy: float | None = None) -> optuna.Study:
-    """Resume the study of ``cfg`` (its fingerprint must match) or create it with the uniform baselines queued.
+def open_study(
+    cfg: RunConfig, p: Prepared, storage: BaseStorage, base_accuracy: float | None = None
+) -> optuna.Study:
+    """Resume the study of ``cfg`` in ``storage`` (opened by the caller, :func:`fnnp_opt.storage.opened`; its
+    fingerprint must match) or create it with the uniform baselines queued.
 
     ``base_accuracy`` (the unpruned model's search-split accuracy) is stored as the study's
     ``base_accuracy`` user attribute, the reference of every trial's ``vs_base``.
     """
     url, name = cfg.resolved_storage(), cfg.resolved_study_name()
-    storage = St.open_storage(url)
-    try:
-        return _open_study(cfg, p, storage, url, name, base_accuracy)
-    except BaseException:  # a refused resume leaves no -wal or -shm file beside a SQLite database
-        St.close_storage(storage)
-        raise
-
-
-def _open_study(cfg: RunConfig, p: Prepared, storage, url: str, name: str, base_accuracy: float | None):
     with St.name_lock(storage, name):  # several workers may start at once
         study = St.existing_study(storage, name)
         if study is not None:
@@ -427,6 +424,14 @@ def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress 
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
 
+def search_share(cfg: RunConfig) -> None:
+    """A search worker's job (:func:`fnnp_opt.workers.search_parallel`): prepare ``cfg`` and search this process's
+    share of its stored study."""
+    p = prepare(cfg)
+    with St.opened(cfg.resolved_storage()) as storage:
+        search(cfg, p, optuna.load_study(study_name=cfg.resolved_study_name(), storage=storage))
+
+
 def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:
     """The ratios a trial applied (after --fit-budget), as {root: ratio}."""
     if "ratios" in trial.user_attrs:
@@ -482,6 +487,19 @@ def follow(group: distributed.Group) -> None:
     return None
 
 
+@dataclass
+class Delivery:
+    """What :func:`deliver` did for a trial."""
+
+    base: Measurement  # the base, on the test set and timed
+    pruned: Measurement  # the fine-tuned candidate, likewise
+    losses: list[float]  # the fine-tune's training loss per epoch
+    seconds: dict[str, float]  # wall time per stage: finetune, report
+    distilled: bool  # whether the fine-tune distilled from the base
+    latency: dict | None  # --latency: the winner timed directly against its window (as the export records it)
+    onnx: dict | None  # --onnx: onnxruntime's agreement with PyTorch and its times (as the export records it)
+
+
 def deliver(
     cfg: RunConfig,
     p: Prepared,
@@ -489,36 +507,34 @@ def deliver(
     trial,
     output: Path,
     progress: Progress = NULL,
-    rerank_score: dict | None = None,
-) -> dict:
+    reranked: RerankReport | None = None,
+) -> Delivery:
     """Fine-tune ``trial``'s candidate, measure it and the base on the test set, and export it.
 
-    ``rerank_score`` ({attribute: value}) records the winner's rerank score in the export.
+    ``reranked`` (the rerank that chose ``trial``) records the winner's rerank score in the export.
     """
     assert p.splits is not None  # prepared with data
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    group = distributed.current()
-    if group is not None:  # under torchrun, the other processes fine-tune the winner with this one
-        group.publish(Winner(cfg, study.study_name, trial, output))
-    pruned, ratios, distill, losses = finetune_winner(cfg, p, study.study_name, trial, output, progress)
-    seconds["finetune"] = time.perf_counter() - t
+    seconds = Stopwatch()
+    with seconds("finetune"):
+        group = distributed.current()
+        if group is not None:  # under torchrun, the other processes fine-tune the winner with this one
+            group.send(Winner(cfg, study.study_name, trial, output))
+        pruned, ratios, distill, losses = finetune_winner(cfg, p, study.study_name, trial, output, progress)
 
-    t = time.perf_counter()
-    log.info("testing the base and the pruned network, then exporting to %s", output)
-    test = p.splits.test_batches(cfg.eval_batch_size)  # the only use of the test set
-    base_acc = accuracy(p.model.to(p.device), test, p.device, progress, "test (base)")
-    pruned_acc = accuracy(pruned, test, p.device, progress, "test (pruned)")
-    pruned.cpu()
-    p.model.cpu()
-    times = _measure(p.model, pruned, p.input_shape, cfg.eval_batch_size)
-    base = {"test_accuracy": base_acc, "flops": p.flops.base, "params": p.base_params, **times[0]}
-    macs, params = count(pruned, p.input_shape)
-    result_pruned = {"test_accuracy": pruned_acc, "flops": macs, "params": params, **times[1]}
-    for warning in speed_warnings(base, result_pruned, p.latency is not None):  # the CLI prints them under its summary
-        log.info("%s", warning)
-    latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
-    seconds["report"] = time.perf_counter() - t
+    with seconds("report"):
+        log.info("testing the base and the pruned network, then exporting to %s", output)
+        test = p.splits.test_batches(cfg.eval_batch_size)  # the only use of the test set
+        base_acc = accuracy(p.model.to(p.device), test, p.device, progress, "test (base)")
+        pruned_acc = accuracy(pruned, test, p.device, progress, "test (pruned)")
+        pruned.cpu()
+        p.model.cpu()
+        times = _measure(p.model, pruned, p.input_shape, cfg.eval_batch_size)
+        base = Measurement(base_acc, p.flops.base, p.base_params, **times[0])
+        macs, params = count(pruned, p.input_shape)
+        result_pruned = Measurement(pruned_acc, macs, params, **times[1])
+        for warning in speed_warnings(base, result_pruned, p.latency is not None):  # the CLI prints them too
+            log.info("%s", warning)
+        latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
     info = p.splits.info
     card = {
         "model": cfg.model,
@@ -535,11 +551,11 @@ def deliver(
             "abn_accuracy": trial.user_attrs.get("abn_accuracy", trial.values[0]),
             "value": trial.values[0],  # the study's score: ABN accuracy, or abn-ft with --score abn-ft
             "score": cfg.score.value,
-            **({"rerank": rerank_score} if rerank_score is not None else {}),
+            **({"rerank": {reranked.key: reranked.scores[trial.number]}} if reranked is not None else {}),
         },
         "ratios": {d.name: ratios[d.root] for d in p.space.dims},
         "channels": trial.user_attrs.get("channels", {}),
-        "metrics": {"base": base, "pruned": result_pruned},
+        "metrics": {"base": base.to_dict(), "pruned": result_pruned.to_dict()},
         "config": cfg.to_dict(),
         "distilled": bool(distill),  # whether the fine-tune distilled from the base (config.distill None: default)
         **({"latency": latency} if latency is not None else {}),
@@ -551,18 +567,10 @@ def deliver(
     save_pruned(pruned, output, card)
     study.set_user_attr(
         "result",
-        {"trial": trial.number, "export": str(output), "base": base, "pruned": result_pruned}
+        {"trial": trial.number, "export": str(output), "base": base.to_dict(), "pruned": result_pruned.to_dict()}
         | ({"latency": latency} if latency is not None else {}),
     )
-    return {
-        "base": base,
-        "pruned": result_pruned,
-        "losses": losses,
-        "seconds": seconds,
-        "distilled": bool(distill),
-        "latency": latency,
-        "onnx": card.get("onnx"),
-    }
+    return Delivery(base, result_pruned, losses, seconds, bool(distill), latency, card.get("onnx"))
 
 
 def publish(cfg: RunConfig, study: optuna.Study, trial, output: Path, report: bool = True) -> A.Published:
@@ -601,38 +609,38 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
     if group is not None and not group.main:
         follow(group)
         return None
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    check_workers(cfg.workers)
-    output = cfg.resolved_output()
-    check_writable(output, folder=True)
-    St.check_writable(cfg.resolved_storage())
-    if cfg.artifact_dir is not None:
-        A.check_store(Path(cfg.artifact_dir))
-    cfg = settle(cfg)
-    p = prepare(cfg, progress=progress)
-    assert p.splits is not None  # prepared with data
-    study = open_study(cfg, p, check_base(p))
-    try:  # the storage is closed however the run ends: a SQLite file then holds everything (WAL checkpointed)
+    seconds = Stopwatch()  # the summary's time per stage
+    with seconds("prepare"):
+        check_workers(cfg.workers)
+        output = cfg.resolved_output()
+        check_output_writable(output, folder=True)
+        St.check_storage_writable(cfg.resolved_storage())
+        if cfg.artifact_dir is not None:
+            A.check_store(Path(cfg.artifact_dir))
+        cfg = settle(cfg)
+        p = prepare(cfg, progress=progress)
+        assert p.splits is not None  # prepared with data
+        base_accuracy = check_base(p)
+    with St.opened(cfg.resolved_storage()) as storage:  # closed however the run ends: a SQLite file holds it all
+        with seconds("prepare"):
+            study = open_study(cfg, p, storage, base_accuracy)
         result = RunResult(cfg.resolved_study_name(), St.redact_url(cfg.resolved_storage()), S.SearchReport(), p.budget)
         result.score_label = score_label(cfg, p.model)
-        seconds["prepare"] = time.perf_counter() - t0
-
-        t = time.perf_counter()
-        workers = cfg.resolved_workers()
-        if workers > 1:
-            result.report = search_parallel(replace(cfg, workers=workers), study, progress)
-        else:
-            result.report = search(cfg, p, study, progress)
-        seconds["search"] = time.perf_counter() - t
-        report = result.report
         result.stage_seconds = seconds
+
+        workers = cfg.resolved_workers()
+        with seconds("search"):
+            if workers > 1:
+                result.report = search_parallel(replace(cfg, workers=workers), study, search_share, progress)
+            else:
+                result.report = search(cfg, p, study, progress)
+        report = result.report
         if report.total_evaluated == 0:
             raise FnnpError(
                 f"no candidate landed in the window {p.budget.describe()} after {report.rejected} draws; "
                 "widen --flops-tolerance or change --flops / --max-rate, or pass --fit-budget"
             )
-        if report.stopped_early:
+        if report.hit_max_draws:
             log.warning(
                 "stopped after %d rejected draws with %d of %d candidates evaluated: few draws land in the window; "
                 "pass --fit-budget (every draw is moved into it), or widen it with %s-tolerance",
@@ -647,33 +655,29 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             result.published = publish(cfg, study, None, output)
             return result
 
-        best, rerank_score = S.best_trial(study), None
+        best = S.best_trial(study)
         if cfg.rerank:
-            t = time.perf_counter()
-            result.rerank = rerank(
-                study,
-                p.pruner,
-                p.splits.calibration,
-                make_scorer(p),
-                cfg.rerank,
-                lambda trial: trial_ratios(p.space, trial),
-                progress,
-            )
-            seconds["rerank"] = time.perf_counter() - t
+            with seconds("rerank"):
+                result.rerank = rerank(
+                    study,
+                    p.pruner,
+                    p.splits.calibration,
+                    make_scorer(p),
+                    cfg.rerank,
+                    lambda trial: trial_ratios(p.space, trial),
+                    progress,
+                )
             best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
-            rerank_score = {result.rerank.key: result.rerank.scores[best.number]}
-        result.best_trial, result.best_abn = best.number, best.values[0]
+        result.best_trial, result.best_value = best.number, best.values[0]
         result.delivered_by = St.claim_delivery(study, best.number)
         if result.delivered_by is not None:
             return result
-        d = deliver(cfg, p, study, best, output, progress, rerank_score)
-        result.export, result.base, result.pruned, result.finetune_losses = output, d["base"], d["pruned"], d["losses"]
-        result.distilled, result.latency, result.onnx = d["distilled"], d["latency"], d["onnx"]
-        seconds.update(d["seconds"])
+        d = deliver(cfg, p, study, best, output, progress, result.rerank)
+        result.export, result.base, result.pruned, result.finetune_losses = output, d.base, d.pruned, d.losses
+        result.distilled, result.latency, result.onnx = d.distilled, d.latency, d.onnx
+        seconds.update(d.seconds)
         result.published = publish(cfg, study, best, output)
         return result
-    finally:
-        St.close(study)
 
 
 def finetune_trial(
@@ -693,68 +697,69 @@ def finetune_trial(
         return None
 
     St.check_exists(storage)
-    St.check_writable(storage)
-    store = St.open_storage(storage)
-    study = St.pick_study(store, storage, study_name)
-    study_name = study.study_name
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        raise StorageError(
-            f"study {study_name!r} in {St.redact_url(storage)} was not created by fnnp-opt; pass another --study-name"
+    St.check_storage_writable(storage)
+    with St.opened(storage) as store:  # closed however it ends: a SQLite file then holds everything
+        study = St.pick_study(store, storage, study_name)
+        study_name = study.study_name
+        stored = study.user_attrs.get("config")
+        if stored is None:
+            raise StorageError(
+                f"study {study_name!r} in {St.redact_url(storage)} was not created by fnnp-opt; pass another "
+                "--study-name"
+            )
+        known = {f.name for f in fields(RunConfig)}
+        cfg = resolve(**{k: v for k, v in stored.items() if k in known})
+        cfg = replace(
+            cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None}
+        ).validate()
+        by_number = {t.number: t for t in S.evaluated(study)}
+        if not by_number:
+            raise UsageError(
+                f"study {study_name!r} has no evaluated trial yet, so there is nothing to fine-tune; run the same "
+                "`fnnp-opt run` command again to resume its search"
+            )
+        if trial_number not in by_number:
+            what = "was not evaluated" if any(t.number == trial_number for t in study.trials) else "does not exist"
+            raise UsageError(
+                f"trial {trial_number} of study {study_name!r} {what} (only evaluated trials can be fine-tuned); pick "
+                "an evaluated one (the front printed by `fnnp-opt run --objective pareto`, the dashboard, or `optuna "
+                f"trials`), e.g. {', '.join(map(str, sorted(by_number)[:5]))}"
+            )
+        given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
+        output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"
+        check_output_writable(output, folder=True)
+        if cfg.artifact_dir is not None:
+            A.check_store(Path(cfg.artifact_dir))
+        p = prepare(cfg)
+        St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())
+        trial = by_number[trial_number]
+        d = deliver(cfg, p, study, trial, output, progress)
+        published = publish(cfg, study, trial, output, report=False)  # the study's report shows its own winner
+        return RunResult(
+            study_name,
+            St.redact_url(storage),
+            S.SearchReport(total_evaluated=len(by_number)),
+            p.budget,
+            trial_number,
+            trial.values[0],
+            output,
+            base=d.base,
+            pruned=d.pruned,
+            finetune_losses=d.losses,
+            distilled=d.distilled,
+            stage_seconds=d.seconds,
+            score_label=score_label(cfg, p.model),
+            latency=d.latency,
+            onnx=d.onnx,
+            published=published,
         )
-    known = {f.name for f in fields(RunConfig)}
-    cfg = resolve(**{k: v for k, v in stored.items() if k in known})
-    cfg = replace(
-        cfg, storage=storage, study_name=study_name, **{k: v for k, v in overrides.items() if v is not None}
-    ).validate()
-    by_number = {t.number: t for t in S.evaluated(study)}
-    if not by_number:
-        raise UsageError(
-            f"study {study_name!r} has no evaluated trial yet, so there is nothing to fine-tune; run the same "
-            "`fnnp-opt run` command again to resume its search"
-        )
-    if trial_number not in by_number:
-        what = "was not evaluated" if any(t.number == trial_number for t in study.trials) else "does not exist"
-        raise UsageError(
-            f"trial {trial_number} of study {study_name!r} {what} (only evaluated trials can be fine-tuned); pick "
-            "an evaluated one (the front printed by `fnnp-opt run --objective pareto`, the dashboard, or `optuna "
-            f"trials`), e.g. {', '.join(map(str, sorted(by_number)[:5]))}"
-        )
-    given = overrides.get("output")  # not the run's stored --output: that folder holds the run's own delivery
-    output = Path(given) if given else Path("runs") / study_name / f"trial-{trial_number}"
-    check_writable(output, folder=True)
-    if cfg.artifact_dir is not None:
-        A.check_store(Path(cfg.artifact_dir))
-    p = prepare(cfg)
-    St.check_fingerprint(study, p.fingerprint(), storage, cfg.to_dict())
-    trial = by_number[trial_number]
-    d = deliver(cfg, p, study, trial, output, progress)
-    published = publish(cfg, study, trial, output, report=False)  # the study's report shows its own winner
-    return RunResult(
-        study_name,
-        St.redact_url(storage),
-        S.SearchReport(total_evaluated=len(by_number)),
-        p.budget,
-        trial_number,
-        trial.values[0],
-        output,
-        base=d["base"],
-        pruned=d["pruned"],
-        finetune_losses=d["losses"],
-        distilled=d["distilled"],
-        stage_seconds=d["seconds"],
-        score_label=score_label(cfg, p.model),
-        latency=d["latency"],
-        onnx=d["onnx"],
-        published=published,
-    )
 
 
 def evaluate_export(path: Path, data_dir: Path | None = None, device: str = "auto", progress: Progress = NULL) -> dict:
     """Reload an export and measure it on its dataset's test set, as `run` reported it."""
-    from fnnp_opt.export import REGISTRY_FIELDS, load_pruned, read_recipe
+    from fnnp_opt.export import REGISTRY_FIELDS, load_pruned, read_plan
 
-    doc, _ = read_recipe(path, needs=(*REGISTRY_FIELDS, "input_shape", "dataset"))
+    doc, _ = read_plan(path, needs=(*REGISTRY_FIELDS, "input_shape", "dataset"))
     model = load_pruned(path)
     dev = resolve_device(device)
     cfg = doc.get("config", {})

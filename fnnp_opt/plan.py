@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from fnnp_opt.errors import CheckpointError, UsageError
-from fnnp_opt.export import FORMAT, check_writable, load_pruned, read_recipe, save_weights_and_card
+from fnnp_opt.export import FORMAT, check_output_writable, load_pruned, read_plan, save_weights_and_card
 from fnnp_opt.models import load_weights, read_state_dict
 from fnnp_opt.prune import apply_shapes, layer_kinds, layer_shapes
 
@@ -63,7 +63,7 @@ def save(net: nn.Module, path: str | Path, plan: Plan | None = None) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise UsageError(f"path must be a folder path, got a {type(path).__name__}")
     folder = Path(path)
-    check_writable(folder, folder=True)
+    check_output_writable(folder, folder=True)
     cls = type(net)
     card = {
         "format": FORMAT,
@@ -91,7 +91,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         return load_pruned(Path(path))
     if not isinstance(model, nn.Module):
         raise UsageError(f"model= must be a fresh instance of the pruned network's class, got a {type(model).__name__}")
-    doc, weights = read_recipe(Path(path), needs=("layers",))
+    doc, weights = read_plan(Path(path), needs=("layers",))
     where = weights.with_name("pruned.json")
     saved_kinds = doc.get("kinds")
     if isinstance(saved_kinds, dict):

@@ -17,7 +17,7 @@ from torch import nn
 from fnnp_opt.constraints import uniform_strategy
 from fnnp_opt.errors import BudgetError, ModelError, UsageError, describe, option
 from fnnp_opt.flops import Budget, FlopsModel, count, make_budget
-from fnnp_opt.latency import LatencyTable, Timing, make_latency_budget, study_table
+from fnnp_opt.latency import LatencyTable, Timing, make_latency_budget, plan_cost, study_table
 from fnnp_opt.models import find_classifier
 from fnnp_opt.plan import Plan
 from fnnp_opt.progress import NULL, Progress
@@ -212,7 +212,7 @@ class Problem:
     def cost(self, removed: dict[str, int]) -> float:
         """What the budget limits for a plan ({group root: channels removed}): predicted ms under a latency
         budget, else MACs."""
-        return self.latency.predict(removed) if self.latency is not None else self.flops.macs(removed)
+        return plan_cost(removed, self.flops, self.latency)
 
     def uniform_cost(self, ratio: float) -> float:
         """The budget's cost with ``ratio`` in every group."""

@@ -15,6 +15,18 @@ Advance = Callable[[int], None]
 LOG_LINE = "%(asctime)s %(levelname)s %(message)s"  # a log line off a terminal (files, pipes, CI, search workers)
 
 
+class Stopwatch(dict):
+    """Seconds per stage, summed over ``with stopwatch(stage):`` blocks (a trial's timings, a run's stages)."""
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t
+
+
 class Progress(Protocol):
     """Receives progress reports from long-running library calls."""
 

@@ -31,9 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fnnp_opt import storage as St
 from fnnp_opt.errors import FnnpError, OutputError, StorageError
-from fnnp_opt.export import check_writable
+from fnnp_opt.export import check_output_writable
 from fnnp_opt.flops import Budget, human
-from fnnp_opt.optimize import SURPLUS, evaluated
+from fnnp_opt.optimize import evaluated, outcome
 from fnnp_opt.space import PREFIX, uniform_words
 
 if TYPE_CHECKING:  # imported where it is used: drawing a report needs no artifact store
@@ -185,18 +185,11 @@ def _pareto_winner(f: _Facts) -> _Facts:
 
 def _state_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by what became of them: evaluated, outside the window, failed, surplus, running or queued."""
+    label = {"rejected": "outside the window", "unfinished": "running or queued"}
     counts = dict.fromkeys(("evaluated", "outside the window", "failed", "surplus", "running or queued"), 0)
     for t in study.get_trials(deepcopy=False):
-        if St.is_evaluated(t):
-            counts["evaluated"] += 1
-        elif t.state is TrialState.FAIL:
-            counts["failed"] += 1
-        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
-            counts["running or queued"] += 1
-        elif t.user_attrs.get(SURPLUS):
-            counts["surplus"] += 1
-        else:
-            counts["outside the window"] += 1
+        kind = outcome(t)
+        counts[label.get(kind, kind)] += 1
     return counts
 
 
@@ -476,7 +469,7 @@ def write_report(study: optuna.Study, folder: Path, storage: str | None = None) 
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
-    check_writable(folder, folder=True)
+    check_output_writable(folder, folder=True)
     f = _facts(study)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -610,8 +603,7 @@ def report_study(
     from fnnp_opt import artifacts as A
 
     St.check_exists(storage)
-    store = St.open_storage(storage, write_ahead=upload)
-    try:
+    with St.opened(storage, write_ahead=upload) as store:
         study = St.pick_study(store, storage, study_name)
         if upload and artifact_dir is not None:  # checked before anything is drawn or written
             A.check_store(Path(artifact_dir))
@@ -633,5 +625,3 @@ def report_study(
             folder = A.store_dir(storage, artifact_dir, study)
             report.published = A.publish(study, trial, report.files, folder, storage)
         return report
-    finally:
-        St.close_storage(store)

@@ -35,13 +35,13 @@ from typing import ContextManager, Iterator, Literal
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from fnnp_opt import journal as J
+from fnnp_opt import optuna_private as P
 from fnnp_opt.errors import StorageError, UsageError
 from fnnp_opt.flops import Budget
+from fnnp_opt.paths import NOT_A_FOLDER, NOT_WRITABLE, nearest_parent
 from fnnp_opt.redact import redact_url, scrub
 from fnnp_opt.space import SearchSpace
 
@@ -87,7 +87,7 @@ def check_exists(url: str) -> None:
         raise StorageError(f"storage {url} does not exist yet; run `fnnp-opt run` first or pass --storage")
 
 
-def check_writable(url: str) -> None:
+def check_storage_writable(url: str) -> None:
     """Raise :class:`StorageError` when this user could not write the SQLite or journal storage ``url``.
 
     SQLite needs the database file writable and its folder too (its journal goes there, and
@@ -107,10 +107,8 @@ def check_writable(url: str) -> None:
         J.check_file(path, url)
     if path.is_dir():
         raise StorageError(f"storage {url}: {path} is a folder, not a database file; pass a file path in --storage")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    folder, problem = nearest_parent(path)
+    if problem == NOT_A_FOLDER:
         raise StorageError(f"storage {url}: {folder} is not a folder; pass another --storage")
     if journal:
         locks = (J.lock_path(path), J.append_lock_path(path))
@@ -123,7 +121,7 @@ def check_writable(url: str) -> None:
                 f"storage {url}: {what} {target} is read-only for this user; make it writable "
                 "(chmod u+w) or pass another --storage"
             )
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+    if problem == NOT_WRITABLE:
         beside = (
             "Optuna and fnnp-opt keep their lock files beside the journal"
             if journal
@@ -194,6 +192,18 @@ def open_storage(url: str, write_ahead: bool = True) -> BaseStorage:
                 f"storage {redact_url(url)!r} could not be opened ({type(exc).__name__}: {msg}); {fix}pass a reachable "
                 "URL such as sqlite:///studies/fnnp.db or postgresql://user@127.0.0.1/db"
             ) from None
+
+
+@contextmanager
+def opened(url: str, write_ahead: bool = True) -> Iterator[BaseStorage]:
+    """The storage ``url`` (:func:`open_storage`) for the block, closed however the block ends
+    (:func:`close_storage`): a SQLite file then holds everything again (its write-ahead log folded in), and a
+    refused run leaves no -wal or -shm file beside it."""
+    storage = open_storage(url, write_ahead)
+    try:
+        yield storage
+    finally:
+        close_storage(storage)
 
 
 class SQLiteStorage(RDBStorage):
@@ -285,12 +295,9 @@ def stored_settings(url: str, name: str) -> dict:
     path = storage_file(url)
     if path is not None and not path.is_file():
         return {}
-    storage = open_storage(url, write_ahead=False)
-    try:
+    with opened(url, write_ahead=False) as storage:
         study = existing_study(storage, name)
         config = (study.user_attrs.get("config") or {}) if study is not None else None
-    finally:  # close its connections: a refused run leaves no -wal or -shm file beside the database
-        close_storage(storage)
     if config is None:
         return {}
     return {
@@ -416,7 +423,7 @@ def create_study(
 def close(study: optuna.Study) -> None:
     """Close this process's connections to the study's storage. For SQLite the last one to close folds the
     write-ahead log into the database file, so the file alone holds the study again (to copy or commit)."""
-    close_storage(_backend(study))
+    close_storage(P.backend(study))
 
 
 def close_storage(storage: BaseStorage) -> None:
@@ -425,15 +432,10 @@ def close_storage(storage: BaseStorage) -> None:
         storage.engine.dispose()
 
 
-def _backend(study: optuna.Study):
-    """The study's storage under Optuna's cache (an RDB storage is wrapped in one; a journal is not)."""
-    return study._storage._backend if isinstance(study._storage, _CachedStorage) else study._storage
-
-
 def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's check for trials whose heartbeat went stale (it also runs before each trial): an RDB storage's
     heartbeats, or a journal file's (:class:`fnnp_opt.journal.HeartbeatJournalStorage`)."""
-    if is_heartbeat_enabled(study._storage):
+    if P.heartbeat_enabled(P.storage(study)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -447,25 +449,21 @@ def recover_dead_trials(study: optuna.Study) -> int:
     trial with no heartbeat at all, which that check never sees; such a trial older
     than the grace period is dead too (a live one records its first heartbeat at once).
     """
-    storage = _backend(study)
+    storage = P.backend(study)
     if not isinstance(storage, RDBStorage):
         return 0
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     old = [t for t in running if t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > GRACE_S]
     if not old:
         return 0
-    from optuna.storages._rdb.models import TrialHeartbeatModel
-    from sqlalchemy import select
-
-    with storage.engine.connect() as conn:
-        beating = set(conn.execute(select(TrialHeartbeatModel.trial_id)).scalars())
+    beating = P.heartbeat_trial_ids(storage)
     retry = storage.get_heartbeat_stale_trial_callback()
     failed = 0
     for t in old:
-        if t._trial_id in beating:
+        if P.trial_id(t) in beating:
             continue
         try:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            P.storage(study).set_trial_state_values(P.trial_id(t), TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished after all
         failed += 1
@@ -473,7 +471,7 @@ def recover_dead_trials(study: optuna.Study) -> int:
         if retry is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry(study, study._storage.get_trial(t._trial_id))
+                retry(study, P.storage(study).get_trial(P.trial_id(t)))
     return failed
 
 
@@ -482,7 +480,7 @@ def recover_dead_trials(study: optuna.Study) -> int:
 
 def study_lock(study: optuna.Study) -> ContextManager[None]:
     """A lock held by one process at a time, across every process and machine sharing ``study``."""
-    return name_lock(_backend(study), study.study_name)
+    return name_lock(P.backend(study), study.study_name)
 
 
 def name_lock(storage, name: str) -> ContextManager[None]:
@@ -566,7 +564,9 @@ class Slots:
         )
         done = sum(map(is_evaluated, trials))
         held = sum(
-            1 for t in trials if t.state is TrialState.RUNNING and t.user_attrs.get(self.KEY) == t._trial_id != exclude
+            1
+            for t in trials
+            if t.state is TrialState.RUNNING and t.user_attrs.get(self.KEY) == P.trial_id(t) != exclude
         )
         queued = sum(1 for t in trials if t.state is TrialState.WAITING)
         return done, held, queued
@@ -580,18 +580,18 @@ class Slots:
         is held by a running trial, wait: that trial's worker may die, and its slot then
         returns to the study.
         """
-        stored = self.study._storage.get_trial(trial._trial_id)
-        fresh = "fixed_params" not in stored.system_attrs
+        stored = P.storage(self.study).get_trial(P.trial_id(trial))
+        fresh = P.fixed_params(stored) is None
         baseline = bool(stored.user_attrs.get(BASELINE))  # a baseline queued again after it failed: evaluated
         last_check = time.monotonic()  # even in a study that holds n_trials already, so that every study has it
         while True:
             with study_lock(self.study):
-                done, held, queued = self.count(exclude=trial._trial_id)
+                done, held, queued = self.count(exclude=P.trial_id(trial))
                 free = self.n_trials - done - held
                 if not baseline and (done >= self.n_trials or (fresh and queued and free <= queued)):
                     return False
                 if free > 0 or (baseline and done >= self.n_trials):
-                    trial.set_user_attr(self.KEY, trial._trial_id)
+                    trial.set_user_attr(self.KEY, P.trial_id(trial))
                     trial.set_user_attr("worker", worker_id())
                     return True
             time.sleep(POLL_S)
@@ -604,7 +604,7 @@ class Slots:
 def next_session(study: optuna.Study) -> int:
     """Number this process's session of ``study`` (0, 1, ...): each seeds its sampler apart from the others."""
     with study_lock(study):
-        n = study._storage.get_study_user_attrs(study._study_id).get("sessions", 0)
+        n = study.user_attrs.get("sessions", 0)
         study.set_user_attr("sessions", n + 1)
     return n
 
@@ -631,7 +631,7 @@ def claim_delivery(study: optuna.Study, trial_number: int) -> str | None:
     """Claim the fine-tune of ``trial_number``; return the live owner that holds it instead, or None."""
     me = worker_id()
     with study_lock(study):
-        current = study._storage.get_study_user_attrs(study._study_id).get("delivery")
+        current = study.user_attrs.get("delivery")
         if current and current["owner"] != me and current["trial"] == trial_number and alive(current["owner"]):
             return current["owner"]
         study.set_user_attr("delivery", {"owner": me, "trial": trial_number, "since": datetime.now().isoformat()})
@@ -648,37 +648,23 @@ def set_finished_trial_user_attr(study: optuna.Study, trial, key: str, value) ->
     into the study's user attribute ``trial_attrs:<key>``, keyed by trial number (under the study
     lock; do not call this while holding it), which :func:`trial_user_attrs` reads.
     """
-    import json
-
-    from optuna.storages._rdb.models import TrialUserAttributeModel as Attr
-    from sqlalchemy import delete, insert
-
-    storage = _backend(study)
+    storage = P.backend(study)
     if J.is_journal(storage):
         with study_lock(study):
             J.set_finished_user_attr(study, trial.number, key, value)
         return
     if not isinstance(storage, RDBStorage):
         raise StorageError(f"cannot annotate finished trials in a {type(storage).__name__}; use an RDB --storage")
-    with storage.engine.begin() as conn:
-        conn.execute(delete(Attr).where(Attr.trial_id == trial._trial_id, Attr.key == key))
-        conn.execute(insert(Attr).values(trial_id=trial._trial_id, key=key, value_json=json.dumps(value)))
+    P.set_finished_trial_attr(storage, P.trial_id(trial), key, value)
 
 
 def set_finished_trial_system_attr(study: optuna.Study, trial_id: int, key: str, value) -> None:
     """Set system attribute ``key`` of finished trial ``trial_id`` in an RDB storage (an artifact's record, which
     ``optuna.artifacts.upload_artifact`` writes and Optuna's API refuses once a trial is finished)."""
-    import json
-
-    from optuna.storages._rdb.models import TrialSystemAttributeModel as Attr
-    from sqlalchemy import delete, insert
-
-    storage = _backend(study)
+    storage = P.backend(study)
     if not isinstance(storage, RDBStorage):
         raise StorageError(f"cannot annotate finished trials in a {type(storage).__name__}; use an RDB --storage")
-    with storage.engine.begin() as conn:
-        conn.execute(delete(Attr).where(Attr.trial_id == trial_id, Attr.key == key))
-        conn.execute(insert(Attr).values(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+    P.set_finished_trial_attr(storage, trial_id, key, value, system=True)
 
 
 def storage_file(url: str) -> Path | None:
@@ -686,9 +672,16 @@ def storage_file(url: str) -> Path | None:
     return sqlite_path(url) or J.journal_path(url)
 
 
+def beside(url: str, name: str) -> Path:
+    """The folder ``name`` that goes with storage ``url``: beside its SQLite or journal file, else in ``./studies``
+    (a server storage). The artifact store and the latency cache live there."""
+    path = storage_file(url)
+    return (path.parent if path is not None else Path("studies")) / name
+
+
 def trial_user_attrs(study: optuna.Study, trial) -> dict:
     """The user attributes of ``trial`` (a FrozenTrial of ``study``), with those :func:`set_finished_trial_user_attr`
     recorded after it finished on a journal file (an RDB storage holds them on the trial itself)."""
-    if J.is_journal(_backend(study)):
+    if J.is_journal(P.backend(study)):
         return {**trial.user_attrs, **J.finished_user_attrs(study, trial.number)}
     return dict(trial.user_attrs)

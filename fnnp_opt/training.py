@@ -263,17 +263,17 @@ def train_base(
     """
     import time
 
-    from fnnp_opt.config import check_batch_fits, check_lr, check_seed, check_split
     from fnnp_opt.data import load_splits, resolve_dataset
     from fnnp_opt.evaluate import accuracy
-    from fnnp_opt.export import check_writable, save_weights_and_card
+    from fnnp_opt.export import check_output_writable, save_weights_and_card
     from fnnp_opt.models import check_input, create_model
+    from fnnp_opt.options import check_batch_fits, check_lr, check_seed, check_split
 
     check_lr(cfg.lr)
     check_seed(cfg.seed)
     check_split(search_size, search_per_class, image_size)
     output = Path(output)
-    check_writable(output)
+    check_output_writable(output)
     info = resolve_dataset(dataset, data_dir, image_size)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = create_model(model_name, info.in_channels, info.num_classes)

@@ -1,7 +1,8 @@
 """``--workers N``: N search processes on this machine, sharing the study through its storage.
 
-The parent spawns the workers, shows their progress from the study, and waits for them; each worker runs a plain
-search (:func:`fnnp_opt.pipeline.search`) with ``cores // N`` threads, and the study's slots
+The parent spawns the workers, shows their progress from the study, and waits for them; each worker runs the job
+it is handed (the app's plain search of its share, :func:`fnnp_opt.pipeline.search_share`) with ``cores // N``
+threads, and the study's slots
 (:class:`fnnp_opt.storage.Slots`) stop them at exactly ``n_trials`` evaluated candidates. The parent then fine-tunes
 the winner as a one-process run does.
 
@@ -13,8 +14,9 @@ Stopping:
   continues the study. A Ctrl-C in the few milliseconds while the parent starts the workers is lost (press it
   again): the workers must start ignoring it, and the parent shares that setting while it starts them.
 * A worker is spawned ignoring SIGINT and takes it once its handler is in place, the first thing it does (this
-  module imports nothing heavy), so a Ctrl-C during its start-up cannot print a traceback half-way through an
-  import; the parent repeats its SIGINT until the worker has taken it. Later ones are ignored while it stops.
+  module imports nothing heavy, and the job arrives pickled, unpickled only then), so a Ctrl-C during its start-up
+  cannot print a traceback half-way through an import; the parent repeats its SIGINT until the worker has taken
+  it. Later ones are ignored while it stops.
 * **kill -9 of the parent**: each worker watches its parent and stops as on Ctrl-C, instead of searching on alone.
 """
 
@@ -22,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # the parent imports these anyway; a worker imports them after its SIGINT handler is in place
     import optuna
@@ -40,27 +43,33 @@ STOP_S = 30.0  # after Ctrl-C, how long a worker may take to fail its trial and 
 WATCH_S = 1.0  # how often a worker looks whether its parent lives
 
 
-def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | None = None) -> SearchReport:
+def search_parallel(
+    cfg: RunConfig, study: optuna.Study, job: Callable[[RunConfig], object], progress: Progress | None = None
+) -> SearchReport:
     """Run ``cfg.workers`` search processes on this machine against ``study``'s storage, wait for them, and report
-    what they did (the trials made while they ran)."""
+    what they did (the trials made while they ran).
+
+    Each process calls ``job(cfg)``: a module-level function (it travels pickled, by name) that searches this
+    process's share of the study."""
     import multiprocessing as mp
 
     from optuna.trial import TrialState
 
     from fnnp_opt import optimize as S
-    from fnnp_opt import storage as St
     from fnnp_opt.progress import NULL
 
     progress = progress or NULL
     assert cfg.workers is not None  # resolved by the caller (RunConfig.resolved_workers)
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    work = pickle.dumps(job)  # unpickled in the worker once its SIGINT handler is in place: it imports the app
     before = {t.number for t in study.trials if t.state is not TrialState.WAITING}  # queued ones run now
     level = logging.getLogger("fnnp_opt").getEffectiveLevel()
     failures = ctx.SimpleQueue()  # (worker, exit code, one line) of each worker that stopped on an error
     # not daemons: a worker's image-folder DataLoader starts processes of its own, which a daemon may not
     procs = [
-        ctx.Process(target=_worker, args=(cfg, threads, level, os.getpid(), k, failures)) for k in range(cfg.workers)
+        ctx.Process(target=_worker, args=(cfg, work, threads, level, os.getpid(), k, failures))
+        for k in range(cfg.workers)
     ]
     try:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: the workers start ignoring it
@@ -90,14 +99,8 @@ def search_parallel(cfg: RunConfig, study: optuna.Study, progress: Progress | No
     if errors:
         _report_failures(errors, cfg.workers, report.total_evaluated, cfg.n_trials)
     for t in study.get_trials(deepcopy=False):
-        if t.number in before or t.state is TrialState.RUNNING:
-            continue
-        if St.is_evaluated(t):
-            report.evaluated += 1
-        elif t.state is TrialState.FAIL:
-            report.failed += 1
-        elif not t.user_attrs.get(S.SURPLUS):
-            report.rejected += 1
+        if t.number not in before:
+            report.count(t)
     return report
 
 
@@ -148,10 +151,11 @@ def _stop(procs: list) -> None:
             signal.signal(sig, handler)
 
 
-def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int, index: int, failures) -> None:
-    """One search process (see the module docstring); logs its trials as plain lines at the parent's
-    ``log_level``; exits with 130 when stopped. An error ends it with exit code 1 (or the error's), after putting
-    ``(index, exit code, the error in one line)`` on ``failures`` for the parent to report."""
+def _worker(cfg: RunConfig, job: bytes, threads: int, log_level: int, parent: int, index: int, failures) -> None:
+    """One search process (see the module docstring): runs ``job`` (a pickled function of ``cfg``); logs its trials
+    as plain lines at the parent's ``log_level``; exits with 130 when stopped. An error ends it with exit code 1 (or
+    the error's), after putting ``(index, exit code, the error in one line)`` on ``failures`` for the parent to
+    report."""
 
     def stop(signum, frame) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):  # one is enough: more would cut the trial's clean-up short
@@ -170,8 +174,6 @@ def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int, index: in
         import optuna
         import torch
 
-        from fnnp_opt import storage as St
-        from fnnp_opt.pipeline import prepare, search
         from fnnp_opt.progress import LOG_LINE
         from fnnp_opt.redact import RedactingFilter
 
@@ -181,9 +183,7 @@ def _worker(cfg: RunConfig, threads: int, log_level: int, parent: int, index: in
         logging.getLogger("fnnp_opt").setLevel(log_level)
         torch.set_num_threads(threads)
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        p = prepare(cfg)
-        study = optuna.load_study(study_name=cfg.resolved_study_name(), storage=St.open_storage(cfg.resolved_storage()))
-        search(cfg, p, study)
+        pickle.loads(job)(cfg)  # a function of this package, pickled by the parent
     except KeyboardInterrupt:  # the parent reports it
         raise SystemExit(130) from None
     except Exception as exc:  # the parent reports it, as the error it is

@@ -11,6 +11,7 @@ from optuna.artifacts import get_all_artifact_meta, upload_artifact
 from typer.testing import CliRunner
 
 import fnnp_opt.artifacts as A
+from fnnp_opt import optuna_private as P
 from fnnp_opt import storage as St
 from fnnp_opt.cli import app
 from fnnp_opt.errors import StorageError
@@ -40,7 +41,7 @@ def test_a_second_publish_rewrites_the_same_artifacts_in_place(tmp_path, kind):
     fresh = optuna.load_study(study_name="s", storage=St.open_storage(url))  # as another process reads it
     target = fresh.trials[1] if kind == "sqlite" else fresh
     assert first.target == ("trial 1" if kind == "sqlite" else "study")
-    metas = get_all_artifact_meta(target, storage=fresh._storage)
+    metas = get_all_artifact_meta(target, storage=P.storage(fresh))
     assert sorted(m.filename for m in metas) == ["pruned.json", "pruned.safetensors"]
     by_name = {m.filename: m.artifact_id for m in metas}
     assert (store / by_name["pruned.json"]).read_text() == '{"v": 2, "resumed": true}'
@@ -162,7 +163,7 @@ def _store_of(db: Path) -> tuple[Path, dict[str, str]]:
     """The store a study of `fnnp-opt run` in ``db`` records, and its delivered trial's files by name -> id."""
     study = optuna.load_study(study_name="resnet20-fashion-mnist-flops0.5", storage=f"sqlite:///{db}")
     (winner,) = [t for t in study.trials if t.number == study.user_attrs["result"]["trial"]]
-    metas = get_all_artifact_meta(winner, storage=study._storage)
+    metas = get_all_artifact_meta(winner, storage=P.storage(study))
     return Path(study.user_attrs[A.STORE_ATTR]), {m.filename: m.artifact_id for m in metas}
 
 

@@ -24,15 +24,15 @@ def _card():
 def test_export_reloads_bit_identically(base_model, tmp_path):
     pruner = Pruner(base_model, torch.zeros(1, 1, 28, 28), "fc")
     pruned = pruner.prune({g.root: 0.1 * (i % 6) for i, g in enumerate(pruner.groups)})
-    recipe = save_pruned(pruned, tmp_path / "out", _card())
-    doc = json.loads(recipe.read_text())
+    plan = save_pruned(pruned, tmp_path / "out", _card())
+    doc = json.loads(plan.read_text())
     assert doc["format"] == "fnnp-opt/pruned-v1" and doc["layers"]["layer2.0.conv1"]["out"] < 32
     loaded = fnnp_opt.load_pruned(tmp_path / "out")
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(loaded(x), pruned(x))
     for k, v in pruned.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
-    assert fnnp_opt.load_pruned(recipe) is not None  # the JSON path works too
+    assert fnnp_opt.load_pruned(plan) is not None  # the JSON path works too
     assert not list((tmp_path / "out").glob("*.tmp"))
     modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "out").iterdir()}
     assert modes["pruned.safetensors"] == modes["pruned.json"], modes  # the umask decides, not the writer
@@ -54,13 +54,13 @@ def test_bad_exports_are_reported(base_model, tmp_path):
 
 
 @pytest.mark.parametrize("text", ["[]", '{"format": "fnnp-opt/pruned-v1"}'])
-def test_a_wrong_shaped_recipe_is_one_clear_error(tmp_path, text):
+def test_a_wrong_shaped_plan_is_one_clear_error(tmp_path, text):
     from fnnp_opt.errors import CheckpointError
-    from fnnp_opt.export import read_recipe
+    from fnnp_opt.export import read_plan
 
     (tmp_path / "pruned.json").write_text(text)
     with pytest.raises(CheckpointError, match="re-export the model"):
-        read_recipe(tmp_path)
+        read_plan(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -79,18 +79,18 @@ def test_a_wrong_shaped_recipe_is_one_clear_error(tmp_path, text):
         (lambda d: d.pop("dataset"), "lacks dataset"),
     ],
 )
-def test_a_hand_edited_recipe_is_refused_by_name_before_anything_is_built(base_model, tmp_path, edit, reported):
-    from fnnp_opt.export import read_recipe
+def test_a_hand_edited_plan_is_refused_by_name_before_anything_is_built(base_model, tmp_path, edit, reported):
+    from fnnp_opt.export import read_plan
 
-    recipe = save_pruned(base_model, tmp_path, _card())
-    doc = json.loads(recipe.read_text())
+    plan = save_pruned(base_model, tmp_path, _card())
+    doc = json.loads(plan.read_text())
     edit(doc)
-    recipe.write_text(json.dumps(doc))
+    plan.write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match=f"{reported}.*re-export the model"):
-        read_recipe(tmp_path, needs=("input_shape", "dataset"))
+        read_plan(tmp_path, needs=("input_shape", "dataset"))
 
 
-def test_a_binary_recipe_is_one_clear_error(tmp_path):
+def test_a_binary_plan_is_one_clear_error(tmp_path):
     (tmp_path / "pruned.json").write_bytes(bytes(range(256)))
     with pytest.raises(CheckpointError, match="not valid JSON.*re-export the model"):
         fnnp_opt.load_pruned(tmp_path)

@@ -27,6 +27,7 @@ from test_storage import _check_shared_study, _kill_mid_trial, _run_args
 import fnnp_opt.journal as J
 import fnnp_opt.rerank as R
 import fnnp_opt.storage as St
+from fnnp_opt import optuna_private as P
 from fnnp_opt.config import resolve
 from fnnp_opt.errors import StorageError
 from fnnp_opt.pipeline import make_scorer, prepare, run, trial_ratios
@@ -69,13 +70,13 @@ def test_a_silent_trial_is_failed_and_retried_once_though_two_processes_find_it(
     study_a = optuna.create_study(study_name="s", storage=a, direction="maximize")
     study_b = optuna.load_study(study_name="s", storage=b)
     dead = study_a.ask(X)  # a worker that dies after one heartbeat
-    a.record_heartbeat(dead._trial_id)
-    assert not a._get_stale_trial_ids(study_a._study_id)  # alive within the grace period
+    a.record_heartbeat(P.trial_id(dead))
+    assert not a.stale_trial_ids(P.study_id(study_a))  # alive within the grace period
     time.sleep(1.3)
-    seen_by_b = b._get_stale_trial_ids(study_b._study_id)
-    assert seen_by_b == [dead._trial_id] == a._get_stale_trial_ids(study_a._study_id)
+    seen_by_b = b.stale_trial_ids(P.study_id(study_b))
+    assert seen_by_b == [P.trial_id(dead)] == a.stale_trial_ids(P.study_id(study_a))
     St.fail_stale_trials(study_a)
-    b._get_stale_trial_ids = lambda study_id: seen_by_b  # b acts on what it saw before a failed the trial
+    b.stale_trial_ids = lambda study_id: seen_by_b  # b acts on what it saw before a failed the trial
     St.fail_stale_trials(study_b)
     trials = study_b.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
@@ -84,7 +85,7 @@ def test_a_silent_trial_is_failed_and_retried_once_though_two_processes_find_it(
     assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [dead.number]
     assert retry.params == trials[0].params and J.HEARTBEAT_ATTR in retry.system_attrs  # the dead one's, inherited
     popped = study_b.ask()  # the retry starts: its inherited heartbeat is old, its start is not
-    assert popped.number == retry.number and not a._get_stale_trial_ids(study_a._study_id)
+    assert popped.number == retry.number and not a.stale_trial_ids(P.study_id(study_a))
 
 
 def test_a_live_trial_outlives_the_grace_period_by_its_heartbeats(tmp_path):
@@ -153,7 +154,7 @@ def test_finished_trial_attributes_live_in_the_study_and_read_back_through_one_a
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=21)
     first = study.trials[0]
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # why: the journal keeps finished trials frozen
-        study._storage.set_trial_user_attr(first._trial_id, "abn_ft4", 0.1)
+        P.storage(study).set_trial_user_attr(P.trial_id(first), "abn_ft4", 0.1)
 
     def annotate(numbers):  # each thread opens the journal as another process would
         mine = optuna.load_study(study_name="s", storage=_open(tmp_path / "s.log"))
@@ -203,7 +204,7 @@ def test_a_journal_that_cannot_be_used_is_refused_and_nothing_is_written(tmp_pat
         (f"journal:///{tmp_path}/a-file/s.log", "a-file is not a folder"),
         (f"{tmp_path}/dir.journal", "is a folder, not a journal file"),
     ]:
-        for check in (St.check_writable, St.open_storage):
+        for check in (St.check_storage_writable, St.open_storage):
             with pytest.raises(StorageError, match=message):
                 check(url)
     with pytest.raises(StorageError, match="does not exist yet"):
@@ -467,7 +468,7 @@ def test_a_journal_this_user_cannot_write_is_refused_untouched(case, tmp_path):
     modes["read-only lock file"] = (0o777, 0o666, 0o444)
     for p, mode in zip((folder, path, J.lock_path(path)), modes[case]):
         p.chmod(mode)
-    code = f"import fnnp_opt.storage as St; St.check_writable({str(path)!r})"
+    code = f"import fnnp_opt.storage as St; St.check_storage_writable({str(path)!r})"
     try:
         proc = subprocess.run(_as_unprivileged([sys.executable, "-c", code]), capture_output=True, text=True)
         assert proc.returncode == 1 and "for this user" in proc.stderr.splitlines()[-1], proc.stderr

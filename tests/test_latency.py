@@ -233,9 +233,12 @@ def test_round_to_auto_keeps_multiples_of_the_vector_width():
 
 
 def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
-    base = {"flops": 100, "latency_ms": 1.0, "batch_ms": 10.0, "batch_images": 32}
-    fast = {"flops": 50, "latency_ms": 0.6, "batch_ms": 5.5}  # 2x fewer MACs: 1.67x and 1.82x faster
-    slow = {"flops": 50, "latency_ms": 0.9, "batch_ms": 5.5}  # 1.11x at batch 1: 11% of a 100% gain
+    def row(flops: int, latency_ms: float, batch_ms: float) -> L.Measurement:
+        return L.Measurement(0.9, flops, 10, latency_ms, "nchw", batch_ms, "nchw", 32, 1)
+
+    base = row(100, 1.0, 10.0)
+    fast = row(50, 0.6, 5.5)  # 2x fewer MACs: 1.67x and 1.82x faster
+    slow = row(50, 0.9, 5.5)  # 1.11x at batch 1: 11% of a 100% gain
     assert L.speed_warnings(base, fast) == []
     (warning,) = L.speed_warnings(base, slow)
     assert "at 1 image" in warning and "runs 1.11x the base's speed for 2.00x fewer MACs" in warning

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 import fnnp_opt.optimize as S
 import fnnp_opt.storage as St
+from fnnp_opt import optuna_private as P
 from fnnp_opt.config import Sampler, resolve
 from fnnp_opt.errors import StorageError
 from fnnp_opt.evaluate import NonFiniteError
@@ -189,7 +190,7 @@ def test_a_dead_workers_trial_is_failed_and_retried(prepared, tmp_path, monkeypa
     study.enqueue_trial({d.param: r for d in prepared.space.dims})
     dead = study.ask()  # a worker takes the trial ...
     prepared.space.suggest(dead)
-    storage.record_heartbeat(dead._trial_id)
+    storage.record_heartbeat(P.trial_id(dead))
     time.sleep(3)  # ... and dies: no heartbeat for longer than the grace period
     S.optimize(study, _evaluator(prepared), n_trials=1, max_draws=1000)
     trials = study.get_trials()
@@ -293,7 +294,7 @@ def test_every_allowed_combination_runs_a_5_trial_study(small_fmnist, tmp_path, 
         **flops,
     )
     p = prepare(cfg)
-    study = open_study(cfg, p)
+    study = open_study(cfg, p, St.open_storage(cfg.resolved_storage()))
     report = search(cfg, p, study)
     trials = study.get_trials()
     evaluated = S.evaluated(study)

@@ -11,6 +11,7 @@ from conftest import SMALL_RUN, message_lines, without
 from PIL import Image
 from typer.testing import CliRunner
 
+from fnnp_opt import optuna_private as P
 from fnnp_opt.cli import app
 from fnnp_opt.pareto import pareto_front
 from fnnp_opt.report import MIN_IMPORTANCE_TRIALS, allocation, allocation_figure, write_report
@@ -263,6 +264,6 @@ def test_report_uploads_its_files_to_the_delivered_trial(made, db, tmp_path):
     assert res.exit_code == 0, res.output
     study = _load(db)
     (winner,) = [t for t in study.trials if t.number == study.user_attrs["result"]["trial"]]
-    metas = {m.filename: m.artifact_id for m in get_all_artifact_meta(winner, storage=study._storage)}
+    metas = {m.filename: m.artifact_id for m in get_all_artifact_meta(winner, storage=P.storage(study))}
     for name in ("allocation.png", "report.md"):
         assert (store / metas[name]).read_bytes() == (tmp_path / "r" / name).read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from conftest import PG_PASSWORD, SMALL_RUN, message_lines
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+import fnnp_opt.optuna_private as P
 import fnnp_opt.storage as St
 
 CLI = Path(__file__).parents[1] / "cli.py"
@@ -79,7 +81,7 @@ def test_queued_trials_come_before_fresh_draws(tmp_path):
     study = _study(tmp_path)
     study.enqueue_trial({"x": 0.5})
     slots = St.Slots(study, n_trials=1)
-    fresh = study._storage.create_new_trial(study._study_id)  # a draw that bypasses the queue
+    fresh = P.storage(study).create_new_trial(P.study_id(study))  # a draw that bypasses the queue
     assert not slots.claim(optuna.Trial(study, fresh))
     queued = study.ask()  # pops the queue
     assert slots.claim(queued)
@@ -108,7 +110,7 @@ def test_two_processes_never_take_the_same_queued_trial(tmp_path, kind):
     study = optuna.create_study(study_name="q", storage=St.open_storage(url))
     for i in range(160):
         study.enqueue_trial({"x": float(i)})
-    St.close_storage(study._storage)
+    St.close_storage(P.storage(study))
     ready = tmp_path / "ready"
     ready.mkdir()
     procs = [
@@ -173,7 +175,7 @@ def _kill_mid_trial(storage, pids, deadline_s=240):
             continue
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = owners.get(t.user_attrs.get("worker"))
-            if pid and t.user_attrs.get("slot") == t._trial_id and t.number > 0:
+            if pid and t.user_attrs.get("slot") == P.trial_id(t) and t.number > 0:
                 os.kill(pid, signal.SIGKILL)
                 return t.number
     raise AssertionError("no worker was seen evaluating a trial")
@@ -445,3 +447,31 @@ def test_processes_that_open_a_new_sqlite_file_at_once_all_open_it(tmp_path):
         go.touch()
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1] for e in errors if e.strip()]
+
+
+def test_an_opened_storage_is_closed_however_its_block_ends(tmp_path):
+    """SQLite keeps its write-ahead log (``-wal``) beside the database while a connection is open; closing the last
+    folds it in, so the database file alone holds the study."""
+    db = tmp_path / "s.db"
+    with St.opened(f"sqlite:///{db}") as storage:
+        optuna.create_study(study_name="s", storage=storage).enqueue_trial({"x": 0.5})
+        assert db.with_name("s.db-wal").exists()
+    assert not db.with_name("s.db-wal").exists()
+    with pytest.raises(KeyError), St.opened(f"sqlite:///{db}") as storage:
+        optuna.load_study(study_name="s", storage=storage).set_user_attr("k", 1)
+        raise KeyError("the block fails")
+    assert not db.with_name("s.db-wal").exists()
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{db}").user_attrs == {"k": 1}
+
+
+def test_finetune_closes_its_storage(searched, tmp_path):
+    from typer.testing import CliRunner
+
+    from fnnp_opt.cli import app
+
+    db = tmp_path / "study.db"
+    shutil.copy(searched, db)
+    args = ["finetune", "--storage", f"sqlite:///{db}", "--trial", "0", "--epochs", "0"]
+    res = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "o"), "--artifact-dir", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "pruned.json").is_file() and not db.with_name("study.db-wal").exists()

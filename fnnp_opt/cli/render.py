@@ -75,12 +75,13 @@ def print_summary(r: commands.RunResult) -> None:
             f"{rr.seconds:.0f}s); the winner scores {rr.scores[rr.winner]:.4f}"
         )
     out.print(
-        f"trial {r.best_trial}: {r.score_label} {r.best_abn:.4f} on the search split; budget {r.budget.describe()}"
+        f"trial {r.best_trial}: {r.score_label} {r.best_value:.4f} on the search split; budget {r.budget.describe()}"
     )
     if r.delivered_by:
         out.print(f"trial {r.best_trial} is being fine-tuned by worker {r.delivered_by}; nothing left to do here")
         return
-    b, p = r.base, r.pruned
+    assert r.base is not None and r.pruned is not None  # delivered
+    b, p = r.base.to_dict(), r.pruned.to_dict()
     table = Table(
         title=f"base vs pruned: test set, FLOPs as MACs, median CPU times ({threads(b['threads'])}, BN folded, "
         "each in its faster layout)"
@@ -105,7 +106,7 @@ def print_summary(r: commands.RunResult) -> None:
         f"{b['batch_ms'] / p['batch_ms']:.2f}x",
     )
     out.print(table)
-    for warning in commands.speed_warnings(b, p, latency_budget=r.latency is not None):
+    for warning in commands.speed_warnings(r.base, r.pruned, latency_budget=r.latency is not None):
         out.print(f"[yellow]note:[/yellow] {warning}", highlight=False)
     if r.latency is not None:
         lat = r.latency
@@ -196,7 +197,7 @@ def print_paper(recipe: commands.Recipe, result: commands.RunResult) -> None:
     human = commands.human
     if not result.pruned or not recipe.paper:
         return
-    got = result.pruned
+    got = result.pruned.to_dict()
     out.print(
         f"paper, {recipe.paper.get('source', recipe.name)}: {recipe.paper_result()} | this run: "
         f"{human(got['flops'])} FLOPs, {got['test_accuracy']:.2%} top-1 after {len(result.finetune_losses)} "

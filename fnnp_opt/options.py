@@ -1,0 +1,86 @@
+"""The choices of a run that several layers share (samplers, constraint modes, objectives and scores), and the
+checks of single option values that more than the configuration runs (a base model's training checks them too).
+
+A leaf: it imports nothing of fnnp-opt but its errors, so the study code (:mod:`fnnp_opt.search`,
+:mod:`fnnp_opt.constraints`), the method (:mod:`fnnp_opt.finetune`) and the configuration
+(:mod:`fnnp_opt.config`, which re-exports these names) all take them from here.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+from fnnp_opt.errors import UsageError, option
+
+
+class Sampler(str, Enum):
+    """Optuna samplers for the strategy vector."""
+
+    random = "random"  # uniform random search: the paper's choice
+    tpe = "tpe"  # tree-structured Parzen estimator (multivariate)
+    cmaes = "cmaes"  # CMA evolution strategy
+    qmc = "qmc"  # scrambled Sobol points: random search that fills the space evenly
+    gp = "gp"  # Gaussian-process Bayesian optimisation (its ask() slows down past ~200 trials)
+    nsga2 = "nsga2"  # NSGA-II genetic search; the sampler of --objective pareto
+
+
+class Constraint(str, Enum):
+    """How a candidate outside the FLOPs window is reported to the sampler (it is never ABN-evaluated)."""
+
+    reject = "reject"  # TrialPruned: no value; samplers that learn from pruned trials (TPE) still see it
+    penalize = "penalize"  # a COMPLETE trial valued -penalty x violation, below every feasible score
+    constrain = "constrain"  # a COMPLETE trial with Optuna's constraint = violation (TPE, GP, NSGA-II use it)
+
+
+class Objective(str, Enum):
+    """What the study optimises."""
+
+    accuracy = "accuracy"  # ABN accuracy inside one FLOPs window (the paper)
+    pareto = "pareto"  # (ABN accuracy up, FLOPs down) over a FLOPs range: one study serves every budget
+
+
+class Score(str, Enum):
+    """What a trial's value is."""
+
+    abn = "abn"  # adaptive-BN accuracy on the search split (the paper)
+    abn_ft = "abn-ft"  # ABN, then --score-steps SGD steps on a copy, then accuracy on the search split
+
+
+def check_split(search_size: int | None, search_per_class: int | None, image_size: int | None = None) -> None:
+    """Raise :class:`UsageError` unless the search split's size (``--search-size`` or ``--search-per-class``, not
+    both) and ``--image-size`` are whole numbers >= 1 where given."""
+    for name, value in (
+        ("search-size", search_size),
+        ("search-per-class", search_per_class),
+        ("image-size", image_size),
+    ):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UsageError(f"--{name} must be a whole number >= 1, got {value!r}")
+    if search_size is not None and search_per_class is not None:
+        raise UsageError("--search-size and --search-per-class both size the search split; pass one of them")
+
+
+def check_lr(lr: float) -> None:
+    """Raise :class:`UsageError` unless the peak learning rate ``lr`` is positive and finite."""
+    if not lr > 0 or not math.isfinite(lr):
+        raise UsageError(
+            f"{option('lr')} must be positive and finite, got {lr}; pass a value such as {option('lr', 0.02)}"
+        )
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Raise :class:`UsageError` unless ``seed`` (the setting ``name``) is a whole number in [0, 2**32) (what NumPy's
+    generators take)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise UsageError(f"{option(name)} must be a whole number in [0, 2**32), got {seed!r}")
+
+
+def check_batch_fits(batch_size: int, train_images: int) -> None:
+    """Raise :class:`UsageError` when a batch of ``batch_size`` is larger than the ``train_images`` (an epoch would
+    have no step: the loader drops the last, partial batch)."""
+    if batch_size > train_images:
+        raise UsageError(
+            f"--batch-size {batch_size} is larger than the train part's {train_images} images, so an epoch would "
+            f"have no step; pass --batch-size {min(128, train_images)} or less"
+        )
