@@ -21,7 +21,7 @@ import optuna
 
 from fnnp_opt.config import Constraint, Sampler, resolve
 from fnnp_opt.constraints import fit_to_budget, penalized, violation
-from fnnp_opt.pipeline import prepare, sampler_start
+from fnnp_opt.pipeline import prepare
 from fnnp_opt.optimize import make_sampler
 
 CASES = [
@@ -54,7 +54,7 @@ def main() -> None:
 
     print(f"{'configuration':22s} {'draws':>6s} {'in window':>9s} {'candidates':>10s} {'best':>7s} {'ask ms':>8s}")
     for sampler, mode, fit in CASES:
-        start = sampler_start(Sampler(sampler), p)  # CMA-ES starts from uniform L1, as in `fnnp-opt run`
+        start = p.problem.sampler_start(Sampler(sampler))  # CMA-ES starts from uniform L1, as in `fnnp-opt run`
         study = optuna.create_study(
             direction="maximize", sampler=make_sampler(Sampler(sampler), args.seed, start=start)
         )

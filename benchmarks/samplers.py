@@ -105,7 +105,7 @@ def run_one(task: tuple) -> dict:
     from fnnp_opt import optimize as S
     from fnnp_opt import storage as St
     from fnnp_opt.config import Constraint, Sampler
-    from fnnp_opt.pipeline import sampler_start, trial_ratios
+    from fnnp_opt.pipeline import trial_ratios
 
     sampler, mode, fit_budget, seed, evals, threads = task
     torch.set_num_threads(threads)
@@ -113,7 +113,7 @@ def run_one(task: tuple) -> dict:
     p = _prepare(seed)
     study = optuna.create_study(direction="maximize")  # in memory: ask + tell time is the sampler's own
     S.enqueue_uniform(study, p.space, p.uniform)
-    start = sampler_start(Sampler(sampler), p)  # CMA-ES starts from uniform L1, as in `fnnp-opt run`
+    start = p.problem.sampler_start(Sampler(sampler))  # CMA-ES starts from uniform L1, as in `fnnp-opt run`
     study.sampler = S.make_sampler(Sampler(sampler), S.session_seed(seed, 0), start=start)
     space = _TimedSpace(p.space)
     evaluator = S.Evaluator(

@@ -541,10 +541,7 @@ def search(
     if "base_accuracy" not in study.user_attrs:
         study.set_user_attr("base_accuracy", base)
     objective.evaluator.base_accuracy = base
-    start = None
-    if objective.sampler is Sampler.cmaes and problem.uniform:
-        plan = problem.uniform[len(problem.uniform) // 2]
-        start = {d.param: plan[d.root] for d in problem.space.dims}
+    start = problem.sampler_start(objective.sampler)
     session = St.next_session(study) if storage is not None else 0
     study.sampler = S.make_sampler(objective.sampler, S.session_seed(seed, session), objective.goal, start)
     if objective.early_stop:

@@ -21,7 +21,7 @@ from fnnp_opt import distributed
 from fnnp_opt import dashboard as D
 from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
-from fnnp_opt.config import Objective, RunConfig, Sampler, Score, check_batch_fits, check_workers, resolve_device
+from fnnp_opt.config import Objective, RunConfig, Score, check_batch_fits, check_workers, resolve_device
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
 from fnnp_opt.errors import CheckpointError, FnnpError, ModelError, StorageError, UsageError
 from fnnp_opt.early_stop import make_pruner
@@ -213,15 +213,6 @@ def uniform_macs(p: Prepared, ratio: float) -> int:
     return p.flops.macs(p.pruner.counts(p.space.uniform(ratio)))
 
 
-def sampler_start(kind: Sampler, p: Prepared) -> dict[str, float] | None:
-    """Where CMA-ES starts: the uniform L1 strategy (the middle one of a ranged budget), as Optuna parameters;
-    None for the other samplers, which do not take a start, and where no uniform strategy lands in the window."""
-    if kind is not Sampler.cmaes or not p.uniform:
-        return None
-    plan = p.uniform[len(p.uniform) // 2]
-    return {d.param: plan[d.root] for d in p.space.dims}
-
-
 @dataclass
 class RunResult:
     """The outcome of `fnnp-opt run` (or `fnnp-opt finetune`)."""
@@ -392,7 +383,7 @@ def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: P
     """
     assert p.splits is not None  # prepared with data
     seed = S.session_seed(cfg.seeds().sampler, St.next_session(study))
-    study.sampler = S.make_sampler(cfg.sampler, seed, cfg.objective, sampler_start(cfg.sampler, p))
+    study.sampler = S.make_sampler(cfg.sampler, seed, cfg.objective, p.problem.sampler_start(cfg.sampler))
     early = cfg.stops_early()
     if early:
         study.pruner = make_pruner()

@@ -19,6 +19,7 @@ from fnnp_opt.errors import BudgetError, ModelError, UsageError, describe, optio
 from fnnp_opt.flops import Budget, FlopsModel, count, make_budget
 from fnnp_opt.latency import LatencyTable, Timing, make_latency_budget, plan_cost, study_table
 from fnnp_opt.models import find_classifier
+from fnnp_opt.options import Sampler
 from fnnp_opt.plan import Plan
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner, Shaping, layer_shapes
@@ -319,6 +320,15 @@ class Problem:
                 f"{type(trial_or_ratios).__name__}"
             )
         return self.ratios(trial_or_ratios)
+
+    def sampler_start(self, kind: Sampler) -> dict[str, float] | None:
+        """Where CMA-ES starts: the uniform L1 strategy (the middle one of a ranged budget), as Optuna parameters;
+        None for the other samplers, which do not take a start, and where no uniform strategy lands in the
+        window."""
+        if kind is not Sampler.cmaes or not self.uniform:
+            return None
+        plan = self.uniform[len(self.uniform) // 2]
+        return {d.param: plan[d.root] for d in self.space.dims}
 
     def enqueue_uniform(self, study) -> None:
         """Queue the uniform L1 strategies in ``study`` (an Optuna study): the baseline to beat, evaluated first and

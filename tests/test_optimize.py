@@ -13,7 +13,7 @@ from fnnp_opt import optuna_private as P
 from fnnp_opt.config import Sampler, resolve
 from fnnp_opt.errors import StorageError
 from fnnp_opt.evaluate import NonFiniteError
-from fnnp_opt.pipeline import prepare, run, sampler_start, uniform_macs
+from fnnp_opt.pipeline import prepare, run, uniform_macs
 
 SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
 
@@ -133,10 +133,10 @@ def test_every_sampler_is_seeded(kind, prepared):
 
 
 def test_cmaes_starts_from_uniform_l1_and_the_other_samplers_take_no_start(prepared):
-    start = sampler_start(Sampler.cmaes, prepared)
+    start = prepared.problem.sampler_start(Sampler.cmaes)
     (uniform,) = prepared.uniform
     assert start == {d.param: uniform[d.root] for d in prepared.space.dims}
-    assert all(sampler_start(k, prepared) is None for k in Sampler if k is not Sampler.cmaes)
+    assert all(prepared.problem.sampler_start(k) is None for k in Sampler if k is not Sampler.cmaes)
 
     def first_generation_mean(ratio: float) -> float:  # trial 0 is CMA-ES's one random start-up draw
         at = {d.param: ratio for d in prepared.space.dims}
