@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import optuna
 import torch
@@ -375,18 +375,7 @@ def _open(storage: str, name: str, fingerprint: dict, settings: dict, problem: P
     """Resume study ``name`` (its fingerprint must match) or create it with the uniform baselines queued."""
     St.check_storage_writable(storage)
     backend = St.open_storage(storage)
-    with St.name_lock(backend, name):  # several processes may start at once
-        study = St.existing_study(backend, name)
-        if study is not None:
-            St.check_fingerprint(study, fingerprint, storage, None, other="study_name=")
-            problem.enqueue_uniform(study)  # a process killed before it queued them (queued once)
-            return study
-        directions: tuple[Literal["maximize", "minimize"], ...] = (
-            ("maximize", "minimize") if problem.budget.ranged else ("maximize",)
-        )
-        study = St.create_study(backend, name, fingerprint, settings, problem.space, problem.budget, directions)
-        problem.enqueue_uniform(study)
-        return study
+    return problem.resume_or_create(backend, storage, name, fingerprint, settings, None, "study_name=")[0]
 
 
 @_python

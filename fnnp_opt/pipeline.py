@@ -10,7 +10,6 @@ import copy
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import optuna
 import torch
@@ -329,28 +328,18 @@ def open_study(
     ``base_accuracy`` user attribute, the reference of every trial's ``vs_base``.
     """
     url, name = cfg.resolved_storage(), cfg.resolved_study_name()
-    with St.name_lock(storage, name):  # several workers may start at once
-        study = St.existing_study(storage, name)
-        if study is not None:
-            St.check_fingerprint(study, p.fingerprint(), url, cfg.to_dict())
-            if base_accuracy is not None and "base_accuracy" not in study.user_attrs:  # made before it was kept
-                study.set_user_attr("base_accuracy", base_accuracy)
-            log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
-            S.enqueue_uniform(study, p.space, p.uniform)  # a process killed before it queued them (queued once)
-            _describe_study(cfg, p, study)
-            return study
-        directions: tuple[Literal["maximize", "minimize"], ...] = (
-            ("maximize", "minimize") if cfg.objective is Objective.pareto else ("maximize",)
-        )
-        study = St.create_study(storage, name, p.fingerprint(), cfg.to_dict(), p.space, p.budget, directions)
-        if base_accuracy is not None:
-            study.set_user_attr("base_accuracy", base_accuracy)
+    config = cfg.to_dict()
+    study, created = p.problem.resume_or_create(storage, url, name, p.fingerprint(), config, config, "--study-name")
+    if base_accuracy is not None and "base_accuracy" not in study.user_attrs:  # (a study made before it was kept)
+        study.set_user_attr("base_accuracy", base_accuracy)
+    if not created:
+        log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
+    else:
         if p.latency is not None:  # the setting it was timed in, the base's latency and the table's fit
             study.set_user_attr("latency", p.latency.describe())
-        S.enqueue_uniform(study, p.space, p.uniform)
         for line in p.no_uniform:
             log.warning("%s", line)
-        _describe_study(cfg, p, study)
+    _describe_study(cfg, p, study)
     return study
 
 

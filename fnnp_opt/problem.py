@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from typing import Literal, Sequence
+
+import optuna
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from fnnp_opt.options import Sampler
 from fnnp_opt.plan import Plan
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner, Shaping, layer_shapes
+from fnnp_opt import storage as St
 from fnnp_opt.optimize import enqueue_uniform
 from fnnp_opt.space import SearchSpace, check_max_rate
 
@@ -334,6 +337,27 @@ class Problem:
         """Queue the uniform L1 strategies in ``study`` (an Optuna study): the baseline to beat, evaluated first and
         marked with the user attribute ``strategy = "uniform"``. Queuing twice adds nothing."""
         enqueue_uniform(study, self.space, self.uniform)
+
+    def resume_or_create(
+        self, storage, url: str, name: str, fingerprint: dict, config: dict, compare: dict | None, other: str
+    ) -> tuple[optuna.Study, bool]:
+        """Study ``name`` in ``storage`` (opened; ``url`` names it in messages) and whether it was created now: a
+        stored one must match ``fingerprint`` (:func:`fnnp_opt.storage.check_fingerprint`, naming the settings of
+        ``compare`` that differ and ``other`` as the way to another study); a new one records ``config``. Either way
+        its uniform strategies are queued (once: a process killed before it queued them left none), under the
+        study's name lock, since several processes may start at once."""
+        with St.name_lock(storage, name):
+            study = St.existing_study(storage, name)
+            created = study is None
+            if study is None:
+                directions: tuple[Literal["maximize", "minimize"], ...] = (
+                    ("maximize", "minimize") if self.budget.ranged else ("maximize",)
+                )
+                study = St.create_study(storage, name, fingerprint, config, self.space, self.budget, directions)
+            else:
+                St.check_fingerprint(study, fingerprint, url, compare, other=other)
+            self.enqueue_uniform(study)
+        return study, created
 
     def fingerprint(self) -> dict[str, str]:
         """What a stored study must match to be resumed with this problem: the space, its shaping and the
