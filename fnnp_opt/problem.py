@@ -65,8 +65,8 @@ class Problem:
     Args:
         model: the trained network (any ``nn.Module`` whose forward returns one tensor); it is put in eval mode
             and its weights are left as they are: pruned copies are made from it.
-        example_input: one input batch, shape (1, C, H, W) for an image model: it traces the channel groups and
-            sets the input size at which FLOPs (MACs) are counted.
+        example_input: one input, shape (1, C, H, W) for an image model (of a larger batch, the first item): it
+            traces the channel groups and sets the input size at which FLOPs (MACs, per image) are counted.
         budget: a fraction of the base's FLOPs (``"0.5"``), a count (``"2G"``, ``"62.23M"``), a fraction of the
             base's measured latency (``"0.6x"``) or milliseconds (``"3ms"``); a range ``"0.2:0.8"`` for a Pareto
             search.
@@ -129,6 +129,7 @@ class Problem:
             raise UsageError(f"exclude must be glob patterns of layer names (strings), got {list(exclude)!r}")
         if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))):
             raise UsageError(f"tolerance must be a fraction of the base like 0.02 (or None), got {tolerance!r}")
+        example_input = example_input[:1]  # FLOPs (MACs) and latencies are counted per image
         _check_runs(model, example_input)
         self.model = model.eval()
         self.example = example_input

@@ -319,3 +319,9 @@ def test_a_search_from_python_resumes_after_kill_9_to_exactly_n_trials(tmp_path)
     # a trial killed while it held an evaluation slot was failed and retried; one killed before it claimed a slot
     # (a draw outside the window, or waiting for one) may still read RUNNING until a later session fails it
     assert not [t for t in study.trials if t.state is optuna.trial.TrialState.RUNNING and "slot" in t.user_attrs]
+
+
+def test_flops_are_counted_per_image_whatever_the_example_batch(base_model):
+    one = fnnp_opt.Problem(base_model, torch.zeros(1, 1, 28, 28))
+    eight = fnnp_opt.Problem(base_model, torch.zeros(8, 1, 28, 28))
+    assert eight.budget == one.budget and eight.input_shape == (1, 1, 28, 28)
