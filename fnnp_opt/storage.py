@@ -513,9 +513,15 @@ def _file_lock(path: Path) -> Iterator[None]:
 @contextmanager
 def _opening_lock(path: Path) -> Iterator[None]:
     """The study lock's file held while ``path`` (a SQLite file) is opened, so that two processes starting on a new
-    file do not both create its tables; where the folder is read-only (a reader), no lock (nothing is created)."""
+    file do not both create its tables. The file is made only for a database not made yet (its maker holds it
+    while making the tables, so a process that finds the database finds the file too); an existing database
+    without it, or a read-only folder (a reader), is opened without a lock, and no file is left beside it."""
+    lock = sqlite_lock_path(path)
+    if path.exists() and not lock.exists():
+        yield
+        return
     try:
-        fh = open(sqlite_lock_path(path), "a")
+        fh = open(lock, "a")
     except OSError:
         yield
         return
