@@ -176,9 +176,11 @@ class Objective:
             search = resident(search, device)
             self.measure = functools.partial(_accuracy, batches=search, device=device, amp=amp)
         self.score = _choice(ScoreKind, score, "score")
-        self.scorer = self._scorer(train, short_finetune, score_steps, lr, search)
+        self.search = search  # the held-out batches (empty with a callable evaluation)
+        # the short fine-tune of abn-ft, its train images drawn once (a rerank draws its own: short_scorer)
+        abn_ft = self.score is ScoreKind.abn_ft
+        self.scorer = self.short_scorer(train, short_finetune, score_steps, lr) if abn_ft else None
         self.early_stop = early_stop and self.score is ScoreKind.abn and self.goal is Goal.accuracy
-        self.train = train
         self.evaluator = S.Evaluator(
             problem.pruner,
             problem.space,
@@ -199,23 +201,28 @@ class Objective:
             score_fn=None if search else self.measure,
         )
 
-    def _scorer(self, train, hook, steps: int, lr: float, search: EvalBatches):
-        """The short fine-tune of abn-ft (and of a rerank), when ``train`` or ``hook`` gives one."""
+    def short_scorer(
+        self, train: Iterable | None, hook: Callable[[nn.Module], None] | None, steps: int, lr: float
+    ) -> Scorer | _HookScore:
+        """The abn-ft score of a calibrated candidate: ``hook`` trains a copy, else fnnp-opt's short fine-tune of
+        ``steps`` SGD steps at peak ``lr`` on the first batches of ``train``, the same for every candidate.
+
+        Raises:
+            UsageError: neither ``train`` nor ``hook`` is given.
+        """
         if hook is not None:
             if not callable(hook):
                 raise UsageError(f"short_finetune= must be a callable(model) that trains it, got a {type(hook)}")
             return _HookScore(hook, self.measure)
         if train is None:
-            if self.score is ScoreKind.abn_ft:
-                raise UsageError(
-                    'score="abn-ft" fine-tunes each candidate briefly: pass train= (batches (x, y) from the training '
-                    "data) or short_finetune= (a callable that trains the model in place)"
-                )
-            return None
+            raise UsageError(
+                'score="abn-ft" fine-tunes each candidate briefly: pass train= (batches (x, y) from the training '
+                "data) or short_finetune= (a callable that trains the model in place)"
+            )
         first = take(train, 1, "train", labels=True)[0]
         short = ShortFinetune(steps, lr, len(first[0]), 5e-4, self.seed)
-        scorer = Scorer.build(short, LoaderSet(train, len(first[0])), search, None, self.device)
-        if not search:  # a callable evaluation scores the fine-tuned copy too
+        scorer = Scorer.build(short, LoaderSet(train, len(first[0])), self.search, None, self.device)
+        if not self.search:  # a callable evaluation scores the fine-tuned copy too
             scorer.measure = self.measure
         return scorer
 
@@ -557,9 +564,9 @@ def search(
         return SearchResult(study, problem, objective, None, baseline, front)
     best, reranked = objective.best(study), None
     if rerank:
-        reranked = rerank_top(
-            study, problem.pruner, objective.calibration, objective.scorer, rerank, problem.ratios, progress
-        )
+        scorer = objective.short_scorer(train, None, score_steps, lr)
+        assert isinstance(scorer, Scorer)  # (a rerank takes train=, not a hook: checked above)
+        reranked = rerank_top(study, problem.pruner, objective.calibration, scorer, rerank, problem.ratios, progress)
         best = next(t for t in S.evaluated(study) if t.number == reranked.winner)
     return SearchResult(study, problem, objective, best, baseline, rerank=reranked)
 

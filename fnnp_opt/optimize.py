@@ -37,7 +37,7 @@ from fnnp_opt.latency import LatencyTable, fold_bn, plan_cost
 from fnnp_opt.options import Constraint, Objective, Sampler
 from fnnp_opt.progress import NULL, Progress, Stopwatch
 from fnnp_opt.prune import Pruner
-from fnnp_opt.score import Scorer
+from fnnp_opt.score import ShortScore
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Evaluator:
     objective: Objective = Objective.accuracy
     slots: St.Slots | None = None  # None: no slot accounting (a study nobody else shares)
     progress: Progress = NULL
-    finetune: Scorer | None = None  # --score abn-ft: the value is this short fine-tune's score, not ABN's
+    finetune: ShortScore | None = None  # --score abn-ft: the value is this short fine-tune's score, not ABN's
     base_accuracy: float | None = None  # the unpruned model's search-split accuracy: trials record vs_base
     latency: LatencyTable | None = None  # --latency: the budget is predicted ms; evaluated draws are also timed
     early_stop: bool = False  # score in steps and stop when the study's pruner says (fnnp_opt.early_stop)

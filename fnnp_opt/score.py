@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from torch import nn
 
@@ -25,6 +25,17 @@ from fnnp_opt.progress import NULL, Progress
 def abn_ft_key(steps: int) -> str:
     """The trial attribute (and `correlate` column) of the abn-ft score after ``steps`` steps, e.g. ``abn_ft100``."""
     return f"abn_ft{steps}"
+
+
+class ShortScore(Protocol):
+    """A candidate's score after a short fine-tune of a copy (:class:`Scorer`, or the Python API's hook)."""
+
+    @property
+    def key(self) -> str:
+        """The trial attribute that holds the score."""
+        ...
+
+    def __call__(self, calibrated: nn.Module, progress: Progress = NULL) -> float: ...
 
 
 @dataclass(frozen=True)

@@ -325,3 +325,16 @@ def test_flops_are_counted_per_image_whatever_the_example_batch(base_model):
     one = fnnp_opt.Problem(base_model, torch.zeros(1, 1, 28, 28))
     eight = fnnp_opt.Problem(base_model, torch.zeros(8, 1, 28, 28))
     assert eight.budget == one.budget and eight.input_shape == (1, 1, 28, 28)
+
+
+def test_abn_ft_with_the_users_train_batches_or_hook_and_a_rerank(base_model, fmnist_batches, tmp_path):
+    calibration, _ = fmnist_batches
+    result = _search(base_model, fmnist_batches, score="abn-ft", train=calibration, score_steps=2, n_trials=2)
+    assert all(t.value == t.user_attrs["abn_ft2"] for t in result.study.trials if t.value is not None)
+    trained = []
+    hooked = _search(base_model, fmnist_batches, score="abn-ft", short_finetune=trained.append, n_trials=2)
+    assert len(trained) == 2 and all(m is not base_model for m in trained)
+    assert all("abn_ft" in t.user_attrs for t in hooked.study.trials if t.value is not None)
+    url = f"sqlite:///{tmp_path}/s.db"
+    reranked = _search(base_model, fmnist_batches, rerank=2, train=calibration, score_steps=2, n_trials=3, storage=url)
+    assert len(reranked.rerank.scores) == 2 and reranked.best.number == reranked.rerank.winner
