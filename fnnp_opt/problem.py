@@ -39,8 +39,8 @@ def is_latency(budget: str) -> bool:
     return all(re.search(r"(x|ms)\s*$", part.strip()) for part in str(budget).split(":"))
 
 
-def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
-    """Raise :class:`ModelError` unless ``model`` runs on ``example`` and returns one tensor."""
+def _check_runs(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+    """The shape of ``model``'s output on ``example``; :class:`ModelError` unless it runs and returns one tensor."""
     was = model.training
     try:
         with torch.no_grad():
@@ -57,6 +57,7 @@ def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
             f"model returns a {type(out).__name__}, but fnnp-opt prunes a model whose forward returns one tensor; wrap "
             "it in a module that returns the output to score (the logits)"
         )
+    return tuple(out.shape)
 
 
 class Problem:
@@ -130,7 +131,7 @@ class Problem:
         if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))):
             raise UsageError(f"tolerance must be a fraction of the base like 0.02 (or None), got {tolerance!r}")
         example_input = example_input[:1]  # FLOPs (MACs) and latencies are counted per image
-        _check_runs(model, example_input)
+        out_shape = _check_runs(model, example_input)
         self.model = model.eval()
         self.example = example_input
         self.input_shape = tuple(example_input.shape)
@@ -141,7 +142,7 @@ class Problem:
         self.tolerance = default if tolerance is None else tolerance
         self.timing = timing
         self.shaping = Shaping(round_to, min_channels, tuple(exclude))
-        self.pruner = Pruner(model, example_input, self._kept_whole(ignored_layers, num_classes), self.shaping)
+        self.pruner = Pruner(model, example_input, self._kept_whole(ignored_layers, num_classes, out_shape), self.shaping)
         self.space = SearchSpace.from_groups(self.pruner.groups, max_rate)
         base_macs, self.base_params = count(model, self.input_shape)
         units = {g.root: g.multiple for g in self.pruner.groups}
@@ -166,8 +167,11 @@ class Problem:
         if self.latency is not None:
             self.latency.save()
 
-    def _kept_whole(self, ignored: Sequence[nn.Module] | None, num_classes: int | None) -> list[str] | str:
-        """The names of the layers whose outputs keep every channel: ``ignored``'s, or the classifier's."""
+    def _kept_whole(
+        self, ignored: Sequence[nn.Module] | None, num_classes: int | None, out_shape: tuple[int, ...]
+    ) -> list[str] | str:
+        """The names of the layers whose outputs keep every channel: ``ignored``'s, or the classifier's (the model's
+        output on the example has ``out_shape``)."""
         names = {m: n for n, m in self.model.named_modules()}
         if ignored is not None:
             if isinstance(ignored, nn.Module):
@@ -180,15 +184,12 @@ class Problem:
                 )
             return [names[m] for m in ignored]
         if num_classes is None:
-            with torch.no_grad():
-                out = self.model(self.example)
-            if not isinstance(out, torch.Tensor) or out.dim() != 2:
-                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            if len(out_shape) != 2:
                 raise ModelError(
-                    f"the model's output ({shape}) is not a batch of logits (N, classes), so its head cannot be "
+                    f"the model's output ({out_shape}) is not a batch of logits (N, classes), so its head cannot be "
                     "found: pass ignored_layers=[<the head's layers>] to keep their outputs whole"
                 )
-            num_classes = out.shape[1]
+            num_classes = out_shape[1]
         return find_classifier(self.model, self.example, num_classes)
 
     def ratios_of(self, ratios: dict[str, float]) -> dict[str, float]:
