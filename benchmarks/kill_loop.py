@@ -345,7 +345,7 @@ def write_report(results: dict[str, Tally], path: Path, argv: list[str], started
         phases = ", ".join(f"{k} {v}" for k, v in sorted(t.phases.items(), key=lambda kv: order.index(kv[0])))
         minutes = f"{t.seconds / 60:.1f} min"
         lines.append(f"| {mode} | {t.kills} | {phases} | {t.missed} | {t.cycles} | {len(t.failures)} | {minutes} |")
-    lines += ["", f"**Measured:** {line(started)}."]
+    lines += ["", f"**Measured:** {line(started).removeprefix('measured ')}."]
     failures = [f for t in results.values() for f in t.failures]
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
