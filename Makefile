@@ -2,6 +2,7 @@
 #   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run --rerank 5`
 #   make test   the same set-up, then the test suite
 #   make typecheck   the same set-up, then mypy over fnnp_opt (settings in pyproject.toml)
+#   make docs        the documentation site (mkdocs.yml) served on 127.0.0.1:8000; make docs-build builds it strictly
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NEED_GB ?= 7
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup dataset demo test test-all typecheck dashboard clean
+.PHONY: setup dataset demo test test-all typecheck dashboard docs docs-build clean
 
 $(BIN)/fnnp-opt: pyproject.toml
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
@@ -45,5 +46,15 @@ typecheck: setup
 dashboard: setup
 	$(BIN)/fnnp-opt dashboard
 
+$(BIN)/mkdocs: $(BIN)/fnnp-opt
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+docs-build: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs .mypy_cache studies/*.db studies/*.db-wal studies/*.db-shm studies/*.log studies/*.journal studies/*.lock studies/latency-cache studies/artifacts
+	rm -rf runs site .mypy_cache studies/*.db studies/*.db-wal studies/*.db-shm studies/*.log studies/*.journal studies/*.lock studies/latency-cache studies/artifacts

@@ -112,4 +112,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from _stamp import line
+
+    print(line(), flush=True)  # the commit and the machine, above the figures
     main()

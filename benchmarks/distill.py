@@ -18,6 +18,8 @@ import statistics
 import time
 from pathlib import Path
 
+from _stamp import append_row, provenance
+
 OUT = Path(__file__).parents[1] / "docs" / "distill"
 
 
@@ -76,8 +78,7 @@ def cmd_run(args) -> None:
                     "base_test": base_test,
                     "seconds": time.perf_counter() - t,
                 }
-                with open(results, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                append_row(results, row)
                 print(
                     f"{method} {epochs} epochs seed {seed}: test {row['test']:.4f} ({row['seconds']:.0f}s)", flush=True
                 )
@@ -127,6 +128,7 @@ def cmd_report(args) -> None:
             f"Distillation: temperature {t['temperature']}, weight {t['weight']}. 'vs base': the distilled",
             f"mean minus the unpruned base as shipped ({rows[0]['base_test']:.4f}).",
         ]
+    lines += ["", *provenance(rows, Path(args.out) / "results.jsonl")]
     Path(args.doc).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.doc}")
 

@@ -324,7 +324,9 @@ def loop(mode: str, kills: int, data: Path, seed: int) -> Tally:
     return tally
 
 
-def write_report(results: dict[str, Tally], path: Path, argv: list[str]) -> None:
+def write_report(results: dict[str, Tally], path: Path, argv: list[str], started: dict) -> None:
+    from _stamp import line
+
     lines = [
         "# Reliability: the kill loop",
         "",
@@ -343,6 +345,7 @@ def write_report(results: dict[str, Tally], path: Path, argv: list[str]) -> None
         phases = ", ".join(f"{k} {v}" for k, v in sorted(t.phases.items(), key=lambda kv: order.index(kv[0])))
         minutes = f"{t.seconds / 60:.1f} min"
         lines.append(f"| {mode} | {t.kills} | {phases} | {t.missed} | {t.cycles} | {len(t.failures)} | {minutes} |")
+    lines += ["", f"**Measured:** {line(started).removeprefix('measured ')}."]
     failures = [f for t in results.values() for f in t.failures]
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
@@ -360,11 +363,14 @@ def main() -> int:
     if args.kills < 1 or not set(modes) <= {"kill", "term", "workers"}:
         ap.error("--kills must be >= 1 and --mode a list of kill, term, workers")
     sys.path.insert(0, str(ROOT))
+    from _stamp import stamp
+
+    started = stamp()
     with tempfile.TemporaryDirectory(prefix="fnnp-kill-data-") as tmp:
         data = small_data(Path(tmp))
         results = {mode: loop(mode, args.kills, data, args.seed) for mode in modes}
     if args.out:
-        write_report(results, args.out, sys.argv[1:])
+        write_report(results, args.out, sys.argv[1:], started)
     for mode, t in results.items():
         print(f"{mode}: {t.kills} stops, phases {t.phases}, {t.cycles} studies completed, {len(t.failures)} failures")
         for f in t.failures:

@@ -30,6 +30,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from _stamp import provenance, stamp
+
 OUT = Path(__file__).parents[1] / "docs" / "latency"
 MODELS = {  # name: (dataset, shipped weights)
     "resnet20": "fashion-mnist",
@@ -268,13 +270,13 @@ def report() -> None:
     lines = ["# Latency: is the pruned network faster where it runs?", ""]
     lines += [
         "Written by `python benchmarks/latency.py report` from the rows of `python benchmarks/latency.py speed "
-        "round budget` (in `docs/latency/`), run alone on this project's 2-core CPU machine. Times are medians "
+        "round budget` (in `docs/latency/`), run with nothing else busy on the machine. Times are medians "
         "of warm passes, the base and the pruned network timed side by side (turns of 5 passes) in one run; a "
         "speed-up is base time / pruned time, both in the same form (a column). *Eager* is PyTorch with each "
         "BatchNorm folded into its conv (what `fnnp-opt run` reports and `--latency` budgets), in NCHW or "
         "channels-last; *not folded* is the trained module as is, in its faster layout; *onnxruntime* runs "
         "the export of `--onnx` (BN folded) on the same threads. A part can be rerun for some models alone "
-        "(`--models`); the README's section *Faster where it runs* says which commit each part comes from.",
+        "(`--models`); *Measured* under each part gives the commit and the machine of its rows.",
         "",
     ]
     speed = _load("speed")
@@ -289,7 +291,7 @@ def report() -> None:
                 f"| {r['model']} {'x'.join(map(str, r['input']))} | {float(r['flops_budget']):.0%} | {r['pruned']} "
                 f"| {r['batch']} | {r['threads']} | {r['macs_speedup']:.2f}x | " + " | ".join(cells) + " |"
             )
-        lines.append("")
+        lines += ["", *provenance(speed, OUT / "speed.json"), ""]
     rounded = _load("round")
     if rounded:
         lines += [
@@ -308,7 +310,7 @@ def report() -> None:
                 f"{statistics.mean(kept['auto']):.1%} | {r['base_ms']:.3g} | {sp['unrounded']:.2f}x | "
                 f"{sp['auto']:.2f}x |"
             )
-        lines.append("")
+        lines += ["", *provenance(rounded, OUT / "round.json"), ""]
     budget = _load("budget")
     if budget:
         lines += ["## A latency budget against a FLOPs budget (default ResNet-20, batch 1, 1 thread)", ""]
@@ -336,7 +338,7 @@ def report() -> None:
                 f"| {r['what']} | {r['abn_accuracy']:.4f} | {r['flops_ratio']:.1%} | "
                 f"{r['latency_ratio_measured']:.3f}x | {target} | {err} |"
             )
-        lines.append("")
+        lines += ["", *provenance(budget, OUT / "budget.json"), ""]
     path = OUT.parent / "latency.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
@@ -381,6 +383,7 @@ def main() -> None:
         else:
             report()
             continue
+        rows = [{**r, "stamp": stamp()} for r in rows]
         if part in ("speed", "round"):  # a rerun of some models keeps the other models' rows
             rows = [r for r in _load(part) if r["model"] not in models] + rows
         (OUT / f"{part}.json").write_text(json.dumps(rows, indent=1) + "\n")

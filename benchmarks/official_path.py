@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from _stamp import EARLIER_MACHINE, committed, line, stamp
 from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
@@ -124,11 +125,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the per-candidate rows here")
     ap.add_argument("--report", type=Path, default=None, help="only print the summary of rows written by --json")
     args = ap.parse_args()
+    started = stamp()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.report:
         doc = json.loads(args.report.read_text())
+        print(_measured(doc, args.report))
         _report(doc["rows"], doc["search_images"])
         return
+    print(line(started), flush=True)
 
     flags = {k: getattr(args, k) for k in ("model", "dataset", "data_dir", "checkpoint", "image_size", "device")}
     tmp = tempfile.mkdtemp()
@@ -199,7 +203,15 @@ def main() -> None:
         )
     _report(rows, len(p.splits.search))
     if args.json:
-        args.json.write_text(json.dumps({"search_images": len(p.splits.search), "rows": rows}, indent=1) + "\n")
+        doc = {"search_images": len(p.splits.search), "stamp": started, "rows": rows}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _measured(doc: dict, path: Path) -> str:
+    """Where the rows of ``doc`` were measured: their stamp, or the commits of ``path`` for rows written before."""
+    if "stamp" in doc:
+        return line(doc["stamp"])
+    return f"measured on a {EARLIER_MACHINE}; {path.name} gained its rows in commit " + ", ".join(committed(path))
 
 
 def _report(rows: list[dict], n_search: int) -> None:

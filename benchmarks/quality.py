@@ -336,8 +336,9 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
         rows.append(row)
         if _strategy(row) is not None:
             earlier.setdefault(_strategy(row), row)
-        with open(Path(args.out) / "results.jsonl", "a") as fh:  # a row lands whole or not at all
-            fh.write(json.dumps(row) + "\n")
+        from _stamp import append_row
+
+        append_row(Path(args.out) / "results.jsonl", row)  # a row lands whole or not at all, with its stamp
         print(f"{args.model} seed {seed} {method}: test {row['test']:.4f} ({row['flops_ratio']:.3f} FLOPs)", flush=True)
     return rows
 
@@ -442,8 +443,8 @@ def cmd_report(args) -> None:
         "(and each candidate's scores: `docs/quality/candidates.jsonl`). R is 0.8, as in `correlate`.",
         "*minus uniform*: the method's test accuracy minus uniform L1's under the same seed; a method",
         "*beats uniform* when that margin is positive on every seed and its mean exceeds its sd.",
-        "Search cost: the wall seconds of the scores the method used (2-core CPU, one single-threaded",
-        "process that shared the cores with other work, so compare them as ratios), and its ABN and short",
+        "Search cost: the wall seconds of the scores the method used (one single-threaded process; the load",
+        "average under *Measured* says what else ran, so compare them as ratios), and its ABN and short",
         "fine-tune (abn-ft) evaluations.",
         *summary(groups),
         *summary(groups, against="uniform_top"),
@@ -496,6 +497,9 @@ def cmd_report(args) -> None:
             )
         if shipped is not None:
             lines.append(f"The base as shipped, without the extra fine-tune: {shipped:.4f}.")
+    from _stamp import provenance
+
+    lines += ["", *provenance(rows, Path(args.out) / "results.jsonl")]
     path = Path(args.doc)
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")

@@ -23,6 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
+from _stamp import provenance, stamp
+
 OUT = Path(__file__).parents[1] / "docs" / "samplers"
 # (sampler, constraint mode, fit-budget)
 CONFIGS = [
@@ -46,7 +48,7 @@ def label(sampler: str, mode: str, fit: bool) -> str:
 def _append(path: Path, row: dict) -> None:
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.write(json.dumps(row) + "\n")
+        fh.write(json.dumps({**row, "stamp": stamp()}) + "\n")
 
 
 def _rows(path: Path) -> list[dict]:
@@ -272,6 +274,7 @@ def cmd_report(args) -> None:
             f"{statistics.mean(r['uniform_abn'] for r in studies):.4f}; after the same short fine-tune, test "
             f"{statistics.mean(u):.4f} ± {statistics.stdev(u) if len(u) > 1 else 0:.4f} (seeds {sorted(uniform)}).",
         ]
+    lines += ["", *provenance(rows, out / "results.jsonl")]
     (out.parent / "samplers.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for name, curve in curves.items():

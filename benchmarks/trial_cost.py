@@ -217,4 +217,7 @@ def _floor(p, evaluator) -> float:
 
 
 if __name__ == "__main__":
+    from _stamp import line
+
+    print(line(), flush=True)  # the commit and the machine, above the figures
     main()

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _stamp import provenance, stamp
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "zoo" / "results.jsonl"
 REPORT = ROOT / "docs" / "zoo.md"
@@ -89,6 +91,7 @@ def run(only: list[str] | None, timeout: int) -> None:
             row = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"name": name, "error": _last(proc)}
         except subprocess.TimeoutExpired:
             row = {"name": name, "error": f"no result within {timeout} s"}
+        row["stamp"] = stamp()
         print(json.dumps(row), flush=True)
         with RESULTS.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -107,9 +110,9 @@ def report() -> None:
     out = [
         "# torchvision's classification builders in fnnp-opt",
         "",
-        "Measured by `python benchmarks/zoo.py run && python benchmarks/zoo.py report` on this project's 2-core CPU",
-        "machine, one thread, random weights, 10 classes. *dims*: ratios in the search space (*shared*: of which",
-        "residual/coupled groups); *derive*: seconds to trace the model, build every group's plan and check a",
+        "Measured by `python benchmarks/zoo.py run && python benchmarks/zoo.py report` (the machine and the commit",
+        "are under the table): one thread, random weights, 10 classes. *dims*: ratios in the search space",
+        "(*shared*: of which residual/coupled groups); *derive*: seconds to trace the model, build every group's plan and check a",
         "pruned forward; *prune*: median milliseconds to cut one random strategy (R = 0.5) from a copy;",
         "*FLOPs left*: that strategy's share of the base FLOPs (thop). Absolute times vary with the machine.",
         "",
@@ -128,6 +131,7 @@ def report() -> None:
         )
     if failed:
         out += ["", "Builders that failed here (see docs/models.md for why):", "", *failed]
+    out += ["", *provenance(list(rows.values()), RESULTS, "builders")]
     REPORT.write_text("\n".join(out) + "\n")
     print(f"wrote {REPORT} ({len(rows)} builders)")
 

@@ -266,6 +266,7 @@ def train_base(
     from fnnp_opt.data import load_splits, resolve_dataset
     from fnnp_opt.evaluate import accuracy
     from fnnp_opt.export import check_output_writable, save_weights_and_card
+    from fnnp_opt.latency import machine
     from fnnp_opt.models import check_input, create_model
     from fnnp_opt.options import check_batch_fits, check_lr, check_seed, check_split
 
@@ -311,7 +312,10 @@ def train_base(
         "held_out_search_images": len(splits.search),
         "test_accuracy": round(test_acc, 4),
         "final_train_loss": round(history[-1], 4) if history else None,
-        "train_minutes_this_session": round(minutes, 1),
+        # wall minutes of the `fnnp-opt train` process that finished the training (a resumed one counts from its
+        # resume), on this machine
+        "wall_minutes": round(minutes, 1),
+        "machine": {"processor": machine(str(device)), "cpu_cores": os.cpu_count(), "device": str(device)},
         "torch": torch.__version__,
     }
     save_weights_and_card(model, output, output.with_suffix(".json"), card)

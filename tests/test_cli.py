@@ -197,6 +197,7 @@ def test_train_writes_weights_and_a_card_that_run_accepts(small_fmnist, tmp_path
     card = json.loads((tmp_path / "a.json").read_text())
     assert card["fit"]["epochs"] == 1 and 0.0 < card["test_accuracy"] <= 1.0
     assert card["train_images"] == 2700 and card["held_out_search_images"] == 300
+    assert card["machine"]["cpu_cores"] == os.cpu_count() and card["wall_minutes"] >= 0  # where and how long
     mode = (tmp_path / "a.json").stat().st_mode & 0o777
     assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == mode  # the umask's, as the card (not 0600)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors", "b.json", "b.safetensors"]

@@ -96,8 +96,8 @@ def index() -> str:
             "# The Python API",
             "",
             "Every public name of `fnnp_opt` (its `__all__`), each on its own page, written from the docstrings by "
-            "`python docs/api/generate.py`. The README's Python section shows them at work; `examples/` has three "
-            "scripts to copy.",
+            "`python docs/api/generate.py`. [From Python](../start/python.md) shows them at work; `examples/` has "
+            "three scripts to copy.",
             "",
             "| name | what it is |",
             "| --- | --- |",
