@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fnnp_opt.errors import UsageError, option
 from fnnp_opt.options import (  # noqa: F401  (the enums and checks are imported from here too)
+    IMPORTANCES,
     Constraint,
     Objective,
     Sampler,
@@ -22,6 +23,7 @@ from fnnp_opt.options import (  # noqa: F401  (the enums and checks are imported
     check_lr,
     check_seed,
     check_split,
+    parse_baselines,
 )
 
 RECIPES = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes, in a checkout
@@ -90,6 +92,11 @@ class RunConfig:
     score: Score = Score.abn  # a trial's value: ABN accuracy, or ABN + a short fine-tune (abn-ft)
     score_steps: int = 100  # SGD steps of abn-ft's short fine-tune (batch --batch-size, peak lr --lr, cosine)
     rerank: int = 0  # when > 0: after the search, re-score the top K by ABN with abn-ft; the winner is the best
+    # the strategies queued first in every study (fnnp_opt.baselines): uniform L1, Torch-Pruning's global ranking,
+    # per-layer sensitivity; each is scored like any candidate and marked with its `strategy`
+    baselines: str = "uniform,global"
+    global_importance: str = "magnitude"  # the global ranking's Torch-Pruning criterion: magnitude, lamp or taylor
+    sensitivity_steps: int = 4  # ratios per group of the sensitivity curves (groups x steps + 1 evaluations)
     # the study
     sampler: Sampler = Sampler.random
     constraint: Constraint | None = None  # None = the sampler's default (see fnnp_opt.constraints)
@@ -125,6 +132,10 @@ class RunConfig:
     artifact_dir: str | None = None
     onnx: bool = False  # also export pruned.onnx, checked against PyTorch in onnxruntime (the onnx extra)
     device: str = "auto"  # torch device
+
+    def baseline_names(self) -> tuple[str, ...]:
+        """``--baselines`` as names in queue order (:func:`fnnp_opt.baselines.parse`)."""
+        return parse_baselines(self.baselines)
 
     def resolved_workers(self) -> int:
         """``--workers``, or the default: one search process per CPU core, at most :data:`MAX_AUTO_WORKERS` and
@@ -239,6 +250,13 @@ class RunConfig:
                 raise UsageError(f"{opt} must be a whole number >= {0 if name == 'epochs' else 1}, got {value!r}")
         if not isinstance(self.score_steps, int) or self.score_steps < 0:
             raise UsageError(f"--score-steps must be a whole number >= 0, got {self.score_steps!r}")
+        self.baseline_names()
+        if self.global_importance not in IMPORTANCES:
+            raise UsageError(
+                f"--global-importance must be one of {', '.join(IMPORTANCES)}, got {self.global_importance!r}"
+            )
+        if not isinstance(self.sensitivity_steps, int) or self.sensitivity_steps < 1:
+            raise UsageError(f"--sensitivity-steps must be a whole number >= 1, got {self.sensitivity_steps!r}")
         if not isinstance(self.rerank, int) or self.rerank < 0:
             raise UsageError(f"--rerank must be a whole number >= 0 (0: no rerank), got {self.rerank!r}")
         if self.workers is not None and self.workers > self.n_trials:
