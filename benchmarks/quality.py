@@ -63,11 +63,13 @@ METHODS = (
     "uniform_top",
     "run_abn",
     "run_rerank",
+    "run_rerank_ug",
     "tp_global",
     "tp_lamp",
     "tp_taylor",
     "sensitivity",
     "uniform_eq",
+    "best_baseline",
     "base",
 )
 UNIFORM = -1  # the uniform strategy's index in candidates.jsonl
@@ -77,7 +79,8 @@ BASELINE_INDEX = {"global": GLOBAL, "sensitivity": SENSITIVITY}
 EQUAL = {"tp_global": "magnitude", "tp_lamp": "lamp", "tp_taylor": "taylor", "sensitivity": None, "uniform_eq": None}
 DEFAULT_RUN = "run_rerank"  # the method that is `fnnp-opt run` with its defaults; EQUAL rows match its FLOPs
 SAMPLERS = {"tpe_ft_run": "tpe", "cmaes_ft_run": "cmaes"}  # methods that search with a sampler of their own
-DEFAULT_METHODS = [m for m in METHODS if m not in SAMPLERS]  # the sampled ones are asked for with --methods
+VIRTUAL = ("best_baseline",)  # rows the report derives from others: never run
+DEFAULT_METHODS = [m for m in METHODS if m not in SAMPLERS and m not in VIRTUAL]  # sampled ones: with --methods
 LABELS = {
     "eagleeye": "EagleEye winner (best ABN of N)",
     "rerank": "rerank: top K by ABN re-scored with abn-ft",
@@ -94,11 +97,13 @@ LABELS = {
     "uniform_top": "uniform L1 at the window's top (the most FLOPs a candidate may keep)",
     "run_abn": "run with baselines, --rerank 0: best ABN of N, uniform L1, global and sensitivity",
     "run_rerank": "fnnp-opt run, new default: top K by ABN of N, plus uniform L1, global and sensitivity, by abn-ft",
+    "run_rerank_ug": "the same with uniform L1 and global only (no sensitivity curves)",
     "tp_global": "Torch-Pruning global ranking (magnitude), at the default's FLOPs",
     "tp_lamp": "Torch-Pruning global ranking (LAMP), at the default's FLOPs",
     "tp_taylor": "Torch-Pruning global ranking (Taylor, 8 gradient batches), at the default's FLOPs",
     "sensitivity": "per-layer sensitivity (FastNAS-style, ABN), at the default's FLOPs",
     "uniform_eq": "uniform L1 at the default's FLOPs",
+    "best_baseline": "the best baseline at the default's FLOPs (per seed: global, LAMP, Taylor, sensitivity, uniform)",
     "base": "unpruned base, same fine-tune",
 }
 
@@ -190,12 +195,12 @@ def _scores(args, p, cfg, seed: int, candidates: list, need_ft: set[int], fixed:
 BASELINES = (UNIFORM, GLOBAL, SENSITIVITY)  # the baselines every study queues first, in queue order
 
 
-def _rerank_pool(scores: dict[int, dict], drawn: list[int], k: int) -> list[int]:
-    """What `fnnp-opt run --rerank K` re-scores in a study with baselines: the top K by ABN of every evaluated trial,
-    and every baseline."""
-    pool = [*BASELINES, *drawn]
-    top = sorted(pool, key=lambda i: (-scores[i]["abn"], BASELINES.index(i) if i < 0 else 3 + i))[:k]
-    return [*BASELINES, *[i for i in top if i not in BASELINES]]
+def _rerank_pool(scores: dict[int, dict], drawn: list[int], k: int, baselines: tuple = BASELINES) -> list[int]:
+    """What `fnnp-opt run --rerank K` re-scores in a study with ``baselines``: the top K by ABN of every evaluated
+    trial, and every baseline."""
+    pool = [*baselines, *drawn]
+    top = sorted(pool, key=lambda i: (-scores[i]["abn"], baselines.index(i) if i < 0 else 3 + i))[:k]
+    return [*baselines, *[i for i in top if i not in baselines]]
 
 
 def _picks(
@@ -238,10 +243,12 @@ def _picks(
         elif m == "run_abn":
             pool = [*BASELINES, *drawn]
             out[m] = by(pool, "abn")[0], cost(seconds(pool, "abn") + found_s, len(pool) + found_n, 0)
-        elif m == "run_rerank":
-            pool = [*BASELINES, *drawn]
-            top = _rerank_pool(scores, drawn, args.rerank)
-            out[m] = by(top, key)[0], cost(seconds(pool, "abn") + seconds(top, key) + found_s, len(pool) + found_n, len(top))
+        elif m in ("run_rerank", "run_rerank_ug"):
+            base = BASELINES if m == "run_rerank" else (UNIFORM, GLOBAL)
+            pool = [*base, *drawn]
+            top = _rerank_pool(scores, drawn, args.rerank, base)
+            extra_s, extra_n = (found_s, found_n) if m == "run_rerank" else (0.0, 0)  # sensitivity's curves
+            out[m] = by(top, key)[0], cost(seconds(pool, "abn") + seconds(top, key) + extra_s, len(pool) + extra_n, len(top))
         elif m == "pbn_winner":
             out[m] = by(drawn, "pbn")[0], cost(seconds(drawn, "pbn"), 0, 0)
         elif m == "random":
@@ -260,8 +267,11 @@ def _need_ft(args, scores: dict[int, dict], n: int, methods: list[str]) -> set[i
         "rerank": set(top),
         "rerank_run": set(top_run),
         "rerank_u": {UNIFORM, *top},
-        "run_rerank": set(_rerank_pool(scores, drawn, args.rerank)),
     }
+    if "run_rerank" in methods:  # (only a seed scored with the baselines has their ABN)
+        need["run_rerank"] = set(_rerank_pool(scores, drawn, args.rerank))
+    if "run_rerank_ug" in methods:
+        need["run_rerank_ug"] = set(_rerank_pool(scores, drawn, args.rerank, (UNIFORM, GLOBAL)))
     return set().union(*(need.get(m, set()) for m in methods))
 
 
@@ -357,7 +367,7 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
     n = len(candidates)
     uniform_strategy = p.uniform[0]
     fixed, curves, found = {UNIFORM: uniform_strategy}, None, {"seconds": 0.0, "evaluations": 0}
-    if set(todo) & {"run_abn", "run_rerank", *EQUAL}:
+    if set(todo) & {"run_abn", "run_rerank", "run_rerank_ug", *EQUAL}:
         more, curves, found = _baselines(args, p, cfg, seed)
         fixed |= more
     scores = _scores(args, p, cfg, seed, candidates, set(), fixed)  # ABN first: it decides the rest
@@ -479,6 +489,18 @@ def cmd_run(args) -> None:
         run_seed(args, seed, todo)
 
 
+def best_baseline(rows: list[dict]) -> list[dict]:
+    """Per seed, the ``best_baseline`` row: the best test accuracy of the baselines fitted to the default's FLOPs
+    (the ``EQUAL`` methods measured under that seed), naming which it is."""
+    out = []
+    for seed in sorted({r["seed"] for r in rows}):
+        mine = [r for r in rows if r["seed"] == seed and r["method"] in EQUAL]
+        if mine:
+            best = max(mine, key=lambda r: r["test"])
+            out.append({**best, "method": "best_baseline", "of": best["method"], "reused": best["method"]})
+    return out
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Per method: mean and seed-to-seed standard deviation of the test accuracy, and each seed's value."""
     out = []
@@ -543,6 +565,8 @@ def cmd_report(args) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(_key(r), []).append(r)
+    for rs in groups.values():
+        rs += best_baseline(rs)
     lines = [
         "# fnnp-opt's methods against their baselines",
         "",
@@ -561,6 +585,7 @@ def cmd_report(args) -> None:
         "fine-tune (abn-ft) evaluations.",
         *summary(groups),
         *summary(groups, against="uniform_top"),
+        *summary(groups, against="best_baseline"),
     ]
     for (model, budget, n, epochs, distill), rs in sorted(groups.items()):
         seeds = sorted({r["seed"] for r in rs})
@@ -643,8 +668,9 @@ def main() -> None:
     rep.add_argument("--out", default=str(OUT))
     rep.add_argument("--doc", default=str(OUT.parent / "quality.md"))
     args = ap.parse_args()
-    if args.cmd == "run" and set(args.methods) - set(METHODS):
-        raise SystemExit(f"--methods: unknown {sorted(set(args.methods) - set(METHODS))}; choose from {METHODS}")
+    if args.cmd == "run" and set(args.methods) - set(DEFAULT_METHODS) - set(SAMPLERS):
+        unknown = sorted(set(args.methods) - set(DEFAULT_METHODS) - set(SAMPLERS))
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {[*DEFAULT_METHODS, *SAMPLERS]}")
     cmd_run(args) if args.cmd == "run" else cmd_report(args)
 
 

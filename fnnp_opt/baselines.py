@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,6 @@ from fnnp_opt.options import IMPORTANCES
 from fnnp_opt.progress import NULL, Progress
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

@@ -17,7 +17,6 @@ import torch
 import torch_pruning as tp
 
 import fnnp_opt
-from fnnp_opt import storage as St
 from fnnp_opt.baselines import GlobalRanking, sensitivity_allocation, sensitivity_curves
 from fnnp_opt.data import DATASETS
 from fnnp_opt.errors import ModelError, UsageError
@@ -95,7 +94,9 @@ def test_a_group_torch_pruning_cannot_score_is_one_line_naming_it(monkeypatch):
 @pytest.fixture(scope="module")
 def small_fmnist_batches(fmnist_arrays):
     info = DATASETS["fashion-mnist"]
-    x = (torch.from_numpy(fmnist_arrays["train_x"][:512].copy()).float().div(255).unsqueeze(1) - info.mean[0]) / info.std[0]
+    x = (
+        torch.from_numpy(fmnist_arrays["train_x"][:512].copy()).float().div(255).unsqueeze(1) - info.mean[0]
+    ) / info.std[0]
     y = torch.from_numpy(fmnist_arrays["train_y"][:512].copy()).long()
     return [(x[i : i + 64], y[i : i + 64]) for i in range(0, 512, 64)]
 
@@ -123,15 +124,23 @@ def test_the_python_api_queues_every_baseline_once_on_a_user_model(small_fmnist_
     torch.manual_seed(0)
     model = usermodels.group_norm()
     calib, search = small_fmnist_batches[:2], small_fmnist_batches[2:4]
-    kwargs = dict(calibration=calib, evaluation=search, budget="0.45", n_trials=5, calibration_batches=2, tolerance=0.06)
+    kwargs = dict(
+        calibration=calib, evaluation=search, budget="0.45", n_trials=5, calibration_batches=2, tolerance=0.06
+    )
     url = f"sqlite:///{tmp_path}/s.db"
-    result = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), storage=url, baselines="uniform,global,sensitivity", **kwargs)
+    result = fnnp_opt.search(
+        model, torch.zeros(1, 1, 28, 28), storage=url, baselines="uniform,global,sensitivity", **kwargs
+    )
     assert list(result.baselines) == ["uniform", "global", "sensitivity"]
     assert [result.baselines[s].number for s in ("uniform", "global", "sensitivity")] == [0, 1, 2]
     cost = result.baselines["sensitivity"].user_attrs["baseline_cost"]
     assert cost["evaluations"] == 4 * len(result.problem.space) + 1 and cost["seconds"] > 0
     again = fnnp_opt.search(
-        model, torch.zeros(1, 1, 28, 28), storage=url, baselines="uniform,global,sensitivity", **{**kwargs, "n_trials": 7}
+        model,
+        torch.zeros(1, 1, 28, 28),
+        storage=url,
+        baselines="uniform,global,sensitivity",
+        **{**kwargs, "n_trials": 7},
     )
     strategies = [t.user_attrs.get("strategy") for t in again.study.trials]
     assert sorted(s for s in strategies if s) == ["global", "sensitivity", "uniform"]
