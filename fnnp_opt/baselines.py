@@ -124,7 +124,7 @@ class GlobalRanking:
         model, pruner = problem.model, problem.pruner
         was = model.training
         try:
-            if importance == "taylor":
+            if gradient_batches and importance == "taylor":
                 _gradients(model.eval(), gradient_batches)
             # per group: one score per channel position (averaged over the blocks of a grouped conv, as
             # Torch-Pruning ranks them), and how many channels each position stands for

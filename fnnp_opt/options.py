@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Sequence
 
 from fnnp_opt.errors import UsageError, option
 
@@ -29,7 +30,7 @@ BASELINES = ("uniform", "global", "sensitivity")  # the strategies a study can q
 IMPORTANCES = ("magnitude", "lamp", "taylor")  # Torch-Pruning criteria of the global baseline's ranking
 
 
-def parse_baselines(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def parse_baselines(text: str | Sequence[str]) -> tuple[str, ...]:
     """``--baselines``' value (``uniform,global,sensitivity``, ``none``, or a sequence) as names in queue order
     (:mod:`fnnp_opt.baselines`).
 

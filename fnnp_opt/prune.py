@@ -187,8 +187,11 @@ class Pruner:
                 ) from None
         model.eval()  # tracing may leave the model in another mode
         order = {n: i for i, n in enumerate(self._names.values())}
-        described = [(*self._describe(g), g) for g in groups]
-        described = [d for d in described if d[0] is not None]
+        described: list[tuple[GroupInfo, list[_Step], object]] = []
+        for g in groups:
+            info, plan = self._describe(g)
+            if info is not None:
+                described.append((info, plan, g))
         described.sort(key=lambda d: order[d[0].root])
         self.all_groups: list[GroupInfo] = [info for info, _, _ in described]
         # Torch-Pruning's own group of each root: what its importance criteria score (fnnp_opt.baselines)
