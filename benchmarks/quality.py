@@ -62,6 +62,7 @@ METHODS = (
     "uniform",
     "uniform_top",
     "run_abn",
+    "run_abn_ug",
     "run_rerank",
     "run_rerank_ug",
     "tp_global",
@@ -97,6 +98,7 @@ LABELS = {
     "uniform_top": "uniform L1 at the window's top (the most FLOPs a candidate may keep)",
     "run_abn": "run with baselines, --rerank 0: best ABN of N, uniform L1, global and sensitivity",
     "run_rerank": "fnnp-opt run, new default: top K by ABN of N, plus uniform L1, global and sensitivity, by abn-ft",
+    "run_abn_ug": "run with uniform L1 and global, --rerank 0: best ABN of N, uniform L1 and global",
     "run_rerank_ug": "the same with uniform L1 and global only (no sensitivity curves)",
     "tp_global": "Torch-Pruning global ranking (magnitude), at the default's FLOPs",
     "tp_lamp": "Torch-Pruning global ranking (LAMP), at the default's FLOPs",
@@ -240,9 +242,10 @@ def _picks(
         elif m == "rerank_u":
             top = [UNIFORM, *by(drawn, "abn")[: args.rerank]]
             out[m] = by(top, key)[0], cost(seconds(drawn, "abn") + seconds(top, key), n, len(top))
-        elif m == "run_abn":
-            pool = [*BASELINES, *drawn]
-            out[m] = by(pool, "abn")[0], cost(seconds(pool, "abn") + found_s, len(pool) + found_n, 0)
+        elif m in ("run_abn", "run_abn_ug"):
+            pool = [*BASELINES, *drawn] if m == "run_abn" else [UNIFORM, GLOBAL, *drawn]
+            extra_s, extra_n = (found_s, found_n) if m == "run_abn" else (0.0, 0)
+            out[m] = by(pool, "abn")[0], cost(seconds(pool, "abn") + extra_s, len(pool) + extra_n, 0)
         elif m in ("run_rerank", "run_rerank_ug"):
             base = BASELINES if m == "run_rerank" else (UNIFORM, GLOBAL)
             pool = [*base, *drawn]
@@ -319,8 +322,11 @@ def _baselines(args, p, cfg, seed: int) -> tuple[dict[int, dict], object, dict]:
     from fnnp_opt.evaluate import abn_accuracy
 
     path = Path(args.out) / "baselines.jsonl"
-    ident = {"model": args.model, "seed": seed, "max_rate": args.max_rate, "steps": args.sensitivity_steps}
-    stored = [r for r in _rows(path) if all(r.get(k) == v for k, v in ident.items())]
+    # the curves are a function of the model, R, the grid and the data (calibration and search batches), the same
+    # for every seed while the calibration seed is the default's
+    ident = {"model": args.model, "max_rate": args.max_rate, "steps": args.sensitivity_steps}
+    data = p.splits.fingerprint  # (the first rows, written before it was kept, were of these data too)
+    stored = [r for r in _rows(path) if all(r.get(k) == v for k, v in ident.items()) and r.get("data", data) == data]
     if stored:
         c = stored[-1]
         curves = Sensitivity(c["ratios"], c["drops"], c["base"], c["evaluations"], c["seconds"])
@@ -330,7 +336,7 @@ def _baselines(args, p, cfg, seed: int) -> tuple[dict[int, dict], object, dict]:
             p.problem, lambda m: abn_accuracy(m, p.splits.calibration, search, p.device), args.sensitivity_steps
         )
         with open(path, "a") as fh:
-            fh.write(json.dumps({**ident, **curves.__dict__}) + "\n")
+            fh.write(json.dumps({**ident, "data": data, "seed": seed, **curves.__dict__}) + "\n")
     target = p.budget.target
     fixed = {
         GLOBAL: GlobalRanking(p.problem).allocation(target).ratios,
@@ -367,7 +373,7 @@ def run_seed(args, seed: int, todo: list[str]) -> list[dict]:
     n = len(candidates)
     uniform_strategy = p.uniform[0]
     fixed, curves, found = {UNIFORM: uniform_strategy}, None, {"seconds": 0.0, "evaluations": 0}
-    if set(todo) & {"run_abn", "run_rerank", "run_rerank_ug", *EQUAL}:
+    if set(todo) & {"run_abn", "run_abn_ug", "run_rerank", "run_rerank_ug", *EQUAL}:
         more, curves, found = _baselines(args, p, cfg, seed)
         fixed |= more
     scores = _scores(args, p, cfg, seed, candidates, set(), fixed)  # ABN first: it decides the rest

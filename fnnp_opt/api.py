@@ -33,7 +33,7 @@ from torch import nn
 from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.batches import LoaderSet, take
-from fnnp_opt.config import Constraint, Sampler, check_lr, check_seed, resolve_device
+from fnnp_opt.config import DEFAULT_RERANK, Constraint, Sampler, check_lr, check_seed, resolve_device
 from fnnp_opt.options import IMPORTANCES, parse_baselines
 from fnnp_opt.config import Objective as Goal
 from fnnp_opt.config import Score as ScoreKind
@@ -427,7 +427,7 @@ def search(
     short_finetune: Callable[[nn.Module], None] | None = None,
     score_steps: int = 100,
     lr: float = 0.02,
-    rerank: int = 0,
+    rerank: int | None = None,
     baselines: str | Sequence[str] = DEFAULT_BASELINES,
     global_importance: str = "magnitude",
     sensitivity_steps: int = 4,
@@ -462,7 +462,9 @@ def search(
         calibration_batches: N of ABN.
         score, train, short_finetune, score_steps, lr: ``"abn"`` or ``"abn-ft"`` (see :class:`Objective`).
         rerank: K > 0 re-scores the top K by ABN and every baseline with abn-ft (needs ``train``); the winner is the
-            best re-scored.
+            best re-scored. None (the default): 5 (at most ``n_trials``) where ``train`` is given to an ABN search of
+            one budget, else 0: ABN falls toward chance at aggressive budgets, where its own winner fine-tunes far
+            below uniform L1 (docs/quality.md).
         baselines: the strategies queued first and scored like any candidate (:mod:`fnnp_opt.baselines`):
             ``"uniform,global"`` (the default), ``"uniform,global,sensitivity"``, a subset, or ``"none"``; uniform L1 is always trial 0.
             ``global`` is Torch-Pruning's global ranking by ``global_importance`` (``magnitude``, ``lamp``, or
@@ -484,13 +486,14 @@ def search(
         again to resume).
     """
     _whole(n_trials, "n_trials", 1)
+    if rerank is None:  # the default, as `fnnp-opt run`'s: re-score where there is a short fine-tune to do it with
+        auto = train is not None and short_finetune is None and score == "abn" and ":" not in str(budget)
+        rerank = min(DEFAULT_RERANK, n_trials) if auto else 0
     _whole(rerank, "rerank", 0)
     if storage is not None and not isinstance(storage, str):
         raise UsageError(
             f"storage must be an Optuna storage URL like 'sqlite:///prune.db', got a {type(storage).__name__}"
         )
-    if rerank and storage is None:
-        raise UsageError(f"rerank={rerank} keeps its re-scores in the study's storage: pass storage='sqlite:///...'")
     progress = NULL if progress is None else progress
     _whole(max_draws, "max_draws", 1)
     if rerank > n_trials:

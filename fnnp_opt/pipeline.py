@@ -171,7 +171,7 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
         )
         if cfg.epochs > 0:
             check_batch_fits(cfg.batch_size, len(p.splits.train))
-        if cfg.score is Score.abn_ft or cfg.rerank:
+        if cfg.score is Score.abn_ft or cfg.resolved_rerank():
             check_score_steps(cfg, len(p.splits.train))
     return p
 
@@ -662,14 +662,14 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             return result
 
         best = S.best_trial(study)
-        if cfg.rerank:
+        if cfg.resolved_rerank():
             with seconds("rerank"):
                 result.rerank = rerank(
                     study,
                     p.pruner,
                     p.splits.calibration,
                     make_scorer(p),
-                    cfg.rerank,
+                    cfg.resolved_rerank(),
                     lambda trial: trial_ratios(p.space, trial),
                     progress,
                 )

@@ -214,7 +214,7 @@ def test_a_journal_that_cannot_be_used_is_refused_and_nothing_is_written(tmp_pat
 
 # --------------------------------------------------------------------------- whole runs on a journal
 
-SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
+SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1, rerank=0)
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +226,8 @@ def journal_run(small_fmnist, tmp_path_factory):
         storage=str(folder / "s.log"),
         output=str(folder / "out"),
         n_trials=4,
-        rerank=2,
         score_steps=4,
-        **SMALL,
+        **{**SMALL, "rerank": 2},
     )
     return cfg, run(cfg), folder / "s.log"
 

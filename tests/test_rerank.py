@@ -19,7 +19,7 @@ from fnnp_opt.pipeline import make_scorer, prepare, run, trial_ratios
 
 from conftest import SMALL_RUN, without
 
-SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
+SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1, rerank=0)
 
 
 def _fresh(url: str, name: str) -> optuna.Study:
@@ -35,9 +35,8 @@ def reranked(small_fmnist, tmp_path_factory):
         storage=f"sqlite:///{folder}/s.db",
         output=str(folder / "out"),
         n_trials=5,
-        rerank=2,
         score_steps=4,
-        **SMALL,
+        **{**SMALL, "rerank": 2},
     )
     return cfg, run(cfg)
 
