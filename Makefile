@@ -1,5 +1,5 @@
 # One command sets everything up and runs the demo; one more runs the tests.
-#   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run --rerank 5`
+#   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run`
 #   make test   the same set-up, then the test suite
 #   make typecheck   the same set-up, then mypy over fnnp_opt (settings in pyproject.toml)
 #   make docs        the documentation site (mkdocs.yml) served on 127.0.0.1:8000; make docs-build builds it strictly
@@ -32,7 +32,7 @@ setup: $(BIN)/fnnp-opt $(FMNIST)
 dataset: $(FMNIST)
 
 demo: setup
-	$(BIN)/fnnp-opt run --rerank 5
+	$(BIN)/fnnp-opt run
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -153,7 +153,7 @@ def main() -> None:
     search_full = full.search_batches(cfg.eval_batch_size)
     storage = St.open_storage(cfg.resolved_storage())
     study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
-    S.enqueue_uniform(study, p.space, p.uniform)  # as the default study: the uniform strategy first
+    S.enqueue_strategies(study, p.space, p.uniform, "uniform")  # as the default study: the uniform strategy first
     evaluator = make_evaluator(cfg, p, study)
     evaluator.slots = None
     print(

@@ -114,7 +114,7 @@ def run_one(task: tuple) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     p = _prepare(seed)
     study = optuna.create_study(direction="maximize")  # in memory: ask + tell time is the sampler's own
-    S.enqueue_uniform(study, p.space, p.uniform)
+    S.enqueue_strategies(study, p.space, p.uniform, "uniform")
     start = p.problem.sampler_start(Sampler(sampler))  # CMA-ES starts from uniform L1, as in `fnnp-opt run`
     study.sampler = S.make_sampler(Sampler(sampler), S.session_seed(seed, 0), start=start)
     space = _TimedSpace(p.space)

@@ -64,7 +64,7 @@ def main() -> None:
     prepare_s = time.perf_counter() - t
     storage = St.open_storage(url)
     study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
-    S.enqueue_uniform(study, p.space, p.uniform)
+    S.enqueue_strategies(study, p.space, p.uniform, "uniform")
     evaluator = make_evaluator(cfg, p, study)
 
     clock = TrialClock(evaluator)
@@ -168,7 +168,7 @@ def api_beside_cli(args) -> None:
         url = f"sqlite:///{tmp}/cli{k}.db"
         storage = St.open_storage(url)
         study = St.create_study(storage, "bench", p.fingerprint(), cfg.to_dict(), p.space, p.budget)
-        S.enqueue_uniform(study, p.space, p.uniform)
+        S.enqueue_strategies(study, p.space, p.uniform, "uniform")
         S.optimize(study, make_evaluator(cfg, p, study), args.trials, cfg.max_draws)
         costs["cli"].append(_per_candidate(study))
         result = fnnp_opt.search(

@@ -33,7 +33,8 @@ from torch import nn
 from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.batches import LoaderSet, take
-from fnnp_opt.config import Constraint, Sampler, check_lr, check_seed, resolve_device
+from fnnp_opt.config import DEFAULT_RERANK, Constraint, Sampler, check_lr, check_seed, resolve_device
+from fnnp_opt.options import IMPORTANCES, parse_baselines
 from fnnp_opt.config import Objective as Goal
 from fnnp_opt.config import Score as ScoreKind
 from fnnp_opt.constraints import check_combination, default_constraint
@@ -52,6 +53,7 @@ from fnnp_opt.score import Scorer, ShortFinetune
 log = logging.getLogger(__name__)
 
 Score = Callable[[nn.Module], float]
+DEFAULT_BASELINES = "uniform,global"  # what every study queues first unless told (docs/quality.md has the evidence)
 
 
 def _python(fn):
@@ -201,6 +203,20 @@ class Objective:
             score_fn=None if search else self.measure,
         )
 
+    def gradient_batches(self) -> list[Batch]:
+        """The first 8 calibration batches, which must be labelled: the ``taylor`` global ranking's gradients.
+
+        Raises:
+            UsageError: a calibration batch has no labels.
+        """
+        held = list(self.calibration)[:8]
+        if any(y is None for _, y in held):
+            raise UsageError(
+                "global_importance='taylor' takes gradients of the loss: pass calibration batches (x, y) with labels, "
+                "or global_importance='magnitude'"
+            )
+        return held
+
     def short_scorer(
         self, train: Iterable | None, hook: Callable[[nn.Module], None] | None, steps: int, lr: float
     ) -> Scorer | _HookScore:
@@ -332,7 +348,9 @@ class SearchResult:
     best: FrozenTrial | None  # the winner (None for a Pareto search: see ``front``)
     baseline: FrozenTrial | None  # the uniform L1 strategy's trial, evaluated (None where none fits the window)
     front: list[FrozenTrial] = field(default_factory=list)  # a Pareto search's non-dominated evaluated trials
-    rerank: RerankReport | None = None  # ``rerank=K``: the top K re-scored with abn-ft
+    rerank: RerankReport | None = None  # ``rerank=K``: the top K and the baselines re-scored with abn-ft
+    # every evaluated baseline's trial by its strategy (uniform, global, sensitivity; the first of a range's five)
+    baselines: dict[str, FrozenTrial] = field(default_factory=dict)
 
     @property
     def plan(self) -> Plan:
@@ -409,7 +427,10 @@ def search(
     short_finetune: Callable[[nn.Module], None] | None = None,
     score_steps: int = 100,
     lr: float = 0.02,
-    rerank: int = 0,
+    rerank: int | None = None,
+    baselines: str | Sequence[str] = DEFAULT_BASELINES,
+    global_importance: str = "magnitude",
+    sensitivity_steps: int = 4,
     early_stop: bool = True,
     storage: str | None = None,
     study_name: str | None = None,
@@ -440,7 +461,15 @@ def search(
         tolerance: half-width of the budget window, as a fraction of the base (None: 0.02 FLOPs, 0.03 latency).
         calibration_batches: N of ABN.
         score, train, short_finetune, score_steps, lr: ``"abn"`` or ``"abn-ft"`` (see :class:`Objective`).
-        rerank: K > 0 re-scores the top K by ABN with abn-ft (needs ``train``); the winner is the best re-scored.
+        rerank: K > 0 re-scores the top K by ABN and every baseline with abn-ft (needs ``train``); the winner is the
+            best re-scored. None (the default): 5 (at most ``n_trials``) where ``train`` is given to an ABN search of
+            one budget, else 0: ABN falls toward chance at aggressive budgets, where its own winner fine-tunes far
+            below uniform L1 (docs/quality.md).
+        baselines: the strategies queued first and scored like any candidate (:mod:`fnnp_opt.baselines`):
+            ``"uniform,global"`` (the default), ``"uniform,global,sensitivity"``, a subset, or ``"none"``; uniform L1 is always trial 0.
+            ``global`` is Torch-Pruning's global ranking by ``global_importance`` (``magnitude``, ``lamp``, or
+            ``taylor``, whose gradients take the first 8 calibration batches, labelled); ``sensitivity`` scores each
+            group pruned alone at ``sensitivity_steps`` ratios (groups x steps + 1 evaluations).
         early_stop: stop scoring a candidate clearly below the best (accuracy batches only).
         storage: an Optuna storage URL (``sqlite:///prune.db``) to resume from, watch in optuna-dashboard and share
             with other processes; None keeps the study in memory.
@@ -457,13 +486,14 @@ def search(
         again to resume).
     """
     _whole(n_trials, "n_trials", 1)
+    if rerank is None:  # the default, as `fnnp-opt run`'s: re-score where there is a short fine-tune to do it with
+        auto = train is not None and short_finetune is None and score == "abn" and ":" not in str(budget)
+        rerank = min(DEFAULT_RERANK, n_trials) if auto else 0
     _whole(rerank, "rerank", 0)
     if storage is not None and not isinstance(storage, str):
         raise UsageError(
             f"storage must be an Optuna storage URL like 'sqlite:///prune.db', got a {type(storage).__name__}"
         )
-    if rerank and storage is None:
-        raise UsageError(f"rerank={rerank} keeps its re-scores in the study's storage: pass storage='sqlite:///...'")
     progress = NULL if progress is None else progress
     _whole(max_draws, "max_draws", 1)
     if rerank > n_trials:
@@ -523,6 +553,11 @@ def search(
         "n_trials": n_trials,
         "seed": seed,
     }
+    wanted = [b for b in parse_baselines(baselines) if b != "uniform"]
+    if global_importance not in IMPORTANCES:
+        raise UsageError(f"global_importance= must be one of {', '.join(IMPORTANCES)}, got {global_importance!r}")
+    _whole(sensitivity_steps, "sensitivity_steps", 1)
+    grads = objective.gradient_batches() if "global" in wanted and global_importance == "taylor" else None
     base = objective.score_base()  # before any study is made: data that fail leave no study behind
     if storage is None:
         study = optuna.create_study(
@@ -536,6 +571,17 @@ def search(
         objective.evaluator.slots = St.Slots(study, n_trials)
     if "base_accuracy" not in study.user_attrs:
         study.set_user_attr("base_accuracy", base)
+    if set(wanted) - S.strategies_queued(study):
+        with St.study_lock(study) if storage is not None else contextlib.nullcontext():
+            problem.enqueue_baselines(
+                study,
+                wanted,
+                score=objective.evaluator.score_model,
+                importance=global_importance,
+                steps=sensitivity_steps,
+                gradient_batches=grads,
+                progress=progress,
+            )
     objective.evaluator.base_accuracy = base
     start = problem.sampler_start(objective.sampler)
     session = St.next_session(study) if storage is not None else 0
@@ -558,17 +604,18 @@ def search(
             f"no candidate landed in the window {problem.budget.describe()} after {report.rejected} draws; widen "
             "tolerance=, change budget= or max_rate=, or pass fit_budget=True"
         )
-    baseline = next((t for t in S.evaluated(study) if t.user_attrs.get(St.BASELINE) == "uniform"), None)
+    strategies = S.baseline_trials(study)
+    baseline = strategies.get("uniform")
     if problem.budget.ranged:
         front = [t for t in study.best_trials if St.is_evaluated(t)]
-        return SearchResult(study, problem, objective, None, baseline, front)
+        return SearchResult(study, problem, objective, None, baseline, front, baselines=strategies)
     best, reranked = objective.best(study), None
     if rerank:
         scorer = objective.short_scorer(train, None, score_steps, lr)
         assert isinstance(scorer, Scorer)  # (a rerank takes train=, not a hook: checked above)
         reranked = rerank_top(study, problem.pruner, objective.calibration, scorer, rerank, problem.ratios, progress)
         best = next(t for t in S.evaluated(study) if t.number == reranked.winner)
-    return SearchResult(study, problem, objective, best, baseline, rerank=reranked)
+    return SearchResult(study, problem, objective, best, baseline, rerank=reranked, baselines=strategies)
 
 
 # --------------------------------------------------------------------------- fine-tune

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fnnp_opt.errors import UsageError, option
 from fnnp_opt.options import (  # noqa: F401  (the enums and checks are imported from here too)
+    IMPORTANCES,
     Constraint,
     Objective,
     Sampler,
@@ -22,6 +23,7 @@ from fnnp_opt.options import (  # noqa: F401  (the enums and checks are imported
     check_lr,
     check_seed,
     check_split,
+    parse_baselines,
 )
 
 RECIPES = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes, in a checkout
@@ -30,6 +32,10 @@ DEFAULT_FLOPS = {Objective.accuracy: "0.5", Objective.pareto: "0.2:0.8"}
 # ABN calibration batches of a new study: where the ranking has saturated on both shipped bases (Spearman >= 0.99
 # against 100 batches at every budget measured, docs/speed.md); the paper's 100 is --abn-batches 100
 DEFAULT_ABN_BATCHES = 10
+# the rerank of a default run: ABN falls toward chance at aggressive budgets (ResNet-20 at 25% FLOPs), where its
+# winner fine-tunes far below uniform L1; re-scoring the top 5 and the baselines with abn-ft recovers it at the
+# cost of 5 + baselines short fine-tunes (docs/quality.md)
+DEFAULT_RERANK = 5
 # On CPU, single-threaded search processes score more candidates per minute than one process with every core as
 # torch threads (1.37x on 2 cores, benchmarks/workers.py, docs/speed.md); past this many processes the cores go
 # to threads
@@ -89,7 +95,14 @@ class RunConfig:
     # the candidate score
     score: Score = Score.abn  # a trial's value: ABN accuracy, or ABN + a short fine-tune (abn-ft)
     score_steps: int = 100  # SGD steps of abn-ft's short fine-tune (batch --batch-size, peak lr --lr, cosine)
-    rerank: int = 0  # when > 0: after the search, re-score the top K by ABN with abn-ft; the winner is the best
+    # when > 0: after the search, re-score the top K by ABN and the baselines with abn-ft; the winner is the best.
+    # None: DEFAULT_RERANK where the run can (an ABN score, one objective, --score-steps > 0), else 0
+    rerank: int | None = None
+    # the strategies queued first in every study (fnnp_opt.baselines): uniform L1, Torch-Pruning's global ranking,
+    # per-layer sensitivity; each is scored like any candidate and marked with its `strategy`
+    baselines: str = "uniform,global"
+    global_importance: str = "magnitude"  # the global ranking's Torch-Pruning criterion: magnitude, lamp or taylor
+    sensitivity_steps: int = 4  # ratios per group of the sensitivity curves (groups x steps + 1 evaluations)
     # the study
     sampler: Sampler = Sampler.random
     constraint: Constraint | None = None  # None = the sampler's default (see fnnp_opt.constraints)
@@ -125,6 +138,19 @@ class RunConfig:
     artifact_dir: str | None = None
     onnx: bool = False  # also export pruned.onnx, checked against PyTorch in onnxruntime (the onnx extra)
     device: str = "auto"  # torch device
+
+    def resolved_rerank(self) -> int:
+        """``--rerank``, or the default: :data:`DEFAULT_RERANK` (at most ``--n-trials``) for an ABN search of one
+        objective with a short fine-tune to re-score with, else 0."""
+        if self.rerank is not None:
+            return self.rerank
+        if self.score is Score.abn and self.objective is Objective.accuracy and self.score_steps > 0:
+            return min(DEFAULT_RERANK, self.n_trials)
+        return 0
+
+    def baseline_names(self) -> tuple[str, ...]:
+        """``--baselines`` as names in queue order (:func:`fnnp_opt.baselines.parse`)."""
+        return parse_baselines(self.baselines)
 
     def resolved_workers(self) -> int:
         """``--workers``, or the default: one search process per CPU core, at most :data:`MAX_AUTO_WORKERS` and
@@ -239,28 +265,36 @@ class RunConfig:
                 raise UsageError(f"{opt} must be a whole number >= {0 if name == 'epochs' else 1}, got {value!r}")
         if not isinstance(self.score_steps, int) or self.score_steps < 0:
             raise UsageError(f"--score-steps must be a whole number >= 0, got {self.score_steps!r}")
-        if not isinstance(self.rerank, int) or self.rerank < 0:
+        self.baseline_names()
+        if self.global_importance not in IMPORTANCES:
+            raise UsageError(
+                f"--global-importance must be one of {', '.join(IMPORTANCES)}, got {self.global_importance!r}"
+            )
+        if not isinstance(self.sensitivity_steps, int) or self.sensitivity_steps < 1:
+            raise UsageError(f"--sensitivity-steps must be a whole number >= 1, got {self.sensitivity_steps!r}")
+        if self.rerank is not None and (not isinstance(self.rerank, int) or self.rerank < 0):
             raise UsageError(f"--rerank must be a whole number >= 0 (0: no rerank), got {self.rerank!r}")
+        rerank = self.rerank or 0  # (the default, None, adapts to the rest: nothing below holds it)
         if self.workers is not None and self.workers > self.n_trials:
             raise UsageError(
                 f"--workers {self.workers} starts more search processes than the --n-trials {self.n_trials} trials "
                 f"they share (each would load the model and the data for nothing); pass --workers {self.n_trials} "
                 "or less"
             )
-        if self.rerank > self.n_trials:
+        if rerank > self.n_trials:
             raise UsageError(
-                f"--rerank {self.rerank} re-scores the top K of --n-trials {self.n_trials} evaluated candidates, so "
+                f"--rerank {rerank} re-scores the top K of --n-trials {self.n_trials} evaluated candidates, so "
                 f"K <= n-trials must hold; pass --rerank {self.n_trials} or less, or raise --n-trials"
             )
-        if (self.score is Score.abn_ft or self.rerank) and self.score_steps == 0:
-            what = "--score abn-ft" if self.score is Score.abn_ft else f"--rerank {self.rerank}"
+        if (self.score is Score.abn_ft or rerank) and self.score_steps == 0:
+            what = "--score abn-ft" if self.score is Score.abn_ft else f"--rerank {rerank}"
             raise UsageError(f"{what} needs a short fine-tune, but --score-steps is 0; pass --score-steps 100")
-        if self.score is Score.abn_ft and self.rerank:
+        if self.score is Score.abn_ft and rerank:
             raise UsageError(
-                f"--rerank {self.rerank} re-scores ABN candidates with abn-ft, but --score abn-ft already scores "
+                f"--rerank {rerank} re-scores ABN candidates with abn-ft, but --score abn-ft already scores "
                 "every candidate that way; drop one of them"
             )
-        if self.rerank and self.objective is Objective.pareto:
+        if rerank and self.objective is Objective.pareto:
             raise UsageError("--rerank picks one winner, which --objective pareto does not; drop --rerank")
         if self.distill is True and self.epochs == 0:
             raise UsageError("--distill distils during the fine-tune, but --epochs is 0; pass --epochs 1 or more")

@@ -71,7 +71,9 @@ def study_note(
         f"- **Space**: {len(dims)} dimensions (channel groups)\n\n"
         "| dimension | channels | convs |\n|---|---|---|\n"
         f"{rows}\n\n"
-        "Trial 0 is uniform L1 pruning. Delivered files and figures: the winning trial's artifacts.\n"
+        "The first trials are the baselines, marked by the user attribute `strategy`: uniform L1 (trial 0), then "
+        "Torch-Pruning's global ranking (`global`) and per-layer sensitivity (`sensitivity`) where the study queues "
+        "them. Delivered files and figures: the winning trial's artifacts.\n"
     )
 
 

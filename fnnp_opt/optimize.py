@@ -78,6 +78,16 @@ class Evaluator:
             size = len(self.search[0][1])
         self._step = step_batches(size or 1)
 
+    def score_model(self, model: nn.Module) -> float:
+        """A pruned copy's score as a trial's ABN score, whole (no early stopping, no short fine-tune): BN statistics
+        re-estimated on the calibration batches, then top-1 on the search batches in the deploy form (or
+        ``score_fn``). The sensitivity baseline's score (:mod:`fnnp_opt.baselines`)."""
+        model.to(self.device)
+        calibrate_bn(model, self.calibration, self.device, amp=self.amp)
+        if self.score_fn is not None:
+            return float(self.score_fn(model))
+        return accuracy(fold_bn(model), self.search, self.device, amp=self.amp)
+
     def cost_of(self, ratios: dict[str, float]) -> float:
         """What the budget limits (:func:`fnnp_opt.latency.plan_cost`) for ``ratios``."""
         return plan_cost(self.pruner.counts(ratios), self.flops, self.latency)
@@ -241,13 +251,31 @@ def make_sampler(
     raise ValueError(kind)
 
 
-def enqueue_uniform(study: optuna.Study, space: SearchSpace, strategies: list[dict[str, float]]) -> None:
-    """Queue the uniform strategies ({root: ratio}, one ratio everywhere): the classic L1 baseline, evaluated
-    first."""
+def enqueue_strategies(
+    study: optuna.Study, space: SearchSpace, strategies: list[dict[str, float]], name: str, attrs: dict | None = None
+) -> None:
+    """Queue baseline strategies ({root: ratio}) named ``name`` (``uniform``, ``global``, ``sensitivity``): evaluated
+    before any draw, marked with the user attribute ``strategy``; ``attrs`` are more user attributes of each."""
     for plan in strategies:
         study.enqueue_trial(
-            {d.param: plan[d.root] for d in space.dims}, user_attrs={St.BASELINE: "uniform"}, skip_if_exists=True
+            {d.param: plan[d.root] for d in space.dims},
+            user_attrs={St.BASELINE: name, **(attrs or {})},
+            skip_if_exists=True,
         )
+
+
+def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Each baseline strategy's first evaluated trial, by strategy name, in trial order."""
+    out: dict[str, FrozenTrial] = {}
+    for t in evaluated(study):
+        if t.user_attrs.get(St.BASELINE):
+            out.setdefault(t.user_attrs[St.BASELINE], t)
+    return out
+
+
+def strategies_queued(study: optuna.Study) -> set[str]:
+    """The baseline strategies ``study`` holds a trial of, in any state."""
+    return {t.user_attrs[St.BASELINE] for t in study.get_trials(deepcopy=False) if t.user_attrs.get(St.BASELINE)}
 
 
 def requeue_failed_baselines(study: optuna.Study) -> int:
@@ -266,7 +294,7 @@ def requeue_failed_baselines(study: optuna.Study) -> int:
         if t.state is TrialState.FAIL and plan(t) not in alive:
             alive.add(plan(t))
             study.enqueue_trial(dict(plan(t)), user_attrs={St.BASELINE: t.user_attrs[St.BASELINE]})
-            log.warning("trial %d (the %s L1 baseline) failed; queued again", t.number, t.user_attrs[St.BASELINE])
+            log.warning("trial %d (the %s baseline) failed; queued again", t.number, t.user_attrs[St.BASELINE])
             queued += 1
     return queued
 

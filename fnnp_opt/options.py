@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Sequence
 
 from fnnp_opt.errors import UsageError, option
 
@@ -23,6 +24,28 @@ class Sampler(str, Enum):
     qmc = "qmc"  # scrambled Sobol points: random search that fills the space evenly
     gp = "gp"  # Gaussian-process Bayesian optimisation (its ask() slows down past ~200 trials)
     nsga2 = "nsga2"  # NSGA-II genetic search; the sampler of --objective pareto
+
+
+BASELINES = ("uniform", "global", "sensitivity")  # the strategies a study can queue first, in queue order
+IMPORTANCES = ("magnitude", "lamp", "taylor")  # Torch-Pruning criteria of the global baseline's ranking
+
+
+def parse_baselines(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``--baselines``' value (``uniform,global,sensitivity``, ``none``, or a sequence) as names in queue order
+    (:mod:`fnnp_opt.baselines`).
+
+    Raises:
+        UsageError: an unknown name.
+    """
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n and n != "none"]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise UsageError(
+            f"{option('baselines')} takes {', '.join(BASELINES)} (comma-separated) or none, got {unknown[0]!r}; "
+            f"e.g. {option('baselines', ','.join(BASELINES))}"
+        )
+    return tuple(b for b in BASELINES if b in names)
 
 
 class Constraint(str, Enum):

@@ -7,6 +7,7 @@ is touched, so bad input leaves both as they were.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -170,7 +171,7 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
         )
         if cfg.epochs > 0:
             check_batch_fits(cfg.batch_size, len(p.splits.train))
-        if cfg.score is Score.abn_ft or cfg.rerank:
+        if cfg.score is Score.abn_ft or cfg.resolved_rerank():
             check_score_steps(cfg, len(p.splits.train))
     return p
 
@@ -236,6 +237,7 @@ class RunResult:
     latency: dict | None = None  # --latency: the winner timed directly against its window
     onnx: dict | None = None  # --onnx: onnxruntime's agreement with PyTorch and its times (ms by batch)
     published: A.Published | None = None  # the delivered files and figures in the study's artifact store
+    baselines: list[dict] = field(default_factory=list)  # each evaluated baseline against the winner
 
 
 def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
@@ -399,9 +401,33 @@ def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: P
 
 
 def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL):
-    """Run this process's share of the search; returns its :class:`SearchReport`."""
+    """Queue the study's baselines (the first process to get here computes them), then run this process's share of
+    the search; returns its :class:`SearchReport`."""
     evaluator = make_evaluator(cfg, p, study, progress)
+    queue_baselines(cfg, p, study, evaluator, progress)
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
+
+
+def queue_baselines(
+    cfg: RunConfig, p: Prepared, study: optuna.Study, evaluator: S.Evaluator, progress: Progress = NULL
+) -> None:
+    """Queue ``--baselines`` beyond uniform L1 (:meth:`fnnp_opt.problem.Problem.enqueue_baselines`), under the study
+    lock: one process computes them, the others find them queued."""
+    wanted = [b for b in cfg.baseline_names() if b != "uniform"]
+    if not set(wanted) - S.strategies_queued(study):
+        return
+    assert p.splits is not None  # prepared with data
+    grads = list(itertools.islice(iter(p.splits.calibration), 8)) if cfg.global_importance == "taylor" else None
+    with St.study_lock(study):
+        p.problem.enqueue_baselines(
+            study,
+            wanted,
+            score=evaluator.score_model,
+            importance=cfg.global_importance,
+            steps=cfg.sensitivity_steps,
+            gradient_batches=grads,
+            progress=progress,
+        )
 
 
 def search_share(cfg: RunConfig) -> None:
@@ -636,19 +662,20 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             return result
 
         best = S.best_trial(study)
-        if cfg.rerank:
+        if cfg.resolved_rerank():
             with seconds("rerank"):
                 result.rerank = rerank(
                     study,
                     p.pruner,
                     p.splits.calibration,
                     make_scorer(p),
-                    cfg.rerank,
+                    cfg.resolved_rerank(),
                     lambda trial: trial_ratios(p.space, trial),
                     progress,
                 )
             best = next(trial for trial in S.evaluated(study) if trial.number == result.rerank.winner)
         result.best_trial, result.best_value = best.number, best.values[0]
+        result.baselines = versus_baselines(study, best, result.rerank)
         result.delivered_by = St.claim_delivery(study, best.number)
         if result.delivered_by is not None:
             return result
@@ -658,6 +685,27 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
         seconds.update(d.seconds)
         result.published = publish(cfg, study, best, output)
         return result
+
+
+def versus_baselines(study: optuna.Study, best, reranked: RerankReport | None = None) -> list[dict]:
+    """Each evaluated baseline trial (:func:`fnnp_opt.optimize.baseline_trials`) against the winner ``best``, by
+    the score that chose the winner (the rerank's where there was one): ``{"strategy", "trial", "score",
+    "winner_score", "flops_ratio"}``."""
+    scores = reranked.scores if reranked is not None else {}
+
+    def score(t) -> float | None:
+        return scores.get(t.number) if reranked is not None else t.values[0]
+
+    return [
+        {
+            "strategy": name,
+            "trial": t.number,
+            "score": score(t),
+            "winner_score": score(best),
+            "flops_ratio": t.user_attrs.get("flops_ratio"),
+        }
+        for name, t in S.baseline_trials(study).items()
+    ]
 
 
 def finetune_trial(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import optuna
 
@@ -21,12 +21,13 @@ from fnnp_opt.errors import BudgetError, ModelError, UsageError, describe, optio
 from fnnp_opt.flops import Budget, FlopsModel, count, make_budget
 from fnnp_opt.latency import LatencyTable, Timing, make_latency_budget, plan_cost, study_table
 from fnnp_opt.models import find_classifier
-from fnnp_opt.options import Sampler
+from fnnp_opt.options import Sampler, parse_baselines
 from fnnp_opt.plan import Plan
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.prune import Pruner, Shaping, layer_shapes
 from fnnp_opt import storage as St
-from fnnp_opt.optimize import enqueue_uniform
+from fnnp_opt.baselines import Allocation, allocations
+from fnnp_opt.optimize import enqueue_strategies, strategies_queued
 from fnnp_opt.space import SearchSpace, check_max_rate
 
 log = logging.getLogger(__name__)
@@ -258,12 +259,17 @@ class Problem:
             f"[{lowest / budget.base:.2f}x, 1x] of the base; {hint}"
         )
 
+    def targets(self) -> list[float]:
+        """The costs the baselines are made for: the budget's target, or five spread over a range."""
+        b = self.budget
+        return [b.low + (b.high - b.low) * (k + 0.5) / 5 for k in range(5)] if b.ranged else [b.target]
+
     def uniform_strategies(self) -> tuple[list[dict[str, float]], list[str]]:
         """The uniform L1 strategies queued first ({root: ratio}): one at the budget's target, or five spread over
         a range, each inside the window (:func:`fnnp_opt.constraints.uniform_strategy`); and, for a target where
         none lands in the window, why, in one line."""
         b = self.budget
-        targets = [b.low + (b.high - b.low) * (k + 0.5) / 5 for k in range(5)] if b.ranged else [b.target]
+        targets = self.targets()
         roots = [d.root for d in self.space.dims]
         found, missing = [], []
         for t in targets:
@@ -338,7 +344,64 @@ class Problem:
     def enqueue_uniform(self, study) -> None:
         """Queue the uniform L1 strategies in ``study`` (an Optuna study): the baseline to beat, evaluated first and
         marked with the user attribute ``strategy = "uniform"``. Queuing twice adds nothing."""
-        enqueue_uniform(study, self.space, self.uniform)
+        enqueue_strategies(study, self.space, self.uniform, "uniform")
+
+    def enqueue_baselines(
+        self,
+        study,
+        baselines: Sequence[str] = ("global", "sensitivity"),
+        *,
+        score: Callable[[nn.Module], float] | None = None,
+        importance: str = "magnitude",
+        steps: int = 4,
+        gradient_batches: Sequence | None = None,
+        progress: Progress = NULL,
+    ) -> list[Allocation]:
+        """Compute and queue the ``global`` and ``sensitivity`` baselines (:mod:`fnnp_opt.baselines`) in ``study``,
+        after uniform L1 (:meth:`enqueue_uniform`): each marked with the user attribute ``strategy`` and what it cost
+        (``baseline_cost``). A strategy the study already holds a trial of is neither computed nor queued again, so
+        a resumed study queues each once; where processes share the study, call it under the study's lock.
+
+        Args:
+            score: ``score(model) -> float`` of a pruned copy (its BN statistics re-estimated inside), higher is
+                better: the sensitivity curves' score; ``Objective.score_model`` is the study's.
+            importance: the global ranking's criterion: ``magnitude``, ``lamp`` or ``taylor``.
+            steps: ratios per group of the sensitivity curves.
+            gradient_batches: labelled ``(x, y)`` training batches: ``taylor``'s gradients.
+
+        Returns:
+            The allocations queued now (none on a resume; one that no plan in the window matches is logged and
+            left out).
+        """
+        todo = [b for b in parse_baselines(list(baselines)) if b != "uniform" and b not in strategies_queued(study)]
+        if not todo:
+            return []
+        made = allocations(self, todo, self.targets(), score, importance, steps, gradient_batches, progress)
+        for a in made:
+            if not self.budget.contains(a.cost):
+                b = self.budget
+                log.warning(
+                    "the %s baseline cannot land in the window [%s, %s]: its nearest plan costs %s (kept channels are "
+                    "whole numbers); the study has no %s baseline (widen %s to hold one)",
+                    a.strategy,
+                    b.fmt(b.low),
+                    b.fmt(b.high),
+                    b.fmt(a.cost),
+                    a.strategy,
+                    option("flops_tolerance" if self.latency is None else "latency_tolerance"),
+                )
+                continue
+            plan = self._legible(a.ratios)
+            enqueue_strategies(study, self.space, [plan], a.strategy, {"baseline_cost": a.attrs() | a.detail})
+            log.info(
+                "%s baseline queued: %s of the base's %s, %d evaluations, %.1f s",
+                a.strategy,
+                f"{a.cost / self.budget.base:.3f}",
+                "FLOPs" if self.latency is None else "latency",
+                a.evaluations,
+                a.seconds,
+            )
+        return [a for a in made if self.budget.contains(a.cost)]
 
     def resume_or_create(
         self, storage, url: str, name: str, fingerprint: dict, config: dict, compare: dict | None, other: str

@@ -187,9 +187,15 @@ class Pruner:
                 ) from None
         model.eval()  # tracing may leave the model in another mode
         order = {n: i for i, n in enumerate(self._names.values())}
-        described = [(info, plan) for info, plan in map(self._describe, groups) if info is not None]
+        described: list[tuple[GroupInfo, list[_Step], object]] = []
+        for g in groups:
+            info, plan = self._describe(g)
+            if info is not None:
+                described.append((info, plan, g))
         described.sort(key=lambda d: order[d[0].root])
-        self.all_groups: list[GroupInfo] = [info for info, _ in described]
+        self.all_groups: list[GroupInfo] = [info for info, _, _ in described]
+        # Torch-Pruning's own group of each root: what its importance criteria score (fnnp_opt.baselines)
+        self.tp_groups = {info.root: g for info, _, g in described}
         self._by_root = {info.root: info for info in self.all_groups}
         shaping.check_exclude(self.all_groups)
         kept = [g for g in self.all_groups if not shaping.excludes(g)]
@@ -200,7 +206,7 @@ class Pruner:
         for g in kept:
             if g not in self.groups:
                 log.info("group %s is not searched: its %d channels can only be kept whole", g.root, g.channels)
-        self._plans = {info.root: plan for info, plan in described}
+        self._plans = {info.root: plan for info, plan, _ in described}
         self._order = {info.root: self._l1_order(info) for info in self.groups}
         # what _check cuts: the fewest and the most channels a study may cut from each group, by position
         self._positions = {g.root: _ranked(np.arange(g.channels, dtype=float), g.block) for g in self.groups}

@@ -45,6 +45,8 @@ MIN_IMPORTANCE_TRIALS = 11  # PED-ANOVA compares the best 10% with all: from 11 
 DPI = 120
 # colours of the three strategies, the same in every figure
 BASE_COLOUR, UNIFORM_COLOUR, WINNER_COLOUR, OTHER_COLOUR = "#d9dde3", "#e8913a", "#2f6db3", "#7f8c99"
+BASELINE_COLOURS = {"global": "#5aa469", "sensitivity": "#a05fb5"}  # the other baselines' bars
+BASELINE_WORDS = {"global": "Torch-Pruning global ranking", "sensitivity": "per-layer sensitivity"}
 
 
 @dataclass
@@ -81,14 +83,20 @@ class Allocation:
     uniform: tuple[int, ...] | None  # kept by the uniform L1 trial; None when the study has none evaluated
     winner_trial: int
     uniform_trial: int | None
+    # the other evaluated baselines (global, sensitivity): (strategy, trial, channels kept per layer)
+    others: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
 
     def as_dict(self) -> dict[str, dict[str, int | None]]:
-        """{layer: {"winner": channels, "uniform": channels or None, "base": channels}}."""
+        """{layer: {"winner": channels, "uniform": channels or None, "base": channels, <strategy>: channels}}."""
         uniform = self.uniform or (None,) * len(self.layers)
-        return {
+        out: dict[str, dict[str, int | None]] = {
             name: {"winner": w, "uniform": u, "base": b}
             for name, w, u, b in zip(self.layers, self.winner, uniform, self.base)
         }
+        for strategy, _, kept in self.others:
+            for name, k in zip(self.layers, kept):
+                out[name][strategy] = k
+        return out
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class _Facts:
     latency: bool  # a latency budget (ms), not FLOPs
     delivered: dict | None  # the study's "result" attribute: the fine-tuned, tested export
     chosen: str = "delivered"  # why the winner is the winner, in words
+    others: tuple[FrozenTrial, ...] = ()  # the other evaluated baselines (global, sensitivity), nearest the winner
 
     def cost(self, trial: FrozenTrial) -> float:
         """A trial's cost in % of the base's: FLOPs, measured latency, or the Pareto study's second objective."""
@@ -155,11 +164,15 @@ def _facts(study: optuna.Study) -> _Facts:
         facts = replace(facts, winner=by_number[delivered["trial"]], delivered=delivered, chosen="delivered")
     elif pareto:
         facts = _pareto_winner(facts)
-    uniform = [t for t in trials if t.user_attrs.get("strategy") == "uniform"]
-    if uniform:
-        near = min(uniform, key=lambda t: (abs(facts.cost(t) - facts.cost(facts.winner)), t.number))
-        facts = replace(facts, uniform=near)
-    return facts
+    nearest: dict[str, tuple[tuple, FrozenTrial]] = {}
+    for t in trials:
+        strategy = t.user_attrs.get("strategy")
+        if strategy:
+            key = (abs(facts.cost(t) - facts.cost(facts.winner)), t.number)
+            if strategy not in nearest or key < nearest[strategy][0]:
+                nearest[strategy] = (key, t)
+    others = tuple(t for name, (_, t) in nearest.items() if name != "uniform")
+    return replace(facts, uniform=nearest["uniform"][1] if "uniform" in nearest else None, others=others)
 
 
 def _pareto_winner(f: _Facts) -> _Facts:
@@ -220,6 +233,11 @@ def _allocation(f: _Facts) -> Allocation:
     if f.uniform is not None and all(name in f.uniform.user_attrs.get("channels", {}) for name in layers):
         uniform = tuple(int(f.uniform.user_attrs["channels"][name]) for name in layers)
         uniform_trial = f.uniform.number
+    others = tuple(
+        (t.user_attrs["strategy"], t.number, tuple(int(t.user_attrs["channels"][name]) for name in layers))
+        for t in f.others
+        if all(name in t.user_attrs.get("channels", {}) for name in layers)
+    )
     return Allocation(
         layers,
         tuple(int(d["channels"]) for d in space),
@@ -227,14 +245,16 @@ def _allocation(f: _Facts) -> Allocation:
         uniform,
         f.winner.number,
         uniform_trial,
+        others,
     )
 
 
 def allocation_figure(study: optuna.Study):
     """The allocation figure (a :class:`matplotlib.figure.Figure`): per layer group, in network order, the
-    base's output channels as a wide pale bar, and in front of it the channels kept by uniform L1 and by
-    the winner. Its bar containers' labels are ``unpruned base`` and labels that start with
-    ``uniform L1 (trial N)`` and ``winner (trial N)``; the x tick labels are the layer names."""
+    base's output channels as a wide pale bar, and in front of it the channels kept by uniform L1, by the
+    other baselines and by the winner. Its bar containers' labels are ``unpruned base`` and labels that start with
+    ``uniform L1 (trial N)``, ``Torch-Pruning global ranking (trial N)``, ``per-layer sensitivity (trial N)`` and
+    ``winner (trial N)``; the x tick labels are the layer names."""
     return _allocation_figure(_facts(study))
 
 
@@ -254,7 +274,10 @@ def _allocation_figure(f: _Facts):
         if a.uniform is not None and f.uniform is not None:  # the one only with the other
             ratio = _uniform_ratio(f.uniform)
             pairs.insert(0, (a.uniform, UNIFORM_COLOUR, f"uniform L1 (trial {a.uniform_trial}): {ratio}"))
-        width = 0.34 if len(pairs) == 2 else 0.5
+        for strategy, number, kept in a.others:
+            words = BASELINE_WORDS.get(strategy, strategy)
+            pairs.insert(-1, (kept, BASELINE_COLOURS.get(strategy, OTHER_COLOUR), f"{words} (trial {number})"))
+        width = {1: 0.5, 2: 0.34}.get(len(pairs), 0.8 / len(pairs))
         for k, (kept, colour, label) in enumerate(pairs):
             offset = (k - (len(pairs) - 1) / 2) * width
             bars = ax.bar(x + offset, kept, width, color=colour, label=label, zorder=2)
@@ -552,6 +575,14 @@ def _write_summary(f: _Facts, report: Report, storage: str | None) -> None:
         )
     else:
         lines.append(f"- **uniform L1**: none evaluated in this study ({_no_uniform(f.study)})")
+    for t in f.others:
+        strategy = t.user_attrs["strategy"]
+        cost = t.user_attrs.get("baseline_cost", {})
+        lines.append(
+            f"- **{strategy}** ({BASELINE_WORDS.get(strategy, strategy)}): trial {t.number}, {f.score_label} "
+            f"{t.values[0]:.4f} ({w.values[0] - t.values[0]:+.4f} for the winner), FLOPs {human(t.user_attrs['flops'])}"
+            + (f"; computed with {cost['evaluations']} evaluations" if cost.get("evaluations") else "")
+        )
     if base_score is not None:
         lines.append(f"- **unpruned base**: {base_score:.4f} on the search split (before any pruning or ABN)")
     if f.delivered is not None:

@@ -1,6 +1,6 @@
 """``--rerank K``: the two-stage search. Every candidate is scored by ABN; once the study is
-complete, the top K by ABN are re-scored with ``abn-ft`` (ABN plus a short fine-tune), and the
-winner is the best re-scored one.
+complete, the top K by ABN and every baseline trial are re-scored with ``abn-ft`` (ABN plus a short
+fine-tune), and the winner is the best re-scored one.
 
 Re-scores survive interruption and are shared by every process of a study. Each is kept in a
 ledger in the study's user attributes, ``rerank:abn_ft<steps>``::
@@ -46,8 +46,12 @@ class RerankReport:
 
 
 def top_k(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` evaluated trials with the highest first value (ABN accuracy); ties go to the earlier trial."""
-    return sorted(evaluated(study), key=lambda t: (-t.values[0], t.number))[:k]
+    """What the rerank re-scores: the ``k`` evaluated trials with the highest first value (ABN accuracy; ties go
+    to the earlier trial), and every evaluated baseline (the user attribute ``strategy``: uniform L1, global,
+    sensitivity) outside them, so that the winner is never one a baseline beats by the rerank's own score."""
+    ranked = sorted(evaluated(study), key=lambda t: (-t.values[0], t.number))
+    top = ranked[:k]
+    return top + [t for t in ranked[k:] if t.user_attrs.get(St.BASELINE)]
 
 
 def ledger_name(scorer: Scorer) -> str:
@@ -112,9 +116,9 @@ def rerank(
     top = top_k(study, k)
     by_number = {t.number: t for t in top}
     numbers = [t.number for t in top]
-    log.info("rerank: re-scoring the top %d by ABN (trials %s) with %s", len(top), numbers, key)
+    log.info("rerank: re-scoring the top %d by ABN and the baselines (trials %s) with %s", k, numbers, key)
     report = RerankReport(key)
-    with progress.task(f"rerank top {len(top)}", len(top)) as advance:
+    with progress.task(f"rerank {len(top)}", len(top)) as advance:
         shown = 0
         while True:
             n, ledger = _claim(study, name, recipe, numbers)

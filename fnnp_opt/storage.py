@@ -651,11 +651,11 @@ def set_finished_trial_user_attr(study: optuna.Study, trial, key: str, value) ->
     optuna-dashboard and every process that loads the study afterwards see it. This process's
     cached copy of the trial does not: read the value back from where it was computed, or through
     :func:`trial_user_attrs`. A journal file cannot change a finished trial: there the value goes
-    into the study's user attribute ``trial_attrs:<key>``, keyed by trial number (under the study
+    into the study's user attribute ``trial_attrs:<key>``, keyed by trial number (so does a study in memory; under the study
     lock; do not call this while holding it), which :func:`trial_user_attrs` reads.
     """
     storage = P.backend(study)
-    if J.is_journal(storage):
+    if J.is_journal(storage) or isinstance(storage, optuna.storages.InMemoryStorage):
         with study_lock(study):
             J.set_finished_user_attr(study, trial.number, key, value)
         return
@@ -687,7 +687,8 @@ def beside(url: str, name: str) -> Path:
 
 def trial_user_attrs(study: optuna.Study, trial) -> dict:
     """The user attributes of ``trial`` (a FrozenTrial of ``study``), with those :func:`set_finished_trial_user_attr`
-    recorded after it finished on a journal file (an RDB storage holds them on the trial itself)."""
-    if J.is_journal(P.backend(study)):
+    recorded after it finished on a journal file or in memory (an RDB storage holds them on the trial itself)."""
+    storage = P.backend(study)
+    if J.is_journal(storage) or isinstance(storage, optuna.storages.InMemoryStorage):
         return {**trial.user_attrs, **J.finished_user_attrs(study, trial.number)}
     return dict(trial.user_attrs)

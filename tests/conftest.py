@@ -124,6 +124,8 @@ SMALL_RUN = [
     "0.05",
     "--device",
     "cpu",
+    "--rerank",  # the default re-scores the top 5 with abn-ft: tests that mean it say so
+    "0",
 ]
 
 

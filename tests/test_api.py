@@ -170,10 +170,7 @@ def test_save_then_load_into_a_fresh_instance_reproduces_the_outputs_bit_for_bit
         ({"device": "tpu"}, r"^device= must be auto, cpu or cuda"),
         ({"max_rate": "0.5"}, r"^max_rate= must be in \(0, 1\), got 0.5"),
         ({"storage": Path("s.db")}, r"^storage must be an Optuna storage URL"),
-        (
-            {"rerank": 2, "train": [(torch.zeros(2, 1, 28, 28), torch.zeros(2).long())]},
-            r"^rerank=2 keeps its re-scores",
-        ),
+        ({"rerank": 2}, r"^rerank=2 re-scores with a short fine-tune: pass train="),
         ({"calibration": [torch.zeros(4, 3, 28, 28)]}, r"^calibration yields images of shape \(3, 28, 28\)"),
         ({"evaluation": [(torch.zeros(4, 1, 28, 28), torch.zeros(4, 10))]}, r"^evaluation fails on the unpruned model"),
         ({"evaluation": lambda: 0.5}, r"^evaluation fails on the unpruned model \(TypeError"),
@@ -337,4 +334,13 @@ def test_abn_ft_with_the_users_train_batches_or_hook_and_a_rerank(base_model, fm
     assert all("abn_ft" in t.user_attrs for t in hooked.study.trials if t.value is not None)
     url = f"sqlite:///{tmp_path}/s.db"
     reranked = _search(base_model, fmnist_batches, rerank=2, train=calibration, score_steps=2, n_trials=3, storage=url)
-    assert len(reranked.rerank.scores) == 2 and reranked.best.number == reranked.rerank.winner
+    assert reranked.best.number == reranked.rerank.winner
+    done = sorted(reranked.study.trials, key=lambda t: (-(t.value or -1), t.number))
+    pool = {t.number for t in done[:2]} | {t.number for t in reranked.baselines.values()}  # top 2 and baselines
+    assert set(reranked.rerank.scores) == pool
+    # the default with train=: a rerank of the top 5 (at most n_trials) and the baselines, in memory too
+    default = _search(base_model, fmnist_batches, train=calibration, score_steps=2, n_trials=3)
+    evaluated = {t.number for t in default.study.trials if t.state is optuna.trial.TrialState.COMPLETE}
+    assert default.rerank is not None and set(default.rerank.scores) == evaluated
+    assert default.best.number == default.rerank.winner
+    assert _search(base_model, fmnist_batches, n_trials=2).rerank is None  # no train=: ABN alone

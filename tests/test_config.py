@@ -107,3 +107,12 @@ def test_calibration_and_early_stopping_are_left_to_the_study_until_settled():
     assert cfg.stops_early() and not resolve(early_stop=False).stops_early()
     assert not resolve(score="abn-ft").stops_early() and not resolve(objective="pareto").stops_early()
     assert resolve(abn_batches=100).calibration_batches() == 100
+
+
+def test_the_default_rerank_is_5_where_a_run_can_rerank_and_0_where_it_cannot():
+    assert resolve().resolved_rerank() == 5
+    assert resolve(n_trials=3).resolved_rerank() == 3  # never more than the candidates
+    assert resolve(score="abn-ft").resolved_rerank() == 0  # every candidate is scored with abn-ft already
+    assert resolve(objective="pareto").resolved_rerank() == 0  # no single winner to pick
+    assert resolve(score_steps=0).resolved_rerank() == 0  # no short fine-tune to re-score with
+    assert resolve(rerank=0).resolved_rerank() == 0 and resolve(rerank=2).resolved_rerank() == 2

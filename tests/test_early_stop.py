@@ -12,7 +12,7 @@ from fnnp_opt.latency import fold_bn
 from fnnp_opt.pipeline import prepare, trial_ratios
 
 SEARCH = 640  # images of the search split: 10 steps of 64 in these tests
-SMALL = dict(search_size=SEARCH, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0)
+SMALL = dict(search_size=SEARCH, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, rerank=0)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from fnnp_opt.errors import StorageError
 from fnnp_opt.evaluate import NonFiniteError
 from fnnp_opt.pipeline import prepare, run, uniform_macs
 
-SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
+SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1, rerank=0)
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,8 @@ def test_the_allocation_figure_draws_the_stored_channels(db):
     expected[winner_label] = [winner.user_attrs["channels"][name] for name in layers]
     [uniform_label] = [label for label in drawn if label.startswith("uniform L1 (trial 0)")]
     expected[uniform_label] = [uniform.user_attrs["channels"][name] for name in layers]
+    glob = next(t for t in evaluated(study) if t.user_attrs.get("strategy") == "global")  # a default baseline
+    expected[f"Torch-Pruning global ranking (trial {glob.number})"] = [glob.user_attrs["channels"][n] for n in layers]
     assert drawn == expected
     assert len(set(uniform.params.values())) == 1  # one ratio everywhere ...
     assert all(k <= b for k, b in zip(drawn[winner_label], drawn["unpruned base"]))
@@ -114,6 +116,7 @@ def test_the_allocation_figure_draws_the_stored_channels(db):
             "winner": expected[winner_label][i],
             "uniform": expected[uniform_label][i],
             "base": expected["unpruned base"][i],
+            "global": expected[f"Torch-Pruning global ranking (trial {glob.number})"][i],
         }
 
 

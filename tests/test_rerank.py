@@ -19,7 +19,7 @@ from fnnp_opt.pipeline import make_scorer, prepare, run, trial_ratios
 
 from conftest import SMALL_RUN, without
 
-SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1)
+SMALL = dict(search_size=300, abn_batches=4, abn_batch_size=32, flops_tolerance=0.05, device="cpu", epochs=0, workers=1, rerank=0)
 
 
 def _fresh(url: str, name: str) -> optuna.Study:
@@ -35,9 +35,8 @@ def reranked(small_fmnist, tmp_path_factory):
         storage=f"sqlite:///{folder}/s.db",
         output=str(folder / "out"),
         n_trials=5,
-        rerank=2,
         score_steps=4,
-        **SMALL,
+        **{**SMALL, "rerank": 2},
     )
     return cfg, run(cfg)
 
@@ -47,12 +46,14 @@ def test_rerank_rescores_exactly_the_top_k_and_delivers_the_best(reranked):
     study = _fresh(cfg.resolved_storage(), result.study_name)
     done = sorted((t for t in study.trials if St.is_evaluated(t)), key=lambda t: (-t.value, t.number))
     assert len(done) == 5
-    top = [t.number for t in done[:2]]
-    assert sorted(result.rerank.scores) == sorted(top) and result.rerank.rescored == 2
+    # the top K by ABN, and every baseline trial (uniform L1, the global ranking) outside them
+    top = [t.number for t in done[:2]] + [t.number for t in done[2:] if t.user_attrs.get("strategy")]
+    assert {t.user_attrs.get("strategy") for t in done} >= {"uniform", "global"}
+    assert sorted(result.rerank.scores) == sorted(top) and result.rerank.rescored == len(top) > 2
     ledger = study.user_attrs["rerank:abn_ft4"]
     assert {int(k): v for k, v in ledger["scores"].items()} == result.rerank.scores and not ledger["claims"]
     marked = {t.number: t.user_attrs["abn_ft4"] for t in study.trials if "abn_ft4" in t.user_attrs}
-    assert marked == result.rerank.scores  # stored on exactly the top-K trials, as the dashboard shows them
+    assert marked == result.rerank.scores  # stored on exactly the re-scored trials, as the dashboard shows them
     assert result.best_trial == max(top, key=lambda n: (result.rerank.scores[n], -n)) == result.rerank.winner
 
 
@@ -69,11 +70,14 @@ def test_a_dead_workers_claim_is_taken_over_and_finished_scores_are_kept(reranke
     study = optuna.load_study(study_name=result.study_name, storage=St.open_storage(cfg.resolved_storage()))
     scorer = make_scorer(p)
     name = R.ledger_name(scorer)
-    third = R.top_k(study, 3)[2].number
+    # the next trial by ABN outside the first rerank's (its baselines are in it already)
+    k, third = next(
+        (k, t.number) for k in range(3, 6) for t in R.top_k(study, k) if t.number not in result.rerank.scores
+    )
     ledger = study.user_attrs[name]
     ledger["claims"][str(third)] = f"{St.worker_id().rsplit(':', 1)[0]}:{_dead_pid()}"
     study.set_user_attr(name, ledger)
-    report = R.rerank(study, p.pruner, p.splits.calibration, scorer, 3, lambda t: trial_ratios(p.space, t), poll_s=0.05)
+    report = R.rerank(study, p.pruner, p.splits.calibration, scorer, k, lambda t: trial_ratios(p.space, t), poll_s=0.05)
     assert report.rescored == 1 and set(report.scores) == set(result.rerank.scores) | {third}
     assert all(report.scores[n] == v for n, v in result.rerank.scores.items())  # not redone
 
@@ -116,7 +120,8 @@ def test_kill_9_in_the_rerank_and_in_the_distilled_fine_tune_then_resume(small_f
 
     start_and_kill(lambda: _ledger_scores(tmp_path / "study.db", "rerank:abn_ft20") >= 1, "in the rerank")
     first = _fresh(url, "resnet20-fashion-mnist-flops0.5").user_attrs["rerank:abn_ft20"]["scores"]
-    assert 1 <= len(first) < 3
+    pool = len(R.top_k(_fresh(url, "resnet20-fashion-mnist-flops0.5"), 3))  # the top 3 and the baselines
+    assert 1 <= len(first) < pool
     start_and_kill(lambda: (out / "finetune.pt").exists(), "in the fine-tune")  # after its first epoch
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -124,7 +129,7 @@ def test_kill_9_in_the_rerank_and_in_the_distilled_fine_tune_then_resume(small_f
     assert "re-scored with abn_ft20 (0 this session" in text  # the second run finished the rerank
     study = _fresh(url, "resnet20-fashion-mnist-flops0.5")
     scores = study.user_attrs["rerank:abn_ft20"]["scores"]
-    assert len(scores) == 3 and all(scores[k] == v for k, v in first.items())
+    assert len(scores) == pool and all(scores[k] == v for k, v in first.items())
     card = json.loads((out / "pruned.json").read_text())
     assert card["config"]["distill"] is True and scores[str(card["study"]["trial"])] == max(scores.values())
     assert card["study"]["rerank"] == {"abn_ft20": max(scores.values())}

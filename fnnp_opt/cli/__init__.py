@@ -295,9 +295,29 @@ def run(
     rerank: Annotated[
         Optional[int],
         Opt(
-            help="Two-stage search: when the study is complete, re-score the top K by ABN with abn-ft; the best "
-            "re-scored candidate wins. Re-scores are stored on their trials and resume. [default: 0, off]"
+            help="Two-stage search: when the study is complete, re-score the top K by ABN and every baseline with "
+            "abn-ft; the best re-scored candidate wins. Re-scores are stored on their trials and resume. 0 picks "
+            "by ABN alone. [default: 5 (at most --n-trials) for an ABN search of one objective, else 0]"
         ),
+    ] = None,
+    baselines: Annotated[
+        Optional[str],
+        Opt(
+            help="Strategies queued first in the study and scored like any candidate (comma-separated): uniform "
+            "(uniform L1, always trial 0) | global (Torch-Pruning's global ranking, stepped to the budget) | "
+            "sensitivity (each group pruned alone, then one drop threshold bisected to the budget: groups x "
+            "--sensitivity-steps + 1 evaluations) | none. [default: uniform,global]"
+        ),
+    ] = None,
+    global_importance: Annotated[
+        Optional[str],
+        Opt(
+            help="The global baseline's Torch-Pruning criterion: magnitude (L2, mean-normalised per group) | lamp | "
+            "taylor (|weight x gradient| over 8 calibration batches). [default: magnitude]"
+        ),
+    ] = None,
+    sensitivity_steps: Annotated[
+        Optional[int], Opt(help="Ratios per group of the sensitivity baseline's curves. [default: 4]")
     ] = None,
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs of the winner (0 skips). [default: 3]")] = None,
     lr: FinetuneLr = None,

@@ -56,6 +56,23 @@ def threads(n: int) -> str:
     return f"{n} thread{'s' * (n > 1)}"
 
 
+def print_baselines(r: commands.RunResult) -> None:
+    """One line: the winner's score against each baseline's (the rerank's scores after a rerank)."""
+    rows = [b for b in r.baselines if b["score"] is not None]
+    if not rows:
+        return
+    by = "abn-ft, the rerank's score" if r.rerank is not None else r.score_label
+    cells = ", ".join(f"{b['strategy']} (trial {b['trial']}) {b['score']:.4f}" for b in rows)
+    best = max(rows, key=lambda b: b["score"])
+    margin = 100 * (best["winner_score"] - best["score"])
+    verdict = (
+        f"the winner is the {best['strategy']} baseline"
+        if best["trial"] == r.best_trial
+        else f"the winner {margin:+.2f} pt over the best baseline ({best['strategy']})"
+    )
+    out.print(f"baselines by {by}: {cells}; {verdict}")
+
+
 def print_summary(r: commands.RunResult) -> None:
     """The summary of `run` or `finetune`: the search, then the delivered network against the base (or the Pareto
     front)."""
@@ -71,12 +88,14 @@ def print_summary(r: commands.RunResult) -> None:
         rr = r.rerank
         assert rr.winner is not None  # a finished rerank names its winner
         out.print(
-            f"rerank: the top {len(rr.scores)} by ABN re-scored with {rr.key} ({rr.rescored} this session, "
+            f"rerank: {len(rr.scores)} trials (the top K by ABN and the baselines) re-scored with {rr.key} "
+            f"({rr.rescored} this session, "
             f"{rr.seconds:.0f}s); the winner scores {rr.scores[rr.winner]:.4f}"
         )
     out.print(
         f"trial {r.best_trial}: {r.score_label} {r.best_value:.4f} on the search split; budget {r.budget.describe()}"
     )
+    print_baselines(r)
     if r.delivered_by:
         out.print(f"trial {r.best_trial} is being fine-tuned by worker {r.delivered_by}; nothing left to do here")
         return
