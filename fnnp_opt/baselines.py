@@ -125,7 +125,14 @@ class GlobalRanking:
         was = model.training
         try:
             if gradient_batches and importance == "taylor":
-                _gradients(model.eval(), gradient_batches)
+                try:
+                    _gradients(model.eval(), gradient_batches)
+                except Exception as exc:  # noqa: BLE001  (the user's batches through the user's model)
+                    raise UsageError(
+                        f"{option('global_importance', 'taylor')} takes gradients of the cross-entropy of labelled "
+                        f"(x, y) training batches, which fail here ({describe(exc)}); pass batches with class indices "
+                        "below the model's outputs, or use magnitude or lamp"
+                    ) from None
             # per group: one score per channel position (averaged over the blocks of a grouped conv, as
             # Torch-Pruning ranks them), and how many channels each position stands for
             self.scores: dict[str, torch.Tensor] = {}

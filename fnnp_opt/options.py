@@ -37,7 +37,16 @@ def parse_baselines(text: str | Sequence[str]) -> tuple[str, ...]:
     Raises:
         UsageError: an unknown name.
     """
+    if not isinstance(text, str) and not (
+        isinstance(text, (list, tuple)) and all(isinstance(n, str) for n in text)
+    ):
+        raise UsageError(
+            f"{option('baselines')} takes names like 'uniform,global' (a string or a list of them), got "
+            f"{type(text).__name__} {text!r}"
+        )
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    if "none" in names and len([n for n in names if n]) > 1:
+        raise UsageError(f"{option('baselines')} none means uniform L1 only: drop the other names, got {text!r}")
     names = [n for n in names if n and n != "none"]
     unknown = [n for n in names if n not in BASELINES]
     if unknown:

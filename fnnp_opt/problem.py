@@ -364,7 +364,7 @@ class Problem:
 
         Args:
             score: ``score(model) -> float`` of a pruned copy (its BN statistics re-estimated inside), higher is
-                better: the sensitivity curves' score; ``Objective.score_model`` is the study's.
+                better: the sensitivity curves' score; ``objective.evaluator.score_model`` is the study's.
             importance: the global ranking's criterion: ``magnitude``, ``lamp`` or ``taylor``.
             steps: ratios per group of the sensitivity curves.
             gradient_batches: labelled ``(x, y)`` training batches: ``taylor``'s gradients.
@@ -373,7 +373,7 @@ class Problem:
             The allocations queued now (none on a resume; one that no plan in the window matches is logged and
             left out).
         """
-        todo = [b for b in parse_baselines(list(baselines)) if b != "uniform" and b not in strategies_queued(study)]
+        todo = [b for b in parse_baselines(baselines) if b != "uniform" and b not in strategies_queued(study)]
         if not todo:
             return []
         made = allocations(self, todo, self.targets(), score, importance, steps, gradient_batches, progress)
@@ -391,7 +391,7 @@ class Problem:
                     option("flops_tolerance" if self.latency is None else "latency_tolerance"),
                 )
                 continue
-            plan = self._legible(a.ratios)
+            plan = {root: min(r, self.space.max_rate) for root, r in a.ratios.items()}  # (never past R)
             enqueue_strategies(study, self.space, [plan], a.strategy, {"baseline_cost": a.attrs() | a.detail})
             log.info(
                 "%s baseline queued: %s of the base's %s, %d evaluations, %.1f s",

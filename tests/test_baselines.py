@@ -206,3 +206,21 @@ def test_baselines_resume_after_kill_9_without_being_queued_again(small_fmnist, 
     assert re.search(
         r"baselines by ABN accuracy: uniform \(trial \d+\) [\d.]+, global \(trial \d+\)", " ".join(done.stdout.split())
     )
+
+
+def test_queued_baselines_never_pass_r_and_bad_values_are_one_line(base_model, small_fmnist_batches):
+    problem = Problem(base_model, torch.zeros(1, 1, 28, 28), budget="0.3", max_rate=0.6)
+    study = optuna.create_study(direction="maximize")
+    problem.enqueue_uniform(study)
+    calib, search = small_fmnist_batches[:2], small_fmnist_batches[2:4]
+    made = problem.enqueue_baselines(
+        study, "global,sensitivity", score=lambda m: abn_accuracy(m, calib, search, "cpu"), steps=4
+    )
+    assert [a.strategy for a in made] == ["global", "sensitivity"]
+    queued = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("strategy") in ("global", "sensitivity")]
+    assert len(queued) == 2 and all(0.0 <= v <= 0.6 for t in queued for v in t.params.values())
+    bad = [(torch.zeros(4, 1, 28, 28), torch.full((4,), 105))]
+    with pytest.raises(UsageError, match=r"^--global-importance taylor takes gradients .* \(IndexError"):
+        GlobalRanking(problem, "taylor", bad)
+    with pytest.raises(UsageError, match="none means uniform L1 only"):
+        problem.enqueue_baselines(study, "none,global")

@@ -33,7 +33,8 @@ LAYERS = {
     ),
     "study": (
         "optimize",
-        "problem",  # a pruning problem queues its uniform baselines into a study (optimize.enqueue_uniform)
+        "problem",  # a pruning problem queues its baselines into a study (optimize.enqueue_strategies)
+        "baselines",  # the global and sensitivity allocations of a problem, fitted to its window (constraints)
         "storage",
         "journal",
         "artifacts",
