@@ -162,6 +162,7 @@ def _strategies(db: Path, *states: optuna.trial.TrialState) -> list[str]:
     return [t.user_attrs["strategy"] for t in trials if t.user_attrs.get("strategy") and t.state.name != "FAIL"]
 
 
+@pytest.mark.system
 def test_baselines_resume_after_kill_9_without_being_queued_again(small_fmnist, tmp_path):
     db = tmp_path / "s.db"
     args = [

@@ -67,6 +67,7 @@ def _search(kind: tuple[str, list[str]], tmp_path, name: str, *options: str) -> 
     return url
 
 
+@pytest.mark.system
 def test_two_search_workers_then_a_rerank_by_abn_ft(kind, tmp_path):
     """Search workers are processes; on an image folder each decodes in DataLoader processes of its own (which a
     daemon process may not start); the rerank re-scores the top 2 with abn-ft on the train part."""
@@ -108,6 +109,7 @@ def test_correlate_with_its_abn_ft_column(kind, tmp_path):
         assert all(values[k] != "" for k in ("pbn", "abn_2", "abn_ft2", "truth"))
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
 def test_a_finetune_under_torchrun(dataset, tmp_path, request):
     """Two torchrun processes fine-tune a searched study's winner together (gloo on CPU); rank 0 exports."""

@@ -198,6 +198,7 @@ print("trained")
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "argv",
     [["-c", PRUNED_RESNET20, THIN_NET], ["-c", PRUNED_RESNET20, NARROW_SHORTCUT], ["-c", STRIDED_1X1]],
