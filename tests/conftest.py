@@ -8,12 +8,18 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import pytest
-import torch
+# fnnp-opt's storage intervals (fnnp_opt/storage.py), shortened for this process and every process a test starts,
+# before anything imports the storage: a killed worker's trial is retried after 4 s of silence instead of 8, and a
+# worker waiting for a slot looks again every 0.25 s. A value set in the environment is kept.
+for _name, _value in (("FNNP_HEARTBEAT_S", "1"), ("FNNP_GRACE_S", "4"), ("FNNP_POLL_S", "0.25")):
+    os.environ.setdefault(_name, _value)
 
-from fnnp_opt.data import DATASETS, load_fashion_mnist, write_idx
-from fnnp_opt.models import default_checkpoint, load_model
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fnnp_opt.data import DATASETS, load_fashion_mnist, write_idx  # noqa: E402
+from fnnp_opt.models import default_checkpoint, load_model  # noqa: E402
 
 SYSTEM_DIR = Path(DATASETS["fashion-mnist"].default_dir)
 
@@ -29,9 +35,13 @@ TIERS = {
     "system": "processes, signals, torchrun, PostgreSQL, servers, other OS users",
     "zoo": "the largest torchvision builders and recipes that differ from a shipped one by their budget alone",
 }
-# pytest-timeout's limit per test of each tier, so a slow test cannot creep into the unit tier. A unit test's own
-# time counts (its shared session and module fixtures are made once for many); in the others, its fixtures' too.
-TIMEOUT_S = {"unit": 30, "integration": 300, "system": 900, "zoo": 900}
+# pytest-timeout's limit per test of each tier, so a slow test cannot creep into the unit tier; the others' stop a
+# hang, with room for a busy machine. A unit test's own time counts (its shared session and module fixtures are made
+# once for many); in the others, its fixtures' too.
+TIMEOUT_S = {"unit": 30, "integration": 900, "system": 1800, "zoo": 1800}
+# Fixtures that take long to make: the tests that use one run in one test process (`pytest -n 2 --dist loadgroup`,
+# as the Makefile runs them), so it is made once.
+SHARED_FIXTURES = ("searched", "runs", "made", "reranked", "journal_run", "latency_prepared")
 # The tier of each module's tests; a test marked with a tier of its own (@pytest.mark.system, or a parameter's
 # marks) keeps it. A new test module needs a line here, or a tier mark on each of its tests.
 MODULE_TIERS = {
@@ -118,6 +128,9 @@ def pytest_collection_modifyitems(config, items):
         tier = tier_of(item)
         if item.get_closest_marker(tier) is None:  # its module's tier
             item.add_marker(getattr(pytest.mark, tier))
+        shared = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.path.stem}-{shared[0]}"))
         if timeout and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier], func_only=tier == "unit"))
         (keep if tier == "unit" or not default else drop).append(item)

@@ -1,5 +1,6 @@
 """Every score and every feature that starts processes, on every dataset kind: IDX (Fashion-MNIST), CIFAR pickles and
-an ImageFolder tree, each on tiny real files of its format.
+an ImageFolder tree, each on tiny real files of its format. An image folder is decoded in worker processes: its
+cases are system tests.
 
 Per kind: a search with two worker processes (image folders decode in DataLoader processes inside them) re-ranked by
 abn-ft; a search scored by abn-ft in one process; `correlate` with its abn-ft column; and, for CIFAR and image
@@ -37,7 +38,7 @@ KINDS = {
 }
 
 
-@pytest.fixture(params=sorted(KINDS))
+@pytest.fixture(params=[pytest.param(k, marks=pytest.mark.system) if k == "imagenet" else k for k in sorted(KINDS)])
 def kind(request, tmp_path) -> tuple[str, list[str]]:
     """(dataset, the options every command of this test passes: data, weights, splits, device)."""
     dataset = request.param

@@ -42,10 +42,15 @@ def test_the_paper_experiments_are_all_there():
 SIBLINGS = {"resnet50-imagenet-2G", "resnet50-imagenet-3G"}
 
 
+def _tier(name: str) -> pytest.MarkDecorator:
+    """A recipe run's tier: an image folder is decoded in worker processes (system)."""
+    if name in SIBLINGS:
+        return pytest.mark.zoo
+    return pytest.mark.system if read_recipe(name).config["dataset"] == "imagenet" else pytest.mark.integration
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.zoo if n in SIBLINGS else pytest.mark.integration) for n in RECIPE_NAMES]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_tier(n)) for n in RECIPE_NAMES])
 def test_every_recipe_runs_on_tiny_data_of_its_format(name, tmp_path, request):
     recipe = read_recipe(name)
     dataset = recipe.config["dataset"]

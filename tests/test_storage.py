@@ -469,17 +469,20 @@ def test_processes_that_open_a_new_sqlite_file_at_once_all_open_it(tmp_path):
     code = (
         "import sys, time, pathlib; from fnnp_opt.storage import open_storage\n"
         "go = pathlib.Path(sys.argv[2])\n"
+        "pathlib.Path(sys.argv[3]).touch()\n"
         "while not go.exists(): time.sleep(0.01)\n"
         "open_storage(sys.argv[1])\n"
     )
     for attempt in range(3):
         url, go = f"sqlite:///{tmp_path}/s{attempt}.db", tmp_path / f"go{attempt}"
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        procs = [
-            subprocess.Popen([sys.executable, "-c", code, url, str(go)], env=env, stderr=subprocess.PIPE, text=True)
-            for _ in range(4)
-        ]
-        time.sleep(3)  # every process waits at the gate, imports done
+        ready = [tmp_path / f"ready{attempt}-{i}" for i in range(4)]
+        args = [[sys.executable, "-c", code, url, str(go), str(r)] for r in ready]
+        procs = [subprocess.Popen(a, env=env, stderr=subprocess.PIPE, text=True) for a in args]
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)  # every process waits at the gate, imports done
         go.touch()
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1] for e in errors if e.strip()]

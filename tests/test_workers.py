@@ -56,7 +56,6 @@ def test_a_failure_in_every_search_worker_is_reported_as_itself(broken_train, tm
     assert "no candidate landed" not in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.integration
 def test_a_failed_trial_names_itself_and_the_resume_evaluates_the_baseline_queued_again(broken_train, tmp_path):
     root, broken = broken_train
     res = _run(root, tmp_path, 1)
