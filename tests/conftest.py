@@ -136,7 +136,13 @@ def pytest_collection_modifyitems(config, items):
         (keep if tier == "unit" or not default else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    # modules with the longest tests first (zoo, then system, ...), each kept whole: test processes that run them in
+    # parallel then end together, instead of one finishing the zoo alone
+    rank = {tier: i for i, tier in enumerate(reversed(TIERS))}
+    first: dict[Path, int] = {}
+    for item in keep:
+        first[item.path] = min(first.get(item.path, len(rank)), rank[tier_of(item)])
+    items[:] = sorted(keep, key=lambda item: first[item.path])
 
 
 def pytest_report_header(config):
