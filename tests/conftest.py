@@ -130,7 +130,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, tier))
         shared = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
         if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.path.stem}-{shared[0]}"))
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
         if timeout and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier], func_only=tier == "unit"))
         (keep if tier == "unit" or not default else drop).append(item)
