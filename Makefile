@@ -5,7 +5,8 @@
 #                   signals, torchrun, PostgreSQL if installed, the dashboard) and zoo (the largest torchvision builders)
 #   make typecheck  the same set-up, then mypy over fnnp_opt (settings in pyproject.toml)
 #   make docs       the documentation site (mkdocs.yml) served on 127.0.0.1:8000; make docs-build builds it strictly
-# The tiers are described in tests/conftest.py; JOBS test processes run at once (pytest-xdist), one thread each.
+# The tiers are described in tests/conftest.py; JOBS test processes run at once (pytest-xdist), one thread each,
+# each taking whole test modules.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NEED_GB ?= 7
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope
 
 .PHONY: setup dataset demo test test-all typecheck dashboard docs docs-build clean
 

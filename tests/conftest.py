@@ -39,9 +39,6 @@ TIERS = {
 # hang, with room for a busy machine. A unit test's own time counts (its shared session and module fixtures are made
 # once for many); in the others, its fixtures' too.
 TIMEOUT_S = {"unit": 30, "integration": 900, "system": 1800, "zoo": 1800}
-# Fixtures that take long to make: the tests that use one run in one test process (`pytest -n 2 --dist loadgroup`,
-# as the Makefile runs them), so it is made once.
-SHARED_FIXTURES = ("searched", "runs", "made", "reranked", "journal_run", "latency_prepared")
 # The tier of each module's tests; a test marked with a tier of its own (@pytest.mark.system, or a parameter's
 # marks) keeps it. A new test module needs a line here, or a tier mark on each of its tests.
 MODULE_TIERS = {
@@ -128,16 +125,14 @@ def pytest_collection_modifyitems(config, items):
         tier = tier_of(item)
         if item.get_closest_marker(tier) is None:  # its module's tier
             item.add_marker(getattr(pytest.mark, tier))
-        shared = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
         if timeout and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier], func_only=tier == "unit"))
         (keep if tier == "unit" or not default else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-    # modules with the longest tests first (zoo, then system, ...), each kept whole: test processes that run them in
-    # parallel then end together, instead of one finishing the zoo alone
+    # modules with the longest tests first (zoo, then system, ...), each kept whole: test processes that take whole
+    # modules (`pytest -n 2 --dist loadscope`, as the Makefile runs them: a module fixture is made once) then end
+    # together, instead of one finishing the zoo alone
     rank = {tier: i for i, tier in enumerate(reversed(TIERS))}
     first: dict[Path, int] = {}
     for item in keep:
