@@ -26,7 +26,7 @@ class _Recorder:
 
     def pytest_collection_finish(self, session) -> None:
         for item in session.items:
-            marks = sorted(m.name for m in item.iter_markers() if m.name in self.tiers)
+            marks = sorted({m.name for m in item.iter_markers() if m.name in self.tiers})
             self.rows.append("\t".join([item.nodeid, *marks]))
 
 

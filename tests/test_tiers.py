@@ -23,9 +23,9 @@ def test_every_test_module_has_a_line_and_every_line_a_module():
 
 def test_each_collected_test_has_exactly_one_tier_and_slow_ones_are_not_unit(request):
     for item in request.session.items:
-        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
         assert len(tiers) == 1, (item.nodeid, tiers)
-        assert not (tiers == ["unit"] and item.get_closest_marker("slow")), f"{item.nodeid} is slow: not unit"
+        assert not (tiers == {"unit"} and item.get_closest_marker("slow")), f"{item.nodeid} is slow: not unit"
 
 
 @pytest.mark.parametrize(
