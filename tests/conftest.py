@@ -170,7 +170,7 @@ def tier_guard(request, monkeypatch) -> Iterator[list[str]]:
     import matplotlib.font_manager  # noqa: F401  (on a new machine its first import lists the fonts with fc-list)
 
     def message(what: str) -> str:
-        return f"a {tier} test may not {what}: mark it system (tests/conftest.py, TIERS)"
+        return f"a test of the {tier} tier may not {what}: mark it system (tests/conftest.py, TIERS)"
 
     def refuse(what: str):
         def refused(*args, **kwargs):

@@ -38,14 +38,14 @@ def test_each_collected_test_has_exactly_one_tier_and_slow_ones_are_not_unit(req
     ids=["subprocess", "spawn", "fork"],
 )
 def test_a_unit_test_cannot_start_a_process(start, tier_guard):
-    with pytest.raises(TierError, match="a unit test may not start a process"):
+    with pytest.raises(TierError, match="a test of the unit tier may not start a process"):
         start()
     assert tier_guard == ["start a process"]  # the test fails at its end even where the code under test caught it ...
     tier_guard.clear()  # ... but this one expects it
 
 
 def test_a_unit_test_cannot_open_a_socket(tier_guard):
-    with socket.socket() as s, pytest.raises(TierError, match="a unit test may not open a socket"):
+    with socket.socket() as s, pytest.raises(TierError, match="a test of the unit tier may not open a socket"):
         s.bind(("127.0.0.1", 0))
     assert tier_guard == ["open a socket"]
     tier_guard.clear()
