@@ -287,6 +287,8 @@ SMALL_RUN = [
     "cpu",
     "--rerank",  # the default re-scores the top 5 with abn-ft: tests that mean it say so
     "0",
+    "--baselines",  # two trials: uniform L1 and one draw (tests/test_baselines.py runs the default's global one)
+    "uniform",
 ]
 
 
