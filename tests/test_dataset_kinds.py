@@ -1,5 +1,6 @@
 """Every score and every feature that starts processes, on every dataset kind: IDX (Fashion-MNIST), CIFAR pickles and
-an ImageFolder tree, each on tiny real files of its format.
+an ImageFolder tree, each on tiny real files of its format. An image folder is decoded in worker processes: its
+cases are system tests.
 
 Per kind: a search with two worker processes (image folders decode in DataLoader processes inside them) re-ranked by
 abn-ft; a search scored by abn-ft in one process; `correlate` with its abn-ft column; and, for CIFAR and image
@@ -37,7 +38,7 @@ KINDS = {
 }
 
 
-@pytest.fixture(params=sorted(KINDS))
+@pytest.fixture(params=[pytest.param(k, marks=pytest.mark.system) if k == "imagenet" else k for k in sorted(KINDS)])
 def kind(request, tmp_path) -> tuple[str, list[str]]:
     """(dataset, the options every command of this test passes: data, weights, splits, device)."""
     dataset = request.param
@@ -67,6 +68,7 @@ def _search(kind: tuple[str, list[str]], tmp_path, name: str, *options: str) -> 
     return url
 
 
+@pytest.mark.system
 def test_two_search_workers_then_a_rerank_by_abn_ft(kind, tmp_path):
     """Search workers are processes; on an image folder each decodes in DataLoader processes of its own (which a
     daemon process may not start); the rerank re-scores the top 2 and every baseline with abn-ft on the train part."""
@@ -110,6 +112,7 @@ def test_correlate_with_its_abn_ft_column(kind, tmp_path):
         assert all(values[k] != "" for k in ("pbn", "abn_2", "abn_ft2", "truth"))
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
 def test_a_finetune_under_torchrun(dataset, tmp_path, request):
     """Two torchrun processes fine-tune a searched study's winner together (gloo on CPU); rank 0 exports."""
