@@ -277,6 +277,28 @@ def test_a_relative_latency_budget_is_a_fraction_of_the_base_as_the_summary_time
     assert (fit["base_ms"], fit["base_layout"]) == (pytest.approx(row["base_ms"]), "channels-last")
 
 
+def test_a_busy_spell_while_one_layer_is_timed_does_not_skew_the_table(tmp_path, monkeypatch):
+    calls = []
+
+    def weights(model: nn.Module) -> int:
+        return sum(w.numel() for w in model.parameters())
+
+    def busy_clock(models, input_shape, setting=L.Setting(), layouts=None, **timing) -> list[float]:
+        """A machine on which a pass takes 10 ns a weight, and every other timing run is 3x slower throughout."""
+        calls.append(models)
+        return [(3.0 if len(calls) % 2 else 1.0) * 1e-5 * weights(m) for m in models]
+
+    monkeypatch.setattr(L, "compare_ms", busy_clock)
+    p = _latency_study(tmp_path, latency="0.8x", latency_layout="nchw")
+    assert len(calls) > 4  # the layers' grids came from timing runs of both kinds
+    for plan in _random_plans(p, 5):
+        # every layer on one scale: the predicted speed-up is the weights' (10 ns each, busy or not)
+        predicted = p.latency.predict(plan) / p.latency.predict({})
+        assert predicted == pytest.approx(weights(p.pruner.prune_counts(plan)) / weights(p.model), rel=0.05)
+    reference = json.loads(next((tmp_path / "latency-cache").glob("latency-*.json")).read_text())["reference_ms"]
+    assert reference == pytest.approx(3e-5 * weights(L.REFERENCE.build(64, 64)[0]))  # of the first, busy run
+
+
 def test_a_fit_cached_before_the_base_was_timed_as_deployed_is_made_again(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "compare_ms", _padding_clock)
     first = _latency_study(tmp_path)
