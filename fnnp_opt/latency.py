@@ -383,20 +383,20 @@ class Measurement:
 SPEED_SHARE = 0.6  # warn when the latency gain is below this share of the MACs gain
 
 
-def speed_warnings(base: Measurement, pruned: Measurement, latency_budget: bool = False) -> list[str]:
+def speed_warnings(
+    base: Measurement, pruned: Measurement, latency_budget: bool = False, rounded: bool = False
+) -> list[str]:
     """Where the pruned network's measured speed-up falls short of its MACs speed-up.
 
     Compares the ``flops`` and the times ``latency_ms`` (batch 1) and ``batch_ms`` (``batch_images``) of
     ``base`` and ``pruned``. A gain is a speed-up minus 1; a warning is given when the latency gain is
     less than ``SPEED_SHARE`` of the MACs gain. ``latency_budget``: the run searched under a ``--latency``
-    budget already, which the remedies then leave out.
+    budget already; ``rounded``: its kept channels were rounded already; the remedies then leave them out.
     """
     macs = base.flops / pruned.flops
-    remedies = (
-        "--round-to auto or a larger batch"
-        if latency_budget
-        else "--round-to auto, a larger batch, or a --latency budget"
-    )
+    levers = [] if rounded else ["--round-to auto"]
+    levers += ["a larger batch"] + ([] if latency_budget else ["a --latency budget"])
+    remedies = ", ".join(levers[:-1]) + (", or " if len(levers) > 2 else " or ") + levers[-1]
     warnings = []
     for speed, label in (
         (base.latency_ms / pruned.latency_ms, "1 image"),
@@ -731,10 +731,11 @@ class LatencyTable:
             for plan in plans:
                 models.append(deploy_form(base if not plan else prune_counts(plan)))
                 advance(1)
-        # side by side, so that the fit sees the networks' differences, not the machine's drift between them; the
-        # base also as deployed, the budget's reference, which the candidates' layout may not be
+        # side by side, so that the fit sees the networks' differences, not the machine's drift between them (in
+        # several turns each: one turn caught in a busy spell is outvoted); the base also as deployed, the budget's
+        # reference, which the candidates' layout may not be
         [(base_ms, base_cl)], measured = deployed_ms(  # models[0]: the base (plans[0] is {})
-            [models[0]], input_shape, self.setting, fixed=models, runs=60, budget_s=4.0, quantile=QUIET
+            [models[0]], input_shape, self.setting, fixed=models, runs=60, budget_s=30.0, quantile=QUIET
         )
         rows = [[1.0, *self.features(plan)] for plan in plans]
         coef, _ = nnls(np.array(rows), np.array(measured))
