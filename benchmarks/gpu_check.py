@@ -199,8 +199,8 @@ class Check:
     def latency(self) -> dict:
         from fnnp_opt.flops import count
         from fnnp_opt.latency import Setting, compare_ms, fold_bn, vector_width
-        from fnnp_opt.problem import Problem
         from fnnp_opt.models import load_model
+        from fnnp_opt.problem import Problem
 
         s = self.size
         base, _ = load_model(s.model, 3, s.classes, self.checkpoint)
@@ -296,9 +296,9 @@ def main() -> int:
         args.out.write_text(json.dumps(check.doc, indent=1) + "\n")
         print(check.doc["error"])
         return 1
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
-    check.doc |= {"machine": machine(args.device), "torch": torch.__version__}
-    check.doc |= {"commit": commit.stdout.strip(), "command": " ".join(sys.argv)}
+    from _stamp import stamp
+
+    check.doc |= {"machine": machine(args.device), "command": " ".join(sys.argv), "stamp": stamp()}
     t = time.perf_counter()
     for name in ("data", "official_path", "trial_cost", "bf16_vs_fp32", "latency", "torchrun", "api"):
         check.step(name, getattr(check, name))
