@@ -113,7 +113,7 @@ class Check:
         cfg = resolve(
             model=s.model, dataset="folder", data_dir=str(self.folder), checkpoint=str(self.checkpoint),
             image_size=s.image_size, search_per_class=s.per_class, abn_batches=s.abn_batches, abn_batch_size=32,
-            device=self.device, **flags,
+            device=self.device, rerank=0, **flags,
         )  # fmt: skip
         return prepare(cfg)
 
@@ -237,7 +237,8 @@ class Check:
         _run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
              "fnnp_opt.cli", "run", *self.flags(), "--n-trials", str(s.trials), "--epochs", "1", "--batch-size", "32",
-             "--abn-batches", str(s.abn_batches), "--abn-batch-size", "32", "--no-check-base", "--storage",
+             "--abn-batches", str(s.abn_batches), "--abn-batch-size", "32", "--rerank", "2", "--score-steps", "5",
+             "--no-check-base", "--storage",
              f"sqlite:///{self.work}/torchrun.db", "--output", str(out)],
             self.work / "torchrun.log", 1200,
         )  # fmt: skip

@@ -399,6 +399,7 @@ def _latency_search(nets: Nets, label: str, target: str, max_rate: float, data: 
         search_size=64,
         check_base=False,
         workers=1,
+        rerank=0,  # the winner's speed is the point; no re-scoring after the search
         storage=storage,
     )
     try:
@@ -420,6 +421,11 @@ def _latency_search(nets: Nets, label: str, target: str, max_rate: float, data: 
     nets.keep(label, p.pruner.prune(_ratios(p, best)), search=row | {"trial": best.number, "trials": n_trials})
 
 
+def _described(command: str) -> str:
+    """A busy process's command, with pytest-xdist's workers (``python -u -c import ...``) named."""
+    return "a pytest-xdist worker" if command.startswith("python -u -c import") else command
+
+
 def _busy() -> list[str]:
     """The other processes that use over a quarter of a core now: what shares the machine with the timings."""
     import os
@@ -430,7 +436,7 @@ def _busy() -> list[str]:
     for line in out.splitlines():
         pid, cpu, args = line.split(None, 2)
         if int(pid) != os.getpid() and float(cpu) > 25:
-            busy.append(" ".join(a.rsplit("/", 1)[-1] if "/" in a else a for a in args.split()[:4])[:80])
+            busy.append(_described(" ".join(a.rsplit("/", 1)[-1] if "/" in a else a for a in args.split()[:4])[:80]))
     return busy
 
 
@@ -649,20 +655,39 @@ def _best(forms: dict[str, dict[str, float]], net: str) -> tuple[float, str]:
     return min(ms["base"] for ms in deploy.values()) / deploy[form][net], SHORT[form]
 
 
+def _threads_evidence(doc: dict) -> tuple[int, list[str]]:
+    """The base's time as deployed on 1 and on 2 threads, per model and batch, where both were timed; and in how
+    many of them 2 threads were slower."""
+    out, slower = [], 0
+    for model in doc["nets"]:
+        cells = _cells(doc, model)
+        for (b, t), forms in cells.items():
+            if t == 2 and (b, 1) in cells:
+                one, two = (min(cells[(b, n)][f]["base"] for f in DEPLOY if f in cells[(b, n)]) for n in (1, 2))
+                out.append(f"{model} at batch {b}: {one:.4g} ms on 1 thread, {two:.4g} ms on 2")
+                slower += two > one
+    return slower, out
+
+
 def _goals(doc: dict) -> list[str]:
     """The goals of a 50%-MACs ResNet-50 and of the default rounding, from the rows: met or missed, with figures."""
-    lines = ["### The goals", ""]
+    lines = [
+        "### The goals",
+        "",
+        "Judged on one thread: the 2-thread cells of this run measure the machine's other work.",
+        "",
+    ]
     cells, made = _cells(doc, "resnet50"), doc["nets"].get("resnet50", {})
     half = [k for k in made if k.startswith("50% ") and "search" not in made[k] and "refused" not in made[k]]
     for batch, goal in ((32, 1.8), (1, 1.6)):
-        got = [(*_best(forms, net), net, t) for (b, t), forms in cells.items() if b == batch for net in half]
+        got = [(*_best(forms, net), net, t) for (b, t), forms in cells.items() if (b, t) == (batch, 1) for net in half]
         if got:
             x, form, net, t = max(got)
             verdict = "met" if x >= goal else "missed"
             lines.append(
                 f"- A 50%-MACs ResNet-50 at least {goal}x faster at batch {batch} in its best deploy form: "
-                f"**{verdict}**, {x:.2f}x at best ({net}, {form}, {t} thread{'s' * (t > 1)}, "
-                f"{made[net]['macs_kept']:.1%} of the MACs)."
+                f"**{verdict}**, {x:.2f}x at best ({net}, {form}, one thread, {made[net]['macs_kept']:.1%} of the "
+                "MACs)."
             )
     rec = made.get("50% --latency 0.5x", {}).get("search")
     if rec:
@@ -677,16 +702,18 @@ def _goals(doc: dict) -> list[str]:
     rounded = {}
     for model in doc["nets"]:
         for (b, t), forms in _cells(doc, model).items():
+            if t != 1:
+                continue
             names = {k.split(", round ")[-1].split(" ")[0] if "round" in k else "1": k for k in forms["eager NCHW"]
                      if k.startswith("50% uniform L1")}  # fmt: skip
             if {"1", "16"} <= set(names):
                 rounded.setdefault(model, []).append(
-                    f"{_best(forms, names['1'])[0]:.2f}x → {_best(forms, names['16'])[0]:.2f}x (batch {b}, {t})"
+                    f"{_best(forms, names['1'])[0]:.2f}x → {_best(forms, names['16'])[0]:.2f}x (batch {b})"
                 )
     if rounded:
         lines += [
             "The default rounding (`--round-to` 16 here, the vector width, for these wide networks), as deployed, "
-            "against unrounded uniform L1 at 50% of the MACs (batch, threads): "
+            "against unrounded uniform L1 at 50% of the MACs, one thread: "
             + "; ".join(f"{m}: " + ", ".join(v) for m, v in rounded.items())
             + ".",
             "",
@@ -702,9 +729,10 @@ def _report_imagenet() -> list[str]:
     loads = sorted(x for r in doc["rows"] for x in r["load"])
     busy: dict[str, int] = {}
     for r in doc["rows"]:
-        for b in set(r["busy"]):
+        for b in set(map(_described, r["busy"])):
             busy[b] = busy.get(b, 0) + 1
     runs = " and ".join(f"`{r['command']}`" for r in doc["runs"])
+    slower, evidence = _threads_evidence(doc)
     trials = sorted({r["search"]["trials"] for made in doc["nets"].values() for r in made.values() if "search" in r})
     lines = [
         "## ImageNet-size networks: torchvision ResNet-18, ResNet-50 and MobileNetV2 at 224 px",
@@ -726,8 +754,11 @@ def _report_imagenet() -> list[str]:
         f"rows' share: "
         + ", ".join(f"`{b}` ({n / len(doc['rows']):.0%})" for b, n in sorted(busy.items(), key=lambda x: -x[1])[:6])
         + "). Side-by-side ratios survive a busy machine better than times do, but two threads that wait on each "
-        "other's stragglers do not: read the 2-thread columns as what a shared machine gives, not what the "
-        "network can.",
+        f"other's stragglers do not: the base as deployed ran slower on 2 threads than on 1 in {slower} of its "
+        f"{len(evidence)} cells ("
+        + "; ".join(evidence)
+        + "), so the 2-thread cells are in *Every form* only, and the speed-ups and goals above them are of one "
+        "thread.",
         "",
         *provenance(doc["rows"], path),
         "",
@@ -739,10 +770,10 @@ def _report_imagenet() -> list[str]:
         "",
     ]
     for model, made in doc["nets"].items():
-        cells = _cells(doc, model)
+        cells = {k: v for k, v in _cells(doc, model).items() if k[1] == 1}
         if not cells:
             continue
-        heads = [f"batch {b}, {t} thread{'s' * (t > 1)}" for b, t in cells]
+        heads = [f"batch {b}, one thread" for b, _ in cells]
         lines += [f"| {model} | MACs kept | " + " | ".join(heads) + " |", "|---" * (2 + len(heads)) + "|"]
         base = [f"{min(ms['base'] for f, ms in forms.items() if f in DEPLOY):.4g} ms" for forms in cells.values()]
         lines.append("| base | 100% | " + " | ".join(base) + " |")

@@ -142,7 +142,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     calibration = {"abn_batches": args.abn_batches, "abn_batch_size": args.abn_batch_size}
     url = f"sqlite:///{tmp}/bench.db"
-    cfg = settle(resolve(**flags, **calibration, search_per_class=args.search_per_class, storage=url))
+    # rerank 0: the per-candidate path is measured; a re-scoring after the search is not part of it
+    cfg = settle(resolve(**flags, **calibration, search_per_class=args.search_per_class, storage=url, rerank=0))
     p = prepare(cfg)
     info = p.splits.info
     full = load_splits(  # the reference's calibration: the paper's 100 batches of 64, same seed
