@@ -1,14 +1,20 @@
 # One command sets everything up and runs the demo; one more runs the tests.
-#   make demo   venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run`
-#   make test   the same set-up, then the test suite
-#   make typecheck   the same set-up, then mypy over fnnp_opt (settings in pyproject.toml)
-#   make docs        the documentation site (mkdocs.yml) served on 127.0.0.1:8000; make docs-build builds it strictly
+#   make demo       venv + package + Fashion-MNIST (Debian package), then `fnnp-opt run`
+#   make test       the same set-up, then the unit tier: in-process tests, a few minutes (what to run before a commit)
+#   make test-all   the same set-up, then every tier: unit, integration (whole runs in-process), system (processes,
+#                   signals, torchrun, PostgreSQL if installed, the dashboard) and zoo (the largest torchvision builders)
+#   make typecheck  the same set-up, then mypy over fnnp_opt (settings in pyproject.toml)
+#   make docs       the documentation site (mkdocs.yml) served on 127.0.0.1:8000; make docs-build builds it strictly
+# The tiers are described in tests/conftest.py; JOBS test processes run at once (pytest-xdist), one thread each,
+# each taking whole test modules.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NEED_GB ?= 7
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+JOBS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope
 
 .PHONY: setup dataset demo test test-all typecheck dashboard docs docs-build clean
 
@@ -35,10 +41,10 @@ demo: setup
 	$(BIN)/fnnp-opt run
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -m unit
 
 test-all: setup
-	$(BIN)/python -m pytest -q --huge
+	$(PYTEST) -m "unit or integration or system or zoo"
 
 typecheck: setup
 	$(BIN)/python -m mypy

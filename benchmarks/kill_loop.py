@@ -298,7 +298,9 @@ def cycle(mode: str, k: int, data: Path, work: Path, rng: random.Random, tally: 
         problems = check_any_time(db, name, out)
         tally.failures += [f"{name} after a stop in {landed}: {p}" for p in problems]
         if mode != "term":
-            time.sleep(9)  # a SIGKILLed trial's heartbeat goes stale (8 s), so the resume retries it
+            from fnnp_opt.storage import GRACE_S  # 8 s, or FNNP_GRACE_S as the runs see it
+
+            time.sleep(GRACE_S + 1)  # a SIGKILLed trial's heartbeat goes stale, so the resume retries it
     run = Run(cmd)
     code = run.finish()
     if code != 0:

@@ -141,12 +141,14 @@ class RunConfig:
     onnx: bool = False  # also export pruned.onnx, checked against PyTorch in onnxruntime (the onnx extra)
     device: str = "auto"  # torch device
 
-    def resolved_rerank(self) -> int:
+    def resolved_rerank(self, train_images: int | None = None) -> int:
         """``--rerank``, or the default: :data:`DEFAULT_RERANK` (at most ``--n-trials``) for an ABN search of one
-        objective with a short fine-tune to re-score with, else 0."""
+        objective with a short fine-tune to re-score with (``--score-steps`` batches of ``--batch-size`` within the
+        ``train_images`` of the train part, where known), else 0."""
         if self.rerank is not None:
             return self.rerank
-        if self.score is Score.abn and self.objective is Objective.accuracy and self.score_steps > 0:
+        fits = train_images is None or self.score_steps * self.batch_size <= train_images
+        if self.score is Score.abn and self.objective is Objective.accuracy and self.score_steps > 0 and fits:
             return min(DEFAULT_RERANK, self.n_trials)
         return 0
 

@@ -34,7 +34,7 @@ from fnnp_opt.errors import TrialError, describe, option
 from fnnp_opt.evaluate import NonFiniteError, Scored, accuracy, accuracy_in_steps, calibrate_bn
 from fnnp_opt.flops import Budget, FlopsModel, count, human
 from fnnp_opt.latency import LatencyTable, fold_bn, plan_cost
-from fnnp_opt.options import Constraint, Objective, Sampler
+from fnnp_opt.options import BASELINES, Constraint, Objective, Sampler
 from fnnp_opt.progress import NULL, Progress, Stopwatch
 from fnnp_opt.prune import Pruner
 from fnnp_opt.score import ShortScore
@@ -265,12 +265,14 @@ def enqueue_strategies(
 
 
 def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
-    """Each baseline strategy's first evaluated trial, by strategy name, in trial order."""
+    """Each baseline strategy's first evaluated trial, by strategy name, in the order of
+    :data:`fnnp_opt.options.BASELINES` (uniform, global, sensitivity; a retried one keeps its place)."""
     out: dict[str, FrozenTrial] = {}
     for t in evaluated(study):
         if t.user_attrs.get(St.BASELINE):
             out.setdefault(t.user_attrs[St.BASELINE], t)
-    return out
+    order = {name: i for i, name in enumerate(BASELINES)}
+    return dict(sorted(out.items(), key=lambda item: (order.get(item[0], len(order)), item[1].number)))
 
 
 def strategies_queued(study: optuna.Study) -> set[str]:

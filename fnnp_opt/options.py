@@ -9,6 +9,7 @@ A leaf: it imports nothing of fnnp-opt but its errors, so the study code (:mod:`
 from __future__ import annotations
 
 import math
+import os
 from enum import Enum
 from typing import Sequence
 
@@ -116,3 +117,29 @@ def check_batch_fits(batch_size: int, train_images: int) -> None:
             f"--batch-size {batch_size} is larger than the train part's {train_images} images, so an epoch would "
             f"have no step; pass --batch-size {min(128, train_images)} or less"
         )
+
+
+def env_seconds(name: str, default: float) -> float:
+    """The interval in seconds that environment variable ``name`` sets, or ``default`` where it is unset or empty.
+
+    Raise :class:`UsageError` unless it is a positive, finite number. fnnp-opt's tests set such variables (the
+    storage's ``FNNP_HEARTBEAT_S``, ``FNNP_GRACE_S`` and ``FNNP_POLL_S``) to run their kill and resume cases in
+    seconds; a user has no need to."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{name} must be a positive number of seconds, got {text!r}; unset it for {default:g} s")
+    return value
+
+
+def env_whole_seconds(name: str, default: int) -> int:
+    """:func:`env_seconds` for an interval Optuna takes in whole seconds (its heartbeats)."""
+    value = float(env_seconds(name, default))
+    if not value.is_integer():
+        raise UsageError(f"{name} must be a whole number of seconds, got {value:g}; unset it for {default} s")
+    return int(value)

@@ -178,8 +178,16 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
         )
         if cfg.epochs > 0:
             check_batch_fits(cfg.batch_size, len(p.splits.train))
-        if cfg.score is Score.abn_ft or cfg.resolved_rerank():
+        if cfg.score is Score.abn_ft or cfg.resolved_rerank(len(p.splits.train)):
             check_score_steps(cfg, len(p.splits.train))
+        elif cfg.rerank is None and cfg.resolved_rerank():
+            log.info(
+                "no rerank: the default's short fine-tune (--score-steps %d x --batch-size %d images) exceeds the "
+                "train part's %d images; the winner is the best ABN score",
+                cfg.score_steps,
+                cfg.batch_size,
+                len(p.splits.train),
+            )
     return p
 
 
@@ -694,14 +702,15 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
             return result
 
         best = S.best_trial(study)
-        if cfg.resolved_rerank():
+        k = cfg.resolved_rerank(len(p.splits.train))
+        if k:
             with seconds("rerank"):
                 result.rerank = rerank(
                     study,
                     p.pruner,
                     p.splits.calibration,
                     make_scorer(p),
-                    cfg.resolved_rerank(),
+                    k,
                     lambda trial: trial_ratios(p.space, trial),
                     progress,
                 )

@@ -5,8 +5,10 @@ share an Optuna RDB storage (SQLite on one machine, PostgreSQL across machines) 
 Optuna journal file (:mod:`fnnp_opt.journal`: ``journal:///path.log``, or a path ending in
 ``.log`` or ``.journal``).
 
-* Heartbeats: a running trial proves every ``HEARTBEAT_S`` that its worker lives; one
-  silent for ``GRACE_S`` is failed and queued again (``RetryHeartbeatStaleTrialCallback``).
+* Heartbeats: a running trial proves every ``HEARTBEAT_S`` (2 s) that its worker lives; one
+  silent for ``GRACE_S`` (8 s) is failed and queued again (``RetryHeartbeatStaleTrialCallback``).
+  The environment variables ``FNNP_HEARTBEAT_S`` and ``FNNP_GRACE_S`` (whole seconds), and ``FNNP_POLL_S`` (how
+  often a worker waiting for a slot looks again, 1 s), set them for a process and the workers it starts.
   Optuna keeps them for RDB storages, fnnp-opt for journal files, behind the same interface.
 * Exactly ``n_trials``: before a candidate is evaluated, its worker claims one of the
   study's ``n_trials`` evaluation slots under a study-wide lock (an advisory lock on
@@ -41,16 +43,24 @@ from fnnp_opt import journal as J
 from fnnp_opt import optuna_private as P
 from fnnp_opt.errors import StorageError, UsageError
 from fnnp_opt.flops import Budget
+from fnnp_opt.options import env_seconds, env_whole_seconds
 from fnnp_opt.paths import NOT_A_FOLDER, NOT_WRITABLE, nearest_parent
 from fnnp_opt.redact import redact_url, scrub
 from fnnp_opt.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2  # how often a running trial proves it is alive
-GRACE_S = 8  # a RUNNING trial silent for longer is failed and retried
+# The intervals, read once at import; each environment variable named beside one overrides it (whole seconds for the
+# heartbeats, as Optuna takes them). fnnp-opt's tests shorten them so a killed worker's trial is retried in seconds.
+HEARTBEAT_S = env_whole_seconds("FNNP_HEARTBEAT_S", 2)  # how often a running trial proves it is alive
+GRACE_S = env_whole_seconds("FNNP_GRACE_S", 8)  # a RUNNING trial silent for longer is failed and retried
 MAX_RETRY = 3  # retries of a trial whose worker died
-POLL_S = 1.0  # how often a worker waiting for a free slot looks again
+POLL_S = env_seconds("FNNP_POLL_S", 1.0)  # how often a worker waiting for a free slot looks again
+if GRACE_S <= HEARTBEAT_S:
+    raise UsageError(
+        f"FNNP_GRACE_S ({GRACE_S} s) must be longer than FNNP_HEARTBEAT_S ({HEARTBEAT_S} s), or every running trial "
+        "would be failed as dead; unset both for 8 s and 2 s"
+    )
 
 
 def sqlite_lock_path(path: Path) -> Path:

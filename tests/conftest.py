@@ -1,32 +1,193 @@
-"""Shared fixtures: small real Fashion-MNIST copies and the shipped base model."""
+"""The suite's tiers (which tests `make test` and `make test-all` run), and shared fixtures: small real
+Fashion-MNIST copies, the shipped base model, a study of a whole run, tiny datasets of other formats."""
 
 from __future__ import annotations
 
+import os
 import re
-
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
-import pytest
-import torch
+# fnnp-opt's storage intervals (fnnp_opt/storage.py), shortened for this process and every process a test starts,
+# before anything imports the storage: a killed worker's trial is retried after 4 s of silence instead of 8, and a
+# worker waiting for a slot looks again every 0.25 s. A value set in the environment is kept.
+for _name, _value in (("FNNP_HEARTBEAT_S", "1"), ("FNNP_GRACE_S", "4"), ("FNNP_POLL_S", "0.25")):
+    os.environ.setdefault(_name, _value)
 
-from fnnp_opt.data import DATASETS, load_fashion_mnist, write_idx
-from fnnp_opt.models import default_checkpoint, load_model
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fnnp_opt.data import DATASETS, load_fashion_mnist, write_idx  # noqa: E402
+from fnnp_opt.models import default_checkpoint, load_model  # noqa: E402
 
 SYSTEM_DIR = Path(DATASETS["fashion-mnist"].default_dir)
 
 
-def pytest_addoption(parser):
-    parser.addoption("--huge", action="store_true", help="also run the tests marked huge (`make test-all`)")
+# --------------------------------------------------------------------------- tiers
+
+# Every test has exactly one tier. Plain `pytest` (`make test`) runs the unit tier; `-m TIER` (or an expression such
+# as `-m "not zoo"`) picks others, and naming a test file or a test runs all of its tests whatever their tier.
+# `make test-all` runs every tier.
+TIERS = {
+    "unit": "in-process, no subprocess, no socket, seconds each: plain `pytest` and `make test`",
+    "integration": "in-process pipelines (whole runs, searches, fine-tunes) on small data; no subprocess, no socket",
+    "system": "processes, signals, torchrun, PostgreSQL, servers, other OS users",
+    "zoo": "the largest torchvision builders and recipes that differ from a shipped one by their budget alone",
+}
+# pytest-timeout's limit per test of each tier, so a slow test cannot creep into the unit tier; the others' stop a
+# hang, with room for a busy machine. A unit test's own time counts (its shared session and module fixtures are made
+# once for many); in the others, its fixtures' too.
+TIMEOUT_S = {"unit": 30, "integration": 900, "system": 1800, "zoo": 1800}
+# The tier of each module's tests; a test marked with a tier of its own (@pytest.mark.system, or a parameter's
+# marks) keeps it. A new test module needs a line here, or a tier mark on each of its tests.
+MODULE_TIERS = {
+    "test_api": "unit",
+    "test_api_docs": "unit",
+    "test_artifacts": "unit",
+    "test_attributes_docs": "unit",
+    "test_bad_input": "unit",
+    "test_baselines": "unit",
+    "test_benchmark_stamp": "system",
+    "test_cli": "unit",
+    "test_cli_docs": "unit",
+    "test_cli_imports": "unit",
+    "test_config": "unit",
+    "test_constraints": "unit",
+    "test_correlate": "integration",
+    "test_correlation": "unit",
+    "test_dashboard": "system",
+    "test_data": "unit",
+    "test_dataset_kinds": "integration",
+    "test_datasets": "unit",
+    "test_distributed": "unit",
+    "test_docs_site": "unit",
+    "test_early_stop": "unit",
+    "test_evaluate": "unit",
+    "test_examples": "system",
+    "test_export": "unit",
+    "test_flops": "unit",
+    "test_journal": "unit",
+    "test_latency": "unit",
+    "test_layers": "unit",
+    "test_models": "unit",
+    "test_optimize": "unit",
+    "test_optuna_private": "unit",
+    "test_paths": "unit",
+    "test_probe": "unit",
+    "test_progress": "unit",
+    "test_prune": "unit",
+    "test_quality_benchmark": "unit",
+    "test_readme": "unit",
+    "test_recipes": "unit",
+    "test_redact": "unit",
+    "test_report": "integration",
+    "test_rerank": "integration",
+    "test_score": "unit",
+    "test_space": "unit",
+    "test_storage": "unit",
+    "test_tiers": "unit",
+    "test_training": "unit",
+    "test_typecheck": "system",
+    "test_workers": "system",
+    "test_zoo": "integration",
+}
 
 
+def tier_of(item: pytest.Item) -> str:
+    """The one tier of ``item``: its own tier mark, else its module's line in :data:`MODULE_TIERS`; raise
+    :class:`pytest.UsageError` where it has none or several."""
+    marked = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if len(marked) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked {sorted(marked)}: a test has exactly one tier")
+    if marked:
+        return marked.pop()
+    module = item.path.stem
+    if module not in MODULE_TIERS:
+        raise pytest.UsageError(
+            f"{item.nodeid} has no tier: give {module} a line in MODULE_TIERS (tests/conftest.py) or mark the test "
+            f"with one of {', '.join(TIERS)}"
+        )
+    return MODULE_TIERS[module]
+
+
+def _names_tests(config: pytest.Config) -> bool:
+    """Whether the command line names test files or tests (not only folders): those run whatever their tier."""
+    return any("::" in arg or Path(arg.split("::")[0]).is_file() for arg in config.args)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--huge"):
-        return
-    skip = pytest.mark.skip(reason="a huge builder: its family's smaller members ran; `make test-all` runs it too")
+    timeout = config.pluginmanager.hasplugin("timeout")
+    default = not config.option.markexpr and not _names_tests(config)
+    keep, drop = [], []
     for item in items:
-        if "huge" in item.keywords:
-            item.add_marker(skip)
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:  # its module's tier
+            item.add_marker(getattr(pytest.mark, tier))
+        if timeout and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier], func_only=tier == "unit"))
+        (keep if tier == "unit" or not default else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    # modules with the longest tests first (zoo, then system, ...), each kept whole: test processes that take whole
+    # modules (`pytest -n 2 --dist loadscope`, as the Makefile runs them: a module fixture is made once) then end
+    # together, instead of one finishing the zoo alone
+    rank = {tier: i for i, tier in enumerate(reversed(TIERS))}
+    first: dict[Path, int] = {}
+    for item in keep:
+        first[item.path] = min(first.get(item.path, len(rank)), rank[tier_of(item)])
+    items[:] = sorted(keep, key=lambda item: first[item.path])
+
+
+def pytest_report_header(config):
+    if not config.option.markexpr and not _names_tests(config):
+        return "tiers: unit only (plain pytest); -m integration|system|zoo for others, `make test-all` for all"
+    return None
+
+
+IN_PROCESS = ("unit", "integration")  # the tiers whose tests start no process and open no socket
+
+
+class TierError(AssertionError):
+    """Raised where a unit or integration test starts a process or opens a socket."""
+
+
+@pytest.fixture(autouse=True)
+def tier_guard(request, monkeypatch) -> Iterator[list[str]]:
+    """In a unit or integration test, starting a process (subprocess, multiprocessing, fork) or opening a network
+    socket raises :class:`TierError`, and the test fails at its end even where the code under test caught it.
+    Yields what was tried (a test of the guard itself clears it)."""
+    tried: list[str] = []
+    tier = next((t for t in IN_PROCESS if request.node.get_closest_marker(t)), None)
+    if tier is None:
+        yield tried
+        return
+    import _posixsubprocess
+    import socket
+    import subprocess
+
+    import matplotlib.font_manager  # noqa: F401  (on a new machine its first import lists the fonts with fc-list)
+
+    def message(what: str) -> str:
+        return f"a test of the {tier} tier may not {what}: mark it system (tests/conftest.py, TIERS)"
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            tried.append(what)
+            raise TierError(message(what))
+
+        return refused
+
+    for target, name in ((subprocess.Popen, "_execute_child"), (_posixsubprocess, "fork_exec"), (os, "fork")):
+        monkeypatch.setattr(target, name, refuse("start a process"))
+    for name in ("posix_spawn", "posix_spawnp", "system"):
+        monkeypatch.setattr(os, name, refuse("start a process"))
+    for name in ("connect", "connect_ex", "bind", "listen"):
+        monkeypatch.setattr(socket.socket, name, refuse("open a socket"))
+    yield tried
+    if tried:
+        pytest.fail(message(tried[0]), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +287,8 @@ SMALL_RUN = [
     "cpu",
     "--rerank",  # the default re-scores the top 5 with abn-ft: tests that mean it say so
     "0",
+    "--baselines",  # two trials: uniform L1 and one draw (tests/test_baselines.py runs the default's global one)
+    "uniform",
 ]
 
 

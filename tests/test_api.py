@@ -267,6 +267,7 @@ def test_finetune_takes_a_dataloader_and_distils_from_the_base(base_model, fmnis
         fnnp_opt.finetune(net, calibration, teacher=nn.Linear(3, 3))
 
 
+@pytest.mark.system
 def test_import_fnnp_opt_loads_neither_torch_nor_optuna():
     code = "import sys, fnnp_opt; print('torch' in sys.modules, 'optuna' in sys.modules, sorted(fnnp_opt.__all__)[0])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -291,6 +292,7 @@ _KILLED_SEARCH = textwrap.dedent(
 )
 
 
+@pytest.mark.system
 def test_a_search_from_python_resumes_after_kill_9_to_exactly_n_trials(tmp_path):
     url, n = f"sqlite:///{tmp_path}/s.db", 6
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
@@ -324,6 +326,7 @@ def test_flops_are_counted_per_image_whatever_the_example_batch(base_model):
     assert eight.budget == one.budget and eight.input_shape == (1, 1, 28, 28)
 
 
+@pytest.mark.integration
 def test_abn_ft_with_the_users_train_batches_or_hook_and_a_rerank(base_model, fmnist_batches, tmp_path):
     calibration, _ = fmnist_batches
     result = _search(base_model, fmnist_batches, score="abn-ft", train=calibration, score_steps=2, n_trials=2)

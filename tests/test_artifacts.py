@@ -180,6 +180,7 @@ def test_a_moved_study_folder_keeps_its_store_and_report_writes_there(searched, 
     assert (store / files["pruned.json"]).read_bytes() == (tmp_path / "new" / "out" / "pruned.json").read_bytes()
 
 
+@pytest.mark.integration
 def test_a_copied_study_writes_into_its_own_store_and_leaves_the_originals_alone(searched, small_fmnist, tmp_path):
     original = _files(searched.parent)
     shutil.copytree(searched.parent, tmp_path / "folder")  # the folder copied (the original stays)

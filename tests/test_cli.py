@@ -35,6 +35,7 @@ def _run(args, tmp_path, *extra):
     )
 
 
+@pytest.mark.integration
 def test_run_end_to_end_and_the_export_reproduces_the_accuracy(small_fmnist, tmp_path):
     res = _run(["--data-dir", str(small_fmnist)], tmp_path)
     assert res.exit_code == 0, res.output
@@ -52,6 +53,7 @@ def test_run_end_to_end_and_the_export_reproduces_the_accuracy(small_fmnist, tmp
     assert study.user_attrs["config"]["n_trials"] == 2 and study.user_attrs["result"]["trial"] == doc["study"]["trial"]
 
 
+@pytest.mark.system
 def test_stock_optuna_cli_lists_trials_with_attributes(searched, tmp_path):
     shutil.copy(searched, tmp_path / "study.db")  # as `_run([..., "--epochs", "0"], tmp_path)` leaves it
     optuna_cli = Path(sys.executable).with_name("optuna")
@@ -78,6 +80,7 @@ def test_stock_optuna_cli_lists_trials_with_attributes(searched, tmp_path):
     assert "pbn_accuracy" not in attrs  # PBN is recorded when asked (--pbn)
 
 
+@pytest.mark.integration
 def test_existing_study_with_other_data_is_refused_and_kept(searched, small_fmnist, tmp_path, fmnist_arrays):
     shutil.copy(searched, tmp_path / "study.db")  # as `_run([..., "--epochs", "0"], tmp_path)` leaves it
     db = tmp_path / "study.db"
@@ -123,6 +126,7 @@ def _peek_complete(db: Path) -> int:
         return 0
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path):
@@ -181,6 +185,7 @@ def test_interrupted_run_resumes_to_exactly_n_trials(sig, small_fmnist, tmp_path
             assert retries, f"trial {failed.number} was failed but not retried"
 
 
+@pytest.mark.integration
 def test_train_writes_weights_and_a_card_that_run_accepts(small_fmnist, tmp_path):
     from safetensors.torch import load_file
 
@@ -307,6 +312,7 @@ def test_unsupported_search_settings_fail_in_one_line(args, message, tmp_path):
     assert len(res.output.strip().splitlines()) <= 2 and not (tmp_path / "x.db").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_pareto_run_reports_a_front_and_finetune_delivers_any_point(small_fmnist, tmp_path):
     url = f"sqlite:///{tmp_path}/p.db"
@@ -358,6 +364,7 @@ def test_finetune_refuses_distillation_without_epochs_and_touches_nothing(search
     assert len(res.output.strip().splitlines()) == 1 and db.read_bytes() == before and not out.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_the_second_shipped_base_runs_the_whole_pipeline_without_a_checkpoint_flag(small_fmnist, tmp_path):
     res = _run(["--data-dir", str(small_fmnist), "--model", "mobilenet_v1_cifar", "--flops", "0.5"], tmp_path)
@@ -389,6 +396,7 @@ def _one_error_line(res, code, message, tmp_path):
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_a_model_without_normalisation_runs_with_a_warning_and_plain_accuracy(small_fmnist, tmp_path):
     res = _user_run("no_norm", small_fmnist, tmp_path, "--epochs", "0", "--pbn")
     assert res.exit_code == 0, res.output
@@ -400,6 +408,7 @@ def test_a_model_without_normalisation_runs_with_a_warning_and_plain_accuracy(sm
     assert len(done) == 2 and all(t.user_attrs["abn_accuracy"] == t.user_attrs["pbn_accuracy"] for t in done)
 
 
+@pytest.mark.integration
 def test_batchnorm_without_running_stats_is_left_alone_and_the_study_runs(small_fmnist, tmp_path):
     res = _user_run("untracked_bn", small_fmnist, tmp_path, "--epochs", "0")
     assert res.exit_code == 0, res.output
@@ -462,6 +471,7 @@ def test_a_resume_with_another_setting_names_the_flag_and_both_values(searched, 
     assert (tmp_path / "study.db").read_bytes() == before
 
 
+@pytest.mark.integration
 def test_a_study_made_under_older_defaults_resumes_with_its_stored_calibration_and_scoring(small_fmnist, tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     args = without(SMALL_RUN, "--abn-batches") + [
@@ -492,6 +502,7 @@ def test_a_study_made_under_older_defaults_resumes_with_its_stored_calibration_a
     assert fresh.abn_batches == 10 and fresh.early_stop is True
 
 
+@pytest.mark.integration
 def test_a_new_seed_resumes_the_study_with_its_calibration_images_and_draws_afresh(searched, small_fmnist, tmp_path):
     shutil.copy(searched, tmp_path / "study.db")  # made with --seed 0
     res = _run(["--data-dir", str(small_fmnist), "--epochs", "0", "--seed", "5", "--n-trials", "3"], tmp_path)
@@ -501,6 +512,7 @@ def test_a_new_seed_resumes_the_study_with_its_calibration_images_and_draws_afre
     assert study.user_attrs["config"]["calibration_seed"] == 0  # the data the study was made with
 
 
+@pytest.mark.integration
 def test_a_study_made_before_calibration_seed_resumes_with_the_images_its_seed_drew(small_fmnist, tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     common = ["run", *SMALL_RUN, "--epochs", "0", "--data-dir", str(small_fmnist), "--storage", storage]
@@ -515,6 +527,7 @@ def test_a_study_made_before_calibration_seed_resumes_with_the_images_its_seed_d
     assert sum(t.state.name == "COMPLETE" for t in optuna.load_study(study_name=None, storage=storage).trials) == 3
 
 
+@pytest.mark.integration
 def test_a_module_under_two_names_exports_and_reloads_bit_identically(small_fmnist, tmp_path):
     res = _user_run("shared_conv", small_fmnist, tmp_path, "--epochs", "1")
     assert res.exit_code == 0, res.output
@@ -532,6 +545,7 @@ def test_a_module_under_two_names_exports_and_reloads_bit_identically(small_fmni
     assert again.exit_code == 0 and f"test accuracy {printed:.2%} (reported at export: {printed:.2%})" in again.output
 
 
+@pytest.mark.integration
 def test_groupnorm_channels_are_cut_in_multiples_of_its_groups(small_fmnist, tmp_path):
     res = _user_run("group_norm", small_fmnist, tmp_path, "--epochs", "0", "--flops", "0.4", "--max-rate", "0.8")
     assert res.exit_code == 0, res.output
@@ -588,6 +602,7 @@ def test_ctrl_c_offers_a_resume_only_where_the_command_resumes(monkeypatch, tmp_
     ], res.output
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_run_through_a_pipe_logs_every_trial_and_epoch(small_fmnist, tmp_path, workers):
@@ -623,6 +638,7 @@ def test_help_shows_every_default_and_bracketed_text():
     assert "pip install 'fnnp-opt[onnx]'" in text
 
 
+@pytest.mark.integration
 def test_finetune_without_output_leaves_the_runs_delivery_alone(searched, tmp_path, monkeypatch):
     shutil.copy(searched, tmp_path / "study.db")
     delivered = {f.name: f.read_bytes() for f in (searched.parent / "out").iterdir() if f.is_file()}

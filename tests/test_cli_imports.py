@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fnnp_opt"
 CLI = "fnnp_opt.cli"
@@ -76,6 +78,7 @@ def test_the_cli_imports_only_the_public_api_and_its_own_modules():
     )
 
 
+@pytest.mark.system
 def test_importing_the_cli_and_showing_help_loads_neither_torch_nor_optuna():
     code = (
         "import sys\n"

@@ -116,3 +116,9 @@ def test_the_default_rerank_is_5_where_a_run_can_rerank_and_0_where_it_cannot():
     assert resolve(objective="pareto").resolved_rerank() == 0  # no single winner to pick
     assert resolve(score_steps=0).resolved_rerank() == 0  # no short fine-tune to re-score with
     assert resolve(rerank=0).resolved_rerank() == 0 and resolve(rerank=2).resolved_rerank() == 2
+
+
+def test_the_default_rerank_is_off_where_the_short_fine_tune_exceeds_the_train_part():
+    cfg = resolve(batch_size=128, score_steps=100)
+    assert cfg.resolved_rerank(train_images=12_800) == 5 and cfg.resolved_rerank(train_images=12_799) == 0
+    assert resolve(rerank=2).resolved_rerank(train_images=10) == 2  # asked for: prepare() refuses it in one line

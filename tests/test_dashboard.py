@@ -107,6 +107,7 @@ def test_dashboard_serves_the_study_on_loopback(tmp_path):
                 assert s.connect_ex((addr, port)) != 0
 
 
+@pytest.mark.unit
 def test_dashboard_refuses_a_missing_storage(tmp_path):
     from typer.testing import CliRunner
 
@@ -117,6 +118,7 @@ def test_dashboard_refuses_a_missing_storage(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.unit
 def test_dashboard_refuses_an_artifact_store_that_does_not_exist_and_one_that_is_a_file(tmp_path):
     from typer.testing import CliRunner
 

@@ -94,6 +94,7 @@ def _decoder_of_a_killed_parent(ready) -> None:  # a search worker: starts one d
     time.sleep(120)
 
 
+@pytest.mark.system
 def test_a_decoding_process_ends_with_the_process_it_decodes_for_even_when_that_is_killed(tiny_imagenet):
     """A search worker killed by SIGKILL leaves no image decoder behind (before, one could hold the run's output
     open for minutes); and every image-folder loader starts its decoders that way, by fork."""

@@ -119,6 +119,7 @@ def test_commands_of_one_process_refuse_several_torchrun_processes(monkeypatch):
     assert CliRunner().invoke(app, ["models"]).exit_code == 0
 
 
+@pytest.mark.system
 def test_a_torchrun_job_that_cannot_be_joined_is_one_line(monkeypatch, tmp_path):
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))
@@ -134,6 +135,7 @@ def test_a_torchrun_job_that_cannot_be_joined_is_one_line(monkeypatch, tmp_path)
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("port", ["nobody", "answers something else"])
 def test_a_follower_that_cannot_join_stops_within_the_join_timeout(monkeypatch, tmp_path, port):
     """Rank 1 with no rank 0: torch's store connect retries (no server) or blocks in C++ past its own timeout (a
@@ -215,6 +217,7 @@ def runs(small_fmnist, tmp_path_factory):
     return ref, {name: [_load(two / f"{name}-rank{r}.pt") for r in (0, 1)] for name in names}
 
 
+@pytest.mark.system
 def test_both_processes_end_with_bit_identical_weights(runs):
     _, two = runs
     for name, (rank0, rank1) in two.items():
@@ -224,6 +227,7 @@ def test_both_processes_end_with_bit_identical_weights(runs):
             assert torch.equal(v, rank1["state"][k]), (name, k)  # BN statistics included
 
 
+@pytest.mark.system
 def test_without_batchnorm_two_processes_compute_what_one_does(runs):
     """Uneven shares (23 + 22 images of each batch of 45, 5 steps an epoch): the same global batches, augmentation
     and mean loss. What is left is float32 rounding (the all-reduce's order of sums, 1- vs 2-thread kernels), about
@@ -234,6 +238,7 @@ def test_without_batchnorm_two_processes_compute_what_one_does(runs):
         torch.testing.assert_close(two["tiny"][0]["state"][k], v, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.system
 def test_a_parameter_the_loss_does_not_use_trains_under_torchrun(runs):
     """An auxiliary head that forward never runs: DDP is told to look for unused parameters (rank 0 names them once,
     at INFO), the head keeps its initial weights in both processes as in one, and the rest ends where one process
@@ -250,6 +255,7 @@ def test_a_parameter_the_loss_does_not_use_trains_under_torchrun(runs):
     assert output.count("get no gradient from the loss: aux.weight, aux.bias") == 1, output[-3000:]
 
 
+@pytest.mark.system
 def test_with_batchnorm_two_processes_differ_from_one_only_by_per_process_statistics(runs):
     """Each process normalises its 64 images with their own BN statistics. One process that normalises the same
     two halves separately (ddp_fit.Ghost) ends within float rounding of the two: 0.74% of the update apart
@@ -263,6 +269,7 @@ def test_with_batchnorm_two_processes_differ_from_one_only_by_per_process_statis
     assert mine["losses"] == pytest.approx(one["pruned"]["losses"], rel=0.2)
 
 
+@pytest.mark.system
 def test_an_epoch_checkpoint_resumes_with_another_process_count(runs):
     """Epoch 1 of one process continues in two, and epoch 1 of two in one: each resumes at epoch 2 (its first
     loss is the checkpoint's, bit for bit) and ends where the other count's run ends, within what per-process
@@ -279,6 +286,7 @@ def test_an_epoch_checkpoint_resumes_with_another_process_count(runs):
 # --------------------------------------------------------------------------- the command line under torchrun
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_run_and_finetune_under_torchrun(small_fmnist, tmp_path):
     """Rank 0 searches while the other waits, both fine-tune the winner, rank 0 alone writes and prints."""
@@ -309,6 +317,7 @@ def test_run_and_finetune_under_torchrun(small_fmnist, tmp_path):
     assert out.count("exported to") == 1 and json.loads((tmp_path / "t0" / "pruned.json").read_text())
 
 
+@pytest.mark.system
 def test_a_join_that_waits_says_so_and_ctrl_c_stops_it_with_nothing_to_resume(tmp_path):
     """Rank 1 started by hand with no rank 0: after a few quiet seconds it says what it waits for; Ctrl-C ends it in
     one line ("stopped": nothing ran) with 130, well before the join's timeout."""

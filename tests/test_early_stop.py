@@ -54,6 +54,7 @@ def _study(p, params: list[dict], early: bool) -> optuna.Study:
     return study
 
 
+@pytest.mark.integration
 def test_early_stopping_never_stops_the_best_candidate_and_stopped_trials_record_their_images(prepared, monkeypatch):
     monkeypatch.setattr(S, "step_batches", lambda batch_size: 2)  # steps of 64 images: 10 on this split
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -24,6 +24,7 @@ def _run(args: list[str], cwd: Path) -> str:
     return out.stdout
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_an_example_uses_only_the_public_api(script):
     tree = ast.parse(script.read_text())

@@ -70,6 +70,7 @@ ANALYTIC_CASES = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name, in_channels, size, draws", ANALYTIC_CASES)
 def test_the_analytic_count_equals_thop_on_random_strategies(name, in_channels, size, draws):
     """Every registered model: the channel-plan count is thop's count of the pruned network, exactly."""

@@ -128,6 +128,7 @@ def test_slots_on_a_journal_stop_at_n_and_a_waiting_claim_follows_the_running_on
     assert outcome == [True]  # b failed: its slot is c's
 
 
+@pytest.mark.system
 def test_the_study_lock_is_a_file_lock_beside_the_journal(tmp_path):
     """Held by another process, the lock waits; it is fnnp-opt's own file, not Optuna's append lock."""
     study = optuna.create_study(study_name="s", storage=_open(tmp_path / "s.log"))
@@ -232,6 +233,7 @@ def journal_run(small_fmnist, tmp_path_factory):
     return cfg, run(cfg), folder / "s.log"
 
 
+@pytest.mark.integration
 def test_a_rerank_on_a_journal_keeps_its_scores_on_the_study(journal_run):
     cfg, result, path = journal_run
     study = optuna.load_study(study_name=result.study_name, storage=_reader(path))
@@ -247,6 +249,7 @@ def test_a_rerank_on_a_journal_keeps_its_scores_on_the_study(journal_run):
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
+@pytest.mark.system
 def test_the_stock_optuna_cli_reads_a_journal_study(journal_run):
     _, result, path = journal_run
     args = ["--storage", str(path), "--storage-class", "JournalFileBackend"]
@@ -265,6 +268,7 @@ def test_the_stock_optuna_cli_reads_a_journal_study(journal_run):
     }
 
 
+@pytest.mark.integration
 def test_a_second_run_on_the_journal_redoes_nothing(journal_run):
     cfg, result, path = journal_run
     again = run(cfg)
@@ -274,6 +278,7 @@ def test_a_second_run_on_the_journal_redoes_nothing(journal_run):
     assert len([t for t in study.trials if St.is_evaluated(t)]) == 4
 
 
+@pytest.mark.system
 def test_a_dead_workers_rerank_claim_on_a_journal_is_taken_over(journal_run):
     cfg, result, path = journal_run
     cfg = replace(cfg, rerank=3)
@@ -297,6 +302,7 @@ def test_a_dead_workers_rerank_claim_on_a_journal_is_taken_over(journal_run):
     assert St.trial_user_attrs(fresh, fresh.trials[third])["abn_ft4"] == report.scores[third]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_workers_flag_on_a_journal_survives_a_killed_worker(small_fmnist, tmp_path):
     """`--workers 2` on a journal file: one worker is killed (SIGKILL) mid-trial; exactly n are evaluated, and the
@@ -330,6 +336,7 @@ def test_workers_flag_on_a_journal_survives_a_killed_worker(small_fmnist, tmp_pa
     assert study.user_attrs["result"]["trial"] == best.number
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_two_runs_on_one_journal_rerank_each_candidate_once(small_fmnist, tmp_path):
     """Two `fnnp-opt run` processes on one journal, as on two machines: the rerank's re-scores are split between
@@ -353,6 +360,7 @@ def test_two_runs_on_one_journal_rerank_each_candidate_once(small_fmnist, tmp_pa
     assert sum((tmp_path / k / "pruned.json").is_file() for k in ("a", "b")) == 1  # one delivery
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_kill_9_in_a_journal_rerank_then_resume(small_fmnist, tmp_path):
     """`run --rerank 3` on a journal, killed with SIGKILL while re-scoring, then run again: the finished re-scores
@@ -392,6 +400,7 @@ def test_kill_9_in_a_journal_rerank_then_resume(small_fmnist, tmp_path):
     assert card["study"]["rerank"] == {"abn_ft20": max(final.values())}
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_correlate_on_a_journal_fills_stored_candidates_once(small_fmnist, tmp_path):
     """`correlate` adds a score column to stored (finished) candidates: on a journal it goes to the study, is read
@@ -422,6 +431,7 @@ def test_correlate_on_a_journal_fills_stored_candidates_once(small_fmnist, tmp_p
     assert len(rows) == 3 and all(float(r["abn_ft2"]) == stored[str(by_candidate[int(r["candidate"])])] for r in rows)
 
 
+@pytest.mark.system
 def test_appends_queue_on_a_kernel_lock_and_still_take_optunas(tmp_path):
     """While a stock Optuna writer holds the journal's symlink lock, fnnp-opt's append waits for it; while another
     fnnp-opt process holds the queue's flock, it waits too; and a process killed holding the flock frees it."""
@@ -449,6 +459,7 @@ def test_appends_queue_on_a_kernel_lock_and_still_take_optunas(tmp_path):
     assert optuna.load_study(study_name="s", storage=_reader(path)).user_attrs == {"a": 1, "b": 2}
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("case", ["read-only folder", "read-only journal", "read-only lock file"])
 def test_a_journal_this_user_cannot_write_is_refused_untouched(case, tmp_path):
     """As an unprivileged user (root without its capabilities, as tests/test_storage.py runs it): refused with the

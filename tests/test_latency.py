@@ -112,6 +112,7 @@ def test_parse_latency():
         L.make_latency_budget("5ms", 0.05, 4.0)
 
 
+@pytest.mark.integration
 def test_the_table_is_built_once_and_reused_from_its_cache(tmp_path, monkeypatch):
     first = _latency_study(tmp_path)
     files = list((tmp_path / "latency-cache").glob("latency-*.json"))
@@ -134,6 +135,7 @@ def test_the_table_is_built_once_and_reused_from_its_cache(tmp_path, monkeypatch
     assert len(list((tmp_path / "latency-cache").glob("layout-*.json"))) == 2
 
 
+@pytest.mark.integration
 def test_a_prediction_agrees_with_a_direct_measurement(tmp_path):
     p = _latency_study(tmp_path, latency_layout="nchw")
     table = p.latency
@@ -340,6 +342,7 @@ def test_a_fit_cached_before_the_base_was_timed_as_deployed_is_made_again(tmp_pa
     assert again.latency.base_layout == "channels-last" and again.budget.base == pytest.approx(first.budget.base)
 
 
+@pytest.mark.integration
 def test_the_summary_of_a_latency_run_does_not_suggest_a_latency_budget(tmp_path, small_fmnist, monkeypatch):
     from conftest import SMALL_RUN
 
@@ -359,6 +362,7 @@ def test_the_summary_of_a_latency_run_does_not_suggest_a_latency_budget(tmp_path
     assert f"({lat['measured_ratio']:.2f}x the base's {lat['base_ms']:.3f} ms NHWC)" in text
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v1_cifar"])
 def test_onnx_export_of_a_pruned_network_matches_pytorch(tmp_path, name):
@@ -400,6 +404,7 @@ def test_a_missing_onnx_extra_is_one_line(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
 def test_a_latency_study_runs_end_to_end_and_records_its_latencies(tmp_path, small_fmnist):

@@ -149,6 +149,7 @@ def test_cmaes_starts_from_uniform_l1_and_the_other_samplers_take_no_start(prepa
         assert abs(first_generation_mean(ratio) - ratio) < 0.06
 
 
+@pytest.mark.integration
 def test_resume_continues_to_the_total_without_replaying(small_fmnist, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     common = dict(data_dir=str(small_fmnist), storage=url, study_name="s", output=str(tmp_path / "out"), **SMALL)
@@ -163,6 +164,7 @@ def test_resume_continues_to_the_total_without_replaying(small_fmnist, tmp_path)
     assert set(study.user_attrs["fingerprint"]) == {"model", "weights", "dataset", "data", "space", "budget"}
 
 
+@pytest.mark.integration
 def test_a_study_made_with_other_settings_is_refused(small_fmnist, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     common = dict(data_dir=str(small_fmnist), storage=url, study_name="s", output=str(tmp_path / "o"), **SMALL)
@@ -275,6 +277,7 @@ def test_the_combination_matrix_is_what_the_docs_say():
     assert "accuracy-cmaes-reject-fit" in ids and "pareto-cmaes-penalize-raw" not in ids
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler, mode, objective, fit", COMBINATIONS)
 def test_every_allowed_combination_runs_a_5_trial_study(small_fmnist, tmp_path, sampler, mode, objective, fit):
@@ -335,6 +338,7 @@ def _cli_run(*args: str):
     return CliRunner().invoke(app, ["run", *args])
 
 
+@pytest.mark.integration
 def test_a_finished_study_whose_baseline_failed_evaluates_it_when_resumed(searched, small_fmnist, tmp_path):
     """Trial 0 (uniform L1) failed while the other trials filled the study: a resume queues it again and evaluates
     it even though the study already holds n_trials, so the finished study has its baseline."""
@@ -368,6 +372,7 @@ def test_a_finished_study_whose_baseline_failed_evaluates_it_when_resumed(search
     assert len(optuna.load_study(study_name=None, storage=url).trials) == len(study.trials)
 
 
+@pytest.mark.integration
 def test_the_uniform_baseline_lands_in_the_window_of_a_small_model_or_the_study_says_it_has_none(
     small_fmnist, tmp_path
 ):

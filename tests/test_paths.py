@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fnnp_opt.paths import NOT_A_FOLDER, NOT_WRITABLE, nearest_parent
 
 
@@ -18,6 +20,7 @@ def test_the_nearest_existing_parent_decides(tmp_path):
     assert nearest_parent("relative/new/s.db")[1] is None  # the working folder, reached through "."
 
 
+@pytest.mark.system
 def test_a_folder_this_user_cannot_write_blocks_what_lies_under_it(tmp_path):
     """Checked in a process without root's power to write anything (util-linux's setpriv), as any user."""
     locked = tmp_path / "locked"

@@ -37,15 +37,20 @@ def test_the_paper_experiments_are_all_there():
     assert read_recipe("resnet50-imagenet-1G").paper["top1"] == 74.2
 
 
-# Recipes that differ from one that runs end to end by their budget alone: run with --huge (`make test-all`);
-# by default only their budget is checked against what their R reaches (test_a_sibling_recipes_budget_is_reachable).
+# Recipes that differ from one that runs end to end by their budget alone: run in the zoo tier (`make test-all`);
+# the integration tier checks their budget against what their R reaches (test_a_sibling_recipes_budget_is_reachable).
 SIBLINGS = {"resnet50-imagenet-2G", "resnet50-imagenet-3G"}
 
 
+def _tier(name: str) -> pytest.MarkDecorator:
+    """A recipe run's tier: an image folder is decoded in worker processes (system)."""
+    if name in SIBLINGS:
+        return pytest.mark.zoo
+    return pytest.mark.system if read_recipe(name).config["dataset"] == "imagenet" else pytest.mark.integration
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.huge) if n in SIBLINGS else n for n in RECIPE_NAMES]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_tier(n)) for n in RECIPE_NAMES])
 def test_every_recipe_runs_on_tiny_data_of_its_format(name, tmp_path, request):
     recipe = read_recipe(name)
     dataset = recipe.config["dataset"]
@@ -70,6 +75,7 @@ def test_every_recipe_runs_on_tiny_data_of_its_format(name, tmp_path, request):
         assert "| this run:" in printed
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(SIBLINGS))
 def test_a_sibling_recipes_budget_is_reachable(name, tmp_path):
     from fnnp_opt.pipeline import prepare
@@ -123,6 +129,7 @@ def build(num_classes=10):  # takes no in_channels: fnnp-opt adapts the stem to 
 """
 
 
+@pytest.mark.integration
 def test_a_user_model_given_as_module_callable_runs_end_to_end(small_fmnist, tmp_path, monkeypatch):
     (tmp_path / "mynets.py").write_text(USER_MODEL)
     monkeypatch.chdir(tmp_path)

@@ -24,10 +24,10 @@ TRIALS = MIN_IMPORTANCE_TRIALS + 1  # enough for the importances
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, small_fmnist) -> Path:
-    """A folder with s.db, a real study of the default run (12 evaluated candidates, the winner delivered
-    without fine-tuning to out/)."""
+    """A folder with s.db, a real study of the default run (12 evaluated candidates with the default baselines, the
+    winner delivered without fine-tuning to out/)."""
     folder = tmp_path_factory.mktemp("report")
-    args = ["run", *without(SMALL_RUN, "--n-trials"), "--n-trials", str(TRIALS), "--epochs", "0"]
+    args = ["run", *without(SMALL_RUN, "--n-trials", "--baselines"), "--n-trials", str(TRIALS), "--epochs", "0"]
     args += ["--data-dir", str(small_fmnist), "--storage", f"sqlite:///{folder}/s.db", "--output", str(folder / "out")]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output

@@ -63,6 +63,7 @@ def test_a_second_rerank_redoes_nothing(reranked):
     assert again.rerank.rescored == 0 and again.rerank.scores == result.rerank.scores
 
 
+@pytest.mark.system
 def test_a_dead_workers_claim_is_taken_over_and_finished_scores_are_kept(reranked, small_fmnist):
     cfg, result = reranked
     cfg = replace(cfg, rerank=3)
@@ -99,6 +100,7 @@ def _ledger_scores(db: Path, key: str) -> int:
     return len(json.loads(row[0])["scores"]) if row else 0
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_kill_9_in_the_rerank_and_in_the_distilled_fine_tune_then_resume(small_fmnist, tmp_path):
     """`run --rerank 3 --distill` killed with SIGKILL while re-scoring, and again while fine-tuning, then finished."""

@@ -20,6 +20,8 @@ from optuna.trial import TrialState
 
 import fnnp_opt.optuna_private as P
 import fnnp_opt.storage as St
+from fnnp_opt.errors import UsageError
+from fnnp_opt.options import env_seconds, env_whole_seconds
 
 CLI = Path(__file__).parents[1] / "cli.py"
 
@@ -103,6 +105,7 @@ print(" ".join(str(study.ask().number) for _ in range(n)))
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_two_processes_never_take_the_same_queued_trial(tmp_path, kind):
     """Optuna alone on SQLite lets both take one WAITING trial now and then (no row locks): 11 of 200 here."""
@@ -123,6 +126,7 @@ def test_two_processes_never_take_the_same_queued_trial(tmp_path, kind):
     assert not set(taken[0]) & set(taken[1])
 
 
+@pytest.mark.system
 def test_one_delivery_per_winner(tmp_path):
     study = _study(tmp_path)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -138,6 +142,31 @@ def test_one_delivery_per_winner(tmp_path):
     assert St.claim_delivery(study, 3) is None  # its owner died: take it over
     assert study.user_attrs["delivery"]["owner"] == St.worker_id()
 
+
+def test_the_intervals_come_from_the_environment_or_their_default(monkeypatch):
+    monkeypatch.delenv("FNNP_X_S", raising=False)
+    assert env_seconds("FNNP_X_S", 1.5) == 1.5 and env_whole_seconds("FNNP_X_S", 8) == 8
+    monkeypatch.setenv("FNNP_X_S", " 0.25 ")
+    assert env_seconds("FNNP_X_S", 1.0) == 0.25
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        monkeypatch.setenv("FNNP_X_S", bad)
+        with pytest.raises(UsageError, match=rf"^FNNP_X_S must be a positive number of seconds, got '{bad}'"):
+            env_seconds("FNNP_X_S", 1.0)
+    monkeypatch.setenv("FNNP_X_S", "2.5")
+    with pytest.raises(UsageError, match=r"^FNNP_X_S must be a whole number of seconds, got 2.5; unset it for 8 s$"):
+        env_whole_seconds("FNNP_X_S", 8)
+
+
+
+@pytest.mark.system
+def test_a_grace_period_no_longer_than_the_heartbeat_is_refused_in_one_line(tmp_path):
+    env = dict(os.environ, FNNP_HEARTBEAT_S="2", FNNP_GRACE_S="2")
+    cmd = [sys.executable, str(CLI), "report", "--storage", f"sqlite:///{tmp_path}/s.db"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and message_lines(proc.stdout + proc.stderr) == [
+        "error: FNNP_GRACE_S (2 s) must be longer than FNNP_HEARTBEAT_S (2 s), or every running trial would be failed "
+        "as dead; unset both for 8 s and 2 s"
+    ], proc.stderr
 
 # --------------------------------------------------------------------------- many processes
 
@@ -195,6 +224,7 @@ def _check_shared_study(storage, n, killed):
     return study
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_two_machines_share_a_postgres_study_and_survive_a_kill(postgres_url, small_fmnist, tmp_path):
     """Two `fnnp-opt run` processes (as on two machines) on one PostgreSQL study; one is killed mid-trial."""
@@ -222,6 +252,7 @@ def test_two_machines_share_a_postgres_study_and_survive_a_kill(postgres_url, sm
     assert study.user_attrs["delivery"]["owner"] == f"{socket.gethostname()}:{procs[1].pid}"
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_workers_flag_survives_a_killed_worker(small_fmnist, tmp_path):
     """`--workers 2` on SQLite: one worker process is killed mid-trial; the run still ends with exactly n."""
@@ -265,6 +296,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.system
 def test_workers_stop_on_ctrl_c_and_with_their_parent_and_the_resume_is_clean(small_fmnist, tmp_path):
     """`--workers 2`: Ctrl-C (SIGINT to the whole foreground group), during the workers' start-up or mid-trial, ends
     in one line and 130; kill -9 of the parent stops its workers though trials remain; the resume (queued retries and
@@ -329,6 +361,7 @@ def test_workers_stop_on_ctrl_c_and_with_their_parent_and_the_resume_is_clean(sm
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
+@pytest.mark.system
 def test_a_postgres_password_reaches_no_study_export_or_screen(postgres_url, small_fmnist, tmp_path):
     """A password-protected role (scram-sha-256): the run works, and the password is nowhere but in the URL."""
     from typer.testing import CliRunner
@@ -361,6 +394,7 @@ def _as_unprivileged(cmd: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("case", ["read-only folder", "read-only database", "read-only lock file"])
 def test_a_storage_this_user_cannot_write_is_refused_untouched(case, small_fmnist):
     """Run as an unprivileged user: one line, exit 1, the database byte-identical, no export written."""
@@ -397,6 +431,7 @@ def test_a_storage_this_user_cannot_write_is_refused_untouched(case, small_fmnis
         shutil.rmtree(root)
 
 
+@pytest.mark.system
 def test_finetune_on_a_read_only_database_is_refused_before_the_export(small_fmnist):
     """`fnnp-opt finetune` used to write the export, then crash on the storage: now it writes nothing."""
     import shutil
@@ -428,22 +463,26 @@ def test_finetune_on_a_read_only_database_is_refused_before_the_export(small_fmn
         shutil.rmtree(root)
 
 
+@pytest.mark.system
 def test_processes_that_open_a_new_sqlite_file_at_once_all_open_it(tmp_path):
     # each creates the file's tables if it finds none: without a lock, the second one's creation collides
     code = (
         "import sys, time, pathlib; from fnnp_opt.storage import open_storage\n"
         "go = pathlib.Path(sys.argv[2])\n"
+        "pathlib.Path(sys.argv[3]).touch()\n"
         "while not go.exists(): time.sleep(0.01)\n"
         "open_storage(sys.argv[1])\n"
     )
     for attempt in range(3):
         url, go = f"sqlite:///{tmp_path}/s{attempt}.db", tmp_path / f"go{attempt}"
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        procs = [
-            subprocess.Popen([sys.executable, "-c", code, url, str(go)], env=env, stderr=subprocess.PIPE, text=True)
-            for _ in range(4)
-        ]
-        time.sleep(3)  # every process waits at the gate, imports done
+        ready = [tmp_path / f"ready{attempt}-{i}" for i in range(4)]
+        args = [[sys.executable, "-c", code, url, str(go), str(r)] for r in ready]
+        procs = [subprocess.Popen(a, env=env, stderr=subprocess.PIPE, text=True) for a in args]
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)  # every process waits at the gate, imports done
         go.touch()
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1] for e in errors if e.strip()]
@@ -464,6 +503,7 @@ def test_an_opened_storage_is_closed_however_its_block_ends(tmp_path):
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{db}").user_attrs == {"k": 1}
 
 
+@pytest.mark.integration
 def test_finetune_closes_its_storage(searched, tmp_path):
     from typer.testing import CliRunner
 

@@ -18,6 +18,15 @@ def train_part(small_fmnist):
     return s.train, s.augment  # 512 images
 
 
+@pytest.fixture(scope="module")
+def two_batches(train_part):
+    """The first 128 images of :func:`train_part` (two batches of 64): enough for what a fit stores and resumes."""
+    from fnnp_opt.data import TensorSet
+
+    train, aug = train_part
+    return TensorSet(train.x[:128], train.y[:128]), aug
+
+
 def test_fit_lowers_the_loss(train_part):
     train, aug = train_part
     torch.manual_seed(0)
@@ -27,8 +36,8 @@ def test_fit_lowers_the_loss(train_part):
     assert not model.training
 
 
-def test_resume_after_an_interruption_is_exact(train_part, tmp_path, monkeypatch):
-    train, aug = train_part
+def test_resume_after_an_interruption_is_exact(two_batches, tmp_path, monkeypatch):
+    train, aug = two_batches
     cfg = FitConfig(epochs=2, lr=0.05, batch_size=64)
     torch.manual_seed(0)
     init = create_model("resnet20", 1, 10).state_dict()
@@ -59,8 +68,8 @@ def test_resume_after_an_interruption_is_exact(train_part, tmp_path, monkeypatch
         assert torch.equal(resumed.state_dict()[k], v), k
 
 
-def test_checkpoint_of_another_run_is_ignored(train_part, tmp_path):
-    train, aug = train_part
+def test_checkpoint_of_another_run_is_ignored(two_batches, tmp_path):
+    train, aug = two_batches
     ckpt = tmp_path / "ft.pt"
     fit(create_model("resnet20", 1, 10), train, FitConfig(epochs=1, batch_size=64), checkpoint=ckpt, tag="a")
     losses = fit(create_model("resnet20", 1, 10), train, FitConfig(epochs=1, batch_size=64), checkpoint=ckpt, tag="b")
@@ -68,8 +77,8 @@ def test_checkpoint_of_another_run_is_ignored(train_part, tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"garbage, not a checkpoint", "a list"])
-def test_an_unreadable_checkpoint_is_ignored_with_a_warning_and_replaced(train_part, tmp_path, caplog, content):
-    train, aug = train_part
+def test_an_unreadable_checkpoint_is_ignored_with_a_warning_and_replaced(two_batches, tmp_path, caplog, content):
+    train, aug = two_batches
     ckpt = tmp_path / "ft.pt"
     if content == "a list":
         torch.save([1, 2], ckpt)
@@ -108,8 +117,8 @@ def _pair(seed: int = 0):
     return a, b
 
 
-def test_distillation_with_weight_zero_equals_plain_fine_tuning(train_part, base_model):
-    train, aug = train_part
+def test_distillation_with_weight_zero_equals_plain_fine_tuning(two_batches, base_model):
+    train, aug = two_batches
     cfg = FitConfig(epochs=1, lr=0.05, batch_size=64)
     plain, distilled = _pair()
     teacher_before = {k: v.clone() for k, v in base_model.state_dict().items()}
@@ -198,6 +207,7 @@ print("trained")
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "argv",
     [["-c", PRUNED_RESNET20, THIN_NET], ["-c", PRUNED_RESNET20, NARROW_SHORTCUT], ["-c", STRIDED_1X1]],

@@ -42,7 +42,7 @@ def _run(root: Path, tmp_path: Path, workers: int, *extra: str):
         app,
         ["run", "--dataset", "folder", "--data-dir", str(root), *SPLIT, "--checkpoint", str(ckpt), "--no-check-base"]
         + ["--n-trials", "2", "--abn-batches", "2", "--abn-batch-size", "4", "--batch-size", "6", "--epochs", "0"]
-        + ["--flops-tolerance", "0.05", "--device", "cpu", "--workers", str(workers), *extra]
+        + ["--flops-tolerance", "0.05", "--device", "cpu", "--workers", str(workers), "--baselines", "uniform", *extra]
         + ["--storage", f"sqlite:///{tmp_path}/s.db", "--output", str(tmp_path / "out")],
     )
 

@@ -25,9 +25,9 @@ UNTRACEABLE = {"shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
 # The smallest square input each builder runs on, where it is above 32 px.
 MIN_SIZE = {"alexnet": 64, "inception_v3": 96}
 # Builders that take over 10 s here (big weights, long graphs): the largest of families whose smaller members run
-# by default (convnext_tiny, densenet121, efficientnet_b0, regnet_x_400mf, resnext50, vgg11, ...) and go through the
-# same code. `pytest --huge` (`make test-all`) runs them too: about 6 minutes more (the six largest ResNet,
-# EfficientNet and RegNet members joined the list at 12-28 s each, 1.9 min together in one quiet run).
+# in the integration tier (convnext_tiny, densenet121, efficientnet_b0, regnet_x_400mf, resnext50, vgg11, ...) and
+# go through the same code. They are the zoo tier (`pytest -m zoo`, `make test-all`): about 6 minutes (the six
+# largest ResNet, EfficientNet and RegNet members joined the list at 12-28 s each, 1.9 min together in one quiet run).
 HEAVY = {
     "convnext_base",
     "convnext_large",
@@ -56,7 +56,7 @@ PRUNABLE = [n for n in torchvision_builders() if n not in UNSUPPORTED]
 
 
 def _case(name: str):
-    return pytest.param(name, marks=pytest.mark.huge) if name in HEAVY else name
+    return pytest.param(name, marks=pytest.mark.zoo) if name in HEAVY else name
 
 
 @pytest.mark.parametrize("name", [_case(n) for n in PRUNABLE])
@@ -92,6 +92,7 @@ def test_torchvision_builder_prunes_runs_shrinks_and_reloads(name, tmp_path):
         shutil.rmtree(export, ignore_errors=True)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(UNTRACEABLE))
 def test_untraceable_builders_fail_naming_the_module(name):
     with pytest.raises(ModelError, match=r"cannot be pruned here: Torch-Pruning cannot trace its channel shuffle"):
@@ -123,6 +124,7 @@ def test_a_vision_transformer_is_refused_where_its_pruned_forward_breaks():
         create_model("vit_b_32", 3, 10)
 
 
+@pytest.mark.unit
 def test_every_torchvision_builder_is_tested_or_listed():
     assert set(torchvision_builders()) == set(PRUNABLE) | set(UNSUPPORTED) and UNTRACEABLE <= set(UNSUPPORTED)
     assert len(PRUNABLE) >= 60
