@@ -1,6 +1,6 @@
 """Is the pruned network faster where it runs? Base vs pruned latency, its levers, and the --latency budget.
 
-Three parts, each writing its rows to ``docs/latency/<part>.json``; ``report`` turns them into
+Four parts, each writing its rows to ``docs/latency/<part>.json``; ``report`` turns them into
 ``docs/latency.md``. Every time is a median of warm passes, the base and the pruned network timed
 side by side, in turns of 5 passes (``fnnp_opt.latency.compare_ms``), so the figures are ratios from one run.
 
@@ -14,8 +14,15 @@ side by side, in turns of 5 passes (``fnnp_opt.latency.compare_ms``), so the fig
   measured latency, and a ``--latency 0.5x`` study: ABN accuracies, the delivered network's measured
   latency against its target, and the table's prediction against direct measurement for every
   evaluated candidate.
+* ``imagenet``: torchvision's ResNet-18, ResNet-50 and MobileNetV2 at 224 px (random weights), each pruned to
+  50% and 25% of its MACs by uniform L1 (unrounded, ``--round-to 8`` and ``16``), Torch-Pruning's global ranking
+  (where ``fnnp_opt.baselines`` provides it) and ``--latency`` studies: every network of a model timed side by
+  side at batch 1 and 32, 1 and 2 threads, in eager NCHW and channels-last (BN folded), unfolded, and
+  onnxruntime. The networks, their ONNX files and studies are kept in ``--work``, and each row is written as it
+  is timed: a stopped run resumes where it stopped (``--again`` times chosen rows again).
 
     python benchmarks/latency.py speed round budget      # then:
+    python benchmarks/latency.py imagenet                # about an hour on 2 cores
     python benchmarks/latency.py report                  # docs/latency.md
 
 Run it on a quiet machine (nothing else busy): the timings are ratios, but two processes sharing a
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import tempfile
 from pathlib import Path
@@ -266,11 +274,289 @@ def _row(what: str, best, study, latency_ratio: float, lp, setting) -> dict:
     return row
 
 
+# --------------------------------------------------------------------------- ImageNet-size networks
+
+IMAGENET = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision builders: random weights, 224 px, 1000 classes
+SHARES = ("0.5", "0.25")  # the MACs the pruned networks keep
+ROUNDINGS = (1, 8, 16)  # --round-to of the uniform L1 plans; auto is the one equal to the CPU's vector width
+FORMS = ("eager NCHW", "eager channels-last", "eager, BN not folded", "onnxruntime")
+WORK = Path(tempfile.gettempdir()) / "fnnp-latency-imagenet"  # networks, ONNX files, studies: a rerun resumes
+
+
+def _label(share: str, what: str) -> str:
+    return f"{float(share):.0%} {what}"
+
+
+def _rounding(step: int) -> str:
+    from fnnp_opt.latency import vector_width
+
+    if step == 1:
+        return "uniform L1"
+    return f"uniform L1, round {step}" + (" (auto, the default)" if step == vector_width("cpu") else "")
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-")
+
+
+class Nets:
+    """The base and the pruned networks of one model, each exported (``save_pruned``) to ``work/<model>/<label>``
+    and listed in ``nets.json`` with how it was made: a rerun reads back what is there and makes the rest."""
+
+    def __init__(self, model: str, work: Path) -> None:
+        from _synthetic import random_checkpoint
+
+        from fnnp_opt.models import load_model
+
+        self.model, self.folder = model, work / model
+        self.checkpoint = random_checkpoint(self.folder / "base.safetensors", model, 1000)
+        self.base, _ = load_model(model, 3, 1000, self.checkpoint)
+        self.index = self.folder / "nets.json"
+        self.made: dict[str, dict] = json.loads(self.index.read_text()) if self.index.is_file() else {}
+
+    def keep(self, label: str, net, **record) -> None:
+        from fnnp_opt.export import save_pruned
+        from fnnp_opt.flops import count
+
+        card = {"model": self.model, "in_channels": 3, "num_classes": 1000, "input_shape": [1, 3, 224, 224]}
+        save_pruned(net, self.folder / _slug(label), card)
+        macs = count(net, (1, 3, 224, 224))[0] / count(self.base, (1, 3, 224, 224))[0]
+        self.made[label] = {"macs_kept": round(macs, 4), **record}
+        self.index.write_text(json.dumps(self.made, indent=1) + "\n")
+        print(self.model, label, json.dumps(self.made[label]))
+
+    def load(self) -> dict:
+        """{label: network}, the base first."""
+        from fnnp_opt.export import load_pruned
+
+        return {"base": self.base.eval()} | {k: load_pruned(self.folder / _slug(k)) for k in self.made}
+
+
+def _global_ratios(problem) -> dict[str, float] | None:
+    """The global-ranking baseline's ratios at ``problem``'s budget, where ``fnnp_opt.baselines`` provides it."""
+    try:
+        from fnnp_opt import baselines
+    except ImportError:
+        return None
+    if hasattr(baselines, "global_ratios"):
+        return baselines.global_ratios(problem)
+    return baselines.GlobalRanking(problem).allocation(problem.budget.target).ratios
+
+
+def make_nets(nets: Nets, data: Path, n_trials: int) -> None:
+    """Uniform L1 plans at each of :data:`SHARES` of the MACs, unrounded and rounded (:data:`ROUNDINGS`), the
+    global-ranking baseline and the winners of ``--latency <share>x`` studies (batch 1, 1 thread), both with the
+    default rounding of these wide networks (the CPU's vector width)."""
+    import torch
+
+    from fnnp_opt.flops import make_budget
+    from fnnp_opt.latency import vector_width
+    from fnnp_opt.problem import FLOPS_TOLERANCE, Problem
+
+    default = vector_width("cpu")  # these networks are wide: the default --round-to rounds them to it
+    for step in ROUNDINGS:
+        ranked = f"global ranking, round {step}"
+        labels = [_label(s, _rounding(step)) for s in SHARES] + [_label(s, ranked) for s in SHARES]
+        if all(k in nets.made for k in labels[: None if step == default else 2]):
+            continue
+        problem = Problem(nets.base, torch.zeros(1, 3, 224, 224), max_rate=0.8, round_to=step)
+        for share in SHARES:
+            problem.budget = make_budget(share, FLOPS_TOLERANCE, problem.flops.base)
+            label = _label(share, _rounding(step))
+            if label not in nets.made:
+                (plan, *_), _ = problem.uniform_strategies()
+                nets.keep(label, problem.pruner.prune(plan), ratio=round(max(plan.values()), 4))
+            label = _label(share, ranked)
+            if step == default and label not in nets.made:
+                ratios = _global_ratios(problem)
+                if ratios is not None:
+                    nets.keep(label, problem.pruner.prune(ratios))
+    for share in SHARES:
+        label = _label(share, f"--latency {float(share)}x")
+        if label not in nets.made:
+            _latency_search(nets, label, f"{float(share)}x", MAX_RATE[share], data, n_trials)
+
+
+def _latency_search(nets: Nets, label: str, target: str, max_rate: float, data: Path, n_trials: int) -> None:
+    """A ``--latency`` study of the base on the synthetic ImageFolder ``data`` (the scores mean nothing on random
+    weights; the timing is real), its winner kept with the table's record: target, measurement, prediction error."""
+    from fnnp_opt.config import resolve
+    from fnnp_opt.errors import BudgetError
+    from fnnp_opt.pipeline import prepare
+
+    storage = f"sqlite:///{nets.folder}/search.db"  # the latency table is cached beside it, for both targets
+    cfg = resolve(
+        model=nets.model,
+        dataset="imagenet",
+        data_dir=str(data),
+        checkpoint=str(nets.checkpoint),
+        latency=target,
+        latency_threads=1,
+        max_rate=max_rate,
+        n_trials=n_trials,
+        abn_batches=2,
+        abn_batch_size=16,
+        search_size=64,
+        check_base=False,
+        workers=1,
+        rerank=0,  # the winner's speed is the point; no re-scoring after the search
+        storage=storage,
+    )
+    try:
+        p = prepare(cfg)
+    except BudgetError as exc:  # a refusal is a result too
+        nets.made[label] = {"refused": str(exc)}
+        nets.index.write_text(json.dumps(nets.made, indent=1) + "\n")
+        return
+    study, best = _search(p, storage)
+    row = _row(
+        f"--latency {target}",
+        best,
+        study,
+        p.latency.measure(p.pruner.prune(_ratios(p, best)), 100)[1],
+        p,
+        p.latency.setting,
+    )
+    row.pop("abn_accuracy")  # of random weights on noise
+    nets.keep(label, p.pruner.prune(_ratios(p, best)), search=row | {"trial": best.number, "trials": n_trials})
+
+
+def _described(command: str) -> str:
+    """A busy process's command, with pytest-xdist's workers (``python -u -c import ...``) named."""
+    return "a pytest-xdist worker" if command.startswith("python -u -c import") else command
+
+
+def _busy() -> list[str]:
+    """The other processes that use over a quarter of a core now: what shares the machine with the timings."""
+    import os
+    import subprocess
+
+    out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--no-headers"], capture_output=True, text=True).stdout
+    busy = []
+    for line in out.splitlines():
+        pid, cpu, args = line.split(None, 2)
+        if int(pid) != os.getpid() and float(cpu) > 25:
+            busy.append(_described(" ".join(a.rsplit("/", 1)[-1] if "/" in a else a for a in args.split()[:4])[:80]))
+    return busy
+
+
+def _ort_sessions(nets: Nets, models: dict, threads: int) -> list:
+    """onnxruntime sessions of ``models`` on ``threads`` threads, from their ``--onnx`` exports (made once)."""
+    import onnxruntime as ort
+
+    from fnnp_opt.export import save_onnx
+
+    sessions = []
+    for label, model in models.items():
+        path = (nets.folder / "base.onnx") if label == "base" else nets.folder / _slug(label) / "pruned.onnx"
+        if not path.is_file():
+            save_onnx(model, (1, 3, 224, 224), path, check_batch=2, time_batches=())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        sessions.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+    return sessions
+
+
+def time_nets(nets: Nets, batch: int, threads: int, form: str, runs: int, budget_s: float, rows: list[dict]) -> dict:
+    """One row: every network of ``nets`` in ``form`` at ``batch`` and ``threads``, side by side."""
+    import os
+    import time
+
+    from fnnp_opt.latency import Setting, compare_ms, fold_bn, onnx_ms
+
+    models = nets.load()
+    load, busy, t = os.getloadavg()[0], _busy(), time.perf_counter()
+    if form == "onnxruntime":
+        sessions = _ort_sessions(nets, models, threads)
+        ms = onnx_ms(sessions, (1, 3, 224, 224), batch, runs=runs, budget_s=budget_s)
+    else:
+        cl = form == "eager channels-last"
+        if form == "eager, BN not folded":  # in the layout the folded base is faster in, at this cell
+            cell = {
+                r["form"]: r["ms"]["base"]
+                for r in rows
+                if (r["model"], r["batch"], r["threads"]) == (nets.model, batch, threads)
+            }
+            cl = cell.get("eager channels-last", 0) < cell.get("eager NCHW", 0)
+        else:
+            models = {k: fold_bn(m) for k, m in models.items()}
+        ms = compare_ms(
+            list(models.values()), (1, 3, 224, 224), Setting("cpu", threads, batch, cl), runs=runs, budget_s=budget_s
+        )
+    row = {
+        "model": nets.model,
+        "batch": batch,
+        "threads": threads,
+        "form": form + (" (channels-last)" if form == "eager, BN not folded" and cl else ""),
+        "ms": {k: round(x, 3) for k, x in zip(models, ms)},
+        "seconds": round(time.perf_counter() - t, 1),
+        "load": [round(load, 2), round(os.getloadavg()[0], 2)],  # 1-minute load average before and after
+        "busy": busy,
+        "stamp": stamp(),
+    }
+    base = row["ms"]["base"]
+    print(
+        nets.model,
+        f"batch {batch}",
+        f"{threads} threads",
+        row["form"],
+        f"base {base:.4g} ms",
+        {k: round(base / v, 2) for k, v in row["ms"].items() if k != "base"},
+        f"load {row['load']}",
+    )
+    return row
+
+
+def part_imagenet(
+    models: list[str],
+    batches: list[int],
+    threads: list[int],
+    n_trials: int,
+    work: Path,
+    runs: int,
+    budget_s: float,
+    again: bool,
+) -> dict:
+    """The networks of each model (made, or read back from ``work``) timed at every batch, thread count and form.
+    Rows already in ``imagenet.json`` are kept (``again``: timed again and replaced); each new row is written as it
+    is timed, so a stopped run resumes where it stopped."""
+    import sys
+
+    from _synthetic import image_folder
+
+    path = OUT / "imagenet.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {"runs": [], "nets": {}, "rows": []}
+    doc["runs"].append({"command": " ".join(["python", *sys.argv]), "stamp": stamp()})
+    data = image_folder(work / "data", classes=1000, train=2, val=1)
+    for name in models:
+        nets = Nets(name, work)
+        make_nets(nets, data, n_trials)
+        doc["nets"][name] = nets.made
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        for b in batches:
+            for n in threads:
+                for form in FORMS if b == 1 else [f for f in FORMS if f != "eager, BN not folded"]:  # folding's
+                    key = (name, b, n, form)  # gain is the per-op overhead it saves: shown where it weighs most
+                    kept = [
+                        r
+                        for r in doc["rows"]
+                        if (r["model"], r["batch"], r["threads"], r["form"].split(" (")[0]) != key
+                    ]
+                    if len(kept) < len(doc["rows"]) and not again:
+                        continue
+                    doc["rows"] = kept + [time_nets(nets, b, n, form, runs, budget_s, kept)]
+                    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 def report() -> None:
     lines = ["# Latency: is the pruned network faster where it runs?", ""]
     lines += [
         "Written by `python benchmarks/latency.py report` from the rows of `python benchmarks/latency.py speed "
-        "round budget` (in `docs/latency/`), run with nothing else busy on the machine. Times are medians "
+        "round budget imagenet` (in `docs/latency/`), on this project's 2-core CPU machine (AVX-512, no GPU): the "
+        "first three parts with nothing else busy on it, the ImageNet-size part (last) beside other work, as its "
+        "stamp says. The CUDA path is unmeasured (see [the GPU check](gpu.md)). Times are medians "
         "of warm passes, the base and the pruned network timed side by side (turns of 5 passes) in one run; a "
         "speed-up is base time / pruned time, both in the same form (a column). *Eager* is PyTorch with each "
         "BatchNorm folded into its conv (what `fnnp-opt run` reports and `--latency` budgets), in NCHW or "
@@ -339,9 +625,204 @@ def report() -> None:
                 f"{r['latency_ratio_measured']:.3f}x | {target} | {err} |"
             )
         lines += ["", *provenance(budget, OUT / "budget.json"), ""]
+    lines += _report_imagenet()
     path = OUT.parent / "latency.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
+
+
+SHORT = {"eager NCHW": "NCHW", "eager channels-last": "channels-last", "eager, BN not folded": "BN not folded",
+         "onnxruntime": "onnxruntime"}  # fmt: skip
+
+
+DEPLOY = ("eager NCHW", "eager channels-last", "onnxruntime")  # BN folded: what fnnp-opt times and exports
+
+
+def _cells(doc: dict, model: str) -> dict[tuple[int, int], dict[str, dict[str, float]]]:
+    """{(batch, threads): {form: {network: ms}}} of ``model``."""
+    cells: dict = {}
+    for r in doc["rows"]:
+        if r["model"] == model:
+            cells.setdefault((r["batch"], r["threads"]), {})[r["form"].split(" (")[0]] = r["ms"]
+    return dict(sorted(cells.items()))
+
+
+def _best(forms: dict[str, dict[str, float]], net: str) -> tuple[float, str]:
+    """``net``'s speed-up as deployed: the base's fastest deploy form against ``net``'s fastest (named); the deploy
+    forms are BN folded (eager in either layout, or onnxruntime)."""
+    deploy = {f: ms for f, ms in forms.items() if f in DEPLOY}
+    form = min(deploy, key=lambda f: deploy[f][net])
+    return min(ms["base"] for ms in deploy.values()) / deploy[form][net], SHORT[form]
+
+
+def _threads_evidence(doc: dict) -> tuple[int, list[str]]:
+    """The base's time as deployed on 1 and on 2 threads, per model and batch, where both were timed; and in how
+    many of them 2 threads were slower."""
+    out, slower = [], 0
+    for model in doc["nets"]:
+        cells = _cells(doc, model)
+        for (b, t), forms in cells.items():
+            if t == 2 and (b, 1) in cells:
+                one, two = (min(cells[(b, n)][f]["base"] for f in DEPLOY if f in cells[(b, n)]) for n in (1, 2))
+                out.append(f"{model} at batch {b}: {one:.4g} ms on 1 thread, {two:.4g} ms on 2")
+                slower += two > one
+    return slower, out
+
+
+def _goals(doc: dict) -> list[str]:
+    """The goals of a 50%-MACs ResNet-50 and of the default rounding, from the rows: met or missed, with figures."""
+    lines = [
+        "### The goals",
+        "",
+        "Judged on one thread: the 2-thread cells of this run measure the machine's other work.",
+        "",
+    ]
+    cells, made = _cells(doc, "resnet50"), doc["nets"].get("resnet50", {})
+    half = [k for k in made if k.startswith("50% ") and "search" not in made[k] and "refused" not in made[k]]
+    for batch, goal in ((32, 1.8), (1, 1.6)):
+        got = [(*_best(forms, net), net, t) for (b, t), forms in cells.items() if (b, t) == (batch, 1) for net in half]
+        if got:
+            x, form, net, t = max(got)
+            verdict = "met" if x >= goal else "missed"
+            lines.append(
+                f"- A 50%-MACs ResNet-50 at least {goal}x faster at batch {batch} in its best deploy form: "
+                f"**{verdict}**, {x:.2f}x at best ({net}, {form}, one thread, {made[net]['macs_kept']:.1%} of the "
+                "MACs)."
+            )
+    rec = made.get("50% --latency 0.5x", {}).get("search")
+    if rec:
+        off = rec["latency_ratio_measured"] / rec["target_ratio"] - 1
+        err = rec["prediction_error_median"]
+        lines.append(
+            f"- `--latency 0.5x` on ResNet-50 within 10% of its target: **{'met' if abs(off) <= 0.1 else 'missed'}**, "
+            f"{rec['latency_ratio_measured']:.3f}x measured ({off:+.1%}); its table's median prediction error at most "
+            f"5%: **{'met' if err <= 0.05 else 'missed'}**, {err:.1%} over {rec['candidates_timed']} candidates."
+        )
+    lines.append("")
+    rounded = {}
+    for model in doc["nets"]:
+        for (b, t), forms in _cells(doc, model).items():
+            if t != 1:
+                continue
+            names = {k.split(", round ")[-1].split(" ")[0] if "round" in k else "1": k for k in forms["eager NCHW"]
+                     if k.startswith("50% uniform L1")}  # fmt: skip
+            if {"1", "16"} <= set(names):
+                rounded.setdefault(model, []).append(
+                    f"{_best(forms, names['1'])[0]:.2f}x → {_best(forms, names['16'])[0]:.2f}x (batch {b})"
+                )
+    if rounded:
+        lines += [
+            "The default rounding (`--round-to` 16 here, the vector width, for these wide networks), as deployed, "
+            "against unrounded uniform L1 at 50% of the MACs, one thread: "
+            + "; ".join(f"{m}: " + ", ".join(v) for m, v in rounded.items())
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def _report_imagenet() -> list[str]:
+    path = OUT / "imagenet.json"
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    loads = sorted(x for r in doc["rows"] for x in r["load"])
+    busy: dict[str, int] = {}
+    for r in doc["rows"]:
+        for b in set(map(_described, r["busy"])):
+            busy[b] = busy.get(b, 0) + 1
+    runs = " and ".join(f"`{r['command']}`" for r in doc["runs"])
+    slower, evidence = _threads_evidence(doc)
+    trials = sorted({r["search"]["trials"] for made in doc["nets"].values() for r in made.values() if "search" in r})
+    lines = [
+        "## ImageNet-size networks: torchvision ResNet-18, ResNet-50 and MobileNetV2 at 224 px",
+        "",
+        f"Written from `docs/latency/imagenet.json`, made by {runs} (*Measured* below: commits, machine). Random "
+        "weights (seed 0, 1000 classes): timing needs no training. Each model is pruned to 50% and to 25% of its "
+        "MACs by uniform L1, unrounded and with `--round-to 8` and `16`; by Torch-Pruning's global ranking where "
+        "`fnnp_opt.baselines` provides it; and by a `--latency 0.5x` and a `--latency 0.25x` study (batch 1, one "
+        f"thread, {' or '.join(map(str, trials))} candidates scored on a synthetic ImageFolder: its scores mean "
+        "nothing, its timing is real; the default rounding). "
+        "All networks of a model are timed side by side in one run per cell (batch, threads, form): medians of "
+        "warm passes in turns of 5, at most 40 passes each (5 at batch 32). *NCHW* and *channels-last* are the "
+        "deploy form (BN folded); *BN not folded* is the module as trained, in the layout the folded base is "
+        "faster in (timed at batch 1 only, where the per-op overhead folding saves weighs most: the benchmark "
+        "would not fit an hour on 2 cores otherwise); *onnxruntime* runs the `--onnx` export.",
+        "",
+        f"**The machine was not quiet**: other work ran on its 2 cores throughout (1-minute load average "
+        f"{loads[0]:.1f} to {loads[-1]:.1f}, median {loads[len(loads) // 2]:.1f}; over 25% of a core, in the "
+        f"rows' share: "
+        + ", ".join(f"`{b}` ({n / len(doc['rows']):.0%})" for b, n in sorted(busy.items(), key=lambda x: -x[1])[:6])
+        + "). Side-by-side ratios survive a busy machine better than times do, but two threads that wait on each "
+        f"other's stragglers do not: the base as deployed ran slower on 2 threads than on 1 in {slower} of its "
+        f"{len(evidence)} cells ("
+        + "; ".join(evidence)
+        + "), so the 2-thread cells are in *Every form* only, and the speed-ups and goals above them are of one "
+        "thread.",
+        "",
+        *provenance(doc["rows"], path),
+        "",
+        *_goals(doc),
+        "### Speed-up as deployed",
+        "",
+        "The base in its fastest deploy form (BN folded: eager NCHW, eager channels-last or onnxruntime) against "
+        "each network in its own fastest deploy form (named).",
+        "",
+    ]
+    for model, made in doc["nets"].items():
+        cells = {k: v for k, v in _cells(doc, model).items() if k[1] == 1}
+        if not cells:
+            continue
+        heads = [f"batch {b}, one thread" for b, _ in cells]
+        lines += [f"| {model} | MACs kept | " + " | ".join(heads) + " |", "|---" * (2 + len(heads)) + "|"]
+        base = [f"{min(ms['base'] for f, ms in forms.items() if f in DEPLOY):.4g} ms" for forms in cells.values()]
+        lines.append("| base | 100% | " + " | ".join(base) + " |")
+        for net, rec in made.items():
+            if "refused" in rec:
+                lines.append(f"| {net} | refused: {rec['refused']} |" + " |" * len(heads))
+                continue
+            sp = [_best(forms, net) for forms in cells.values() if all(net in ms for ms in forms.values())]
+            lines.append(f"| {net} | {rec['macs_kept']:.1%} | " + " | ".join(f"{x:.2f}x {f}" for x, f in sp) + " |")
+        lines.append("")
+    lines += ["### Every form", "", "Speed-up of each network over the base in the same form; the base's ms."]
+    for model in doc["nets"]:
+        cells = _cells(doc, model)
+        for (b, t), forms in cells.items():
+            cols = list(forms)
+            lines += ["", f"| {model}, batch {b}, {t} thread{'s' * (t > 1)} | " + " | ".join(SHORT[c] for c in cols)]
+            lines[-1] += " |"
+            lines += ["|---" * (1 + len(cols)) + "|"]
+            lines.append("| base (ms) | " + " | ".join(f"{forms[c]['base']:.4g}" for c in cols) + " |")
+            for net in forms[cols[0]]:
+                if net != "base":
+                    cells_ = [f"{forms[c]['base'] / forms[c][net]:.2f}x" if net in forms[c] else "" for c in cols]
+                    lines.append(f"| {net} | " + " | ".join(cells_) + " |")
+    lines += [
+        "",
+        "### The `--latency` studies",
+        "",
+        "Latency as `--latency` budgets it: batch 1, one thread, the 10th percentile of warm passes, each network "
+        "side by side with the base, as a fraction of the base's. *Measured* is the winner after the search; the "
+        "table's prediction error is over every candidate the search timed directly.",
+        "",
+        "| model | target (window) | winner measured | off target | MACs kept | prediction error: median, p90 (over) "
+        "| table's fit error |",
+        "|---" * 7 + "|",
+    ]
+    for model, made in doc["nets"].items():
+        for net, rec in made.items():
+            if "refused" in rec and "--latency" in net:
+                lines.append(f"| {model} | {net.split()[-1]} | refused: {rec['refused']} | | | | |")
+            elif "search" in rec:
+                r = rec["search"]
+                low, high = r["window_ratio"]
+                off = r["latency_ratio_measured"] / r["target_ratio"] - 1
+                lines.append(
+                    f"| {model} | {r['target_ratio']:.3f}x ({low:.3f}-{high:.3f}) | {r['latency_ratio_measured']:.3f}x "
+                    f"| {off:+.1%} | {rec['macs_kept']:.1%} | {r['prediction_error_median']:.1%}, "
+                    f"{r['prediction_error_p90']:.1%} ({r['candidates_timed']}) | {r['fit']['calibration_error']:.1%} |"
+                )
+    return lines + [""]
 
 
 def _load(part: str) -> list[dict]:
@@ -360,20 +841,40 @@ def main() -> None:
 
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear in a log as they come
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("fnnp_opt").setLevel(logging.INFO)  # the studies' and latency tables' progress, in the log
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=("speed", "round", "budget", "report"))
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " + ", ".join(MODELS))
+    ap.add_argument("parts", nargs="+", choices=("speed", "round", "budget", "imagenet", "report"))
+    ap.add_argument(
+        "--models", default=None, help=f"comma-separated, of {', '.join(MODELS)} (imagenet: of {', '.join(IMAGENET)})"
+    )
     ap.add_argument("--flops", default="0.5,0.25", help="FLOPs budgets of the speed part")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--n-trials", type=int, default=30, help="trials of each study (30: the default run's)")
     ap.add_argument("--out", type=Path, default=OUT, help="folder of the rows; the report goes beside it")
+    ap.add_argument("--work", type=Path, default=WORK, help="imagenet: where its networks and studies are kept")
+    ap.add_argument("--runs", type=int, default=40, help="imagenet: timed passes of each network (at most)")
+    ap.add_argument("--budget-s", type=float, default=40.0, help="imagenet: ... fewer (at least 5) past this")
+    ap.add_argument("--again", action="store_true", help="imagenet: time the chosen rows again, replacing them")
     args = ap.parse_args()
     OUT = args.out
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
-    models = args.models.split(",")
     OUT.mkdir(parents=True, exist_ok=True)
     for part in args.parts:
+        models = args.models.split(",") if args.models else list(IMAGENET if part == "imagenet" else MODELS)
+        if part == "imagenet":
+            part_imagenet(
+                models,
+                ints(args.batches),
+                ints(args.threads),
+                args.n_trials,
+                args.work,
+                args.runs,
+                args.budget_s,
+                args.again,
+            )
+            continue
         if part == "speed":
             rows = part_speed(models, args.flops.split(","), ints(args.batches), ints(args.threads), args.n_trials)
         elif part == "round":

@@ -14,7 +14,8 @@ trial at a time. After each evaluated candidate, the same pruned network is scor
   exponential moving average (momentum 0.1) from the stale values, not reset; then accuracy on
   the search split through another DataLoader, with the evaluation transform;
 * the reference: fnnp-opt's ABN with the paper's full calibration (100 batches of 64, reset,
-  exact average) on the whole search split, with no early stopping.
+  exact average; ``--reference-batches`` for a smaller train part) on the whole search split, with no early
+  stopping.
 
 Times are wall seconds of one candidate per path, side by side in this process; fnnp-opt's is its
 whole trial (suggest, prune, count, calibrate, score, storage), also with the rejected draws
@@ -67,7 +68,7 @@ class _Images(Dataset):
             arr = self.source.images[j]
             img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
         else:  # an image folder: decode the file
-            img = Image.open(self.source.paths[j]).convert("RGB")
+            img = Image.open(self.source.root / self.source.paths[j]).convert("RGB")
         return self.transform(img), int(self.source.labels[j])
 
 
@@ -122,6 +123,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--search-per-class", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--abn-batches", type=int, default=None, help="fnnp-opt's calibration batches (default: run's)")
+    ap.add_argument("--abn-batch-size", type=int, default=64, help="... of this many images")
+    ap.add_argument("--reference-batches", type=int, default=100, help="the reference's calibration batches of 64")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-candidate rows here")
     ap.add_argument("--report", type=Path, default=None, help="only print the summary of rows written by --json")
     args = ap.parse_args()
@@ -136,7 +140,10 @@ def main() -> None:
 
     flags = {k: getattr(args, k) for k in ("model", "dataset", "data_dir", "checkpoint", "image_size", "device")}
     tmp = tempfile.mkdtemp()
-    cfg = settle(resolve(**flags, search_per_class=args.search_per_class, storage=f"sqlite:///{tmp}/bench.db"))
+    calibration = {"abn_batches": args.abn_batches, "abn_batch_size": args.abn_batch_size}
+    url = f"sqlite:///{tmp}/bench.db"
+    # rerank 0: the per-candidate path is measured; a re-scoring after the search is not part of it
+    cfg = settle(resolve(**flags, **calibration, search_per_class=args.search_per_class, storage=url, rerank=0))
     p = prepare(cfg)
     info = p.splits.info
     full = load_splits(  # the reference's calibration: the paper's 100 batches of 64, same seed
@@ -144,7 +151,7 @@ def main() -> None:
         Path(cfg.data_dir) if cfg.data_dir else None,
         search_size=cfg.search_size,
         search_per_class=cfg.search_per_class,
-        abn_batches=100,
+        abn_batches=args.reference_batches,
         abn_batch_size=64,
         calib_seed=cfg.seed,
         image_size=cfg.image_size,

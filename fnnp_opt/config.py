@@ -77,7 +77,9 @@ class RunConfig:
     latency_batch: int = 1  # images per forward pass when timing
     latency_threads: int | None = None  # torch threads when timing; None = this process's count
     latency_layout: str = "auto"  # nchw, channels-last, or auto: the faster for a typical candidate (ratios R/2)
-    round_to: int | str = 1  # kept channel counts are multiples of this; "auto": the device's vector width
+    # kept channel counts are multiples of this; "auto": the device's vector width; None: a resumed study's, else the
+    # vector width in a wide network where the budget stays within reach with it, else 1 (see docs/latency.md)
+    round_to: int | str | None = None
     min_channels: int = 1  # no group keeps fewer channels
     exclude: tuple[str, ...] = ()  # glob patterns of layer names never pruned (e.g. "features.0.*")
     # adaptive-BN evaluation
@@ -190,8 +192,10 @@ class RunConfig:
         return self.latency if self.latency is not None else self.resolved_flops()
 
     def resolved_round_to(self) -> int:
-        """``--round-to`` as a number: ``auto`` is the device's vector width (:func:`fnnp_opt.latency.vector_width`)."""
-        if self.round_to == "auto":
+        """``--round-to`` as a number: ``auto`` (and the default, None) is the device's vector width
+        (:func:`fnnp_opt.latency.vector_width`); the default falls back to 1 where that cannot reach the budget
+        (:func:`fnnp_opt.pipeline.default_rounding`)."""
+        if self.round_to in ("auto", None):
             from fnnp_opt.latency import vector_width
 
             return vector_width(resolve_device(self.device))
@@ -243,7 +247,9 @@ class RunConfig:
         get_model_info(self.model)
         get_dataset_info(self.dataset)
         check_max_rate(self.max_rate)
-        if not (self.round_to == "auto" or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool))):
+        if not (
+            self.round_to in ("auto", None) or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool))
+        ):
             raise UsageError(
                 f"--round-to must be a whole number >= 1 or auto, got {self.round_to!r}; e.g. --round-to 8"
             )

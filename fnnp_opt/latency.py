@@ -15,7 +15,9 @@ direct measurement takes a second and carries noise. It builds a :class:`Latency
   as in NetAdapt, Yang et al., ECCV 2018, and HALP, Shen et al., NeurIPS 2022);
 * a candidate's latency is ``a + b * (sum of its layers' times) + c * (its conv outputs, in millions
   of values)``, with a, b, c >= 0 fitted to whole-network measurements of a few calibration plans
-  (all timed side by side, as each layer's grid points are):
+  (all timed side by side, as each layer's grid points are, each layer's beside one fixed reference
+  layer whose time rescales them: a busy spell of the machine during one layer's grid would otherwise
+  make that layer look slow against the others):
   the intercept holds what pruning cannot remove (per-op dispatch, the stem and the head), the last
   term the elementwise work (ReLU, residual additions) that scales with the kept channels.
 
@@ -381,20 +383,20 @@ class Measurement:
 SPEED_SHARE = 0.6  # warn when the latency gain is below this share of the MACs gain
 
 
-def speed_warnings(base: Measurement, pruned: Measurement, latency_budget: bool = False) -> list[str]:
+def speed_warnings(
+    base: Measurement, pruned: Measurement, latency_budget: bool = False, rounded: bool = False
+) -> list[str]:
     """Where the pruned network's measured speed-up falls short of its MACs speed-up.
 
     Compares the ``flops`` and the times ``latency_ms`` (batch 1) and ``batch_ms`` (``batch_images``) of
     ``base`` and ``pruned``. A gain is a speed-up minus 1; a warning is given when the latency gain is
     less than ``SPEED_SHARE`` of the MACs gain. ``latency_budget``: the run searched under a ``--latency``
-    budget already, which the remedies then leave out.
+    budget already; ``rounded``: its kept channels were rounded already; the remedies then leave them out.
     """
     macs = base.flops / pruned.flops
-    remedies = (
-        "--round-to auto or a larger batch"
-        if latency_budget
-        else "--round-to auto, a larger batch, or a --latency budget"
-    )
+    levers = [] if rounded else ["--round-to auto"]
+    levers += ["a larger batch"] + ([] if latency_budget else ["a --latency budget"])
+    remedies = ", ".join(levers[:-1]) + (", or " if len(levers) > 2 else " or ") + levers[-1]
     warnings = []
     for speed, label in (
         (base.latency_ms / pruned.latency_ms, "1 image"),
@@ -484,6 +486,11 @@ class _Layer:
         return conv, (1, c_in, *self.shape)
 
 
+# every layer's grid is timed beside this one (a 3x3 conv, 64 to 64 channels, at 28x28), whose time rescales them
+REFERENCE = _Layer("Conv2d", (3, 3), (1, 1), (1, 1), (1, 1), 1, False, (28, 28))
+REFERENCE_CHANNELS = (64, 64)
+
+
 def _layer_of(module: nn.Module, x: tuple, x_base: tuple) -> _Layer | None:
     if isinstance(module, nn.Linear):
         return _Layer("Linear", bias=module.bias is not None, shape=tuple(x[1:-1]))
@@ -546,7 +553,8 @@ class LatencyTable:
     def __init__(self, flops: FlopsModel, setting: Setting, entries: dict[str, float], fit: dict) -> None:
         self.flops = flops
         self.setting = setting
-        self.entries = entries  # "<layer key>|<c_in>|<c_out>" -> ms of that layer alone
+        self.entries = entries  # "<layer key>|<c_in>|<c_out>" -> ms of that layer alone, on the reference's scale
+        self.reference_ms: float | None = None  # :data:`REFERENCE`'s ms when the first entries were timed
         self.fit = fit  # intercept, per_layer, per_melem (the fit's coefficients), base_ms, base_layout, calibration
         self._grids: dict[_Layer, tuple[list[int], list[int]]] = {}
         self.cache: Path | None = None  # where :meth:`save` writes it
@@ -597,18 +605,21 @@ class LatencyTable:
     def _time_side_by_side(self, layer: _Layer, points: list[tuple[int, int]]) -> None:
         """Time a layer at each (c_in, c_out) of ``points`` in one :func:`compare_ms` run: a slow spell of
         the machine then shifts all of them, not some, and the grid stays monotone in the channels."""
-        built = [layer.build(a, b) for a, b in points]
-        times = compare_ms(
+        built = [REFERENCE.build(*REFERENCE_CHANNELS)] + [layer.build(a, b) for a, b in points]
+        reference, *times = compare_ms(
             [m for m, _ in built],
             [shape for _, shape in built],
             self.setting,
             runs=15,
             warmup=3,
-            budget_s=0.3 * len(points),
+            budget_s=0.3 * len(built),
             quantile=QUIET,
         )
+        if self.reference_ms is None:
+            self.reference_ms = reference
+        scale = self.reference_ms / reference  # the machine as busy as when the first entries were timed
         for (a, b), t in zip(points, times):
-            self.entries[f"{layer.key()}|{a}|{b}"] = t
+            self.entries[f"{layer.key()}|{a}|{b}"] = t * scale
 
     def features(self, removed: dict[str, int]) -> tuple[float, float]:
         """(sum of the layers' interpolated times in ms, conv and linear outputs in millions of values)."""
@@ -656,7 +667,10 @@ class LatencyTable:
         which should be the most pruned (every ratio at R).
         """
         stored = _read_cache(cache)
+        if "reference_ms" not in stored:  # entries timed without the reference are on no common scale
+            stored = {}
         table = cls(flops, setting, stored.get("entries", {}), {})
+        table.reference_ms = stored.get("reference_ms")
         table._grids = table._make_grids(plans)
         fit_key = hashlib.sha256(json.dumps(plans, sort_keys=True).encode()).hexdigest()[:16]
         needed = {
@@ -692,7 +706,8 @@ class LatencyTable:
 
     def save(self) -> None:
         """Write the table to its cache file (atomically), for the next study, worker or session."""
-        _write_cache(self.cache, {"setting": self.setting.to_dict(), "entries": self.entries, "fits": self._fits})
+        doc = {"setting": self.setting.to_dict(), "reference_ms": self.reference_ms, "entries": self.entries}
+        _write_cache(self.cache, doc | {"fits": self._fits})
         _write_cache(self.layout_choice, {"layout": self.setting.layout})
 
     def _make_grids(self, plans: list[dict[str, int]]) -> dict[_Layer, tuple[list[int], list[int]]]:
@@ -716,10 +731,11 @@ class LatencyTable:
             for plan in plans:
                 models.append(deploy_form(base if not plan else prune_counts(plan)))
                 advance(1)
-        # side by side, so that the fit sees the networks' differences, not the machine's drift between them; the
-        # base also as deployed, the budget's reference, which the candidates' layout may not be
+        # side by side, so that the fit sees the networks' differences, not the machine's drift between them (in
+        # several turns each: one turn caught in a busy spell is outvoted); the base also as deployed, the budget's
+        # reference, which the candidates' layout may not be
         [(base_ms, base_cl)], measured = deployed_ms(  # models[0]: the base (plans[0] is {})
-            [models[0]], input_shape, self.setting, fixed=models, runs=60, budget_s=4.0, quantile=QUIET
+            [models[0]], input_shape, self.setting, fixed=models, runs=60, budget_s=30.0, quantile=QUIET
         )
         rows = [[1.0, *self.features(plan)] for plan in plans]
         coef, _ = nnls(np.array(rows), np.array(measured))

@@ -11,6 +11,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import torch
@@ -23,7 +24,7 @@ from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import Objective, RunConfig, Score, check_batch_fits, check_workers, resolve_device
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
-from fnnp_opt.errors import CheckpointError, FnnpError, ModelError, StorageError, UsageError
+from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
 from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers, resident
 from fnnp_opt.export import check_output_writable, save_onnx, save_pruned
@@ -135,22 +136,28 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
     input_shape = (1, info.in_channels, info.image_size, info.image_size)
     check_input(model, cfg.model, input_shape, info.num_classes)
     check_batch_sizes(model, cfg, input_shape)
-    problem = Problem(
-        model,
-        torch.zeros(input_shape),
-        budget=cfg.budget_text(),
-        tolerance=cfg.latency_tolerance if cfg.latency is not None else cfg.flops_tolerance,
-        max_rate=cfg.max_rate,
-        round_to=cfg.resolved_round_to(),
-        min_channels=cfg.min_channels,
-        exclude=cfg.exclude,
-        num_classes=info.num_classes,
-        latency=cfg.latency is not None,
-        timing=cfg.timing(),
-        device=device,
-        progress=progress,
-        timed=latency_table,
-    )
+
+    def problem_at(round_to: int) -> Problem:
+        return Problem(
+            model,
+            torch.zeros(input_shape),
+            budget=cfg.budget_text(),
+            tolerance=cfg.latency_tolerance if cfg.latency is not None else cfg.flops_tolerance,
+            max_rate=cfg.max_rate,
+            round_to=round_to,
+            min_channels=cfg.min_channels,
+            exclude=cfg.exclude,
+            num_classes=info.num_classes,
+            latency=cfg.latency is not None,
+            timing=cfg.timing(),
+            device=device,
+            progress=progress,
+            timed=latency_table,
+        )
+
+    step = cfg.resolved_round_to()
+    problem = default_rounding(problem_at, step, model) if cfg.round_to is None else problem_at(step)
+    cfg = replace(cfg, round_to=problem.shaping.round_to)  # as the study records it: the same space on any machine
     p = Prepared(cfg, device, problem, None, digest)
     if not norm_layers(model):
         log.warning(
@@ -182,6 +189,29 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
                 len(p.splits.train),
             )
     return p
+
+
+WIDE = 8  # the default --round-to rounds a network whose median conv has at least this many vector widths
+
+
+def default_rounding(problem_at: Callable[[int], Problem], step: int, model: torch.nn.Module) -> Problem:
+    """The problem of the default ``--round-to``: kept channels in multiples of ``step`` (the device's vector width)
+    in a wide network, one whose median conv has at least :data:`WIDE` steps of channels (ResNet-50's 256,
+    MobileNetV2's 192; not ResNet-20's 32, whose 16-channel groups could only be kept whole), where the budget and a
+    uniform L1 strategy stay within reach with it; else unrounded."""
+    widths = sorted(m.out_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+    if step == 1 or not widths or widths[len(widths) // 2] < WIDE * step:
+        return problem_at(1)
+    try:
+        problem = problem_at(step)
+    except BudgetError as exc:
+        why = str(exc)
+    else:
+        if problem.uniform:
+            return problem
+        why = problem.no_uniform[0]
+    log.info("kept channels are not rounded to %d, the device's vector width (the default --round-to): %s", step, why)
+    return problem_at(1)
 
 
 def check_batch_sizes(model: torch.nn.Module, cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
@@ -546,7 +576,8 @@ def deliver(
         base = Measurement(base_acc, p.flops.base, p.base_params, **times[0])
         macs, params = count(pruned, p.input_shape)
         result_pruned = Measurement(pruned_acc, macs, params, **times[1])
-        for warning in speed_warnings(base, result_pruned, p.latency is not None):  # the CLI prints them too
+        rounded = p.problem.shaping.round_to > 1
+        for warning in speed_warnings(base, result_pruned, p.latency is not None, rounded):  # the CLI prints them too
             log.info("%s", warning)
         latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
     info = p.splits.info
@@ -609,7 +640,8 @@ def settle(cfg: RunConfig) -> RunConfig:
     if not left:
         return cfg
     stored = St.stored_settings(cfg.resolved_storage(), cfg.resolved_study_name())
-    fresh = {"abn_batches": cfg.calibration_batches(), "early_stop": True, "calibration_seed": 0}
+    # round_to None: prepare resolves the default (the vector width where it reaches the budget, else 1)
+    fresh = {"abn_batches": cfg.calibration_batches(), "early_stop": True, "calibration_seed": 0, "round_to": None}
     return replace(cfg, **{key: stored.get(key, fresh[key]) for key in left})
 
 
@@ -631,8 +663,8 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
         St.check_storage_writable(cfg.resolved_storage())
         if cfg.artifact_dir is not None:
             A.check_store(Path(cfg.artifact_dir))
-        cfg = settle(cfg)
-        p = prepare(cfg, progress=progress)
+        p = prepare(settle(cfg), progress=progress)
+        cfg = p.cfg  # with the settings prepare resolves (the default --round-to)
         assert p.splits is not None  # prepared with data
         base_accuracy = check_base(p)
     with St.opened(cfg.resolved_storage()) as storage:  # closed however the run ends: a SQLite file holds it all

@@ -295,7 +295,8 @@ class Problem:
             return plan
         removed = self.pruner.counts(plan)
         shares = {d.root: round(removed[d.root] / d.channels, 6) for d in self.space.dims}
-        return shares if self.pruner.counts(shares) == removed else plan
+        legible = self.pruner.counts(shares) == removed and max(shares.values()) <= self.space.max_rate
+        return shares if legible else plan  # a rounded group's share can exceed R (48 of 64 channels at R 0.7)
 
     # ------------------------------------------------------------------ trials and plans
 

@@ -296,6 +296,7 @@ STUDY_SETTINGS = {
     "abn_batches": lambda config: 100,
     "early_stop": lambda config: False,
     "calibration_seed": lambda config: config.get("seed", 0),
+    "round_to": lambda config: 1,
 }
 
 

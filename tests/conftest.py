@@ -67,6 +67,7 @@ MODULE_TIERS = {
     "test_examples": "system",
     "test_export": "unit",
     "test_flops": "unit",
+    "test_gpu_check": "system",
     "test_journal": "unit",
     "test_latency": "unit",
     "test_layers": "unit",

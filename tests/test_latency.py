@@ -247,6 +247,34 @@ def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
     assert warning.endswith("a larger batch, or a --latency budget)")
     (warning,) = L.speed_warnings(base, slow, latency_budget=True)  # a --latency run has one
     assert "--latency" not in warning and warning.endswith("try --round-to auto or a larger batch)")
+    (warning,) = L.speed_warnings(base, slow, rounded=True)  # its channels are rounded already
+    assert "--round-to" not in warning and warning.endswith("try a larger batch or a --latency budget)")
+
+
+def test_the_default_rounds_to_the_vector_width_where_the_budget_stays_within_reach(monkeypatch):
+    monkeypatch.setattr(L, "vector_width", lambda device="cpu": 16)  # as on an AVX-512 CPU
+    wide = prepare(resolve(model="mobilenet_v1_cifar", dataset="cifar10"), with_data=False)  # 32 to 1024 channels
+    assert wide.cfg.round_to == 16 and wide.uniform
+    kept = [g.channels - n for g, n in zip(wide.pruner.groups, wide.pruner.counts(wide.uniform[0]).values())]
+    assert all(k % 16 == 0 or k == g.channels for k, g in zip(kept, wide.pruner.groups)), kept
+    narrow = prepare(resolve(), with_data=False)  # ResNet-20 (median conv 32 channels): left unrounded
+    assert narrow.cfg.round_to == 1 and narrow.uniform
+    tight = prepare(resolve(model="mobilenet_v1_cifar", dataset="cifar10", flops_tolerance=0.0005), with_data=False)
+    assert tight.cfg.round_to == 1 and tight.uniform  # steps of 16 channels jump over so narrow a window
+    with pytest.raises(BudgetError, match="cannot be reached"):  # asked for, the rounding is kept, or refused
+        prepare(resolve(round_to="auto"), with_data=False)
+
+
+def test_a_resumed_study_keeps_the_rounding_it_was_made_with(tmp_path):
+    from fnnp_opt.pipeline import settle
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    for name, config in (("made-rounded", {"round_to": 16}), ("made-before", {"seed": 0})):
+        optuna.create_study(storage=storage, study_name=name).set_user_attr("config", config)
+    assert settle(resolve(storage=storage, study_name="made-rounded")).round_to == 16  # on any machine
+    assert settle(resolve(storage=storage, study_name="made-before")).round_to == 1  # the default then
+    assert settle(resolve(storage=storage, study_name="new")).round_to is None  # prepare resolves it
+    assert settle(resolve(storage=storage, study_name="made-rounded", round_to=8)).round_to == 8
 
 
 def _padding_clock(models, input_shape, setting=L.Setting(), layouts=None, **timing) -> list[float]:
@@ -277,6 +305,28 @@ def test_a_relative_latency_budget_is_a_fraction_of_the_base_as_the_summary_time
     cached = json.loads(next((tmp_path / "latency-cache").glob("latency-*.json")).read_text())
     (fit,) = cached["fits"].values()  # what the study's later sessions and workers resolve the budget against
     assert (fit["base_ms"], fit["base_layout"]) == (pytest.approx(row["base_ms"]), "channels-last")
+
+
+def test_a_busy_spell_while_one_layer_is_timed_does_not_skew_the_table(tmp_path, monkeypatch):
+    calls = []
+
+    def weights(model: nn.Module) -> int:
+        return sum(w.numel() for w in model.parameters())
+
+    def busy_clock(models, input_shape, setting=L.Setting(), layouts=None, **timing) -> list[float]:
+        """A machine on which a pass takes 10 ns a weight, and every other timing run is 3x slower throughout."""
+        calls.append(models)
+        return [(3.0 if len(calls) % 2 else 1.0) * 1e-5 * weights(m) for m in models]
+
+    monkeypatch.setattr(L, "compare_ms", busy_clock)
+    p = _latency_study(tmp_path, latency="0.8x", latency_layout="nchw")
+    assert len(calls) > 4  # the layers' grids came from timing runs of both kinds
+    for plan in _random_plans(p, 5):
+        # every layer on one scale: the predicted speed-up is the weights' (10 ns each, busy or not)
+        predicted = p.latency.predict(plan) / p.latency.predict({})
+        assert predicted == pytest.approx(weights(p.pruner.prune_counts(plan)) / weights(p.model), rel=0.05)
+    reference = json.loads(next((tmp_path / "latency-cache").glob("latency-*.json")).read_text())["reference_ms"]
+    assert reference == pytest.approx(3e-5 * weights(L.REFERENCE.build(64, 64)[0]))  # of the first, busy run
 
 
 def test_a_fit_cached_before_the_base_was_timed_as_deployed_is_made_again(tmp_path, monkeypatch):

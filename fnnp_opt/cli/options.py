@@ -80,7 +80,9 @@ RoundTo = Annotated[
     Optional[str],
     typer.Option(
         help="Keep channel counts multiples of N (e.g. 8), or auto: the device's vector width (16 with AVX-512, "
-        "8 with AVX2, 8 on CUDA). [default: 1]"
+        "8 with AVX2, 8 on CUDA). [default: a resumed study's; else auto for a network whose median conv has at "
+        "least 8 vector widths of channels (ResNet-50, MobileNetV2; not ResNet-20) where the budget stays within "
+        "reach, else 1]"
     ),
 ]
 MinChannels = Annotated[Optional[int], typer.Option(help="No layer group keeps fewer channels. [default: 1]")]
