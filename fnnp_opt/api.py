@@ -34,7 +34,7 @@ from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.batches import LoaderSet, take
 from fnnp_opt.config import DEFAULT_RERANK, Constraint, Sampler, check_lr, check_seed, resolve_device
-from fnnp_opt.options import IMPORTANCES, parse_baselines
+from fnnp_opt.options import IMPORTANCES, check_sensitivity_steps, parse_baselines
 from fnnp_opt.config import Objective as Goal
 from fnnp_opt.config import Score as ScoreKind
 from fnnp_opt.constraints import check_combination, default_constraint
@@ -556,7 +556,7 @@ def search(
     wanted = [b for b in parse_baselines(baselines) if b != "uniform"]
     if global_importance not in IMPORTANCES:
         raise UsageError(f"global_importance= must be one of {', '.join(IMPORTANCES)}, got {global_importance!r}")
-    _whole(sensitivity_steps, "sensitivity_steps", 1)
+    check_sensitivity_steps(sensitivity_steps)
     grads = objective.gradient_batches() if "global" in wanted and global_importance == "taylor" else None
     base = objective.score_base()  # before any study is made: data that fail leave no study behind
     if storage is None:
@@ -571,17 +571,18 @@ def search(
         objective.evaluator.slots = St.Slots(study, n_trials)
     if "base_accuracy" not in study.user_attrs:
         study.set_user_attr("base_accuracy", base)
-    if set(wanted) - S.strategies_queued(study):
-        with St.study_lock(study) if storage is not None else contextlib.nullcontext():
-            problem.enqueue_baselines(
-                study,
-                wanted,
-                score=objective.evaluator.score_model,
-                importance=global_importance,
-                steps=sensitivity_steps,
-                gradient_batches=grads,
-                progress=progress,
-            )
+    missing = set(wanted) - S.strategies_queued(study)  # none: nothing to compute, only to check (no lock)
+    with St.study_lock(study) if storage is not None and missing else contextlib.nullcontext():
+        problem.enqueue_baselines(
+            study,
+            wanted,
+            score=objective.evaluator.score_model,
+            importance=global_importance,
+            steps=sensitivity_steps,
+            gradient_batches=grads,
+            progress=progress,
+        )
+    S.warn_if_baselines_fill(study, n_trials)
     objective.evaluator.base_accuracy = base
     start = problem.sampler_start(objective.sampler)
     session = St.next_session(study) if storage is not None else 0

@@ -28,9 +28,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from fnnp_opt.constraints import fit_to_budget
+from fnnp_opt.constraints import fit_to_budget, violation
 from fnnp_opt.errors import ModelError, UsageError, describe, option
-from fnnp_opt.options import IMPORTANCES
+from fnnp_opt.options import IMPORTANCES, check_sensitivity_steps
 from fnnp_opt.progress import NULL, Progress
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,10 @@ class Allocation:
 def _fit(problem, strategy: str, ratios: dict[str, float], target: float, **kw) -> Allocation:
     """``ratios`` moved into ``problem``'s window where they fall outside, as an :class:`Allocation`."""
     cost_of = lambda r: problem.cost(problem.pruner.counts(r))  # noqa: E731
-    fitted, step = fit_to_budget(ratios, cost_of, problem.budget, problem.space.max_rate)
+    budget = problem.budget
+    fitted, step = fit_to_budget(ratios, cost_of, budget, problem.space.max_rate)
+    if violation(budget, cost_of(fitted)) > 0 and violation(budget, cost_of(ratios)) <= violation(budget, cost_of(fitted)):
+        fitted, step = ratios, 0.0  # the path jumps over the window: keep the nearer plan (the warning names it)
     if step:
         log.info("%s baseline moved into the window (step %.4f along the path to all 0 or all R)", strategy, step)
     return Allocation(strategy, fitted, cost_of(fitted), fit_step=step, **kw)
@@ -189,14 +192,13 @@ class GlobalRanking:
         p = self.problem
         cost_of = lambda r: p.cost(p.pruner.counts(r))  # noqa: E731
         k = _bisect(self.ratios, cost_of, self.positions, target)
-        return _fit(
-            p,
-            "global",
-            self.ratios(k),
-            target,
-            seconds=time.perf_counter() - t,
-            detail={"importance": self.importance, "positions_removed": k},
-        )
+        fits = [  # the cut and the one before it: a cut can jump over the window, the fit then keeps the nearer
+            _fit(p, "global", self.ratios(n), target, detail={"importance": self.importance, "positions_removed": n})
+            for n in dict.fromkeys([k, max(k - 1, 0)])
+        ]
+        best = min(fits, key=lambda a: violation(p.budget, a.cost))
+        best.seconds = time.perf_counter() - t
+        return best
 
 
 # --------------------------------------------------------------------------- sensitivity
@@ -238,8 +240,7 @@ def sensitivity_curves(
     Returns:
         The monotone curves: a drop is the running maximum of ``base - score`` along the grid, never below 0.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"{option('sensitivity_steps')} must be a whole number >= 1, got {steps!r}")
+    check_sensitivity_steps(steps)
     t = time.perf_counter()
     R = problem.space.max_rate
     grid = [R * s / steps for s in range(steps + 1)]

@@ -23,6 +23,7 @@ from fnnp_opt.options import (  # noqa: F401  (the enums and checks are imported
     check_lr,
     check_seed,
     check_split,
+    check_sensitivity_steps,
     parse_baselines,
 )
 
@@ -278,8 +279,7 @@ class RunConfig:
             raise UsageError(
                 f"--global-importance must be one of {', '.join(IMPORTANCES)}, got {self.global_importance!r}"
             )
-        if not isinstance(self.sensitivity_steps, int) or self.sensitivity_steps < 1:
-            raise UsageError(f"--sensitivity-steps must be a whole number >= 1, got {self.sensitivity_steps!r}")
+        check_sensitivity_steps(self.sensitivity_steps)
         if self.rerank is not None and (not isinstance(self.rerank, int) or self.rerank < 0):
             raise UsageError(f"--rerank must be a whole number >= 0 (0: no rerank), got {self.rerank!r}")
         rerank = self.rerank or 0  # (the default, None, adapts to the rest: nothing below holds it)
@@ -444,6 +444,9 @@ def _check_recipe_types(recipe: Path | str, data: dict) -> None:
             ok, want = value == "auto" or (isinstance(value, int) and not isinstance(value, bool)), '"auto" or a number'
         elif key == "flops":
             ok, want = isinstance(value, (str, int, float)) and not isinstance(value, bool), "a number or a string"
+        elif key == "baselines":
+            ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            want = 'a string or a list of strings ("uniform,global" or ["uniform", "global"])'
         else:
             ok, want = isinstance(value, str), "a string"
         if not ok:
@@ -488,6 +491,8 @@ def resolve(recipe: Path | str | None = None, **flags) -> RunConfig:
             raise UsageError(f"--round-to must be a whole number >= 1 or auto, got {values['round_to']!r}") from None
     if "flops" in values:
         values["flops"] = str(values["flops"])
+    if isinstance(values.get("baselines"), list):  # a recipe's TOML list: the flag's comma-separated form
+        values["baselines"] = ",".join(values["baselines"])
     for key, enum in (("sampler", Sampler), ("constraint", Constraint), ("objective", Objective), ("score", Score)):
         if key in values:
             try:

@@ -280,6 +280,22 @@ def strategies_queued(study: optuna.Study) -> set[str]:
     return {t.user_attrs[St.BASELINE] for t in study.get_trials(deepcopy=False) if t.user_attrs.get(St.BASELINE)}
 
 
+def warn_if_baselines_fill(study: optuna.Study, n_trials: int) -> None:
+    """Log a warning where the study's baseline trials (every strategy at every target of a Pareto range) are as
+    many as ``n_trials``: no sampled candidate would be evaluated."""
+    held = [t.user_attrs[St.BASELINE] for t in study.get_trials(deepcopy=False) if t.user_attrs.get(St.BASELINE)]
+    if held and len(held) >= n_trials:
+        counts = ", ".join(f"{held.count(name)} {name}" for name in dict.fromkeys(held))
+        log.warning(
+            "the study's %d baseline trials (%s) take all %s: no sampled candidate will be evaluated; raise it, or "
+            "queue fewer (%s)",
+            len(held),
+            counts,
+            option("n_trials", n_trials),
+            option("baselines", "uniform"),
+        )
+
+
 def requeue_failed_baselines(study: optuna.Study) -> int:
     """Queue again each baseline whose trials all failed (an error, not a kill: a killed trial's retry is queued
     when it is found dead), so that a resumed study evaluates it; return how many. Call under the study lock."""

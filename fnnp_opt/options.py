@@ -29,6 +29,21 @@ class Sampler(str, Enum):
 
 BASELINES = ("uniform", "global", "sensitivity")  # the strategies a study can queue first, in queue order
 IMPORTANCES = ("magnitude", "lamp", "taylor")  # Torch-Pruning criteria of the global baseline's ranking
+MAX_SENSITIVITY_STEPS = 20  # grid points per group of the sensitivity curves: each is one ABN evaluation per group
+
+
+def check_sensitivity_steps(steps: object) -> int:
+    """``--sensitivity-steps`` (``sensitivity_steps=``): a whole number from 1 to :data:`MAX_SENSITIVITY_STEPS`.
+
+    Raises:
+        UsageError: anything else.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_SENSITIVITY_STEPS:
+        raise UsageError(
+            f"{option('sensitivity_steps')} must be a whole number from 1 to {MAX_SENSITIVITY_STEPS} (each step is "
+            f"one ABN evaluation per layer group), got {steps!r}; the default, 4, is enough for a monotone curve"
+        )
+    return steps
 
 
 def parse_baselines(text: str | Sequence[str]) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ is touched, so bad input leaves both as they were.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -452,11 +453,11 @@ def queue_baselines(
     """Queue ``--baselines`` beyond uniform L1 (:meth:`fnnp_opt.problem.Problem.enqueue_baselines`), under the study
     lock: one process computes them, the others find them queued."""
     wanted = [b for b in cfg.baseline_names() if b != "uniform"]
-    if not set(wanted) - S.strategies_queued(study):
-        return
+    missing = set(wanted) - S.strategies_queued(study)  # none: nothing to compute, only to check (no lock)
     assert p.splits is not None  # prepared with data
-    grads = list(itertools.islice(iter(p.splits.calibration), 8)) if cfg.global_importance == "taylor" else None
-    with St.study_lock(study):
+    taylor = "global" in missing and cfg.global_importance == "taylor"
+    grads = list(itertools.islice(iter(p.splits.calibration), 8)) if taylor else None
+    with St.study_lock(study) if missing else contextlib.nullcontext():
         p.problem.enqueue_baselines(
             study,
             wanted,
@@ -466,6 +467,7 @@ def queue_baselines(
             gradient_batches=grads,
             progress=progress,
         )
+    S.warn_if_baselines_fill(study, cfg.n_trials)
 
 
 def search_share(cfg: RunConfig) -> None:
@@ -613,7 +615,8 @@ def deliver(
     study.set_user_attr(
         "result",
         {"trial": trial.number, "export": str(output), "base": base.to_dict(), "pruned": result_pruned.to_dict()}
-        | ({"latency": latency} if latency is not None else {}),
+        | ({"latency": latency} if latency is not None else {})
+        | ({"rerank": reranked.key} if reranked is not None else {}),  # the trial attribute that chose the winner
     )
     return Delivery(base, result_pruned, losses, seconds, bool(distill), latency, card.get("onnx"))
 

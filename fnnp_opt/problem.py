@@ -374,7 +374,10 @@ class Problem:
             The allocations queued now (none on a resume; one that no plan in the window matches is logged and
             left out).
         """
-        todo = [b for b in parse_baselines(baselines) if b != "uniform" and b not in strategies_queued(study)]
+        wanted = parse_baselines(baselines)
+        queued = strategies_queued(study)
+        self._warn_other_settings(study, [b for b in wanted if b in queued], importance, steps)
+        todo = [b for b in wanted if b != "uniform" and b not in queued]
         if not todo:
             return []
         made = allocations(self, todo, self.targets(), score, importance, steps, gradient_batches, progress)
@@ -403,6 +406,32 @@ class Problem:
                 a.seconds,
             )
         return [a for a in made if self.budget.contains(a.cost)]
+
+    @staticmethod
+    def _warn_other_settings(study, held: list[str], importance: str, steps: int) -> None:
+        """Log each baseline of ``held`` that ``study`` holds made with another criterion or grid than asked now: a
+        resume keeps the stored one (a strategy is never queued twice)."""
+        asked = {
+            "global": ("importance", "global_importance", importance),
+            "sensitivity": ("steps", "sensitivity_steps", steps),
+        }
+        for strategy in held:
+            if strategy not in asked:
+                continue
+            key, name, value = asked[strategy]
+            trial = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(St.BASELINE) == strategy)
+            stored = trial.user_attrs.get("baseline_cost", {}).get(key)
+            if stored is not None and stored != value:
+                log.warning(
+                    "the study's %s baseline (trial %d) was made with %s, not %s: the resumed study keeps it; a new "
+                    "study (%s) queues one with %s",
+                    strategy,
+                    trial.number,
+                    option(name, stored),
+                    option(name, value),
+                    option("study_name"),
+                    option(name, value),
+                )
 
     def resume_or_create(
         self, storage, url: str, name: str, fingerprint: dict, config: dict, compare: dict | None, other: str

@@ -161,7 +161,9 @@ def _facts(study: optuna.Study) -> _Facts:
     delivered = attrs.get("result")
     by_number = {t.number: t for t in trials}
     if delivered is not None and delivered.get("trial") in by_number:
-        facts = replace(facts, winner=by_number[delivered["trial"]], delivered=delivered, chosen="delivered")
+        won = _rerank_scores(study, delivered).get(str(delivered["trial"]))
+        chosen = "delivered" if won is None else f"delivered: the best abn-ft in the rerank, {won:.4f}"
+        facts = replace(facts, winner=by_number[delivered["trial"]], delivered=delivered, chosen=chosen)
     elif pareto:
         facts = _pareto_winner(facts)
     nearest: dict[str, tuple[tuple, FrozenTrial]] = {}
@@ -551,6 +553,24 @@ def _no_uniform(study: optuna.Study) -> str:
 DEFAULT_URL = "sqlite:///studies/fnnp.db"  # the study's storage when its config names none
 
 
+def _rerank_scores(study: optuna.Study, delivered: dict | None) -> dict[str, float]:
+    """{trial number as text: abn-ft score} of the rerank that chose the delivered trial (its ledger, the study
+    attribute ``rerank:abn_ft<steps>``), or {} where no rerank chose it."""
+    key = (delivered or {}).get("rerank")
+    return study.user_attrs.get(f"rerank:{key}", {}).get("scores", {}) if key else {}
+
+
+def _versus(f: _Facts, t: FrozenTrial) -> str:
+    """Baseline ``t``'s score against the winner's, by the score that chose the winner: the rerank's abn-ft
+    re-score where a rerank chose it (from its ledger, the study attribute ``rerank:abn_ft<steps>``), else the
+    study's value."""
+    w, scores = f.winner, _rerank_scores(f.study, f.delivered)
+    if str(t.number) in scores and str(w.number) in scores:
+        a, b = scores[str(t.number)], scores[str(w.number)]
+        return f"abn-ft {a:.4f} in the rerank ({b - a:+.4f} for the winner), {f.score_label} {t.values[0]:.4f}"
+    return f"{f.score_label} {t.values[0]:.4f} ({w.values[0] - t.values[0]:+.4f} for the winner)"
+
+
 def _write_summary(f: _Facts, report: Report, storage: str | None) -> None:
     b, w, u = f.budget, f.winner, f.uniform
     config = f.study.user_attrs["config"]
@@ -568,10 +588,9 @@ def _write_summary(f: _Facts, report: Report, storage: str | None) -> None:
         f"({w.user_attrs.get('flops_ratio', float('nan')):.1%} of the base's)",
     ]
     if u is not None:
-        gain = w.values[0] - u.values[0]
         lines.append(
-            f"- **uniform L1** (the same ratio everywhere): trial {u.number}, {f.score_label} {u.values[0]:.4f} "
-            f"({gain:+.4f} for the winner), FLOPs {human(u.user_attrs['flops'])}"
+            f"- **uniform L1** (the same ratio everywhere): trial {u.number}, {_versus(f, u)}, "
+            f"FLOPs {human(u.user_attrs['flops'])}"
         )
     else:
         lines.append(f"- **uniform L1**: none evaluated in this study ({_no_uniform(f.study)})")
@@ -579,8 +598,8 @@ def _write_summary(f: _Facts, report: Report, storage: str | None) -> None:
         strategy = t.user_attrs["strategy"]
         cost = t.user_attrs.get("baseline_cost", {})
         lines.append(
-            f"- **{strategy}** ({BASELINE_WORDS.get(strategy, strategy)}): trial {t.number}, {f.score_label} "
-            f"{t.values[0]:.4f} ({w.values[0] - t.values[0]:+.4f} for the winner), FLOPs {human(t.user_attrs['flops'])}"
+            f"- **{strategy}** ({BASELINE_WORDS.get(strategy, strategy)}): trial {t.number}, {_versus(f, t)}, "
+            f"FLOPs {human(t.user_attrs['flops'])}"
             + (f"; computed with {cost['evaluations']} evaluations" if cost.get("evaluations") else "")
         )
     if base_score is not None:

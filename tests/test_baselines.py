@@ -4,6 +4,7 @@ vectors of the search space, and their place as the first trials of every study.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 import signal
@@ -19,10 +20,12 @@ import torch_pruning as tp
 
 import fnnp_opt
 from fnnp_opt.baselines import GlobalRanking, sensitivity_allocation, sensitivity_curves
+from fnnp_opt.constraints import violation
 from fnnp_opt.data import DATASETS
 from fnnp_opt.errors import ModelError, UsageError
 from fnnp_opt.evaluate import abn_accuracy
 from fnnp_opt.models import create_model
+from fnnp_opt.optimize import warn_if_baselines_fill
 from fnnp_opt.problem import Problem
 
 from conftest import SMALL_RUN, without
@@ -118,11 +121,22 @@ def test_sensitivity_curves_are_monotone_and_the_allocation_meets_the_budget(bas
     # the most sensitive group at R keeps more channels than the least sensitive
     order = sorted(curves.drops, key=lambda r: curves.drops[r][-1])
     assert a.ratios[order[0]] >= a.ratios[order[-1]]
-    with pytest.raises(UsageError, match="--sensitivity-steps must be a whole number >= 1, got 0"):
-        sensitivity_curves(problem, lambda m: 0.0, steps=0)
+    for bad in (0, 21, 2.5, True):
+        with pytest.raises(UsageError, match=f"--sensitivity-steps must be a whole number from 1 to 20 .*got {bad!r}"):
+            sensitivity_curves(problem, lambda m: 0.0, steps=bad)
 
 
-def test_the_python_api_queues_every_baseline_once_on_a_user_model(small_fmnist_batches, tmp_path):
+def test_a_global_cut_that_jumps_over_the_window_keeps_the_nearest_plan():
+    torch.manual_seed(0)
+    problem = Problem(usermodels.group_norm(), torch.zeros(1, 1, 28, 28), budget="0.7", tolerance=0.05, max_rate=0.8)
+    ranking = GlobalRanking(problem)
+    costs = [problem.cost(problem.pruner.counts(ranking.ratios(k))) for k in range(ranking.positions + 1)]
+    assert not any(problem.budget.contains(c) for c in costs)  # GroupNorm's groups move in steps past the window
+    a = ranking.allocation(problem.budget.target)
+    assert 0 < violation(problem.budget, a.cost) <= min(violation(problem.budget, c) for c in costs)
+
+
+def test_the_python_api_queues_every_baseline_once_on_a_user_model(small_fmnist_batches, tmp_path, caplog):
     torch.manual_seed(0)
     model = usermodels.group_norm()
     calib, search = small_fmnist_batches[:2], small_fmnist_batches[2:4]
@@ -137,15 +151,22 @@ def test_the_python_api_queues_every_baseline_once_on_a_user_model(small_fmnist_
     assert [result.baselines[s].number for s in ("uniform", "global", "sensitivity")] == [0, 1, 2]
     cost = result.baselines["sensitivity"].user_attrs["baseline_cost"]
     assert cost["evaluations"] == 4 * len(result.problem.space) + 1 and cost["seconds"] > 0
-    again = fnnp_opt.search(
-        model,
-        torch.zeros(1, 1, 28, 28),
-        storage=url,
-        baselines="uniform,global,sensitivity",
-        **{**kwargs, "n_trials": 7},
-    )
+    with caplog.at_level(logging.WARNING, logger="fnnp_opt"):
+        again = fnnp_opt.search(
+            model,
+            torch.zeros(1, 1, 28, 28),
+            storage=url,
+            baselines="uniform,global,sensitivity",
+            global_importance="lamp",
+            sensitivity_steps=3,
+            **{**kwargs, "n_trials": 7},
+        )
     strategies = [t.user_attrs.get("strategy") for t in again.study.trials]
     assert sorted(s for s in strategies if s) == ["global", "sensitivity", "uniform"]
+    said = [r.getMessage() for r in caplog.records if "the resumed study keeps it" in r.getMessage()]
+    assert len(said) == 2  # the stored baselines are kept, and the run says they differ from what was asked
+    assert "global_importance='magnitude', not global_importance='lamp'" in said[0]
+    assert "sensitivity_steps=4, not sensitivity_steps=3" in said[1]
     plain = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), baselines="none", **kwargs)
     assert list(plain.baselines) == ["uniform"]
     default = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), **kwargs)
@@ -226,3 +247,19 @@ def test_queued_baselines_never_pass_r_and_bad_values_are_one_line(base_model, s
         GlobalRanking(problem, "taylor", bad)
     with pytest.raises(UsageError, match="none means uniform L1 only"):
         problem.enqueue_baselines(study, "none,global")
+
+
+def test_a_pareto_range_queues_each_baseline_per_target_and_says_when_they_fill_n_trials(base_model, caplog):
+    problem = Problem(base_model, torch.zeros(1, 1, 28, 28), budget="0.3:0.7", max_rate=0.8)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    problem.enqueue_uniform(study)
+    problem.enqueue_baselines(study, "global")
+    held = [t.user_attrs.get("strategy") for t in study.get_trials(deepcopy=False)]
+    assert held.count("global") == held.count("uniform") == len(problem.targets()) == 5
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fnnp_opt"):
+        warn_if_baselines_fill(study, 11)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        warn_if_baselines_fill(study, 10)
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "10 baseline trials (5 uniform, 5 global) take all --n-trials 10" in said and "--baselines uniform" in said

@@ -29,6 +29,10 @@ def test_flags_override_the_recipe(tmp_path):
         ("n_trials = 0", "--n-trials must be a whole number >= 1"),
         ('sampler = "grid"', "unknown sampler"),
         ("lr = -1.0", "--lr must be positive"),
+        ("sensitivity_steps = 50", "--sensitivity-steps must be a whole number from 1 to 20"),
+        ("baselines = 3", "baselines must be a string or a list of strings"),
+        ('baselines = ["uniform", 3]', "baselines must be a string or a list of strings"),
+        ('baselines = ["uniform", "lamp"]', "--baselines takes uniform, global, sensitivity .* got 'lamp'"),
     ],
 )
 def test_bad_recipes(tmp_path, text, message):
@@ -36,6 +40,16 @@ def test_bad_recipes(tmp_path, text, message):
     recipe.write_text(text + "\n")
     with pytest.raises(UsageError, match=message):
         resolve(recipe)
+
+
+def test_a_recipe_lists_its_baselines_as_a_toml_list_or_a_string(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('baselines = ["global", "uniform", "sensitivity"]\n')
+    listed = resolve(recipe)
+    assert listed.baselines == "global,uniform,sensitivity"
+    assert listed.baseline_names() == ("uniform", "global", "sensitivity")  # in queue order
+    recipe.write_text('baselines = "uniform,global"\n')
+    assert resolve(recipe).baseline_names() == ("uniform", "global")
 
 
 def test_missing_recipe():

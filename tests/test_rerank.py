@@ -57,6 +57,19 @@ def test_rerank_rescores_exactly_the_top_k_and_delivers_the_best(reranked):
     assert result.best_trial == max(top, key=lambda n: (result.rerank.scores[n], -n)) == result.rerank.winner
 
 
+def test_the_report_compares_the_baselines_by_the_rerank_score(reranked):
+    cfg, result = reranked
+    study = _fresh(cfg.resolved_storage(), result.study_name)
+    assert study.user_attrs["result"]["rerank"] == "abn_ft4"
+    text = (Path(cfg.output) / "report.md").read_text()
+    scores = result.rerank.scores
+    assert f"(delivered: the best abn-ft in the rerank, {scores[result.best_trial]:.4f})" in text
+    for b in result.baselines:  # the same margins as the run's summary line, by the score that chose the winner
+        line = next(x for x in text.splitlines() if f"trial {b['trial']}, abn-ft " in x)
+        assert f"abn-ft {scores[b['trial']]:.4f} in the rerank" in line
+        assert f"({scores[result.best_trial] - scores[b['trial']]:+.4f} for the winner)" in line
+
+
 def test_a_second_rerank_redoes_nothing(reranked):
     cfg, result = reranked
     again = run(cfg)

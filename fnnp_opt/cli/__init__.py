@@ -317,7 +317,7 @@ def run(
         ),
     ] = None,
     sensitivity_steps: Annotated[
-        Optional[int], Opt(help="Ratios per group of the sensitivity baseline's curves. [default: 4]")
+        Optional[int], Opt(help="Ratios per group of the sensitivity baseline's curves, 1 to 20. [default: 4]")
     ] = None,
     epochs: Annotated[Optional[int], Opt(help="Fine-tune epochs of the winner (0 skips). [default: 3]")] = None,
     lr: FinetuneLr = None,
