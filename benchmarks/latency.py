@@ -555,8 +555,7 @@ def report() -> None:
     lines += [
         "Written by `python benchmarks/latency.py report` from the rows of `python benchmarks/latency.py speed "
         "round budget imagenet` (in `docs/latency/`), on this project's 2-core CPU machine (AVX-512, no GPU): the "
-        "first three parts with nothing else busy on it, the ImageNet-size part (last) beside other work, as its "
-        "stamp says. The CUDA path is unmeasured (see [the GPU check](gpu.md)). Times are medians "
+        "first three parts with nothing else busy on it; the ImageNet-size part (last) says how busy it was. The CUDA path is unmeasured (see [the GPU check](gpu.md)). Times are medians "
         "of warm passes, the base and the pruned network timed side by side (turns of 5 passes) in one run; a "
         "speed-up is base time / pruned time, both in the same form (a column). *Eager* is PyTorch with each "
         "BatchNorm folded into its conv (what `fnnp-opt run` reports and `--latency` budgets), in NCHW or "
@@ -674,7 +673,7 @@ def _goals(doc: dict) -> list[str]:
     lines = [
         "### The goals",
         "",
-        "Judged on one thread: the 2-thread cells of this run measure the machine's other work.",
+        "Judged on one thread, the setting `--latency` budgets by default (the 2-thread cells are in *Every form*).",
         "",
     ]
     cells, made = _cells(doc, "resnet50"), doc["nets"].get("resnet50", {})
@@ -731,7 +730,7 @@ def _report_imagenet() -> list[str]:
     for r in doc["rows"]:
         for b in set(map(_described, r["busy"])):
             busy[b] = busy.get(b, 0) + 1
-    runs = " and ".join(f"`{r['command']}`" for r in doc["runs"])
+    runs = " and ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["runs"]))
     slower, evidence = _threads_evidence(doc)
     trials = sorted({r["search"]["trials"] for made in doc["nets"].values() for r in made.values() if "search" in r})
     lines = [
@@ -749,16 +748,10 @@ def _report_imagenet() -> list[str]:
         "faster in (timed at batch 1 only, where the per-op overhead folding saves weighs most: the benchmark "
         "would not fit an hour on 2 cores otherwise); *onnxruntime* runs the `--onnx` export.",
         "",
-        f"**The machine was not quiet**: other work ran on its 2 cores throughout (1-minute load average "
-        f"{loads[0]:.1f} to {loads[-1]:.1f}, median {loads[len(loads) // 2]:.1f}; over 25% of a core, in the "
-        f"rows' share: "
-        + ", ".join(f"`{b}` ({n / len(doc['rows']):.0%})" for b, n in sorted(busy.items(), key=lambda x: -x[1])[:6])
-        + "). Side-by-side ratios survive a busy machine better than times do, but two threads that wait on each "
-        f"other's stragglers do not: the base as deployed ran slower on 2 threads than on 1 in {slower} of its "
-        f"{len(evidence)} cells ("
+        _quiet_words(doc, loads, busy)
+        + f"The base as deployed ran slower on 2 threads than on 1 in {slower} of its {len(evidence)} cells ("
         + "; ".join(evidence)
-        + "), so the 2-thread cells are in *Every form* only, and the speed-ups and goals above them are of one "
-        "thread.",
+        + "). The speed-ups and goals below are of one thread; the 2-thread cells are in *Every form*.",
         "",
         *provenance(doc["rows"], path),
         "",
@@ -803,7 +796,8 @@ def _report_imagenet() -> list[str]:
         "",
         "Latency as `--latency` budgets it: batch 1, one thread, the 10th percentile of warm passes, each network "
         "side by side with the base, as a fraction of the base's. *Measured* is the winner after the search; the "
-        "table's prediction error is over every candidate the search timed directly.",
+        "table's prediction error is over every candidate the search timed directly. The studies ran when their "
+        "networks were made, by the first command above (its stamp is in `docs/latency/imagenet.json`, `runs`).",
         "",
         "| model | target (window) | winner measured | off target | MACs kept | prediction error: median, p90 (over) "
         "| table's fit error |",
@@ -823,6 +817,19 @@ def _report_imagenet() -> list[str]:
                     f"{r['prediction_error_p90']:.1%} ({r['candidates_timed']}) | {r['fit']['calibration_error']:.1%} |"
                 )
     return lines + [""]
+
+
+def _quiet_words(doc: dict, loads: list[float], busy: dict[str, int]) -> str:
+    """How busy the machine was while the rows were timed, from their load averages and busy processes."""
+    spread = f"1-minute load average {loads[0]:.1f} to {loads[-1]:.1f}, median {loads[len(loads) // 2]:.1f}"
+    if not busy:
+        return f"Nothing else ran on the machine ({spread}: the benchmark's own threads). "
+    shares = sorted(busy.items(), key=lambda x: -x[1])[:6]
+    return (
+        f"**The machine was not quiet**: other work ran on its 2 cores ({spread}; over 25% of a core, in the rows' "
+        "share: " + ", ".join(f"`{b}` ({n / len(doc['rows']):.0%})" for b, n in shares) + "). Side-by-side ratios "
+        "survive a busy machine better than times do, but two threads that wait on each other's stragglers do not. "
+    )
 
 
 def _load(part: str) -> list[dict]:

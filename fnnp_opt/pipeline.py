@@ -12,7 +12,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -644,7 +644,12 @@ def settle(cfg: RunConfig) -> RunConfig:
         return cfg
     stored = St.stored_settings(cfg.resolved_storage(), cfg.resolved_study_name())
     # round_to None: prepare resolves the default (the vector width where it reaches the budget, else 1)
-    fresh = {"abn_batches": cfg.calibration_batches(), "early_stop": True, "calibration_seed": 0, "round_to": None}
+    fresh: dict[str, Any] = {
+        "abn_batches": cfg.calibration_batches(),
+        "early_stop": True,
+        "calibration_seed": 0,
+        "round_to": None,
+    }
     return replace(cfg, **{key: stored.get(key, fresh[key]) for key in left})
 
 

@@ -92,6 +92,7 @@ MODULE_TIERS = {
     "test_typecheck": "system",
     "test_workers": "system",
     "test_zoo": "integration",
+    "test_zoo_baselines": "integration",
 }
 
 
@@ -131,14 +132,19 @@ def pytest_collection_modifyitems(config, items):
         (keep if tier == "unit" or not default else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-    # modules with the longest tests first (zoo, then system, ...), each kept whole: test processes that take whole
-    # modules (`pytest -n 2 --dist loadscope`, as the Makefile runs them: a module fixture is made once) then end
-    # together, instead of one finishing the zoo alone
-    rank = {tier: i for i, tier in enumerate(reversed(TIERS))}
+    # the longest modules first (LONGEST, then by tier: zoo, system, ...), each kept whole: test processes that take
+    # whole modules (`pytest -n 2 --dist loadscope`, as the Makefile runs them: a module fixture is made once) then
+    # end together, instead of one finishing a long module alone
+    rank = {tier: len(LONGEST) + i for i, tier in enumerate(reversed(TIERS))}
     first: dict[Path, int] = {}
     for item in keep:
-        first[item.path] = min(first.get(item.path, len(rank)), rank[tier_of(item)])
+        known = LONGEST.index(item.path.stem) if item.path.stem in LONGEST else len(rank) + len(LONGEST)
+        first[item.path] = min(first.get(item.path, known), known, rank[tier_of(item)])
     items[:] = sorted(keep, key=lambda item: first[item.path])
+
+
+# the modules that take longest in `make test-all` (pytest --durations=0), longest first
+LONGEST = ("test_zoo", "test_zoo_baselines", "test_journal", "test_storage", "test_distributed", "test_dataset_kinds")
 
 
 def pytest_report_header(config):

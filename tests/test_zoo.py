@@ -14,9 +14,7 @@ import fnnp_opt
 from fnnp_opt.errors import ModelError
 from fnnp_opt.export import save_pruned
 from fnnp_opt.flops import count
-from fnnp_opt.baselines import GlobalRanking, sensitivity_allocation, sensitivity_curves
-from fnnp_opt.models import UNSUPPORTED, check_input, create_model, find_classifier, list_models, torchvision_builders
-from fnnp_opt.problem import Problem
+from fnnp_opt.models import UNSUPPORTED, check_input, create_model, find_classifier, torchvision_builders
 from fnnp_opt.prune import Pruner, Shaping
 from fnnp_opt.space import SearchSpace
 
@@ -128,36 +126,3 @@ def test_a_vision_transformer_is_refused_where_its_pruned_forward_breaks():
 def test_every_torchvision_builder_is_tested_or_listed():
     assert set(torchvision_builders()) == set(PRUNABLE) | set(UNSUPPORTED) and UNTRACEABLE <= set(UNSUPPORTED)
     assert len(PRUNABLE) >= 60
-
-
-def _agreement(model: torch.nn.Module, x: torch.Tensor):
-    """A cheap score for the sensitivity curves: how close a pruned copy's logits stay to the base's on ``x``."""
-    with torch.no_grad():
-        reference = model.eval()(x)
-
-    def score(pruned: torch.nn.Module) -> float:
-        with torch.no_grad():
-            return -float((pruned.eval()(x) - reference).pow(2).mean())
-
-    return score
-
-
-@pytest.mark.parametrize(
-    "name", [*(m.name for m in list_models()), *(_case(n) for n in PRUNABLE if n not in UNTRACEABLE)]
-)
-def test_both_baselines_allocate_inside_the_window_on_every_architecture(name):
-    torch.manual_seed(0)
-    size = MIN_SIZE.get(name, 32)
-    model = create_model(name, 3, 10).eval()
-    problem = Problem(model, torch.zeros(1, 3, size, size), budget="0.5", max_rate=0.8, tolerance=0.05)
-    target = problem.budget.target
-    glob = GlobalRanking(problem).allocation(target)
-    curves = sensitivity_curves(problem, _agreement(model, torch.randn(2, 3, size, size)), steps=1)
-    sens = sensitivity_allocation(problem, curves, target)
-    for a in (glob, sens):
-        assert set(a.ratios) == {d.root for d in problem.space.dims}
-        assert all(0.0 <= r <= 0.8 + 1e-9 for r in a.ratios.values())
-        # inside the window, or (whole channel counts) the study leaves it out and says so
-        inside = problem.budget.contains(a.cost)
-        assert inside or abs(a.cost - target) / problem.budget.base < 0.15, (a.strategy, a.cost / problem.budget.base)
-    assert curves.evaluations == len(problem.space) + 1
