@@ -58,7 +58,8 @@ def _fit(problem, strategy: str, ratios: dict[str, float], target: float, **kw) 
     cost_of = lambda r: problem.cost(problem.pruner.counts(r))  # noqa: E731
     budget = problem.budget
     fitted, step = fit_to_budget(ratios, cost_of, budget, problem.space.max_rate)
-    if violation(budget, cost_of(fitted)) > 0 and violation(budget, cost_of(ratios)) <= violation(budget, cost_of(fitted)):
+    missed, was = violation(budget, cost_of(fitted)), violation(budget, cost_of(ratios))
+    if missed > 0 and was <= missed:
         fitted, step = ratios, 0.0  # the path jumps over the window: keep the nearer plan (the warning names it)
     if step:
         log.info("%s baseline moved into the window (step %.4f along the path to all 0 or all R)", strategy, step)
