@@ -268,21 +268,33 @@ def sensitivity_allocation(problem, curves: Sensitivity, target: float) -> Alloc
     cost_of = lambda r: p.cost(p.pruner.counts(r))  # noqa: E731
     lo, hi = 0.0, max([max(d) for d in curves.drops.values()] + [0.0]) + 1e-9
     if cost_of(curves.at(hi)) > target:  # every group at R: the fit below reports what it reaches
-        threshold = hi
+        threshold, ratios = hi, curves.at(hi)
     else:
         for _ in range(60):
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if cost_of(curves.at(mid)) <= target else (mid, hi)
-        threshold = hi
+        threshold, ratios = hi, _between(curves.at(lo), curves.at(hi), cost_of, target)
     return _fit(
         p,
         "sensitivity",
-        curves.at(threshold),
+        ratios,
         target,
         evaluations=curves.evaluations,
         seconds=curves.seconds,
         detail={"threshold": round(threshold, 6), "steps": len(curves.ratios) - 1},
     )
+
+
+def _between(above: dict[str, float], below: dict[str, float], cost_of, target: float) -> dict[str, float]:
+    """The point nearest ``above`` on the segment from ``above`` (costs over ``target``) to ``below`` (at most
+    ``target``) that costs at most ``target``: where a flat curve makes the threshold's allocation jump past the
+    target, the groups that jump move only as far as the target needs (every ratio stays between its two values)."""
+    mix = lambda s: {k: a + s * (below[k] - a) for k, a in above.items()}  # noqa: E731
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cost_of(mix(mid)) <= target else (mid, hi)
+    return mix(hi)
 
 
 # --------------------------------------------------------------------------- both

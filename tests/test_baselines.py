@@ -19,11 +19,12 @@ import torch
 import torch_pruning as tp
 
 import fnnp_opt
-from fnnp_opt.baselines import GlobalRanking, sensitivity_allocation, sensitivity_curves
+from fnnp_opt.baselines import GlobalRanking, Sensitivity, sensitivity_allocation, sensitivity_curves
 from fnnp_opt.constraints import violation
 from fnnp_opt.data import DATASETS
 from fnnp_opt.errors import ModelError, UsageError
 from fnnp_opt.evaluate import abn_accuracy
+from fnnp_opt.flops import make_budget
 from fnnp_opt.models import create_model
 from fnnp_opt.optimize import warn_if_baselines_fill
 from fnnp_opt.problem import Problem
@@ -124,6 +125,24 @@ def test_sensitivity_curves_are_monotone_and_the_allocation_meets_the_budget(bas
     for bad in (0, 21, 2.5, True):
         with pytest.raises(UsageError, match=f"--sensitivity-steps must be a whole number from 1 to 20 .*got {bad!r}"):
             sensitivity_curves(problem, lambda m: 0.0, steps=bad)
+
+
+def test_a_flat_sensitivity_curve_does_not_make_the_allocation_jump_past_the_target(base_model):
+    problem = Problem(base_model, torch.zeros(1, 1, 28, 28), budget="0.5", max_rate=0.8, tolerance=0.1)
+    roots = [d.root for d in problem.space.dims]
+    # half the groups lose nothing up to 0.4 then 0.5; the others 0.3 from 0.4 on, flat to R: they all jump at 0.3
+    drops = {r: ([0.0, 0.0, 0.5] if i % 2 else [0.0, 0.3, 0.3]) for i, r in enumerate(roots)}
+    curves = Sensitivity([0.0, 0.4, 0.8], drops, base=0.9, evaluations=0, seconds=0.0)
+    cost_of = lambda ratios: problem.cost(problem.pruner.counts(ratios))  # noqa: E731
+    before, after = cost_of(curves.at(0.3 - 1e-6)), cost_of(curves.at(0.3))
+    target = (before + after) / 2  # inside the jump: the budget's target
+    problem.budget = make_budget(target / problem.budget.base, 0.05, problem.budget.base)
+    a = sensitivity_allocation(problem, curves, problem.budget.target)
+    assert after < target - 0.02 * problem.budget.base  # the threshold alone would land over 2% below it
+    # not over the target, and nearer it than the threshold alone by more than half (kept channels are whole)
+    assert after + (target - after) / 2 < a.cost <= target
+    below, above = curves.at(0.3), curves.at(0.3 - 1e-6)
+    assert all(min(above[r], below[r]) - 1e-9 <= a.ratios[r] <= max(above[r], below[r]) + 1e-9 for r in roots)
 
 
 def test_a_global_cut_that_jumps_over_the_window_keeps_the_nearest_plan():
