@@ -603,7 +603,14 @@ def report() -> None:
             "Latency here is what `--latency` budgets: the 10th percentile of warm passes (clear of a busy "
             "machine's stolen time-slices), each network timed side by side with the base, as a fraction of the "
             "base's. A candidate the table predicts inside the window but that measures outside it is rejected "
-            "before it is scored.",
+            "before it is scored."
+            + (
+                " These rows predate the table's reference layer (each layer's grid timed beside one fixed conv, "
+                "commit 5c07560), which can change the table's predictions and so the winner; the ResNet-50 "
+                "`--latency` studies of the ImageNet-size part below were made with it."
+                if not any(r.get("stamp") for r in budget)  # rows stamped since carry their commit
+                else ""
+            ),
             "",
         ]
         lines += ["| winner | ABN accuracy | FLOPs kept | latency (measured, of base) | target | prediction error |"]
