@@ -329,7 +329,8 @@ class Nets:
         """{label: network}, the base first."""
         from fnnp_opt.export import load_pruned
 
-        return {"base": self.base.eval()} | {k: load_pruned(self.folder / _slug(k)) for k in self.made}
+        made = [k for k, record in self.made.items() if "refused" not in record]  # a refused study made none
+        return {"base": self.base.eval()} | {k: load_pruned(self.folder / _slug(k)) for k in made}
 
 
 def _global_ratios(problem) -> dict[str, float] | None:
@@ -732,11 +733,6 @@ def _report_imagenet() -> list[str]:
     if not path.is_file():
         return []
     doc = json.loads(path.read_text())
-    loads = sorted(x for r in doc["rows"] for x in r["load"])
-    busy: dict[str, int] = {}
-    for r in doc["rows"]:
-        for b in set(map(_described, r["busy"])):
-            busy[b] = busy.get(b, 0) + 1
     runs = " and ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["runs"]))
     slower, evidence = _threads_evidence(doc)
     trials = sorted({r["search"]["trials"] for made in doc["nets"].values() for r in made.values() if "search" in r})
@@ -755,7 +751,7 @@ def _report_imagenet() -> list[str]:
         "faster in (timed at batch 1 only, where the per-op overhead folding saves weighs most: the benchmark "
         "would not fit an hour on 2 cores otherwise); *onnxruntime* runs the `--onnx` export.",
         "",
-        _quiet_words(doc, loads, busy)
+        "".join(_quiet_words(model, [r for r in doc["rows"] if r["model"] == model]) for model in doc["nets"])
         + f"The base as deployed ran slower on 2 threads than on 1 in {slower} of its {len(evidence)} cells ("
         + "; ".join(evidence)
         + "). The speed-ups and goals below are of one thread; the 2-thread cells are in *Every form*.",
@@ -826,16 +822,24 @@ def _report_imagenet() -> list[str]:
     return lines + [""]
 
 
-def _quiet_words(doc: dict, loads: list[float], busy: dict[str, int]) -> str:
-    """How busy the machine was while the rows were timed, from their load averages and busy processes."""
+def _quiet_words(model: str, rows: list[dict]) -> str:
+    """How busy the machine was while ``model``'s rows were timed, from their load averages and busy processes."""
+    if not rows:
+        return ""
+    loads = sorted(x for r in rows for x in r["load"])
+    busy: dict[str, int] = {}
+    for r in rows:
+        for b in set(map(_described, r["busy"])):
+            busy[b] = busy.get(b, 0) + 1
     spread = f"1-minute load average {loads[0]:.1f} to {loads[-1]:.1f}, median {loads[len(loads) // 2]:.1f}"
     if not busy:
-        return f"Nothing else ran on the machine ({spread}: the benchmark's own threads). "
-    shares = sorted(busy.items(), key=lambda x: -x[1])[:6]
+        return f"**{model}**: nothing else ran on the machine ({spread}: the benchmark's own threads). "
+    shares = sorted(busy.items(), key=lambda x: -x[1])[:4]
     return (
-        f"**The machine was not quiet**: other work ran on its 2 cores ({spread}; over 25% of a core, in the rows' "
-        "share: " + ", ".join(f"`{b}` ({n / len(doc['rows']):.0%})" for b, n in shares) + "). Side-by-side ratios "
-        "survive a busy machine better than times do, but two threads that wait on each other's stragglers do not. "
+        f"**{model}: the machine was not quiet**: other work ran on its 2 cores ({spread}; over 25% of a core, in "
+        "the rows' share: " + ", ".join(f"`{b}` ({n / len(rows):.0%})" for b, n in shares) + "); side-by-side "
+        "ratios survive a busy machine better than times do, but two threads that wait on each other's stragglers "
+        "do not. "
     )
 
 

@@ -252,15 +252,22 @@ def make_sampler(
 
 
 def enqueue_strategies(
-    study: optuna.Study, space: SearchSpace, strategies: list[dict[str, float]], name: str, attrs: dict | None = None
+    study: optuna.Study,
+    space: SearchSpace,
+    strategies: list[dict[str, float]],
+    name: str,
+    attrs: dict | None = None,
+    skip_if_exists: bool = True,
 ) -> None:
     """Queue baseline strategies ({root: ratio}) named ``name`` (``uniform``, ``global``, ``sensitivity``): evaluated
-    before any draw, marked with the user attribute ``strategy``; ``attrs`` are more user attributes of each."""
+    before any draw, marked with the user attribute ``strategy``; ``attrs`` are more user attributes of each.
+    ``skip_if_exists``: a plan the study holds already is not queued again (Optuna's rule, as uniform L1 is queued
+    by every process); False queues it anyway, so that a baseline equal to another is still the study's."""
     for plan in strategies:
         study.enqueue_trial(
             {d.param: plan[d.root] for d in space.dims},
             user_attrs={St.BASELINE: name, **(attrs or {})},
-            skip_if_exists=True,
+            skip_if_exists=skip_if_exists,
         )
 
 

@@ -61,6 +61,11 @@ def parse_baselines(text: str | Sequence[str]) -> tuple[str, ...]:
             f"{type(text).__name__} {text!r}"
         )
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    if not any(names):
+        raise UsageError(
+            f"{option('baselines')} names no strategy, got {text!r}; pass {option('baselines', 'none')} for uniform L1 "
+            f"only, or e.g. {option('baselines', 'uniform,global')}"
+        )
     if "none" in names and len([n for n in names if n]) > 1:
         raise UsageError(f"{option('baselines')} none means uniform L1 only: drop the other names, got {text!r}")
     names = [n for n in names if n and n != "none"]

@@ -374,7 +374,7 @@ class Problem:
             The allocations queued now (none on a resume; one that no plan in the window matches is logged and
             left out).
         """
-        wanted = parse_baselines(baselines)
+        wanted = parse_baselines(baselines) if len(baselines) else ()  # (none beyond uniform L1: a resume's check)
         queued = strategies_queued(study)
         self._warn_other_settings(study, [b for b in wanted if b in queued], importance, steps)
         todo = [b for b in wanted if b != "uniform" and b not in queued]
@@ -396,7 +396,10 @@ class Problem:
                 )
                 continue
             plan = {root: min(r, self.space.max_rate) for root, r in a.ratios.items()}  # (never past R)
-            enqueue_strategies(study, self.space, [plan], a.strategy, {"baseline_cost": a.attrs() | a.detail})
+            # queued even where the plan equals another trial's (sensitivity at uniform L1's ratios): the study then
+            # holds the baseline, which a resume does not compute again (under the study lock: queued once)
+            attrs = {"baseline_cost": a.attrs() | a.detail}
+            enqueue_strategies(study, self.space, [plan], a.strategy, attrs, skip_if_exists=False)
             log.info(
                 "%s baseline queued: %s of the base's %s, %d evaluations, %.1f s",
                 a.strategy,

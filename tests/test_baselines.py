@@ -19,7 +19,8 @@ import torch
 import torch_pruning as tp
 
 import fnnp_opt
-from fnnp_opt.baselines import GlobalRanking, Sensitivity, sensitivity_allocation, sensitivity_curves
+from fnnp_opt import optuna_private
+from fnnp_opt.baselines import Allocation, GlobalRanking, Sensitivity, sensitivity_allocation, sensitivity_curves
 from fnnp_opt.constraints import violation
 from fnnp_opt.data import DATASETS
 from fnnp_opt.errors import ModelError, UsageError
@@ -143,6 +144,29 @@ def test_a_flat_sensitivity_curve_does_not_make_the_allocation_jump_past_the_tar
     assert after + (target - after) / 2 < a.cost <= target
     below, above = curves.at(0.3), curves.at(0.3 - 1e-6)
     assert all(min(above[r], below[r]) - 1e-9 <= a.ratios[r] <= max(above[r], below[r]) + 1e-9 for r in roots)
+
+
+def test_a_baseline_equal_to_uniform_l1_is_still_queued_and_not_computed_again(base_model, monkeypatch):
+    import fnnp_opt.problem as problem_module
+
+    problem = Problem(base_model, torch.zeros(1, 1, 28, 28), budget="0.5", max_rate=0.6)
+    study = optuna.create_study(direction="maximize")
+    problem.enqueue_uniform(study)
+    (uniform,) = study.get_trials(deepcopy=False)
+    fixed = optuna_private.fixed_params(uniform)  # a queued trial's parameters
+    plan = {d.root: fixed[d.param] for d in problem.space.dims}
+    made = []
+
+    def same_as_uniform(p, strategies, *args, **kwargs):  # an allocation that lands on uniform L1's plan
+        made.append(strategies)
+        return [Allocation("sensitivity", plan, p.cost(p.pruner.counts(plan)), evaluations=13)]
+
+    monkeypatch.setattr(problem_module, "allocations", same_as_uniform)
+    problem.enqueue_baselines(study, "sensitivity", score=lambda m: 0.0)
+    held = [t.user_attrs.get("strategy") for t in study.get_trials(deepcopy=False)]
+    assert held == ["uniform", "sensitivity"]  # the study holds it, though Optuna would skip an equal plan
+    problem.enqueue_baselines(study, "sensitivity", score=lambda m: 0.0)  # a resume
+    assert made == [["sensitivity"]] and len(study.trials) == 2
 
 
 def test_a_global_cut_that_jumps_over_the_window_keeps_the_nearest_plan():

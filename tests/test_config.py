@@ -33,6 +33,8 @@ def test_flags_override_the_recipe(tmp_path):
         ("baselines = 3", "baselines must be a string or a list of strings"),
         ('baselines = ["uniform", 3]', "baselines must be a string or a list of strings"),
         ('baselines = ["uniform", "lamp"]', "--baselines takes uniform, global, sensitivity .* got 'lamp'"),
+        ("baselines = []", "--baselines names no strategy, got ''; pass --baselines none for uniform L1 only"),
+        ('baselines = ","', "--baselines names no strategy, got ','"),
     ],
 )
 def test_bad_recipes(tmp_path, text, message):
