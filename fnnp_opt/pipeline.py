@@ -209,6 +209,11 @@ def default_rounding(problem_at: Callable[[int], Problem], step: int, model: tor
         why = str(exc)
     else:
         if problem.uniform:
+            log.info(
+                "kept channels are rounded to multiples of %d, the device's vector width, in this wide network (the "
+                "default --round-to; --round-to 1 keeps every count)",
+                step,
+            )
             return problem
         why = problem.no_uniform[0]
     log.info("kept channels are not rounded to %d, the device's vector width (the default --round-to): %s", step, why)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import logging
 
 import numpy as np
 import optuna
@@ -251,10 +252,12 @@ def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
     assert "--round-to" not in warning and warning.endswith("try a larger batch or a --latency budget)")
 
 
-def test_the_default_rounds_to_the_vector_width_where_the_budget_stays_within_reach(monkeypatch):
+def test_the_default_rounds_to_the_vector_width_where_the_budget_stays_within_reach(monkeypatch, caplog):
     monkeypatch.setattr(L, "vector_width", lambda device="cpu": 16)  # as on an AVX-512 CPU
-    wide = prepare(resolve(model="mobilenet_v1_cifar", dataset="cifar10"), with_data=False)  # 32 to 1024 channels
+    with caplog.at_level(logging.INFO, logger="fnnp_opt"):
+        wide = prepare(resolve(model="mobilenet_v1_cifar", dataset="cifar10"), with_data=False)  # 32-1024 channels
     assert wide.cfg.round_to == 16 and wide.uniform
+    assert any("rounded to multiples of 16" in r.getMessage() for r in caplog.records)  # the run says so
     kept = [g.channels - n for g, n in zip(wide.pruner.groups, wide.pruner.counts(wide.uniform[0]).values())]
     assert all(k % 16 == 0 or k == g.channels for k, g in zip(kept, wide.pruner.groups)), kept
     narrow = prepare(resolve(), with_data=False)  # ResNet-20 (median conv 32 channels): left unrounded
