@@ -447,6 +447,11 @@ def _check_recipe_types(recipe: Path | str, data: dict) -> None:
         elif key == "baselines":
             ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
             want = 'a string or a list of strings ("uniform,global" or ["uniform", "global"])'
+            if ok:
+                try:
+                    parse_baselines(value)
+                except UsageError as exc:
+                    raise UsageError(f"recipe {recipe}: {exc}; fix that line") from None
         else:
             ok, want = isinstance(value, str), "a string"
         if not ok:

@@ -32,9 +32,9 @@ def test_flags_override_the_recipe(tmp_path):
         ("sensitivity_steps = 50", "--sensitivity-steps must be a whole number from 1 to 20"),
         ("baselines = 3", "baselines must be a string or a list of strings"),
         ('baselines = ["uniform", 3]', "baselines must be a string or a list of strings"),
-        ('baselines = ["uniform", "lamp"]', "--baselines takes uniform, global, sensitivity .* got 'lamp'"),
-        ("baselines = []", "--baselines names no strategy, got ''; pass --baselines none for uniform L1 only"),
-        ('baselines = ","', "--baselines names no strategy, got ','"),
+        ('baselines = ["uniform", "lamp"]', "r.toml: --baselines takes uniform, global, sensitivity .* got 'lamp'"),
+        ("baselines = []", "r.toml: --baselines names no strategy, got \\[\\]; pass --baselines none for uniform"),
+        ('baselines = ","', "r.toml: --baselines names no strategy, got ','.*; fix that line"),
     ],
 )
 def test_bad_recipes(tmp_path, text, message):
