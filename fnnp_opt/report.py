@@ -114,6 +114,7 @@ class _Facts:
     delivered: dict | None  # the study's "result" attribute: the fine-tuned, tested export
     chosen: str = "delivered"  # why the winner is the winner, in words
     others: tuple[FrozenTrial, ...] = ()  # the other evaluated baselines (global, sensitivity), nearest the winner
+    rerank: dict[str, float] = field(default_factory=dict)  # abn-ft by trial number (text) of the rerank that chose
 
     def cost(self, trial: FrozenTrial) -> float:
         """A trial's cost in % of the base's: FLOPs, measured latency, or the Pareto study's second objective."""
@@ -161,9 +162,10 @@ def _facts(study: optuna.Study) -> _Facts:
     delivered = attrs.get("result")
     by_number = {t.number: t for t in trials}
     if delivered is not None and delivered.get("trial") in by_number:
-        won = _rerank_scores(study, delivered).get(str(delivered["trial"]))
+        scores = _rerank_scores(study, delivered)
+        won = scores.get(str(delivered["trial"]))
         chosen = "delivered" if won is None else f"delivered: the best abn-ft in the rerank, {won:.4f}"
-        facts = replace(facts, winner=by_number[delivered["trial"]], delivered=delivered, chosen=chosen)
+        facts = replace(facts, winner=by_number[delivered["trial"]], delivered=delivered, chosen=chosen, rerank=scores)
     elif pareto:
         facts = _pareto_winner(facts)
     nearest: dict[str, tuple[tuple, FrozenTrial]] = {}
@@ -562,9 +564,8 @@ def _rerank_scores(study: optuna.Study, delivered: dict | None) -> dict[str, flo
 
 def _versus(f: _Facts, t: FrozenTrial) -> str:
     """Baseline ``t``'s score against the winner's, by the score that chose the winner: the rerank's abn-ft
-    re-score where a rerank chose it (from its ledger, the study attribute ``rerank:abn_ft<steps>``), else the
-    study's value."""
-    w, scores = f.winner, _rerank_scores(f.study, f.delivered)
+    re-score where a rerank chose it (:attr:`_Facts.rerank`), else the study's value."""
+    w, scores = f.winner, f.rerank
     if str(t.number) in scores and str(w.number) in scores:
         a, b = scores[str(t.number)], scores[str(w.number)]
         return f"abn-ft {a:.4f} in the rerank ({b - a:+.4f} for the winner), {f.score_label} {t.values[0]:.4f}"
