@@ -22,7 +22,7 @@ import optuna
 
 from fnnp_opt import storage as St
 from fnnp_opt.config import resolve
-from fnnp_opt.pipeline import open_study, prepare, search_share, settle
+from fnnp_opt.pipeline import make_evaluator, open_study, prepare, queue_baselines, search_share, settle
 from fnnp_opt.workers import search_parallel
 
 
@@ -34,6 +34,7 @@ def one(workers: int, trials: int) -> float:
     with St.opened(url) as storage:
         study = open_study(cfg, p, storage)
         t = time.perf_counter()
+        queue_baselines(cfg, p, study, make_evaluator(cfg, p, study))  # as `fnnp-opt run --workers N` does
         report = search_parallel(cfg, study, search_share)
         wall = time.perf_counter() - t
     assert report.total_evaluated == trials, report

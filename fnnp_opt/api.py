@@ -45,7 +45,8 @@ from fnnp_opt.evaluate import NonFiniteError, calibrate_bn, resident
 from fnnp_opt.export import check_output_writable
 from fnnp_opt.training import Distill, FitConfig, distill_loss, fit
 from fnnp_opt.plan import Plan
-from fnnp_opt.problem import Problem
+from fnnp_opt.latency import vector_width
+from fnnp_opt.problem import Problem, default_rounding
 from fnnp_opt.progress import NULL, Progress
 from fnnp_opt.rerank import RerankReport, rerank as rerank_top
 from fnnp_opt.score import Scorer, ShortFinetune
@@ -416,7 +417,7 @@ def search(
     constraint: str | None = None,
     fit_budget: bool = False,
     max_rate: float = 0.6,
-    round_to: int = 1,
+    round_to: int | str | None = None,
     min_channels: int = 1,
     exclude: Sequence[str] = (),
     ignored_layers: Sequence[nn.Module] | None = None,
@@ -429,8 +430,8 @@ def search(
     lr: float = 0.02,
     rerank: int | None = None,
     baselines: str | Sequence[str] = DEFAULT_BASELINES,
-    global_importance: str = "magnitude",
-    sensitivity_steps: int = 4,
+    global_importance: str | None = None,
+    sensitivity_steps: int | None = None,
     early_stop: bool = True,
     storage: str | None = None,
     study_name: str | None = None,
@@ -456,7 +457,11 @@ def search(
         sampler: ``random`` (the paper's), ``tpe``, ``cmaes``, ``qmc``, ``gp`` or ``nsga2``.
         constraint, fit_budget: how draws outside the window are handled (see :class:`Objective`).
         max_rate: R, the largest share of a group's channels removed, in (0, 1).
-        round_to, min_channels, exclude: channel rounding, floor, and glob patterns of layers never pruned.
+        round_to: kept channel counts are multiples of this; ``"auto"``: of ``device``'s vector width (16 on an
+            AVX-512 CPU, 8 on AVX2 and CUDA); None (the default), as `fnnp-opt run`'s: the vector width in a wide
+            network (median conv at least 8 widths: ResNet-50, MobileNetV2) where the budget stays within reach,
+            else 1. ``result.settings["round_to"]`` says which.
+        min_channels, exclude: the channel floor, and glob patterns of layers never pruned.
         ignored_layers: modules whose outputs keep all their channels (heads); None finds the classifier.
         tolerance: half-width of the budget window, as a fraction of the base (None: 0.02 FLOPs, 0.03 latency).
         calibration_batches: N of ABN.
@@ -466,10 +471,12 @@ def search(
             one budget, else 0: ABN falls toward chance at aggressive budgets, where its own winner fine-tunes far
             below uniform L1 (docs/quality.md).
         baselines: the strategies queued first and scored like any candidate (:mod:`fnnp_opt.baselines`):
-            ``"uniform,global"`` (the default), ``"uniform,global,sensitivity"``, a subset, or ``"none"``; uniform L1 is always trial 0.
-            ``global`` is Torch-Pruning's global ranking by ``global_importance`` (``magnitude``, ``lamp``, or
-            ``taylor``, whose gradients take the first 8 calibration batches, labelled); ``sensitivity`` scores each
-            group pruned alone at ``sensitivity_steps`` ratios (groups x steps + 1 evaluations).
+            ``"uniform,global"`` (the default), ``"uniform,global,sensitivity"``, a subset, or ``"none"``; uniform L1
+            is always trial 0. ``global`` is Torch-Pruning's global ranking by ``global_importance`` (``magnitude``,
+            the default, ``lamp``, or ``taylor``, whose gradients take the first 8 calibration batches, labelled);
+            ``sensitivity`` scores each group pruned alone at ``sensitivity_steps`` ratios (default 4; groups x
+            steps + 1 evaluations). A resumed study keeps the baselines it holds; it says so where one was made with
+            another ``global_importance`` or ``sensitivity_steps`` than given.
         early_stop: stop scoring a candidate clearly below the best (accuracy batches only).
         storage: an Optuna storage URL (``sqlite:///prune.db``) to resume from, watch in optuna-dashboard and share
             with other processes; None keeps the study in memory.
@@ -506,19 +513,34 @@ def search(
         raise UsageError(f"rerank={rerank} re-scores with fnnp-opt's short fine-tune on train=; drop short_finetune=")
     if rerank and score != "abn":
         raise UsageError(f'rerank={rerank} re-scores ABN candidates with abn-ft; with score="{score}" drop rerank')
-    problem = Problem(
-        model,
-        example_input,
-        budget=str(budget),
-        tolerance=tolerance,
-        max_rate=max_rate,
-        round_to=round_to,
-        min_channels=min_channels,
-        exclude=exclude,
-        ignored_layers=ignored_layers,
-        device=device,
-        progress=progress,
-    )
+
+    def problem_at(step: int) -> Problem:
+        return Problem(
+            model,
+            example_input,
+            budget=str(budget),
+            tolerance=tolerance,
+            max_rate=max_rate,
+            round_to=step,
+            min_channels=min_channels,
+            exclude=exclude,
+            ignored_layers=ignored_layers,
+            device=device,
+            progress=progress,
+        )
+
+    if storage is not None:
+        if study_name is None:
+            study_name = f"fnnp-{type(model).__name__.lower()}-{str(budget).replace(':', '-')}"
+        if round_to is None:  # a resumed study keeps the rounding it was made with
+            round_to = St.stored_settings(storage, study_name).get("round_to")
+    if round_to is None or round_to == "auto":
+        width = vector_width(resolve_device(device))
+        problem = default_rounding(problem_at, width, model) if round_to is None else problem_at(width)
+    elif isinstance(round_to, str):
+        raise UsageError(f"round_to= must be a whole number >= 1 or 'auto', got {round_to!r}; e.g. round_to=8")
+    else:
+        problem = problem_at(round_to)  # Shaping refuses what is not a whole number >= 1
     if problem.budget.ranged and rerank:
         raise UsageError(f"rerank={rerank} picks one winner, which a Pareto search (budget={budget!r}) has not")
     objective = Objective(
@@ -544,7 +566,7 @@ def search(
         "budget": str(budget),
         "tolerance": problem.tolerance,
         "max_rate": max_rate,
-        "round_to": round_to,
+        "round_to": problem.shaping.round_to,
         "min_channels": min_channels,
         "exclude": list(exclude),
         "calibration_batches": calibration_batches,
@@ -554,9 +576,10 @@ def search(
         "seed": seed,
     }
     wanted = [b for b in parse_baselines(baselines) if b != "uniform"]
-    if global_importance not in IMPORTANCES:
+    if global_importance is not None and global_importance not in IMPORTANCES:
         raise UsageError(f"global_importance= must be one of {', '.join(IMPORTANCES)}, got {global_importance!r}")
-    check_sensitivity_steps(sensitivity_steps)
+    if sensitivity_steps is not None:
+        check_sensitivity_steps(sensitivity_steps)
     grads = objective.gradient_batches() if "global" in wanted and global_importance == "taylor" else None
     base = objective.score_base()  # before any study is made: data that fail leave no study behind
     if storage is None:
@@ -565,8 +588,7 @@ def search(
         )
         problem.enqueue_uniform(study)
     else:
-        if study_name is None:
-            study_name = f"fnnp-{type(model).__name__.lower()}-{str(budget).replace(':', '-')}"
+        assert study_name is not None  # named above
         study = _open(storage, study_name, _fingerprint(problem, objective, evaluation), settings, problem)
         objective.evaluator.slots = St.Slots(study, n_trials)
     if "base_accuracy" not in study.user_attrs:

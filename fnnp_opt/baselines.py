@@ -30,7 +30,7 @@ from torch import nn
 
 from fnnp_opt.constraints import fit_to_budget, violation
 from fnnp_opt.errors import ModelError, UsageError, describe, option
-from fnnp_opt.options import IMPORTANCES, check_sensitivity_steps
+from fnnp_opt.options import DEFAULT_IMPORTANCE, DEFAULT_SENSITIVITY_STEPS, IMPORTANCES, check_sensitivity_steps
 from fnnp_opt.progress import NULL, Progress
 
 log = logging.getLogger(__name__)
@@ -305,21 +305,22 @@ def allocations(
     strategies: Sequence[str],
     targets: Sequence[float],
     score: Callable[[nn.Module], float] | None = None,
-    importance: str = "magnitude",
-    steps: int = 4,
+    importance: str | None = None,
+    steps: int | None = None,
     gradient_batches: Sequence | None = None,
     progress: Progress = NULL,
 ) -> list[Allocation]:
     """The ``global`` and ``sensitivity`` allocations of ``strategies`` at each of ``targets`` (costs), in that
     order; ``uniform`` is :meth:`Problem.uniform_strategies`' and is skipped here. ``score`` is needed for
-    ``sensitivity``."""
+    ``sensitivity``; ``importance`` and ``steps`` None take :data:`~fnnp_opt.options.DEFAULT_IMPORTANCE` and
+    :data:`~fnnp_opt.options.DEFAULT_SENSITIVITY_STEPS`."""
     out: list[Allocation] = []
     if "global" in strategies:
-        ranking = GlobalRanking(problem, importance, gradient_batches)
+        ranking = GlobalRanking(problem, importance or DEFAULT_IMPORTANCE, gradient_batches)
         out += [ranking.allocation(t) for t in targets]
     if "sensitivity" in strategies:
         if score is None:
             raise UsageError("the sensitivity baseline scores each group alone: it needs the study's score")
-        curves = sensitivity_curves(problem, score, steps, progress)
+        curves = sensitivity_curves(problem, score, steps or DEFAULT_SENSITIVITY_STEPS, progress)
         out += [sensitivity_allocation(problem, curves, t) for t in targets]
     return out

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from fnnp_opt.correlate import CorrelateResult, CorrelateSettings
     from fnnp_opt.training import FitConfig
     from fnnp_opt.flops import human
-    from fnnp_opt.latency import speed_warnings
     from fnnp_opt.models import ModelInfo
     from fnnp_opt.pipeline import RunResult, SpaceReport
     from fnnp_opt.report import Report
@@ -75,7 +74,6 @@ __all__ = [
     "LOG_LINE",
     "quiet_optuna",
     "human",
-    "speed_warnings",
     "uniform_words",
     "redact",
     "redact_url",
@@ -95,7 +93,6 @@ _LATER = {
     "CorrelateResult": "fnnp_opt.correlate",
     "Report": "fnnp_opt.report",
     "human": "fnnp_opt.flops",
-    "speed_warnings": "fnnp_opt.latency",
     "uniform_words": "fnnp_opt.space",
 }
 

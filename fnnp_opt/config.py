@@ -104,8 +104,11 @@ class RunConfig:
     # the strategies queued first in every study (fnnp_opt.baselines): uniform L1, Torch-Pruning's global ranking,
     # per-layer sensitivity; each is scored like any candidate and marked with its `strategy`
     baselines: str = "uniform,global"
-    global_importance: str = "magnitude"  # the global ranking's Torch-Pruning criterion: magnitude, lamp or taylor
-    sensitivity_steps: int = 4  # ratios per group of the sensitivity curves (groups x steps + 1 evaluations)
+    # the global ranking's Torch-Pruning criterion (magnitude, lamp or taylor) and the ratios per group of the
+    # sensitivity curves (groups x steps + 1 evaluations); None: the defaults for a new baseline, and a resumed
+    # study's own without a word (given, a resume that holds one made otherwise says so)
+    global_importance: str | None = None
+    sensitivity_steps: int | None = None
     # the study
     sampler: Sampler = Sampler.random
     constraint: Constraint | None = None  # None = the sampler's default (see fnnp_opt.constraints)
@@ -195,7 +198,7 @@ class RunConfig:
     def resolved_round_to(self) -> int:
         """``--round-to`` as a number: ``auto`` (and the default, None) is the device's vector width
         (:func:`fnnp_opt.latency.vector_width`); the default falls back to 1 where that cannot reach the budget
-        (:func:`fnnp_opt.pipeline.default_rounding`)."""
+        (:func:`fnnp_opt.problem.default_rounding`)."""
         if self.round_to in ("auto", None):
             from fnnp_opt.latency import vector_width
 
@@ -275,11 +278,12 @@ class RunConfig:
         if not isinstance(self.score_steps, int) or self.score_steps < 0:
             raise UsageError(f"--score-steps must be a whole number >= 0, got {self.score_steps!r}")
         self.baseline_names()
-        if self.global_importance not in IMPORTANCES:
+        if self.global_importance is not None and self.global_importance not in IMPORTANCES:
             raise UsageError(
                 f"--global-importance must be one of {', '.join(IMPORTANCES)}, got {self.global_importance!r}"
             )
-        check_sensitivity_steps(self.sensitivity_steps)
+        if self.sensitivity_steps is not None:
+            check_sensitivity_steps(self.sensitivity_steps)
         if self.rerank is not None and (not isinstance(self.rerank, int) or self.rerank < 0):
             raise UsageError(f"--rerank must be a whole number >= 0 (0: no rerank), got {self.rerank!r}")
         rerank = self.rerank or 0  # (the default, None, adapts to the rest: nothing below holds it)

@@ -93,7 +93,7 @@ def machine(device: str = "cpu") -> str:
     """The processor and its vector ISA (or the GPU's name): what a latency belongs to."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    name = platform.processor()
+    name = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -101,6 +101,8 @@ def machine(device: str = "cpu") -> str:
                 break
     except OSError:
         pass
+    if not name:  # no /proc (macOS, Windows): platform.processor() runs `uname -p` there, once
+        name = platform.processor()
     return f"{name or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
 
 
@@ -396,7 +398,7 @@ def speed_warnings(
     macs = base.flops / pruned.flops
     levers = [] if rounded else ["--round-to auto"]
     levers += ["a larger batch"] + ([] if latency_budget else ["a --latency budget"])
-    remedies = ", ".join(levers[:-1]) + (", or " if len(levers) > 2 else " or ") + levers[-1]
+    remedies = levers[-1] if len(levers) == 1 else f"{', '.join(levers[:-1])}{',' * (len(levers) > 2)} or {levers[-1]}"
     warnings = []
     for speed, label in (
         (base.latency_ms / pruned.latency_ms, "1 image"),

@@ -416,7 +416,7 @@ def optimize(
             if time.monotonic() - last_check > St.GRACE_S:  # a heartbeat-less trial can only age into death
                 St.recover_dead_trials(study)
                 last_check = time.monotonic()
-            if done >= n_trials:
+            if done >= n_trials and not baseline_queued(study):  # every queued baseline is evaluated (Slots.claim)
                 study.stop()
             elif report.rejected >= max_draws:
                 report.hit_max_draws = True

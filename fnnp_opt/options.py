@@ -29,6 +29,8 @@ class Sampler(str, Enum):
 
 BASELINES = ("uniform", "global", "sensitivity")  # the strategies a study can queue first, in queue order
 IMPORTANCES = ("magnitude", "lamp", "taylor")  # Torch-Pruning criteria of the global baseline's ranking
+DEFAULT_IMPORTANCE = "magnitude"  # the global baseline's criterion where none is asked for
+DEFAULT_SENSITIVITY_STEPS = 4  # the sensitivity curves' grid where none is asked for
 MAX_SENSITIVITY_STEPS = 20  # grid points per group of the sensitivity curves: each is one ABN evaluation per group
 
 

@@ -26,7 +26,8 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 def front_rows(study: optuna.Study) -> list[dict]:
     """The Pareto front as table rows, by rising cost; with ``--latency`` also ``latency_ms`` (predicted),
-    ``latency_measured_ms`` and ``latency_ratio`` (predicted, of the base's)."""
+    ``latency_measured_ms`` and ``latency_ratio`` (predicted, of the base's). ``strategy`` names a baseline's
+    trial (``uniform``, ``global``, ``sensitivity``), else is empty."""
     return [
         {
             "trial": t.number,
@@ -45,6 +46,7 @@ def front_rows(study: optuna.Study) -> list[dict]:
             "pbn_accuracy": t.user_attrs.get("pbn_accuracy"),
             "params": t.user_attrs.get("params"),
             "uniform": t.user_attrs.get("strategy") == "uniform",
+            "strategy": t.user_attrs.get("strategy") or "",  # the baseline it is (uniform, global, ...), or ""
         }
         for t in pareto_front(study)
     ]

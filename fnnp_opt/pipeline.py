@@ -33,12 +33,13 @@ from fnnp_opt.latency import (
     Measurement,
     profile,
     speed_warnings,
+    vector_width,
 )
 from fnnp_opt.training import Distill, FitConfig, fit
 from fnnp_opt.flops import Budget, count
 from fnnp_opt.models import check_input, create_model, default_checkpoint, load_model
 from fnnp_opt.pareto import front_rows, write_front
-from fnnp_opt.problem import Problem
+from fnnp_opt.problem import Problem, default_rounding, is_wide
 from fnnp_opt.progress import NULL, Progress, Stopwatch
 from fnnp_opt.rerank import RerankReport, rerank
 from fnnp_opt.score import Scorer, ShortFinetune
@@ -192,34 +193,6 @@ def prepare(cfg: RunConfig, with_data: bool = True, progress: Progress = NULL, l
     return p
 
 
-WIDE = 8  # the default --round-to rounds a network whose median conv has at least this many vector widths
-
-
-def default_rounding(problem_at: Callable[[int], Problem], step: int, model: torch.nn.Module) -> Problem:
-    """The problem of the default ``--round-to``: kept channels in multiples of ``step`` (the device's vector width)
-    in a wide network, one whose median conv has at least :data:`WIDE` steps of channels (ResNet-50's 256,
-    MobileNetV2's 192; not ResNet-20's 32, whose 16-channel groups could only be kept whole), where the budget and a
-    uniform L1 strategy stay within reach with it; else unrounded."""
-    widths = sorted(m.out_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
-    if step == 1 or not widths or widths[len(widths) // 2] < WIDE * step:
-        return problem_at(1)
-    try:
-        problem = problem_at(step)
-    except BudgetError as exc:
-        why = str(exc)
-    else:
-        if problem.uniform:
-            log.info(
-                "kept channels are rounded to multiples of %d, the device's vector width, in this wide network (the "
-                "default --round-to; --round-to 1 keeps every count)",
-                step,
-            )
-            return problem
-        why = problem.no_uniform[0]
-    log.info("kept channels are not rounded to %d, the device's vector width (the default --round-to): %s", step, why)
-    return problem_at(1)
-
-
 def check_batch_sizes(model: torch.nn.Module, cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
     """Raise :class:`UsageError` when a batch of ``--abn-batch-size`` (or ``--batch-size``) images leaves a
     normalisation layer in train mode one value per channel, which it cannot normalise.
@@ -282,6 +255,7 @@ class RunResult:
     onnx: dict | None = None  # --onnx: onnxruntime's agreement with PyTorch and its times (ms by batch)
     published: A.Published | None = None  # the delivered files and figures in the study's artifact store
     baselines: list[dict] = field(default_factory=list)  # each evaluated baseline against the winner
+    speed_notes: list[str] = field(default_factory=list)  # where the speed-up falls short of the MACs'
 
 
 def score_label(cfg: RunConfig, model: torch.nn.Module) -> str:
@@ -444,11 +418,12 @@ def make_evaluator(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: P
     )
 
 
-def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL):
-    """Queue the study's baselines (the first process to get here computes them), then run this process's share of
-    the search; returns its :class:`SearchReport`."""
+def search(cfg: RunConfig, p: Prepared, study: optuna.Study, progress: Progress = NULL, queue: bool = True):
+    """Queue the study's baselines (the first process to get here computes them; ``queue`` False: the parent of
+    the search workers has), then run this process's share of the search; returns its :class:`SearchReport`."""
     evaluator = make_evaluator(cfg, p, study, progress)
-    queue_baselines(cfg, p, study, evaluator, progress)
+    if queue:
+        queue_baselines(cfg, p, study, evaluator, progress)
     return S.optimize(study, evaluator, cfg.n_trials, cfg.max_draws, progress)
 
 
@@ -477,10 +452,10 @@ def queue_baselines(
 
 def search_share(cfg: RunConfig) -> None:
     """A search worker's job (:func:`fnnp_opt.workers.search_parallel`): prepare ``cfg`` and search this process's
-    share of its stored study."""
+    share of its stored study, whose baselines the parent queued."""
     p = prepare(cfg)
     with St.opened(cfg.resolved_storage()) as storage:
-        search(cfg, p, optuna.load_study(study_name=cfg.resolved_study_name(), storage=storage))
+        search(cfg, p, optuna.load_study(study_name=cfg.resolved_study_name(), storage=storage), queue=False)
 
 
 def trial_ratios(space: SearchSpace, trial) -> dict[str, float]:
@@ -549,6 +524,7 @@ class Delivery:
     distilled: bool  # whether the fine-tune distilled from the base
     latency: dict | None  # --latency: the winner timed directly against its window (as the export records it)
     onnx: dict | None  # --onnx: onnxruntime's agreement with PyTorch and its times (as the export records it)
+    speed_notes: list[str]  # where the speed-up falls short of the MACs' (:func:`fnnp_opt.latency.speed_warnings`)
 
 
 def deliver(
@@ -583,9 +559,11 @@ def deliver(
         base = Measurement(base_acc, p.flops.base, p.base_params, **times[0])
         macs, params = count(pruned, p.input_shape)
         result_pruned = Measurement(pruned_acc, macs, params, **times[1])
-        rounded = p.problem.shaping.round_to > 1
-        for warning in speed_warnings(base, result_pruned, p.latency is not None, rounded):  # the CLI prints them too
-            log.info("%s", warning)
+        # --round-to auto is a remedy only where it was not applied and would change the network's counts
+        roundable = p.problem.shaping.round_to == 1 and is_wide(p.model, vector_width(p.device))
+        notes = speed_warnings(base, result_pruned, p.latency is not None, rounded=not roundable)
+        for note in notes:  # the CLI prints them too
+            log.info("%s", note)
         latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None
     info = p.splits.info
     card = {
@@ -623,7 +601,7 @@ def deliver(
         | ({"latency": latency} if latency is not None else {})
         | ({"rerank": reranked.key} if reranked is not None else {}),  # the trial attribute that chose the winner
     )
-    return Delivery(base, result_pruned, losses, seconds, bool(distill), latency, card.get("onnx"))
+    return Delivery(base, result_pruned, losses, seconds, bool(distill), latency, card.get("onnx"), notes)
 
 
 def publish(cfg: RunConfig, study: optuna.Study, trial, output: Path, report: bool = True) -> A.Published:
@@ -689,7 +667,8 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
 
         workers = cfg.resolved_workers()
         with seconds("search"):
-            if workers > 1:
+            if workers > 1:  # the baselines first, here: computed once, with their progress, said once
+                queue_baselines(cfg, p, study, make_evaluator(cfg, p, study, progress), progress)
                 result.report = search_parallel(replace(cfg, workers=workers), study, search_share, progress)
             else:
                 result.report = search(cfg, p, study, progress)
@@ -736,6 +715,7 @@ def run(cfg: RunConfig, progress: Progress = NULL) -> RunResult | None:
         d = deliver(cfg, p, study, best, output, progress, result.rerank)
         result.export, result.base, result.pruned, result.finetune_losses = output, d.base, d.pruned, d.losses
         result.distilled, result.latency, result.onnx = d.distilled, d.latency, d.onnx
+        result.speed_notes = d.speed_notes
         seconds.update(d.seconds)
         result.published = publish(cfg, study, best, output)
         return result
@@ -833,6 +813,7 @@ def finetune_trial(
             score_label=score_label(cfg, p.model),
             latency=d.latency,
             onnx=d.onnx,
+            speed_notes=d.speed_notes,
             published=published,
         )
 
@@ -876,6 +857,7 @@ class SpaceReport:
     accepted: int  # of which landed in the window
     uniform: list[dict[str, float]]  # the uniform L1 strategies queued first in a study, {root: ratio}
     no_uniform: list[str]  # for a target with no uniform strategy in the window: why
+    round_to: int  # kept channels are multiples of this (the resolved --round-to)
 
 
 def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) -> SpaceReport:
@@ -895,4 +877,6 @@ def describe_space(cfg: RunConfig, draws: int = 300, progress: Progress = NULL) 
             accepted += p.budget.contains(p.flops.macs(p.pruner.counts(ratios)))
             advance(1)
     lowest = uniform_macs(p, p.space.max_rate)
-    return SpaceReport(rows, p.budget, p.space.max_rate, lowest, draws, accepted, p.uniform, p.no_uniform)
+    return SpaceReport(
+        rows, p.budget, p.space.max_rate, lowest, draws, accepted, p.uniform, p.no_uniform, p.problem.shaping.round_to
+    )

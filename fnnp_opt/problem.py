@@ -353,8 +353,8 @@ class Problem:
         baselines: Sequence[str] = ("global", "sensitivity"),
         *,
         score: Callable[[nn.Module], float] | None = None,
-        importance: str = "magnitude",
-        steps: int = 4,
+        importance: str | None = None,
+        steps: int | None = None,
         gradient_batches: Sequence | None = None,
         progress: Progress = NULL,
     ) -> list[Allocation]:
@@ -366,8 +366,9 @@ class Problem:
         Args:
             score: ``score(model) -> float`` of a pruned copy (its BN statistics re-estimated inside), higher is
                 better: the sensitivity curves' score; ``objective.evaluator.score_model`` is the study's.
-            importance: the global ranking's criterion: ``magnitude``, ``lamp`` or ``taylor``.
-            steps: ratios per group of the sensitivity curves.
+            importance: the global ranking's criterion: ``magnitude``, ``lamp`` or ``taylor`` (None: ``magnitude``,
+                and a stored global baseline made otherwise is kept without a warning).
+            steps: ratios per group of the sensitivity curves (None: 4, likewise).
             gradient_batches: labelled ``(x, y)`` training batches: ``taylor``'s gradients.
 
         Returns:
@@ -376,6 +377,15 @@ class Problem:
         """
         wanted = parse_baselines(baselines) if len(baselines) else ()  # (none beyond uniform L1: a resume's check)
         queued = strategies_queued(study)
+        settings = (("global", "global_importance", importance), ("sensitivity", "sensitivity_steps", steps))
+        for strategy, name, value in settings:
+            if value is not None and strategy not in wanted:
+                log.warning(
+                    "%s has no effect: the %s baseline is not queued (add it to %s)",
+                    option(name, value),
+                    strategy,
+                    option("baselines"),
+                )
         self._warn_other_settings(study, [b for b in wanted if b in queued], importance, steps)
         todo = [b for b in wanted if b != "uniform" and b not in queued]
         if not todo:
@@ -411,9 +421,9 @@ class Problem:
         return [a for a in made if self.budget.contains(a.cost)]
 
     @staticmethod
-    def _warn_other_settings(study, held: list[str], importance: str, steps: int) -> None:
-        """Log each baseline of ``held`` that ``study`` holds made with another criterion or grid than asked now: a
-        resume keeps the stored one (a strategy is never queued twice)."""
+    def _warn_other_settings(study, held: list[str], importance: str | None, steps: int | None) -> None:
+        """Log each baseline of ``held`` that ``study`` holds made with another criterion or grid than asked now (None:
+        none asked, nothing to say): a resume keeps the stored one (a strategy is never queued twice)."""
         asked = {
             "global": ("importance", "global_importance", importance),
             "sensitivity": ("steps", "sensitivity_steps", steps),
@@ -422,6 +432,8 @@ class Problem:
             if strategy not in asked:
                 continue
             key, name, value = asked[strategy]
+            if value is None:
+                continue
             trial = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(St.BASELINE) == strategy)
             stored = trial.user_attrs.get("baseline_cost", {}).get(key)
             if stored is not None and stored != value:
@@ -471,3 +483,44 @@ class Problem:
                 "|base deployed"  # of the base in its faster layout (studies made before were of the base in t.layout)
             )
         return {"space": self.space.fingerprint() + shaping, "budget": budget}
+
+
+WIDE = 8  # the default --round-to rounds a network whose median conv has at least this many vector widths
+
+
+def is_wide(model: torch.nn.Module, step: int) -> bool:
+    """Whether ``model``'s median conv has at least :data:`WIDE` steps of ``step`` output channels (> 1): a network
+    whose channel counts a rounding to ``step`` can change without keeping whole groups or halving them."""
+    widths = sorted(m.out_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+    return step > 1 and bool(widths) and widths[len(widths) // 2] >= WIDE * step
+
+
+def default_rounding(problem_at: Callable[[int], Problem], step: int, model: torch.nn.Module) -> Problem:
+    """The problem of the default ``--round-to``: kept channels in multiples of ``step`` (the device's vector width)
+    in a wide network, one whose median conv has at least :data:`WIDE` steps of channels (ResNet-50's 256,
+    MobileNetV2's 192; not ResNet-20's 32, whose 16-channel groups could only be kept whole), where the budget and a
+    uniform L1 strategy stay within reach with it; else unrounded."""
+    if not is_wide(model, step):
+        return problem_at(1)
+    try:
+        problem = problem_at(step)
+    except BudgetError as exc:
+        why = str(exc)
+    else:
+        if problem.uniform:
+            log.info(
+                "kept channels are rounded to multiples of %d, the device's vector width, in this wide network (the "
+                "default %s; %s keeps every count)",
+                step,
+                option("round_to"),
+                option("round_to", 1),
+            )
+            return problem
+        why = problem.no_uniform[0]
+    log.info(
+        "kept channels are not rounded to %d, the device's vector width (the default %s): %s",
+        step,
+        option("round_to"),
+        why,
+    )
+    return problem_at(1)

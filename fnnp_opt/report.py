@@ -307,6 +307,13 @@ def _uniform_ratio(trial: FrozenTrial) -> str:
     return uniform_words(trial.user_attrs.get("ratios") or {k[len(PREFIX) :]: v for k, v in trial.params.items()})
 
 
+def _space_words(config: dict) -> str:
+    """The search space as a study's stored run settings give it: R and the channel rounding."""
+    rounded = config.get("round_to") or 1  # a study made before --round-to existed kept every count
+    words = f"ratios in [0, {config.get('max_rate')}] per group"
+    return words + (f", kept channels in multiples of {rounded}" if rounded > 1 else ", every channel count allowed")
+
+
 def _allocation_title(f: _Facts) -> str:
     w, u = f.winner, f.uniform
     versus = f"; uniform L1 {u.values[0]:.4f}" if u is not None else ""
@@ -584,6 +591,7 @@ def _write_summary(f: _Facts, report: Report, storage: str | None) -> None:
         + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "evaluated")
         + f"; sampler {config.get('sampler')}, score {config.get('score', 'abn')}",
         f"- **budget**: {b.describe()}",
+        f"- **space**: {_space_words(config)}",
         f"- **winner**: trial {w.number} ({f.chosen}), "
         f"{f.score_label} {w.values[0]:.4f}, FLOPs {human(w.user_attrs['flops'])} "
         f"({w.user_attrs.get('flops_ratio', float('nan')):.1%} of the base's)",

@@ -161,6 +161,7 @@ def test_save_then_load_into_a_fresh_instance_reproduces_the_outputs_bit_for_bit
         ({"budget": "half"}, r"^budget= must be a fraction of the base"),
         ({"budget": "0.05", "max_rate": 0.3}, r"raise max_rate= to at least"),
         ({"round_to": 0}, r"^round_to= must be a whole number >= 1"),
+        ({"round_to": "wide"}, r"^round_to= must be a whole number >= 1 or 'auto', got 'wide'; e.g. round_to=8$"),
         ({"n_trials": 0}, r"^n_trials= must be a whole number >= 1, got 0$"),
         ({"sampler": "annealing"}, r"^sampler= must be one of random, tpe"),
         ({"score": "abn-ft"}, r"pass train="),
@@ -182,6 +183,47 @@ def test_a_bad_argument_raises_one_line_naming_the_python_argument(base_model, f
         _search(base_model, fmnist_batches, **kwargs)
     assert "\n" not in str(err.value) and "--" not in str(err.value)
     assert isinstance(err.value, (UsageError, BudgetError))
+
+
+def test_the_default_rounding_is_the_clis_and_a_resumed_study_keeps_its_own(monkeypatch, tmp_path, caplog):
+    """round_to=None rounds kept channels to the vector width in a wide network (as `fnnp-opt run` does), "auto"
+    asks for it, a narrow network stays unrounded, and a study resumes with the rounding it was made with."""
+    import logging
+
+    import fnnp_opt.api as api
+
+    monkeypatch.setattr(api, "vector_width", lambda device="cpu": 16)  # as on an AVX-512 CPU
+    torch.manual_seed(0)
+
+    def net(width: int) -> nn.Module:
+        return nn.Sequential(
+            *[m for _ in range(3) for m in (nn.LazyConv2d(width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())],
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.LazyLinear(4),
+        )
+
+    wide, narrow = net(256), net(32)
+    x = torch.randn(8, 3, 16, 16)
+    data = [(x, torch.arange(8) % 4)] * 2
+
+    def search(model, **kwargs):
+        args = dict(calibration=data, evaluation=data, budget="0.5", n_trials=1, calibration_batches=1, rerank=0)
+        return fnnp_opt.search(model, x[:1], **(args | kwargs))
+
+    with caplog.at_level(logging.INFO, logger="fnnp_opt"):
+        rounded = search(wide)
+    assert rounded.problem.shaping.round_to == 16
+    said = [r.getMessage() for r in caplog.records]
+    assert any("rounded to multiples of 16" in m and "round_to=1 keeps" in m for m in said), said
+    kept = rounded.plan.channels
+    assert kept and all(c % 16 == 0 for c in kept.values()), kept
+    assert search(narrow).problem.shaping.round_to == 1  # 32 channels: two widths, kept whole or halved
+    assert search(narrow, round_to="auto").problem.shaping.round_to == 16  # asked for
+    storage = f"sqlite:///{tmp_path}/s.db"
+    assert search(wide, round_to=1, storage=storage, study_name="made-unrounded").problem.shaping.round_to == 1
+    again = search(wide, storage=storage, study_name="made-unrounded", n_trials=2)  # the default resumes it as made
+    assert again.problem.shaping.round_to == 1 and len(again.study.trials) >= 2
 
 
 def test_a_model_that_does_not_run_on_the_example_or_returns_no_tensor_is_refused_in_one_line(base_model):

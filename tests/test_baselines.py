@@ -210,12 +210,28 @@ def test_the_python_api_queues_every_baseline_once_on_a_user_model(small_fmnist_
     assert len(said) == 2  # the stored baselines are kept, and the run says they differ from what was asked
     assert "global_importance='magnitude', not global_importance='lamp'" in said[0]
     assert "sensitivity_steps=4, not sensitivity_steps=3" in said[1]
-    plain = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), baselines="none", **kwargs)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fnnp_opt"):  # no setting asked: the study's own, without a word
+        fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), storage=url, baselines="uniform,global,sensitivity", **kwargs)
+    assert not [r for r in caplog.records if "the resumed study keeps it" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fnnp_opt"):
+        plain = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), baselines="none", global_importance="lamp", **kwargs)
     assert list(plain.baselines) == ["uniform"]
+    said = [r.getMessage() for r in caplog.records]
+    assert "global_importance='lamp' has no effect: the global baseline is not queued (add it to baselines=)" in said
     default = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), **kwargs)
     assert list(default.baselines) == ["uniform", "global"]
     with pytest.raises(UsageError, match=r"baselines= takes uniform, global, sensitivity .* got 'lamp'"):
         fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), baselines="uniform,lamp", **kwargs)
+    with caplog.at_level(logging.WARNING, logger="fnnp_opt"):  # more baselines than n_trials: each is evaluated
+        full = fnnp_opt.search(
+            model, torch.zeros(1, 1, 28, 28), baselines="uniform,global,sensitivity", **kwargs | {"n_trials": 2}
+        )
+    assert list(full.baselines) == ["uniform", "global", "sensitivity"]
+    assert len([t for t in full.study.trials if t.state.name == "COMPLETE"]) == 3
+    said = [r.getMessage() for r in caplog.records]
+    assert any("3 baseline trials" in m and "take all n_trials=2" in m for m in said), said
 
 
 def _strategies(db: Path, *states: optuna.trial.TrialState) -> list[str]:

@@ -237,7 +237,10 @@ def test_space_prints_the_dimensions_and_the_hit_rate():  # needs the model only
     res = runner.invoke(app, ["space", "--data-dir", "/nonexistent", "--draws", "40", "--flops-tolerance", "0.99"])
     assert res.exit_code == 0, res.output
     assert "12 ratios in [0, 0.6]" in res.output and "ratio.layer2.residual" in res.output
+    assert "multiples of" not in res.output  # ResNet-20 is left unrounded
     assert "40 of 40 draws land in the window (100.0%)" in res.output  # the window covers every reachable count
+    res = runner.invoke(app, ["space", "--data-dir", "/nonexistent", "--draws", "1", "--round-to", "8"])
+    assert res.exit_code == 0 and "12 ratios in [0, 0.6], kept channels in multiples of 8" in res.output, res.output
     res = runner.invoke(app, ["space", "--flops", "0.05", "--max-rate", "0.3"])
     assert res.exit_code == 2 and "cannot be reached" in res.output
 
@@ -327,6 +330,14 @@ def test_pareto_run_reports_a_front_and_finetune_delivers_any_point(small_fmnist
     assert "Pareto front" in res.output and "uniform" in res.output
     rows = (tmp_path / "p" / "pareto.csv").read_text().splitlines()
     assert rows[0].startswith("trial,flops,flops_ratio,abn_accuracy") and len(rows) >= 2
+    header = rows[0].split(",")
+    on_front = [r.split(",")[0] for r in rows[1:] if r.split(",")[header.index("strategy")] == "uniform"]
+    text = " ".join(res.output.split())
+    if on_front:  # the summary names the baseline trials on the front, as the CSV marks them
+        trials = f"trial{'s' * (len(on_front) > 1)} {', '.join(on_front)}"
+        assert f"baselines on the front: uniform ({trials}); every other baseline trial is dominated" in text
+    else:
+        assert "baselines on the front: none; every baseline trial is dominated" in text
     assert (tmp_path / "p" / "pareto.png").stat().st_size > 10_000
     point = int(rows[-1].split(",")[0])
     out = tmp_path / "point"

@@ -24,6 +24,7 @@ from fnnp_opt.config import Constraint, resolve
 from fnnp_opt.errors import BudgetError, UsageError
 from fnnp_opt.models import create_model, find_classifier
 from fnnp_opt.pipeline import prepare
+from fnnp_opt.problem import is_wide
 from fnnp_opt.optimize import Evaluator
 
 runner = CliRunner()
@@ -250,6 +251,8 @@ def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
     assert "--latency" not in warning and warning.endswith("try --round-to auto or a larger batch)")
     (warning,) = L.speed_warnings(base, slow, rounded=True)  # its channels are rounded already
     assert "--round-to" not in warning and warning.endswith("try a larger batch or a --latency budget)")
+    (warning,) = L.speed_warnings(base, slow, latency_budget=True, rounded=True)  # one remedy left
+    assert warning.endswith("pad; try a larger batch)")
 
 
 def test_the_default_rounds_to_the_vector_width_where_the_budget_stays_within_reach(monkeypatch, caplog):
@@ -261,6 +264,7 @@ def test_the_default_rounds_to_the_vector_width_where_the_budget_stays_within_re
     kept = [g.channels - n for g, n in zip(wide.pruner.groups, wide.pruner.counts(wide.uniform[0]).values())]
     assert all(k % 16 == 0 or k == g.channels for k, g in zip(kept, wide.pruner.groups)), kept
     narrow = prepare(resolve(), with_data=False)  # ResNet-20 (median conv 32 channels): left unrounded
+    assert is_wide(wide.model, 16) and not is_wide(narrow.model, 16) and not is_wide(wide.model, 1)
     assert narrow.cfg.round_to == 1 and narrow.uniform
     tight = prepare(resolve(model="mobilenet_v1_cifar", dataset="cifar10", flops_tolerance=0.0005), with_data=False)
     assert tight.cfg.round_to == 1 and tight.uniform  # steps of 16 channels jump over so narrow a window
@@ -356,7 +360,7 @@ def test_the_summary_of_a_latency_run_does_not_suggest_a_latency_budget(tmp_path
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "note: at 1 image the pruned network runs" in text and "--latency budget" not in text
-    assert "try --round-to auto or a larger batch)" in text
+    assert "try a larger batch)" in text and "--round-to" not in text  # ResNet-20's 16-64 channels: no rounding helps
     card = json.loads((tmp_path / "out" / "pruned.json").read_text())
     base, pruned, lat = card["metrics"]["base"], card["metrics"]["pruned"], card["latency"]
     assert lat["base_ms"] == pytest.approx(base["latency_ms"]) and lat["base_layout"] == base["latency_layout"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fnnp_opt import optuna_private as P
 from fnnp_opt.cli import app
 from fnnp_opt.pareto import pareto_front
-from fnnp_opt.report import MIN_IMPORTANCE_TRIALS, allocation, allocation_figure, write_report
+from fnnp_opt.report import MIN_IMPORTANCE_TRIALS, _space_words, allocation, allocation_figure, write_report
 from fnnp_opt.optimize import evaluated
 
 runner = CliRunner()
@@ -79,6 +79,9 @@ def test_report_writes_the_figures_and_the_summary_beside_the_export(made, db):
     text = (out / "report.md").read_text()
     assert f"trial {winner} (delivered)" in text and "15.82M (50.0% of 31.64M)" in text
     assert "uniform L1** (the same ratio everywhere): trial 0" in text and "**test set**" in text
+    assert "- **space**: ratios in [0, 0.6] per group, every channel count allowed" in text  # ResNet-20: unrounded
+    rounded = _space_words({"max_rate": 0.5, "round_to": 16})
+    assert rounded.endswith("[0, 0.5] per group, kept channels in multiples of 16")
     assert f"{study.user_attrs['result']['pruned']['test_accuracy']:.2%}" in text
     assert all(f"]({name})" in text for name in names)
     assert db.read_bytes() == before  # the report reads the study only

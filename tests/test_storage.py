@@ -257,9 +257,9 @@ def test_two_machines_share_a_postgres_study_and_survive_a_kill(postgres_url, sm
 def test_workers_flag_survives_a_killed_worker(small_fmnist, tmp_path):
     """`--workers 2` on SQLite: one worker process is killed mid-trial; the run still ends with exactly n."""
     n = 8
-    storage = f"sqlite:///{tmp_path}/w.db"
+    storage, out_dir = f"sqlite:///{tmp_path}/w.db", str(tmp_path / "out")
     proc = subprocess.Popen(
-        _run_args(small_fmnist, storage, n, "--workers", "2", "--output", str(tmp_path / "out")),
+        _run_args(small_fmnist, storage, n, "--workers", "2", "--baselines", "uniform,global", "--output", out_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -278,6 +278,7 @@ def test_workers_flag_survives_a_killed_worker(small_fmnist, tmp_path):
         proc.wait()
     study = _check_shared_study(storage, n, killed)
     assert (tmp_path / "out" / "pruned.json").is_file()
+    assert out.count("global baseline queued") == 1, out  # computed and said once, by the parent
     best = max((t for t in study.trials if St.is_evaluated(t)), key=lambda t: (t.value, -t.number))
     assert study.user_attrs["result"]["trial"] == best.number  # the parent delivered the winner, once
 

@@ -296,8 +296,9 @@ def run(
         Optional[int],
         Opt(
             help="Two-stage search: when the study is complete, re-score the top K by ABN and every baseline with "
-            "abn-ft; the best re-scored candidate wins. Re-scores are stored on their trials and resume. 0 picks "
-            "by ABN alone. [default: 5 (at most --n-trials) for an ABN search of one objective, else 0]"
+            "abn-ft (a baseline in the top K counts toward K); the best re-scored candidate wins. Re-scores are "
+            "stored on their trials and resume. 0 picks by ABN alone. [default: 5 (at most --n-trials) for an ABN "
+            "search of one objective, else 0]"
         ),
     ] = None,
     baselines: Annotated[

@@ -125,8 +125,8 @@ def print_summary(r: commands.RunResult) -> None:
         f"{b['batch_ms'] / p['batch_ms']:.2f}x",
     )
     out.print(table)
-    for warning in commands.speed_warnings(r.base, r.pruned, latency_budget=r.latency is not None):
-        out.print(f"[yellow]note:[/yellow] {warning}", highlight=False)
+    for note in r.speed_notes:
+        out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if r.latency is not None:
         lat = r.latency
         inside = "inside" if lat["within_window"] else "[yellow]outside[/yellow]"
@@ -200,9 +200,18 @@ def print_front(r: commands.RunResult) -> None:
             f"{row['abn_accuracy']:.4f}",
             "" if pbn is None else f"{pbn:.4f}",
             human(row["params"] or 0),
-            "uniform" if row["uniform"] else "",
+            row["strategy"],
         )
     out.print(table)
+    on_front: dict[str, list[str]] = {}
+    for row in r.front:
+        if row["strategy"]:
+            on_front.setdefault(row["strategy"], []).append(str(row["trial"]))
+    if on_front:
+        words = "; ".join(f"{name} (trial{'s' * (len(n) > 1)} {', '.join(n)})" for name, n in on_front.items())
+        out.print(f"baselines on the front: {words}; every other baseline trial is dominated")
+    else:
+        out.print("baselines on the front: none; every baseline trial is dominated")
     files = " + ".join(str(f) for f in r.front_files)
     out.print(
         f"front written to {files}; fine-tune a point with "
@@ -273,7 +282,8 @@ def print_correlation(result: commands.CorrelateResult, settings: commands.Corre
 def print_space(r: commands.SpaceReport) -> None:
     """The result of `space`: its dimensions and FLOPs shares, the budget's reach and random sampling's hit rate."""
     human = commands.human
-    table = Table(title=f"search space: {len(r.dims)} ratios in [0, {r.max_rate}]")
+    rounding = f", kept channels in multiples of {r.round_to}" if r.round_to > 1 else ""
+    table = Table(title=f"search space: {len(r.dims)} ratios in [0, {r.max_rate}]{rounding}")
     for col in ("parameter", "channels", "convs", "FLOPs cut by R alone"):
         table.add_column(col, justify="left" if col == "parameter" else "right")
     for d in r.dims:
