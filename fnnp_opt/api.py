@@ -460,7 +460,7 @@ def search(
         round_to: kept channel counts are multiples of this; ``"auto"``: of ``device``'s vector width (16 on an
             AVX-512 CPU, 8 on AVX2 and CUDA); None (the default), as `fnnp-opt run`'s: the vector width in a wide
             network (median conv at least 8 widths: ResNet-50, MobileNetV2) where the budget stays within reach,
-            else 1. ``result.settings["round_to"]`` says which.
+            else 1. ``result.problem.shaping.round_to`` says which (and a stored study's ``config``).
         min_channels, exclude: the channel floor, and glob patterns of layers never pruned.
         ignored_layers: modules whose outputs keep all their channels (heads); None finds the classifier.
         tolerance: half-width of the budget window, as a fraction of the base (None: 0.02 FLOPs, 0.03 latency).

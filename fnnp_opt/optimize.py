@@ -291,7 +291,7 @@ def warn_if_baselines_fill(study: optuna.Study, n_trials: int) -> None:
     """Log a warning where the study's baseline trials (every strategy at every target of a Pareto range) are as
     many as ``n_trials``: no sampled candidate would be evaluated."""
     held = [t.user_attrs[St.BASELINE] for t in study.get_trials(deepcopy=False) if t.user_attrs.get(St.BASELINE)]
-    if held and len(held) >= n_trials:
+    if held and len(held) >= n_trials and len(evaluated(study)) < n_trials:  # (a resumed full study: nothing to say)
         counts = ", ".join(f"{held.count(name)} {name}" for name in dict.fromkeys(held))
         log.warning(
             "the study's %d baseline trials (%s) take all %s: no sampled candidate will be evaluated; raise it, or "

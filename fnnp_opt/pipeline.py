@@ -354,11 +354,8 @@ def open_study(
         study.set_user_attr("base_accuracy", base_accuracy)
     if not created:
         log.info("resuming study %r: %d evaluated so far", name, len(S.evaluated(study)))
-    else:
-        if p.latency is not None:  # the setting it was timed in, the base's latency and the table's fit
-            study.set_user_attr("latency", p.latency.describe())
-        for line in p.no_uniform:
-            log.warning("%s", line)
+    elif p.latency is not None:  # the setting it was timed in, the base's latency and the table's fit
+        study.set_user_attr("latency", p.latency.describe())
     _describe_study(cfg, p, study)
     return study
 

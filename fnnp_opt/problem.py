@@ -246,7 +246,9 @@ class Problem:
             rules = [option("min_channels", s.min_channels)] if s.min_channels > 1 else []
             rules += [option("round_to", s.round_to)] if s.round_to > 1 else []
             rules += [option("exclude", ",".join(s.exclude))] if s.exclude else []
-            kept = f"{' and '.join(rules)} keep too many channels: relax them, or " if rules else ""
+            verb = "keeps" if len(rules) == 1 else "keep"
+            them = "it" if len(rules) == 1 else "them"
+            kept = f"{' and '.join(rules)} {verb} too many channels: relax {them}, or " if rules else ""
             hint = f"no {option('max_rate')} below 1 reaches it; {kept}raise {budget.option}"
         else:
             for _ in range(20):
@@ -344,7 +346,10 @@ class Problem:
 
     def enqueue_uniform(self, study) -> None:
         """Queue the uniform L1 strategies in ``study`` (an Optuna study): the baseline to beat, evaluated first and
-        marked with the user attribute ``strategy = "uniform"``. Queuing twice adds nothing."""
+        marked with the user attribute ``strategy = "uniform"``. Queuing twice adds nothing; where no uniform
+        strategy lands in the window, a warning says why and the study goes without one."""
+        for why in self.no_uniform:
+            log.warning("%s", why)
         enqueue_strategies(study, self.space, self.uniform, "uniform")
 
     def enqueue_baselines(
@@ -491,6 +496,8 @@ WIDE = 8  # the default --round-to rounds a network whose median conv has at lea
 def is_wide(model: torch.nn.Module, step: int) -> bool:
     """Whether ``model``'s median conv has at least :data:`WIDE` steps of ``step`` output channels (> 1): a network
     whose channel counts a rounding to ``step`` can change without keeping whole groups or halving them."""
+    if not isinstance(model, nn.Module):  # (Problem refuses it, naming the argument)
+        return False
     widths = sorted(m.out_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
     return step > 1 and bool(widths) and widths[len(widths) // 2] >= WIDE * step
 

@@ -70,11 +70,11 @@ class Shaping:
     exclude: tuple[str, ...] = ()  # glob patterns of layer names whose groups are never pruned
 
     def __post_init__(self) -> None:
-        if not isinstance(self.round_to, int) or self.round_to < 1:
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise UsageError(
                 f"{option('round_to')} must be a whole number >= 1, got {self.round_to!r}; e.g. {option('round_to', 8)}"
             )
-        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise UsageError(f"{option('min_channels')} must be a whole number >= 1, got {self.min_channels!r}")
 
     def kept(self, ratio: float, channels: int, block: int = 1) -> int:

@@ -85,7 +85,7 @@ CASES = [
     _c("FLOPs above the base", "--flops|40M", 2, "above the base model's"),
     _c("FLOPs of the whole base", "--flops|1", 2, "keeps all of the base model's"),
     _c("an unreachable budget", "--flops|0.05|--max-rate|0.3", 2, "cannot be reached with ratios in [0, 0.3]"),
-    _c("a channel floor above every layer", "--min-channels|100", 2, "--min-channels 100 keep too many channels"),
+    _c("a channel floor above every layer", "--min-channels|100", 2, "--min-channels 100 keeps too many channels"),
     _c("latency in words", "--latency|fast", 2, "--latency must be a positive fraction of the base's latency"),
     _c("latency above the base", "--latency|2x", 2, "a fraction of the base's latency must be at most 1x"),
     _c("latency and FLOPs budgets together", "--latency|0.5x|--flops|0.5", 2, "are both budgets"),

@@ -162,6 +162,7 @@ def test_save_then_load_into_a_fresh_instance_reproduces_the_outputs_bit_for_bit
         ({"budget": "0.05", "max_rate": 0.3}, r"raise max_rate= to at least"),
         ({"round_to": 0}, r"^round_to= must be a whole number >= 1"),
         ({"round_to": "wide"}, r"^round_to= must be a whole number >= 1 or 'auto', got 'wide'; e.g. round_to=8$"),
+        ({"round_to": True}, r"^round_to= must be a whole number >= 1, got True"),
         ({"n_trials": 0}, r"^n_trials= must be a whole number >= 1, got 0$"),
         ({"sampler": "annealing"}, r"^sampler= must be one of random, tpe"),
         ({"score": "abn-ft"}, r"pass train="),
@@ -220,6 +221,8 @@ def test_the_default_rounding_is_the_clis_and_a_resumed_study_keeps_its_own(monk
     assert kept and all(c % 16 == 0 for c in kept.values()), kept
     assert search(narrow).problem.shaping.round_to == 1  # 32 channels: two widths, kept whole or halved
     assert search(narrow, round_to="auto").problem.shaping.round_to == 16  # asked for
+    with pytest.raises(UsageError, match=r"^model must be a torch.nn.Module, got a str$"):  # before any rounding
+        search("resnet20")
     storage = f"sqlite:///{tmp_path}/s.db"
     assert search(wide, round_to=1, storage=storage, study_name="made-unrounded").problem.shaping.round_to == 1
     again = search(wide, storage=storage, study_name="made-unrounded", n_trials=2)  # the default resumes it as made

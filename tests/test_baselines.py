@@ -222,6 +222,12 @@ def test_the_python_api_queues_every_baseline_once_on_a_user_model(small_fmnist_
     assert "global_importance='lamp' has no effect: the global baseline is not queued (add it to baselines=)" in said
     default = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), **kwargs)
     assert list(default.baselines) == ["uniform", "global"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fnnp_opt"):  # GroupNorm's eights: no uniform plan in 0.5 +- 0.05
+        bare = fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), **kwargs | {"budget": "0.5", "tolerance": 0.05})
+    assert bare.baseline is None and "uniform" not in bare.baselines
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("no uniform L1 strategy lands in the window") and "tolerance=" in m for m in said), said
     with pytest.raises(UsageError, match=r"baselines= takes uniform, global, sensitivity .* got 'lamp'"):
         fnnp_opt.search(model, torch.zeros(1, 1, 28, 28), baselines="uniform,lamp", **kwargs)
     with caplog.at_level(logging.WARNING, logger="fnnp_opt"):  # more baselines than n_trials: each is evaluated
