@@ -12,7 +12,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import torch
@@ -25,7 +25,7 @@ from fnnp_opt import optimize as S
 from fnnp_opt import storage as St
 from fnnp_opt.config import Objective, RunConfig, Score, check_batch_fits, check_workers, resolve_device
 from fnnp_opt.data import DataSplits, load_splits, resolve_dataset
-from fnnp_opt.errors import BudgetError, CheckpointError, FnnpError, ModelError, StorageError, UsageError
+from fnnp_opt.errors import CheckpointError, FnnpError, ModelError, StorageError, UsageError
 from fnnp_opt.early_stop import make_pruner
 from fnnp_opt.evaluate import accuracy, calibrate_bn, calibration_mode, chance_level, norm_layers, resident
 from fnnp_opt.export import check_output_writable, save_onnx, save_pruned
