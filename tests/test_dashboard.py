@@ -42,8 +42,8 @@ def _dashboard(url: str, *extra: str) -> Iterator[tuple[int, subprocess.Popen]]:
                 assert proc.poll() is None, proc.stdout.read()
         yield port, proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        proc.terminate()  # about 1 s to stop on a quiet machine; once, beside the zoo tier's largest models, over 10
+        proc.wait(timeout=60)
 
 
 def _get(port: int, path: str) -> bytes:
