@@ -386,17 +386,18 @@ SPEED_SHARE = 0.6  # warn when the latency gain is below this share of the MACs 
 
 
 def speed_warnings(
-    base: Measurement, pruned: Measurement, latency_budget: bool = False, rounded: bool = False
+    base: Measurement, pruned: Measurement, latency_budget: bool = False, can_round: bool = True
 ) -> list[str]:
     """Where the pruned network's measured speed-up falls short of its MACs speed-up.
 
     Compares the ``flops`` and the times ``latency_ms`` (batch 1) and ``batch_ms`` (``batch_images``) of
     ``base`` and ``pruned``. A gain is a speed-up minus 1; a warning is given when the latency gain is
     less than ``SPEED_SHARE`` of the MACs gain. ``latency_budget``: the run searched under a ``--latency``
-    budget already; ``rounded``: its kept channels were rounded already; the remedies then leave them out.
+    budget already; ``can_round`` False: ``--round-to auto`` would not change its channel counts (rounded already,
+    or too narrow a network); the remedies then leave them out.
     """
     macs = base.flops / pruned.flops
-    levers = [] if rounded else ["--round-to auto"]
+    levers = ["--round-to auto"] if can_round else []
     levers += ["a larger batch"] + ([] if latency_budget else ["a --latency budget"])
     remedies = levers[-1] if len(levers) == 1 else f"{', '.join(levers[:-1])}{',' * (len(levers) > 2)} or {levers[-1]}"
     warnings = []

@@ -558,7 +558,7 @@ def deliver(
         result_pruned = Measurement(pruned_acc, macs, params, **times[1])
         # --round-to auto is a remedy only where it was not applied and would change the network's counts
         roundable = p.problem.shaping.round_to == 1 and is_wide(p.model, vector_width(p.device))
-        notes = speed_warnings(base, result_pruned, p.latency is not None, rounded=not roundable)
+        notes = speed_warnings(base, result_pruned, p.latency is not None, can_round=roundable)
         for note in notes:  # the CLI prints them too
             log.info("%s", note)
         latency = _winner_latency(p, study, pruned, trial) if p.latency is not None else None

@@ -249,9 +249,9 @@ def test_speed_warnings_compare_the_latency_gain_with_the_macs_gain():
     assert warning.endswith("a larger batch, or a --latency budget)")
     (warning,) = L.speed_warnings(base, slow, latency_budget=True)  # a --latency run has one
     assert "--latency" not in warning and warning.endswith("try --round-to auto or a larger batch)")
-    (warning,) = L.speed_warnings(base, slow, rounded=True)  # its channels are rounded already
+    (warning,) = L.speed_warnings(base, slow, can_round=False)  # its channels are rounded already
     assert "--round-to" not in warning and warning.endswith("try a larger batch or a --latency budget)")
-    (warning,) = L.speed_warnings(base, slow, latency_budget=True, rounded=True)  # one remedy left
+    (warning,) = L.speed_warnings(base, slow, latency_budget=True, can_round=False)  # one remedy left
     assert warning.endswith("pad; try a larger batch)")
 
 
